@@ -1,0 +1,1 @@
+"""npuctl: the operator CLI. Talks gRPC only; never imports core or devices."""

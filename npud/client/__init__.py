@@ -1,0 +1,1 @@
+"""npud.client: the Python client library (sync and asyncio) over the generated stubs."""

@@ -1,0 +1,1 @@
+"""Core: contexts, queues, jobs, the scheduler and residency. Pure Python: no grpc, no cffi."""

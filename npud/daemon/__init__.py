@@ -1,0 +1,1 @@
+"""The npud daemon: configuration, logging, discovery, the gRPC server and systemd integration."""

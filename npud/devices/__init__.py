@@ -1,0 +1,1 @@
+"""Devices: the Device contract (:mod:`npud.devices.base`) and the adapters that implement it."""

@@ -1,0 +1,1 @@
+"""The simulated NPU: a device model that executes the npud command stream for real (numpy)."""

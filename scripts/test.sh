@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install npud with its development tools into .venv and run every check:
+# ruff, mypy --strict, the layering contracts, the stale-codegen check, the unit and
+# end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU).
+#
+# On a fresh Debian/Ubuntu machine run as root (or with sudo available) the missing system
+# packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suite locally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ---- system packages ---------------------------------------------------------------------
+# python3-venv: the venv module; gcc + libc headers: the ABI probe; qemu/busybox/kmod/cpio/xz:
+# the kernel runner; systemd: systemd-analyze verify of the unit; tmux: the `npuctl top` test.
+want=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
+command -v gcc >/dev/null || want+=(gcc libc6-dev)
+if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
+  command -v qemu-system-x86_64 >/dev/null || want+=(qemu-system-x86)
+  [ -x /bin/busybox ] || dpkg -s busybox-static >/dev/null 2>&1 || want+=(busybox-static)
+  command -v modprobe >/dev/null || want+=(kmod)
+  command -v cpio >/dev/null || want+=(cpio)
+  command -v xz >/dev/null || want+=(xz-utils)
+fi
+command -v systemd-analyze >/dev/null || want+=(systemd)
+command -v tmux >/dev/null || want+=(tmux)
+if [ ${#want[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "== installing system packages: ${want[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+
+# ---- python environment ------------------------------------------------------------------
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+PY=.venv/bin/python
+
+# ---- quality gates -----------------------------------------------------------------------
+echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy --strict"; .venv/bin/mypy
+echo "== import layers"; .venv/bin/lint-imports
+
+# ---- the kernel suite (real DRM on vgem under QEMU) ---------------------------------------
+if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ] && [ -x scripts/run-in-kernel.sh ]; then
+  echo "== kernel suite (QEMU + vgem)"
+  scripts/kernel-tests.sh
+fi
+
+# ---- the test suite (its summary line is the last thing printed) --------------------------
+echo "== pytest"
+set +e
+$PY -m pytest -m "not kernel" -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1; fi
+exit $rc
