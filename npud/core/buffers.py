@@ -35,6 +35,15 @@ class Usage(enum.StrEnum):
     COMMAND = "command"  # a command stream
 
 
+class Location(enum.StrEnum):
+    """Where a buffer's contents are right now (kept up to date by the residency manager)."""
+
+    EMPTY = "empty"  # never written, or scratch whose contents were dropped: reads give zeros
+    RESIDENT = "resident"  # in device memory (``Buffer.device`` says which tier)
+    HOST = "host"  # spilled to (or staged in) host memory, restored bit-exact on next use
+    BACKED = "backed"  # only the backing copy (a file in the state directory) holds it
+
+
 class TierPreference(enum.StrEnum):
     """Where the client would like the buffer placed."""
 
@@ -50,6 +59,8 @@ class Buffer:
     ``users`` are the contexts holding a reference; ``device`` is the current device
     allocation or ``None`` when not resident; ``pins`` counts explicit pins and
     ``in_use`` counts running jobs bound to it: a buffer with either is never evicted.
+    ``location`` says where the contents are (device, host spill, backing file, nowhere);
+    only the residency manager changes it and ``device``.
     """
 
     id: BufferId
@@ -65,6 +76,9 @@ class Buffer:
     in_use: int = 0
     last_used: float = 0.0
     valid: bool = False  # whether its contents have been written (or computed) at least once
+    sealed: bool = False  # PERSISTENT contents frozen by ``seal``: immutable, shareable by key
+    location: Location = Location.EMPTY
+    binds: int = 0  # how many jobs have been prepared with it (the SRAM policy's "hot")
 
     @property
     def resident_tier(self) -> MemoryTier | None:
