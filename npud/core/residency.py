@@ -940,16 +940,19 @@ class ResidencyManager:
         buf.location = Location.EMPTY
 
     def _promote(self, entries: Sequence[_Entry], protect: frozenset[BufferId]) -> None:
-        """Move a prepared job's SRAM candidates from DRAM into free SRAM (placement policy)."""
+        """Move a prepared job's SRAM candidates from DRAM into free SRAM (placement policy).
+
+        Pinned buffers stay where they are: a pin promises a stable allocation.
+        """
         if not self._sram_ok():
             return
         sram_budget = self._budget[MemoryTier.SRAM]
         candidates = [
             e
             for e in entries
-            if e.buffer.device is not None
+            if e.buffer.evictable
+            and e.buffer.device is not None
             and e.buffer.device.tier is MemoryTier.DRAM
-            and e.buffer.in_use == 0
             and wants_sram(e.buffer, sram_budget=sram_budget, policy=self._sram_policy)
         ]
         for entry in sorted(candidates, key=lambda e: sram_rank(e.buffer)):
