@@ -1,0 +1,81 @@
+"""The one table from npud errors to gRPC status codes, and how an error leaves a servicer.
+
+Every npud error class maps to exactly one :class:`grpc.StatusCode` through :data:`STATUS_OF`;
+a test checks that the table names every class in :mod:`npud.errors`, so a new error class
+cannot ship without a decision about its code. The error's class name travels in the trailing
+metadata key ``npud-error`` so the client library can raise the same class again (the status
+code alone cannot tell ``QueueFull`` from ``QuotaExceeded``).
+
+Messages are the errors' own: core writes them for a person (what was wrong, the limit, the
+current value); this module does not reword them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import grpc
+
+from npud import errors
+
+ERROR_KIND_KEY: Final = "npud-error"
+"""Trailing metadata key carrying the npud.errors class name of a failed rpc."""
+
+STATUS_OF: Final[dict[type[errors.NpudError], grpc.StatusCode]] = {
+    errors.NpudError: grpc.StatusCode.INTERNAL,
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.OutOfDeviceMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DeadlineInfeasible: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.TimeSliceExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unsupported: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeviceLost: grpc.StatusCode.UNAVAILABLE,
+    # The kernel refused something npud does not classify: a bug or a driver surprise.
+    errors.DeviceError: grpc.StatusCode.INTERNAL,
+    # A job's own failure reported as an rpc outcome (e.g. a stream entry): not retryable as is.
+    errors.JobFailed: grpc.StatusCode.ABORTED,
+    errors.JobTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status code for ``error``: its class's entry, else its nearest listed base.
+
+    Anything that is not an npud error is a bug and maps to INTERNAL.
+    """
+    for cls in type(error).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def kind_of(error: BaseException) -> str:
+    """The npud.errors class name that travels with the status (``"NpudError"`` if unknown)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return cls.__name__
+    return "NpudError"
+
+
+def message_of(error: BaseException) -> str:
+    """The message for the person at the other end (the class name when the error has none)."""
+    text = str(error)
+    return text if text else type(error).__name__
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The numeric value of a status code (google.rpc.Code numbering)."""
+    value = code.value[0]
+    assert isinstance(value, int)
+    return value

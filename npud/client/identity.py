@@ -1,0 +1,97 @@
+"""The client half of npud's identity handshake (see docs/api.md, "Identity").
+
+Before its first rpc a client connects to the identity socket beside the gRPC socket; the
+daemon reads the kernel's record of who connected (``SO_PEERCRED``) and answers one JSON line
+with a session token. Every rpc then carries the token as ``npud-token`` metadata. This module
+does the handshake, synchronously or on an asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from npud.config import identity_socket_for
+from npud.errors import Unauthenticated, Unavailable
+
+TOKEN_KEY: Final = "npud-token"  # noqa: S105 - a metadata key, not a secret
+_MAX_REPLY: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The session token and the identity the daemon bound it to."""
+
+    token: str
+    uid: int
+    gid: int
+    pid: int
+    admin: bool
+
+
+def _parse(raw: bytes, path: Path) -> Identity:
+    try:
+        reply = json.loads(raw.decode())
+        return Identity(
+            token=str(reply["token"]),
+            uid=int(reply["uid"]),
+            gid=int(reply["gid"]),
+            pid=int(reply["pid"]),
+            admin=bool(reply["admin"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Unauthenticated(
+            f"identity socket {path} answered something unexpected: {raw!r}"
+        ) from exc
+
+
+def handshake(socket_path: Path, *, timeout_s: float = 5.0) -> Identity:
+    """Obtain a session token for this process from the daemon at ``socket_path``.
+
+    Raises:
+        Unavailable: the identity socket is missing or refuses the connection.
+        Unauthenticated: the daemon's answer is not a token.
+    """
+    path = identity_socket_for(socket_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+            chunks: list[bytes] = []
+            while sum(len(c) for c in chunks) < _MAX_REPLY:
+                chunk = sock.recv(_MAX_REPLY)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot reach npud's identity socket {path}: {exc.strerror or exc} "
+                "(is npud running, and may you open its socket?)"
+            ) from exc
+    return _parse(b"".join(chunks), path)
+
+
+async def handshake_async(socket_path: Path, *, timeout_s: float = 5.0) -> Identity:
+    """:func:`handshake` on the running asyncio loop.
+
+    Raises:
+        Unavailable: the identity socket is missing or refuses the connection.
+        Unauthenticated: the daemon's answer is not a token.
+    """
+    path = identity_socket_for(socket_path)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout_s)
+        try:
+            raw = await asyncio.wait_for(reader.read(_MAX_REPLY), timeout_s)
+        finally:
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise Unavailable(
+            f"cannot reach npud's identity socket {path}: {exc} "
+            "(is npud running, and may you open its socket?)"
+        ) from exc
+    return _parse(raw, path)

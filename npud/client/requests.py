@@ -1,0 +1,146 @@
+"""Request messages built from typed arguments, shared by the sync and asyncio clients.
+
+Both :class:`npud.client.Client` and :class:`npud.client.aio.AsyncClient` build every request
+here, so the two flavours cannot drift apart in what they send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from npud.client.types import (
+    Buffer,
+    BufferUsage,
+    Context,
+    Job,
+    JobSpec,
+    JobState,
+    Persistence,
+    Queue,
+    Quotas,
+    Readback,
+    SchedulingClass,
+    TierPreference,
+    class_to_wire,
+    id_of,
+    persistence_to_wire,
+    state_to_wire,
+    tier_preference_to_wire,
+    usage_to_wire,
+)
+from npud.v1 import buffer_pb2, context_pb2, job_pb2
+
+CHUNK_SIZE: Final = 1 << 20
+"""Bytes per WriteBuffer chunk (well under grpc's 4 MiB default message limit)."""
+
+ContextRef = str | Context
+BufferRef = str | Buffer
+QueueRef = str | Queue
+JobRef = str | Job
+
+
+def create_context(
+    device: str,
+    default_class: SchedulingClass | None,
+    weight: float,
+    quotas: Quotas | None,
+    label: str,
+) -> context_pb2.CreateContextRequest:
+    """CreateContextRequest."""
+    return context_pb2.CreateContextRequest(
+        device=device,
+        default_class=class_to_wire(default_class),
+        weight=weight,
+        quotas=(quotas or Quotas()).to_wire(),
+        label=label,
+    )
+
+
+def create_buffer(
+    ctx: ContextRef,
+    size: int,
+    *,
+    usage: BufferUsage,
+    persistence: Persistence,
+    tier: TierPreference,
+    key: str,
+) -> buffer_pb2.CreateBufferRequest:
+    """CreateBufferRequest."""
+    return buffer_pb2.CreateBufferRequest(
+        context_id=id_of(ctx),
+        size=size,
+        usage=usage_to_wire(usage),
+        persistence=persistence_to_wire(persistence),
+        tier_preference=tier_preference_to_wire(tier),
+        key=key,
+    )
+
+
+def write_chunks(
+    ctx: ContextRef, buf: BufferRef, data: bytes | memoryview, offset: int, chunk_size: int
+) -> Iterator[buffer_pb2.WriteBufferRequest]:
+    """WriteBufferRequests covering ``data`` at ``offset`` (one empty chunk for empty data)."""
+    view = memoryview(data).cast("B")
+    first = True
+    pos = 0
+    while first or pos < len(view):
+        chunk = bytes(view[pos : pos + chunk_size])
+        yield buffer_pb2.WriteBufferRequest(
+            context_id=id_of(ctx) if first else "",
+            buffer_id=id_of(buf) if first else "",
+            offset=offset + pos,
+            data=chunk,
+        )
+        first = False
+        pos += len(chunk)
+        if not chunk:
+            break
+
+
+def create_queue(
+    ctx: ContextRef,
+    *,
+    scheduling_class: SchedulingClass | None,
+    priority: int,
+    depth_limit: int,
+    in_order: bool,
+    label: str,
+) -> job_pb2.CreateQueueRequest:
+    """CreateQueueRequest."""
+    return job_pb2.CreateQueueRequest(
+        context_id=id_of(ctx),
+        scheduling_class=class_to_wire(scheduling_class),
+        priority=priority,
+        depth_limit=depth_limit,
+        out_of_order=not in_order,
+        label=label,
+    )
+
+
+def submit_jobs(ctx: ContextRef, specs: Iterable[JobSpec]) -> job_pb2.SubmitJobsRequest:
+    """SubmitJobsRequest."""
+    return job_pb2.SubmitJobsRequest(context_id=id_of(ctx), jobs=[s.to_wire() for s in specs])
+
+
+def stream_entry(
+    tag: int, ctx: ContextRef, spec: JobSpec, readbacks: Iterable[Readback]
+) -> job_pb2.SubmitStreamRequest:
+    """One SubmitStreamRequest."""
+    return job_pb2.SubmitStreamRequest(
+        tag=tag,
+        context_id=id_of(ctx),
+        job=spec.to_wire(),
+        readbacks=[r.to_wire() for r in readbacks],
+    )
+
+
+def list_jobs(
+    ctx: ContextRef, queue: QueueRef | None, states: Iterable[JobState]
+) -> job_pb2.ListJobsRequest:
+    """ListJobsRequest."""
+    return job_pb2.ListJobsRequest(
+        context_id=id_of(ctx),
+        queue_id="" if queue is None else id_of(queue),
+        states=[state_to_wire(s) for s in states],
+    )

@@ -1,0 +1,714 @@
+"""Typed results of the client library: frozen dataclasses and enums, never raw messages.
+
+Every wire message a user sees is converted here into a value object (``@dataclass(frozen=True,
+slots=True)``) with Python enums; requests are built from the same enums. Field names follow the
+proto field names, so ``npuctl -o json`` and these objects read alike. Durations are seconds
+(``float``), sizes bytes (``int``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from npud.v1 import (
+    buffer_pb2,
+    context_pb2,
+    device_pb2,
+    job_pb2,
+    stats_pb2,
+    types_pb2,
+)
+
+
+class SchedulingClass(enum.StrEnum):
+    """How a queue's jobs compete: LATENCY first, THROUGHPUT fair-shared, BACKGROUND when idle."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+    BACKGROUND = "background"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    READY = "ready"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has finished (one way or another)."""
+        return self not in (JobState.QUEUED, JobState.READY, JobState.RUNNING)
+
+
+class MemoryTier(enum.StrEnum):
+    """Where device memory lives."""
+
+    SRAM = "sram"
+    DRAM = "dram"
+    HOST = "host"
+
+
+class TierPreference(enum.StrEnum):
+    """Where a client would like a buffer placed."""
+
+    ANY = "any"
+    SRAM = "sram"
+    DRAM = "dram"
+
+
+class BufferUsage(enum.StrEnum):
+    """What a buffer holds (decides what eviction does with its contents)."""
+
+    WEIGHTS = "weights"
+    STATE = "state"
+    SCRATCH = "scratch"
+    COMMAND = "command"
+
+
+class Persistence(enum.StrEnum):
+    """How long a buffer lives."""
+
+    EPHEMERAL = "ephemeral"
+    PERSISTENT = "persistent"
+
+
+class Access(enum.StrEnum):
+    """How a job uses a bound buffer."""
+
+    READ = "read"
+    WRITE = "write"
+    READ_WRITE = "read_write"
+
+
+class DeviceHealth(enum.StrEnum):
+    """A device's overall state."""
+
+    OK = "ok"
+    RESETTING = "resetting"
+    LOST = "lost"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _from_wire(enum_type: type[E], prefix: str, name: str) -> E | None:
+    """``SCHEDULING_CLASS_LATENCY`` -> ``SchedulingClass.LATENCY`` (None for UNSPECIFIED)."""
+    short = name.removeprefix(prefix)
+    return enum_type.__members__.get(short)
+
+
+def class_from_wire(value: types_pb2.SchedulingClass.ValueType) -> SchedulingClass | None:
+    """The client enum for a wire SchedulingClass (None when unspecified)."""
+    return _from_wire(SchedulingClass, "SCHEDULING_CLASS_", types_pb2.SchedulingClass.Name(value))
+
+
+def class_to_wire(value: SchedulingClass | None) -> types_pb2.SchedulingClass.ValueType:
+    """The wire value of a SchedulingClass (UNSPECIFIED for None)."""
+    if value is None:
+        return types_pb2.SCHEDULING_CLASS_UNSPECIFIED
+    return types_pb2.SchedulingClass.Value(f"SCHEDULING_CLASS_{value.name}")
+
+
+def state_from_wire(value: types_pb2.JobState.ValueType) -> JobState:
+    """The client enum for a wire JobState."""
+    state = _from_wire(JobState, "JOB_STATE_", types_pb2.JobState.Name(value))
+    return JobState.QUEUED if state is None else state
+
+
+def state_to_wire(value: JobState) -> types_pb2.JobState.ValueType:
+    """The wire value of a JobState."""
+    return types_pb2.JobState.Value(f"JOB_STATE_{value.name}")
+
+
+def tier_from_wire(value: types_pb2.MemoryTier.ValueType) -> MemoryTier | None:
+    """The client enum for a wire MemoryTier (None when unspecified / not resident)."""
+    return _from_wire(MemoryTier, "MEMORY_TIER_", types_pb2.MemoryTier.Name(value))
+
+
+def usage_to_wire(value: BufferUsage) -> types_pb2.BufferUsage.ValueType:
+    """The wire value of a BufferUsage."""
+    return types_pb2.BufferUsage.Value(f"BUFFER_USAGE_{value.name}")
+
+
+def persistence_to_wire(value: Persistence) -> types_pb2.Persistence.ValueType:
+    """The wire value of a Persistence."""
+    return types_pb2.Persistence.Value(f"PERSISTENCE_{value.name}")
+
+
+def tier_preference_to_wire(value: TierPreference) -> types_pb2.TierPreference.ValueType:
+    """The wire value of a TierPreference."""
+    return types_pb2.TierPreference.Value(f"TIER_PREFERENCE_{value.name}")
+
+
+def access_to_wire(value: Access) -> types_pb2.BufferAccess.ValueType:
+    """The wire value of an Access."""
+    return types_pb2.BufferAccess.Value(f"BUFFER_ACCESS_{value.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Recent durations in seconds: count, p50, p99, mean, max."""
+
+    count: int = 0
+    p50_s: float = 0.0
+    p99_s: float = 0.0
+    mean_s: float = 0.0
+    max_s: float = 0.0
+
+    @classmethod
+    def from_wire(cls, msg: types_pb2.Distribution) -> Distribution:
+        """Convert a wire Distribution."""
+        return cls(msg.count, msg.p50_s, msg.p99_s, msg.mean_s, msg.max_s)
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job did not complete: the npud.errors class name, the status code and a message."""
+
+    kind: str
+    code: int
+    message: str
+
+    @classmethod
+    def from_wire(cls, msg: types_pb2.ErrorInfo) -> JobError:
+        """Convert a wire ErrorInfo."""
+        return cls(kind=msg.kind, code=msg.code, message=msg.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """One execution unit of a device."""
+
+    index: int
+    name: str
+    utilisation: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TierMemory:
+    """One memory tier of a device (capacity 0: the device has none)."""
+
+    tier: MemoryTier | None
+    capacity_bytes: int
+    used_bytes: int
+    bandwidth_bytes_per_s: float
+
+
+def _engines(items: object) -> tuple[Engine, ...]:
+    return tuple(
+        Engine(e.index, e.name, e.utilisation)
+        for e in items  # type: ignore[attr-defined]
+    )
+
+
+def _tiers(items: object) -> tuple[TierMemory, ...]:
+    return tuple(
+        TierMemory(tier_from_wire(t.tier), t.capacity_bytes, t.used_bytes, t.bandwidth_bytes_per_s)
+        for t in items  # type: ignore[attr-defined]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One NPU the daemon owns (``simulated`` is True for the simulated NPU)."""
+
+    name: str
+    driver: str
+    driver_version: str
+    description: str
+    board: str
+    engines: tuple[Engine, ...]
+    tiers: tuple[TierMemory, ...]
+    native_priorities: int
+    has_syncobj: bool
+    has_hw_contexts: bool
+    max_hw_contexts: int
+    has_preemption: bool
+    simulated: bool
+    health: DeviceHealth | None
+    node: str
+
+    @classmethod
+    def from_wire(cls, msg: device_pb2.Device) -> Device:
+        """Convert a wire Device."""
+        return cls(
+            name=msg.name,
+            driver=msg.driver,
+            driver_version=msg.driver_version,
+            description=msg.description,
+            board=msg.board,
+            engines=_engines(msg.engines),
+            tiers=_tiers(msg.tiers),
+            native_priorities=msg.native_priorities,
+            has_syncobj=msg.has_syncobj,
+            has_hw_contexts=msg.has_hw_contexts,
+            max_hw_contexts=msg.max_hw_contexts,
+            has_preemption=msg.has_preemption,
+            simulated=msg.simulated,
+            health=_from_wire(
+                DeviceHealth, "DEVICE_HEALTH_", types_pb2.DeviceHealth.Name(msg.health)
+            ),
+            node=msg.node,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who the daemon thinks a caller is (from kernel-verified peer credentials)."""
+
+    uid: int
+    gid: int
+    pid: int
+    name: str
+    admin: bool
+
+    @classmethod
+    def from_wire(cls, msg: context_pb2.Owner) -> Owner:
+        """Convert a wire Owner."""
+        return cls(msg.uid, msg.gid, msg.pid, msg.name, msg.admin)
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Limits of one context; 0 in a request means the daemon's default."""
+
+    memory_bytes: int = 0
+    max_queued_jobs: int = 0
+    max_queues: int = 0
+
+    def to_wire(self) -> context_pb2.Quotas:
+        """The wire message."""
+        return context_pb2.Quotas(
+            memory_bytes=self.memory_bytes,
+            max_queued_jobs=self.max_queued_jobs,
+            max_queues=self.max_queues,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A snapshot of one execution context."""
+
+    context_id: str
+    device: str
+    owner: Owner
+    default_class: SchedulingClass | None
+    weight: float
+    quotas: Quotas
+    label: str
+    queues: int
+    queued_jobs: int
+    running_jobs: int
+    memory_bytes: int
+    buffers: int
+    age_s: float
+
+    @classmethod
+    def from_wire(cls, msg: context_pb2.Context) -> Context:
+        """Convert a wire Context."""
+        return cls(
+            context_id=msg.context_id,
+            device=msg.device,
+            owner=Owner.from_wire(msg.owner),
+            default_class=class_from_wire(msg.default_class),
+            weight=msg.weight,
+            quotas=Quotas(
+                msg.quotas.memory_bytes, msg.quotas.max_queued_jobs, msg.quotas.max_queues
+            ),
+            label=msg.label,
+            queues=msg.queues,
+            queued_jobs=msg.queued_jobs,
+            running_jobs=msg.running_jobs,
+            memory_bytes=msg.memory_bytes,
+            buffers=msg.buffers,
+            age_s=msg.age_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """A snapshot of one buffer as a context sees it."""
+
+    buffer_id: str
+    context_id: str
+    size: int
+    usage: BufferUsage | None
+    persistence: Persistence | None
+    tier_preference: TierPreference | None
+    key: str
+    resident_tier: MemoryTier | None
+    pins: int
+    users: int
+    valid: bool
+
+    @classmethod
+    def from_wire(cls, msg: buffer_pb2.Buffer) -> Buffer:
+        """Convert a wire Buffer."""
+        return cls(
+            buffer_id=msg.buffer_id,
+            context_id=msg.context_id,
+            size=msg.size,
+            usage=_from_wire(BufferUsage, "BUFFER_USAGE_", types_pb2.BufferUsage.Name(msg.usage)),
+            persistence=_from_wire(
+                Persistence, "PERSISTENCE_", types_pb2.Persistence.Name(msg.persistence)
+            ),
+            tier_preference=_from_wire(
+                TierPreference,
+                "TIER_PREFERENCE_",
+                types_pb2.TierPreference.Name(msg.tier_preference),
+            ),
+            key=msg.key,
+            resident_tier=tier_from_wire(msg.resident_tier),
+            pins=msg.pins,
+            users=msg.users,
+            valid=msg.valid,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A snapshot of one job queue."""
+
+    queue_id: str
+    context_id: str
+    scheduling_class: SchedulingClass | None
+    priority: int
+    depth_limit: int
+    in_order: bool
+    label: str
+    depth: int
+
+    @classmethod
+    def from_wire(cls, msg: job_pb2.Queue) -> Queue:
+        """Convert a wire Queue."""
+        return cls(
+            queue_id=msg.queue_id,
+            context_id=msg.context_id,
+            scheduling_class=class_from_wire(msg.scheduling_class),
+            priority=msg.priority,
+            depth_limit=msg.depth_limit,
+            in_order=msg.in_order,
+            label=msg.label,
+            depth=msg.depth,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one job: its state, error, and the first numbers users ask for."""
+
+    job_id: str
+    context_id: str
+    queue_id: str
+    state: JobState
+    kind: str
+    label: str
+    scheduling_class: SchedulingClass | None
+    error: JobError | None
+    queue_wait_s: float
+    run_s: float
+    modelled_s: float
+    bytes_read: int
+    bytes_written: int
+    engine: int
+    age_s: float
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has finished."""
+        return self.state.terminal
+
+    @classmethod
+    def from_wire(cls, msg: job_pb2.Job) -> Job:
+        """Convert a wire Job."""
+        return cls(
+            job_id=msg.job_id,
+            context_id=msg.context_id,
+            queue_id=msg.queue_id,
+            state=state_from_wire(msg.state),
+            kind=msg.kind,
+            label=msg.label,
+            scheduling_class=class_from_wire(msg.scheduling_class),
+            error=JobError.from_wire(msg.error) if msg.HasField("error") else None,
+            queue_wait_s=msg.queue_wait_s,
+            run_s=msg.run_s,
+            modelled_s=msg.modelled_s,
+            bytes_read=msg.bytes_read,
+            bytes_written=msg.bytes_written,
+            engine=msg.engine,
+            age_s=msg.age_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """One buffer bound to a job; the i-th Bind of a job is slot i of its command stream."""
+
+    buffer: str | Buffer
+    access: Access = Access.READ
+
+    def to_wire(self) -> job_pb2.Binding:
+        """The wire message."""
+        return job_pb2.Binding(buffer_id=_id(self.buffer), access=access_to_wire(self.access))
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRef:
+    """A command stream held in a buffer (``size`` 0: to the end of the buffer)."""
+
+    buffer: str | Buffer
+    offset: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Readback:
+    """Bytes to return with a job's completion on the submit stream."""
+
+    buffer: str | Buffer
+    offset: int
+    size: int
+
+    def to_wire(self) -> job_pb2.Readback:
+        """The wire message."""
+        return job_pb2.Readback(buffer_id=_id(self.buffer), offset=self.offset, size=self.size)
+
+
+def _id(obj: str | Buffer | Queue | Context | Job) -> str:
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, Buffer):
+        return obj.buffer_id
+    if isinstance(obj, Queue):
+        return obj.queue_id
+    if isinstance(obj, Context):
+        return obj.context_id
+    return obj.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything needed to submit one job.
+
+    ``command`` is the command stream itself (``bytes``, sent inline) or a :class:`CommandRef`
+    to one already in a buffer. ``bindings`` are in slot order. ``deadline_s`` (finish within
+    this many seconds of submission) and ``timeout_s`` (watchdog) are 0 for "none/default".
+    """
+
+    queue: str | Queue
+    command: bytes | CommandRef
+    bindings: tuple[Bind, ...] = ()
+    kind: str = ""
+    deadline_s: float = 0.0
+    timeout_s: float = 0.0
+    depends_on: tuple[str | Job, ...] = ()
+    label: str = ""
+
+    def to_wire(self) -> job_pb2.JobSpec:
+        """The wire message."""
+        spec = job_pb2.JobSpec(
+            queue_id=_id(self.queue),
+            bindings=[b.to_wire() for b in self.bindings],
+            kind=self.kind,
+            deadline_s=self.deadline_s,
+            timeout_s=self.timeout_s,
+            depends_on=[_id(d) for d in self.depends_on],
+            label=self.label,
+        )
+        if isinstance(self.command, CommandRef):
+            spec.command_buffer.CopyFrom(
+                job_pb2.CommandRef(
+                    buffer_id=_id(self.command.buffer),
+                    offset=self.command.offset,
+                    size=self.command.size,
+                )
+            )
+        else:
+            spec.command_inline = bytes(self.command)
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A finished job from the submit stream, with the bytes of its readbacks in request order."""
+
+    job: Job | None
+    readbacks: tuple[bytes, ...]
+    error: JobError | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job completed."""
+        return self.error is None and self.job is not None and self.job.state is JobState.COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStats:
+    """One scheduling class on one device."""
+
+    scheduling_class: SchedulingClass | None
+    queued: int
+    running: int
+    wait: Distribution
+    run: Distribution
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """One device's scheduler, engines and memory."""
+
+    device: str
+    simulated: bool
+    health: DeviceHealth | None
+    policy: str
+    contexts: int
+    queues: int
+    classes: tuple[ClassStats, ...]
+    engines: tuple[Engine, ...]
+    memory: tuple[TierMemory, ...]
+    states: dict[JobState, int] = field(default_factory=dict)
+    buffers: int = 0
+    persistent_buffers: int = 0
+    warm_buffers: int = 0
+    evictions: int = 0
+    submitted: int = 0
+    device_resets: int = 0
+
+    @classmethod
+    def from_wire(cls, msg: stats_pb2.DeviceStats) -> DeviceStats:
+        """Convert a wire DeviceStats."""
+        return cls(
+            device=msg.device,
+            simulated=msg.simulated,
+            health=_from_wire(
+                DeviceHealth, "DEVICE_HEALTH_", types_pb2.DeviceHealth.Name(msg.health)
+            ),
+            policy=msg.policy,
+            contexts=msg.contexts,
+            queues=msg.queues,
+            classes=tuple(
+                ClassStats(
+                    class_from_wire(c.scheduling_class),
+                    c.queued,
+                    c.running,
+                    Distribution.from_wire(c.wait),
+                    Distribution.from_wire(c.run),
+                    c.share,
+                )
+                for c in msg.classes
+            ),
+            engines=_engines(msg.engines),
+            memory=_tiers(msg.memory),
+            states={state_from_wire(s.state): s.count for s in msg.states},
+            buffers=msg.residency.buffers,
+            persistent_buffers=msg.residency.persistent_buffers,
+            warm_buffers=msg.residency.warm_buffers,
+            evictions=msg.residency.evictions,
+            submitted=msg.submitted,
+            device_resets=msg.device_resets,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The daemon and every device."""
+
+    version: str
+    uptime_s: float
+    sessions: int
+    status: str
+    shutting_down: bool
+    devices: tuple[DeviceStats, ...]
+
+    @classmethod
+    def from_wire(cls, msg: stats_pb2.GetStatsResponse) -> Stats:
+        """Convert a wire GetStatsResponse."""
+        return cls(
+            version=msg.daemon.version,
+            uptime_s=msg.daemon.uptime_s,
+            sessions=msg.daemon.sessions,
+            status=msg.daemon.status,
+            shutting_down=msg.daemon.shutting_down,
+            devices=tuple(DeviceStats.from_wire(d) for d in msg.devices),
+        )
+
+
+def id_of(obj: str | Buffer | Queue | Context | Job) -> str:
+    """The id string of a client object (or the string itself)."""
+    return _id(obj)
+
+
+class Change(enum.StrEnum):
+    """What happened to a device or context in an event."""
+
+    ADDED = "added"
+    CHANGED = "changed"
+    REMOVED = "removed"
+    CREATED = "created"
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """A device appeared, changed or went away."""
+
+    change: Change | None
+    device: Device
+
+    @classmethod
+    def from_wire(cls, msg: device_pb2.WatchDevicesResponse) -> DeviceEvent:
+        """Convert a wire WatchDevicesResponse."""
+        name = device_pb2.DeviceChange.Name(msg.change).removeprefix("DEVICE_CHANGE_")
+        return cls(Change.__members__.get(name), Device.from_wire(msg.device))
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEvent:
+    """A context was created or destroyed (``reason`` says why it was destroyed)."""
+
+    change: Change | None
+    context_id: str
+    device: str
+    reason: str
+
+    @classmethod
+    def from_wire(cls, msg: stats_pb2.ContextEvent) -> ContextEvent:
+        """Convert a wire ContextEvent."""
+        name = stats_pb2.ContextChange.Name(msg.change).removeprefix("CONTEXT_CHANGE_")
+        return cls(Change.__members__.get(name), msg.context_id, msg.device, msg.reason)
+
+
+Event = Stats | Job | ContextEvent | DeviceEvent
+"""One item of the live event stream (``StatsService.StreamEvents``)."""
+
+
+def event_from_wire(msg: stats_pb2.StreamEventsResponse) -> Event | None:
+    """Convert one StreamEvents item (None for an empty or unknown one)."""
+    which = msg.WhichOneof("event")
+    if which == "stats":
+        return Stats.from_wire(msg.stats)
+    if which == "job":
+        return Job.from_wire(msg.job)
+    if which == "context":
+        return ContextEvent.from_wire(msg.context)
+    if which == "device":
+        return DeviceEvent.from_wire(msg.device)
+    return None
+
+
+def job_result_from_wire(msg: job_pb2.SubmitStreamResponse) -> JobResult:
+    """Convert one SubmitStream response."""
+    return JobResult(
+        job=Job.from_wire(msg.job) if msg.HasField("job") else None,
+        readbacks=tuple(r.data for r in msg.readbacks),
+        error=JobError.from_wire(msg.error) if msg.HasField("error") else None,
+    )

@@ -1,0 +1,183 @@
+"""The daemon's configuration: one pydantic model, filled from TOML, the environment and flags.
+
+Precedence, lowest first: the defaults below, the TOML file (``/etc/npud/npud.toml`` or
+``--config``), ``NPUD_*`` environment variables (``NPUD_SOCKET``, ``NPUD_QUOTAS__MAX_QUEUES``: a
+double underscore descends into a table), then command-line flags. An invalid setting raises
+:class:`npud.errors.ConfigError` naming the field and the reason; the daemon exits non-zero
+with that message.
+
+Paths follow systemd's conventions: the socket goes to ``$RUNTIME_DIRECTORY`` when systemd
+created one for us, else ``/run/npud`` as root, else ``$XDG_RUNTIME_DIR/npud``; state goes to
+``$STATE_DIRECTORY``, ``/var/lib/npud`` as root, else ``$XDG_STATE_HOME/npud``. The identity
+socket (see docs/api.md) always sits beside the gRPC socket, so a client that knows one knows
+the other: :func:`identity_socket_for`.
+
+This module is a leaf: any layer (the client library included) may import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from npud.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/npud/npud.toml")
+ENV_PREFIX = "NPUD_"
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon listens (and the client connects) when nothing is configured."""
+    env = os.environ if env is None else env
+    if env.get("NPUD_SOCKET"):
+        return Path(env["NPUD_SOCKET"])
+    if env.get("RUNTIME_DIRECTORY"):
+        # systemd may list several directories separated by ':'; ours is the first.
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "npud.sock"
+    if os.geteuid() == 0:
+        return Path("/run/npud/npud.sock")
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/tmp/npud-{os.geteuid()}"  # noqa: S108
+    return Path(runtime) / "npud" / "npud.sock"
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon keeps persistent state (spill files, duration estimates)."""
+    env = os.environ if env is None else env
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/npud")
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "npud"
+
+
+def identity_socket_for(socket: Path) -> Path:
+    """The identity (SO_PEERCRED) socket that belongs to the gRPC socket ``socket``."""
+    return socket.with_name(socket.name + ".identity")
+
+
+class Quotas(BaseModel):
+    """Defaults and ceilings for what one context (and one user) may hold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context_memory_bytes: int = Field(default=1 << 30, gt=0)
+    max_queued_jobs: int = Field(default=1024, gt=0)
+    max_queues: int = Field(default=16, gt=0)
+    max_contexts_per_user: int = Field(default=64, gt=0)
+    queue_depth_limit: int = Field(default=256, gt=0)
+
+
+class Settings(BaseModel):
+    """Every setting of the daemon, with its default (see systemd/npud.toml.example)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    socket: Path = Field(default_factory=default_socket_path)
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    socket_group: str | None = None
+    device: str = "auto"  # "auto" (discovery, sim if none), "sim", or a device node path
+    sim_profile: str = "rk3588"
+    state_dir: Path = Field(default_factory=default_state_dir)
+    policy: Literal["npud", "fifo"] = "npud"
+    admin_group: str | None = None
+    session_grace_s: float = Field(default=5.0, ge=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    quotas: Quotas = Field(default_factory=Quotas)
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        """Accept ``"0660"`` / ``"660"`` (octal text) as well as an integer."""
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError as exc:
+                raise ValueError(f"not an octal mode: {value!r}") from exc
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "sim") and not value.startswith("/dev/"):
+            raise ValueError(f"expected 'auto', 'sim' or a /dev/ path, got {value!r}")
+        return value
+
+    @property
+    def identity_socket(self) -> Path:
+        """The SO_PEERCRED identity socket beside :attr:`socket`."""
+        return identity_socket_for(self.socket)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``NPUD_A__B=v`` -> ``{"a": {"b": "v"}}`` for the fields Settings knows."""
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "NPUD_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the TOML file, the environment and explicit overrides.
+
+    Args:
+        path: a TOML file; ``None`` reads ``$NPUD_CONFIG`` or ``/etc/npud/npud.toml`` when it
+            exists (a missing default file is not an error; a missing explicit one is).
+        env: the environment (default ``os.environ``).
+        overrides: values from command-line flags (``None`` values are ignored).
+
+    Raises:
+        ConfigError: the file is unreadable or not TOML, or a field is invalid; the message
+            names the field and the reason.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    explicit = path is not None or bool(env.get("NPUD_CONFIG"))
+    file = path or Path(env.get("NPUD_CONFIG") or DEFAULT_CONFIG_PATH)
+    if explicit or file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: not valid TOML: {exc}") from exc
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        source = file if file.exists() else "defaults and environment"
+        raise ConfigError(f"invalid configuration ({source}): {problems}") from exc
