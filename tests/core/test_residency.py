@@ -164,7 +164,7 @@ def manager(
 ) -> tuple[ResidencyManager, MemDevice]:
     """A manager over a fresh MemDevice."""
     dev = MemDevice(dram, sram)
-    return ResidencyManager(dev, VirtualClock(), **kw), dev  # type: ignore[arg-type]
+    return ResidencyManager(dev, VirtualClock(), **kw), dev
 
 
 def test_create_allocates_and_write_read_round_trips() -> None:

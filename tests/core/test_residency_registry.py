@@ -21,7 +21,7 @@ WEIGHTS = bytes((i * 31 + 7) % 251 for i in range(12 * KiB))
 
 def _daemon(state_dir: Path, dram: int = 64 * KiB) -> tuple[ResidencyManager, MemDevice]:
     dev = MemDevice(dram)
-    return ResidencyManager(dev, VirtualClock(), state_dir=state_dir), dev  # type: ignore[arg-type]
+    return ResidencyManager(dev, VirtualClock(), state_dir=state_dir), dev
 
 
 def _upload(res: ResidencyManager, key: str | None = "llama/v1/wq") -> str:

@@ -13,7 +13,7 @@ def _manager(
     sram: int = 8 * KiB, *, policy: bool = True, mappable: bool = True
 ) -> tuple[ResidencyManager, MemDevice]:
     dev = MemDevice(64 * KiB, sram, sram_mappable=mappable)
-    return ResidencyManager(dev, VirtualClock(), sram_policy=policy), dev  # type: ignore[arg-type]
+    return ResidencyManager(dev, VirtualClock(), sram_policy=policy), dev
 
 
 def test_state_goes_to_sram_and_weights_to_dram() -> None:
