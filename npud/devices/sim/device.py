@@ -1,0 +1,692 @@
+"""The simulated NPU as a :class:`~npud.devices.base.Device`.
+
+:class:`SimDevice` is a real device model: it allocates real memory in tiers with
+capacities, decodes and validates the npud command stream (:mod:`npud.isa`), executes every
+op with numpy on buffer memory, and completes each job after the duration its cost model
+(:mod:`npud.devices.sim.cost`) assigns, on the device's clock.
+
+Two modes
+---------
+``mode="virtual"`` runs in-process on a :class:`~npud.clock.Clock`, typically a
+:class:`~npud.clock.VirtualClock`: a job that starts at ``t`` completes from a clock timer
+at ``t + modelled``, and its ops execute in that timer callback, so tests are exactly
+reproducible. ``mode="process"`` (the daemon's default) runs the same decoder, cost model and
+executor in a child process over shared memory, like firmware on its own cores, and hands
+completions back over a pipe watched by the asyncio loop (:mod:`npud.devices.sim.host`).
+
+Engines and ordering
+--------------------
+Each engine runs one job at a time, in submission order (FIFO per engine); different
+engines run concurrently. A job whose ``wait_for`` tokens have not all completed holds its
+engine's queue, as a fence at the head of a hardware ring would. A dependency that failed
+still counts as complete: core decides what a failed dependency means.
+
+Completion delivery
+-------------------
+A job that runs to its end completes from the clock timer (or the loop callback) that ends
+it. Completions caused by a call (``abort``, ``reset_engine``, ``close``, device loss) are
+deferred to a clock timer at the current time, so a callback never runs inside the call
+that caused it.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from npud.clock import Clock, MonotonicClock, TimerHandle, VirtualClock
+from npud.devices.base import (
+    BoHandle,
+    BufferUse,
+    Capabilities,
+    Completion,
+    CompletionCallback,
+    CompletionStatus,
+    DeviceBuffer,
+    DeviceHealth,
+    DeviceStatistics,
+    EngineInfo,
+    MemoryTier,
+    Submission,
+    SubmitToken,
+    TierInfo,
+)
+from npud.devices.sim.cost import estimate
+from npud.devices.sim.executor import decode_job, execute
+from npud.devices.sim.memory import BufferMemory, SimBuffer, TierPool, round_up
+from npud.devices.sim.profiles import BoardProfile, get_profile
+from npud.errors import (
+    DeviceError,
+    DeviceLost,
+    InvalidArgument,
+    NotFound,
+    OutOfDeviceMemory,
+    Unsupported,
+)
+from npud.isa import CommandStreamError
+
+Mode = Literal["virtual", "process"]
+
+_BASE_ADDRESS = {MemoryTier.SRAM: 0xFF00_0000, MemoryTier.DRAM: 0x1_0000_0000}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How a job ended on the execution unit, before the device turns it into a Completion."""
+
+    status: CompletionStatus
+    error: str | None
+    modelled_s: float
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class SimJob:
+    """One submission inside the simulated device (an identity object)."""
+
+    token: SubmitToken
+    submission: Submission
+    on_done: CompletionCallback
+    command: SimBuffer
+    buffers: tuple[SimBuffer, ...]  # by binding slot
+    state: Literal["queued", "running", "done"] = "queued"
+    started_at: float = 0.0
+    timer: TimerHandle | None = None
+    hung: bool = False
+
+    @property
+    def engine(self) -> int:
+        """The engine the job was submitted to."""
+        return self.submission.engine
+
+    def command_bytes(self) -> bytes:
+        """The command stream, read from the command buffer now."""
+        s = self.submission
+        return bytes(self.command.memory.data[s.command_offset : s.command_offset + s.command_size])
+
+    @property
+    def writable(self) -> tuple[bool, ...]:
+        """Per slot, whether the job bound the buffer for writing."""
+        return tuple(bool(b.use & BufferUse.WRITE) for b in self.submission.bindings)
+
+
+def run_job(
+    command: bytes,
+    *,
+    memories: Sequence[object],
+    sizes: Sequence[int],
+    tiers: Sequence[MemoryTier],
+    writable: Sequence[bool],
+    profile: BoardProfile,
+) -> JobOutcome:
+    """Decode, cost and execute one job (the body of the device's execution unit).
+
+    Never raises for a bad job: a malformed stream or a fault becomes an ERROR outcome whose
+    error names the op and the field. A malformed stream is modelled as costing the launch
+    overhead (the device needs that long to find out).
+    """
+    try:
+        instructions = decode_job(command, sizes, writable)
+    except CommandStreamError as exc:
+        return JobOutcome(CompletionStatus.ERROR, str(exc), profile.launch_overhead_s)
+    modelled = estimate(instructions, tiers, profile)
+    try:
+        stats = execute(instructions, memories)
+    except CommandStreamError as exc:
+        return JobOutcome(CompletionStatus.ERROR, str(exc), modelled)
+    except Exception as exc:  # a bug in a kernel must fail the job, not the device
+        return JobOutcome(CompletionStatus.ERROR, f"internal fault: {exc!r}", modelled)
+    return JobOutcome(CompletionStatus.OK, None, modelled, stats.bytes_read, stats.bytes_written)
+
+
+class SimDevice:
+    """A simulated NPU implementing :class:`npud.devices.base.Device` (see the module doc).
+
+    Besides the contract it offers fault injection for tests: :meth:`inject_hang`,
+    :meth:`inject_job_error`, :meth:`inject_oom` and :meth:`lose`.
+    """
+
+    def __init__(
+        self,
+        profile: BoardProfile | str = "rk3588",
+        *,
+        clock: Clock | None = None,
+        mode: Mode = "virtual",
+        name: str = "sim0",
+        sram_capacity: int | None = None,
+        dram_capacity: int | None = None,
+    ) -> None:
+        """Create a closed device; call :meth:`open` before use.
+
+        Args:
+            profile: a :class:`BoardProfile` or a built-in profile name.
+            clock: the device's clock. Virtual mode defaults to a fresh
+                :class:`VirtualClock` (see :attr:`clock`); process mode to the running
+                loop's :class:`MonotonicClock`.
+            mode: ``"virtual"`` (in-process, on ``clock``) or ``"process"`` (a child
+                process over shared memory, on real time).
+            name: the device's name within the daemon.
+            sram_capacity: override the profile's SRAM capacity (bytes), e.g. for tests.
+            dram_capacity: override the profile's DRAM pool capacity (bytes).
+
+        Raises:
+            InvalidArgument: unknown profile name or mode.
+        """
+        if mode not in ("virtual", "process"):
+            raise InvalidArgument(f"unknown sim mode {mode!r} (expected 'virtual' or 'process')")
+        self._profile = get_profile(profile)
+        self._mode: Mode = mode
+        self._name = name
+        if clock is None:
+            clock = VirtualClock() if mode == "virtual" else MonotonicClock()
+        self._clock = clock
+        p = self._profile
+        self._pools = {
+            MemoryTier.SRAM: TierPool(
+                MemoryTier.SRAM,
+                p.sram_capacity if sram_capacity is None else sram_capacity,
+                p.sram_bandwidth,
+            ),
+            MemoryTier.DRAM: TierPool(
+                MemoryTier.DRAM,
+                p.dram_capacity if dram_capacity is None else dram_capacity,
+                p.dram_bandwidth,
+            ),
+        }
+        self._capabilities = Capabilities(
+            driver="sim",
+            driver_version=(1, 0, 0),
+            description=f"{p.description} (simulated)",
+            board=p.name,
+            engines=tuple(EngineInfo(i, n) for i, n in enumerate(p.engine_names)),
+            tiers=tuple(
+                TierInfo(pool.tier, pool.capacity, pool.bandwidth) for pool in self._pools.values()
+            ),
+            native_priorities=1,
+            has_syncobj=False,
+            has_hw_contexts=False,
+            max_hw_contexts=0,
+            has_preemption=False,
+            can_abort=True,
+            can_export=False,
+            simulated=True,
+            launch_overhead_s=p.launch_overhead_s,
+        )
+        self._health = DeviceHealth.OK
+        self._opened = False
+        self._closed = False
+        self._lost_reason: str | None = None
+        self._buffers: dict[BoHandle, SimBuffer] = {}
+        self._next_handle = itertools.count(1)
+        self._next_address = dict(_BASE_ADDRESS)
+        self._jobs: dict[SubmitToken, SimJob] = {}
+        self._next_token = 1
+        self._queues: list[collections.deque[SimJob]] = [
+            collections.deque() for _ in range(p.engines)
+        ]
+        self._running: list[SimJob | None] = [None] * p.engines
+        self._hang_next = [False] * p.engines
+        self._error_next: list[str | None] = [None] * p.engines
+        self._error_any: str | None = None
+        self._loss_listeners: list[Callable[[str], None]] = []
+        self._submitted = self._completed = self._failed = self._aborted = self._resets = 0
+        self._busy = [0.0] * p.engines
+        self._host: _HostLike | None = None
+
+    # ---- identity ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The device's name within the daemon."""
+        return self._name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the device offers (fixed by its profile)."""
+        return self._capabilities
+
+    @property
+    def profile(self) -> BoardProfile:
+        """The board profile the device models."""
+        return self._profile
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the device completes jobs on."""
+        return self._clock
+
+    @property
+    def mode(self) -> Mode:
+        """``"virtual"`` or ``"process"``."""
+        return self._mode
+
+    @property
+    def firmware_pid(self) -> int | None:
+        """The device process's pid in process mode (``None`` otherwise or before open)."""
+        return None if self._host is None else self._host.pid
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the device; in process mode start the device process and wait for it.
+
+        Raises:
+            DeviceLost: the device process could not start.
+            DeviceError: the device was closed already.
+        """
+        if self._closed:
+            raise DeviceError(f"{self._name} was closed; create a new SimDevice")
+        if self._opened:
+            return
+        if self._mode == "process":
+            from npud.devices.sim.host import FirmwareHost
+
+            host = FirmwareHost(self._profile.name, self._on_host_reply, self._on_host_exit)
+            host.start()
+            self._host = host
+        self._opened = True
+
+    def close(self) -> None:
+        """Close: in-flight jobs complete ABORTED, buffers are freed, the process stops."""
+        if self._closed:
+            return
+        self._closed = True
+        for job in list(self._jobs.values()):
+            self._finish(
+                job,
+                JobOutcome(CompletionStatus.ABORTED, f"{self._name} closed", 0.0),
+                deferred=True,
+            )
+        for buf in list(self._buffers.values()):
+            self._release(buf)
+        if self._host is not None:
+            self._host.stop()
+
+    def health(self) -> DeviceHealth:
+        """OK, or LOST after :meth:`lose` / death of the device process."""
+        return self._health
+
+    def _check_usable(self) -> None:
+        if self._lost_reason is not None:
+            raise DeviceLost(f"{self._name} is lost: {self._lost_reason}")
+        if self._closed:
+            raise DeviceLost(f"{self._name} is closed")
+        if not self._opened:
+            raise DeviceError(f"{self._name} is not open; call open() first")
+
+    # ---- buffers ----------------------------------------------------------------------
+
+    def create_buffer(self, size: int, tier: MemoryTier, *, flags: int = 0) -> DeviceBuffer:
+        """Allocate ``size`` bytes (rounded up to 4 KiB) in ``tier``; the caller owns it.
+
+        Raises:
+            InvalidArgument: size <= 0, flags != 0, a tier the device lacks, or a size
+                larger than the whole tier.
+            OutOfDeviceMemory: the tier has no room now (or an injected failure).
+            DeviceLost: the device is gone.
+        """
+        self._check_usable()
+        if flags != 0:
+            raise InvalidArgument(f"unknown buffer flags {flags:#x} (the sim defines none)")
+        if size <= 0:
+            raise InvalidArgument(f"buffer size must be > 0, got {size}")
+        pool = self._pools.get(tier)
+        if pool is None or pool.capacity == 0:
+            raise InvalidArgument(f"{self._name} has no {tier.value} tier")
+        rounded = round_up(size)
+        if rounded > pool.capacity:
+            raise InvalidArgument(
+                f"{rounded} bytes can never fit in {tier.value} ({pool.capacity} bytes in all)"
+            )
+        if pool.fail_next > 0:
+            pool.fail_next -= 1
+            raise OutOfDeviceMemory(f"{tier.value}: injected allocation failure ({rounded} bytes)")
+        if rounded > pool.free:
+            raise OutOfDeviceMemory(
+                f"{tier.value} has {pool.free} of {pool.capacity} bytes free, {rounded} requested"
+            )
+        handle = BoHandle(next(self._next_handle))
+        memory = BufferMemory(
+            rounded, shared=self._mode == "process", name=f"{self._name}-bo{handle}"
+        )
+        address = self._next_address[tier]
+        self._next_address[tier] += rounded
+        buf = SimBuffer(handle, rounded, tier, address, memory)
+        if self._host is not None:
+            try:
+                self._host.map(buf)
+            except BaseException:
+                memory.close()
+                raise
+        pool.used += rounded
+        self._buffers[handle] = buf
+        return DeviceBuffer(handle, rounded, tier, address)
+
+    def _buffer(self, handle: BoHandle) -> SimBuffer:
+        try:
+            return self._buffers[handle]
+        except KeyError:
+            raise NotFound(f"{self._name} has no buffer with handle {handle}") from None
+
+    def _release(self, buf: SimBuffer) -> None:
+        del self._buffers[buf.handle]
+        self._pools[buf.tier].used -= buf.size
+        if self._host is not None and self._lost_reason is None:
+            self._host.unmap(buf.handle)
+        buf.memory.close()
+
+    def free_buffer(self, handle: BoHandle) -> None:
+        """Free a buffer (allowed after device loss, so that owners can clean up).
+
+        Raises:
+            NotFound: unknown handle.
+        """
+        self._release(self._buffer(handle))
+
+    def map_buffer(self, handle: BoHandle) -> memoryview:
+        """A writable view of the whole buffer (SRAM is CPU-visible on the sim).
+
+        Raises:
+            NotFound: unknown handle.
+            DeviceLost: the device is gone.
+        """
+        buf = self._buffer(handle)
+        self._check_usable()
+        buf.maps += 1
+        return buf.memory.view()
+
+    def unmap_buffer(self, handle: BoHandle) -> None:
+        """Drop a CPU view (bookkeeping only: the caller released its memoryview).
+
+        Raises:
+            NotFound: unknown handle.
+        """
+        buf = self._buffer(handle)
+        buf.maps = max(0, buf.maps - 1)
+
+    def export_buffer(self, handle: BoHandle) -> int:
+        """The sim has no dma-buf exporter.
+
+        Raises:
+            NotFound: unknown handle.
+            Unsupported: always, for a known handle.
+        """
+        self._buffer(handle)
+        raise Unsupported(f"{self._name} (simulated) cannot export dma-bufs")
+
+    # ---- submission -------------------------------------------------------------------
+
+    def submit(self, submission: Submission, on_done: CompletionCallback) -> SubmitToken:
+        """Queue a job on its engine; ``on_done`` runs once on the clock's thread.
+
+        Raises:
+            InvalidArgument: bad engine or priority, an unknown handle in the command or the
+                bindings, a command range outside its buffer, an unknown ``wait_for`` token.
+            DeviceLost: the device is gone.
+        """
+        self._check_usable()
+        s = submission
+        if not 0 <= s.engine < self._profile.engines:
+            raise InvalidArgument(f"engine {s.engine} out of range [0, {self._profile.engines})")
+        if s.priority != 0:
+            raise InvalidArgument(f"priority {s.priority}: the sim has one native level (0)")
+        command = self._bound(s.command, "command")
+        if s.command_offset < 0 or s.command_size <= 0:
+            raise InvalidArgument(
+                f"command range offset={s.command_offset} size={s.command_size} is empty "
+                "or negative"
+            )
+        if s.command_offset + s.command_size > command.size:
+            raise InvalidArgument(
+                f"command range [{s.command_offset}, {s.command_offset + s.command_size}) "
+                f"runs past the command buffer ({command.size} bytes)"
+            )
+        buffers = tuple(self._bound(b.handle, f"binding {i}") for i, b in enumerate(s.bindings))
+        for token in s.wait_for:
+            if not 1 <= token < self._next_token:
+                raise InvalidArgument(f"wait_for token {token} was never issued by {self._name}")
+        token = SubmitToken(self._next_token)
+        self._next_token += 1
+        job = SimJob(token, s, on_done, command, buffers)
+        self._jobs[token] = job
+        self._queues[s.engine].append(job)
+        self._submitted += 1
+        self._kick()
+        return token
+
+    def _bound(self, handle: BoHandle, what: str) -> SimBuffer:
+        buf = self._buffers.get(handle)
+        if buf is None:
+            raise InvalidArgument(f"{what}: unknown buffer handle {handle}")
+        return buf
+
+    def _done(self, token: SubmitToken) -> bool:
+        return token < self._next_token and token not in self._jobs
+
+    def _kick(self) -> None:
+        """Start the head job of every idle engine whose dependencies are met."""
+        if self._lost_reason is not None:
+            return
+        for engine, queue in enumerate(self._queues):
+            if self._running[engine] is not None or not queue:
+                continue
+            head = queue[0]
+            if not all(self._done(t) for t in head.submission.wait_for):
+                continue
+            queue.popleft()
+            self._start(head)
+
+    def _start(self, job: SimJob) -> None:
+        engine = job.engine
+        job.state = "running"
+        job.started_at = self._clock.now()
+        self._running[engine] = job
+        if self._hang_next[engine]:
+            self._hang_next[engine] = False
+            job.hung = True  # never completes until abort / reset_engine / loss
+            return
+        injected = self._error_next[engine] or self._error_any
+        if injected is not None:
+            self._error_next[engine] = None
+            self._error_any = None
+            outcome = JobOutcome(CompletionStatus.ERROR, injected, self._profile.launch_overhead_s)
+            self._complete_at(job, job.started_at + outcome.modelled_s, outcome)
+            return
+        if self._host is not None:
+            self._host.run(job)
+            return
+        # Virtual mode: decode and cost now, execute when the modelled time has passed.
+        try:
+            instructions = decode_job(
+                job.command_bytes(), [b.size for b in job.buffers], job.writable
+            )
+        except CommandStreamError as exc:
+            outcome = JobOutcome(CompletionStatus.ERROR, str(exc), self._profile.launch_overhead_s)
+            self._complete_at(job, job.started_at + outcome.modelled_s, outcome)
+            return
+        modelled = estimate(instructions, [b.tier for b in job.buffers], self._profile)
+
+        def _run() -> None:
+            job.timer = None
+            if job.state != "running":
+                return
+            outcome = run_job(
+                job.command_bytes(),
+                memories=[b.memory.data for b in job.buffers],
+                sizes=[b.size for b in job.buffers],
+                tiers=[b.tier for b in job.buffers],
+                writable=job.writable,
+                profile=self._profile,
+            )
+            self._finish(job, outcome, deferred=False)
+
+        job.timer = self._clock.call_at(job.started_at + modelled, _run)
+
+    def _complete_at(self, job: SimJob, when: float, outcome: JobOutcome) -> None:
+        def _fire() -> None:
+            job.timer = None
+            if job.state == "running":
+                self._finish(job, outcome, deferred=False)
+
+        job.timer = self._clock.call_at(when, _fire)
+
+    def _finish(self, job: SimJob, outcome: JobOutcome, *, deferred: bool) -> None:
+        """End ``job`` with ``outcome``: update state now, deliver the completion."""
+        if job.state == "done":
+            return
+        now = self._clock.now()
+        was_running = job.state == "running"
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        if was_running:
+            self._running[job.engine] = None
+            self._busy[job.engine] += now - job.started_at
+        else:
+            self._queues[job.engine].remove(job)
+            job.started_at = now
+        job.state = "done"
+        del self._jobs[job.token]
+        if outcome.status is CompletionStatus.OK:
+            self._completed += 1
+        elif outcome.status is CompletionStatus.ABORTED:
+            self._aborted += 1
+        else:
+            self._failed += 1
+        completion = Completion(
+            token=job.token,
+            status=outcome.status,
+            error=outcome.error,
+            started_at=job.started_at,
+            finished_at=now,
+            modelled_s=outcome.modelled_s,
+            measured_s=now - job.started_at,
+            bytes_read=outcome.bytes_read,
+            bytes_written=outcome.bytes_written,
+        )
+        if deferred:
+            self._clock.call_at(now, lambda: job.on_done(completion))
+        else:
+            job.on_done(completion)
+        self._kick()
+
+    # ---- process mode: replies from the device process --------------------------------
+
+    def _on_host_reply(self, token: SubmitToken, outcome: JobOutcome) -> None:
+        job = self._jobs.get(token)
+        if job is None or job.state != "running":
+            return  # aborted or reset while the device process was computing: discard
+        # Real time: the job ends at max(start + modelled, when its compute finished).
+        self._complete_at(job, max(job.started_at + outcome.modelled_s, self._clock.now()), outcome)
+
+    def _on_host_exit(self, reason: str) -> None:
+        if not self._closed:
+            self.lose(reason)
+
+    # ---- recovery ---------------------------------------------------------------------
+
+    def abort(self, token: SubmitToken) -> bool:
+        """Abort a queued or running job; it completes ABORTED. False if already done."""
+        job = self._jobs.get(token)
+        if job is None:
+            return False
+        self._finish(
+            job, JobOutcome(CompletionStatus.ABORTED, "aborted by request", 0.0), deferred=True
+        )
+        return True
+
+    def reset_engine(self, engine: int, reason: str) -> None:
+        """Reset an engine: its running job completes ABORTED with ``reason``.
+
+        Jobs queued behind it stay queued and run afterwards (as drm_sched resubmits the
+        innocent jobs after a reset). A pending injected hang on the engine is cleared.
+
+        Raises:
+            InvalidArgument: engine out of range.
+        """
+        if not 0 <= engine < self._profile.engines:
+            raise InvalidArgument(f"engine {engine} out of range [0, {self._profile.engines})")
+        self._resets += 1
+        self._hang_next[engine] = False
+        job = self._running[engine]
+        if job is not None:
+            self._finish(job, JobOutcome(CompletionStatus.ABORTED, reason, 0.0), deferred=True)
+        else:
+            self._kick()
+
+    def add_loss_listener(self, callback: Callable[[str], None]) -> None:
+        """Register ``callback(reason)``, called (deferred) on device loss."""
+        self._loss_listeners.append(callback)
+
+    # ---- fault injection (not part of the Device contract) ----------------------------
+
+    def inject_hang(self, engine: int) -> None:
+        """The next job to start on ``engine`` never completes until abort or reset."""
+        self._hang_next[engine] = True
+
+    def inject_job_error(
+        self, engine: int | None = None, message: str = "injected job error"
+    ) -> None:
+        """The next job to start (on ``engine``, or on any engine) completes ERROR."""
+        if engine is None:
+            self._error_any = message
+        else:
+            self._error_next[engine] = message
+
+    def inject_oom(self, tier: MemoryTier, count: int = 1) -> None:
+        """The next ``count`` allocations in ``tier`` fail with OutOfDeviceMemory."""
+        self._pools[tier].fail_next += count
+
+    def lose(self, reason: str = "device lost (injected)") -> None:
+        """Lose the device: in-flight jobs complete DEVICE_LOST, listeners hear ``reason``,
+        later calls raise DeviceLost. Idempotent."""
+        if self._lost_reason is not None:
+            return
+        self._lost_reason = reason
+        self._health = DeviceHealth.LOST
+        for job in list(self._jobs.values()):
+            self._finish(job, JobOutcome(CompletionStatus.DEVICE_LOST, reason, 0.0), deferred=True)
+        now = self._clock.now()
+        for listener in self._loss_listeners:
+            self._clock.call_at(now, functools.partial(listener, reason))
+        if self._host is not None:
+            self._host.kill()
+
+    # ---- statistics -------------------------------------------------------------------
+
+    def statistics(self) -> DeviceStatistics:
+        """A frozen snapshot of the device's counters."""
+        return DeviceStatistics(
+            health=self._health,
+            submitted=self._submitted,
+            completed=self._completed,
+            failed=self._failed,
+            aborted=self._aborted,
+            in_flight=len(self._jobs),
+            resets=self._resets,
+            busy_s_per_engine=tuple(self._busy),
+            used_bytes={tier: pool.used for tier, pool in self._pools.items()},
+            buffers=len(self._buffers),
+        )
+
+
+class _HostLike(Protocol):
+    """What :class:`SimDevice` needs of the device-process host (see ``host.py``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def map(self, buf: SimBuffer) -> None: ...
+
+    def unmap(self, handle: BoHandle) -> None: ...
+
+    def run(self, job: SimJob) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def stop(self) -> None: ...

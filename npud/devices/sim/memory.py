@@ -1,0 +1,102 @@
+"""Device memory of the simulated NPU: tiers with capacities, and the bytes behind each buffer.
+
+A tier is an accounting pool (SRAM and DRAM, with the board's capacities) that refuses an
+allocation it cannot hold, like a kernel returning ENOMEM. The bytes themselves are real:
+anonymous memory (a ``bytearray``) when the device runs in-process, or a sealed-size
+``memfd`` mapped into both the daemon and the device process when it runs in a child, so
+that the "firmware" computes on the very pages the daemon maps for its clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from dataclasses import dataclass
+
+from npud.devices.base import BoHandle, MemoryTier
+
+PAGE = 4096
+"""Allocation granularity: sizes round up to whole pages, as GEM objects do."""
+
+
+def round_up(size: int) -> int:
+    """``size`` rounded up to the allocation granularity."""
+    return (size + PAGE - 1) // PAGE * PAGE
+
+
+@dataclass(slots=True, eq=False)
+class TierPool:
+    """One memory tier's capacity and current use (bytes)."""
+
+    tier: MemoryTier
+    capacity: int
+    bandwidth: float
+    used: int = 0
+    fail_next: int = 0  # injected: refuse this many further allocations
+
+    @property
+    def free(self) -> int:
+        """Bytes still available."""
+        return self.capacity - self.used
+
+
+class BufferMemory:
+    """The bytes of one buffer: anonymous, or a memfd shared with the device process.
+
+    The owner calls :meth:`close` when the buffer is freed; views handed out earlier keep
+    the pages alive until they are released (the mapping is then dropped by the GC).
+    """
+
+    __slots__ = ("_data", "_fd", "size")
+
+    def __init__(self, size: int, *, shared: bool, name: str = "npud-sim") -> None:
+        self.size = size
+        self._fd = -1
+        self._data: bytearray | mmap.mmap
+        if shared:
+            self._fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self._fd, size)
+                self._data = mmap.mmap(self._fd, size)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        else:
+            self._data = bytearray(size)
+
+    @property
+    def fd(self) -> int:
+        """The memfd behind a shared buffer (-1 for anonymous memory); owned by this object."""
+        return self._fd
+
+    @property
+    def data(self) -> bytearray | mmap.mmap:
+        """The writable bytes."""
+        return self._data
+
+    def view(self) -> memoryview:
+        """A writable view of the whole buffer; the caller releases it."""
+        return memoryview(self._data)
+
+    def close(self) -> None:
+        """Release the memory (idempotent). Outstanding views keep a mapping alive."""
+        if isinstance(self._data, mmap.mmap):
+            # A client may still hold a view: the mapping then goes when the view does.
+            with contextlib.suppress(BufferError):
+                self._data.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(slots=True, eq=False)
+class SimBuffer:
+    """One allocated buffer of the simulated device (an identity object)."""
+
+    handle: BoHandle
+    size: int
+    tier: MemoryTier
+    address: int
+    memory: BufferMemory
+    maps: int = 0
