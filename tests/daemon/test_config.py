@@ -1,0 +1,84 @@
+"""Configuration from TOML, NPUD_* environment and flags, with actionable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from npud.config import Settings, identity_socket_for, load_settings
+from npud.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_file_lists_every_setting_with_its_default(tmp_path: Path) -> None:
+    """systemd/npud.toml.example parses and (commented or not) mentions every field."""
+    example = ROOT / "systemd" / "npud.toml.example"
+    text = example.read_text()
+    settings = load_settings(example, env={})
+    defaults = Settings(socket=settings.socket, state_dir=settings.state_dir)
+    assert settings == defaults
+    for name in Settings.model_fields:
+        assert name in text, f"{name} missing from npud.toml.example"
+    for name in type(settings.quotas).model_fields:
+        assert name in text, f"quotas.{name} missing from npud.toml.example"
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    """Flags beat NPUD_* environment, which beats the file."""
+    cfg = tmp_path / "npud.toml"
+    cfg.write_text('socket = "/a.sock"\nlog_level = "debug"\n[quotas]\nmax_queues = 3\n')
+    env = {"NPUD_SOCKET": "/b.sock", "NPUD_QUOTAS__MAX_QUEUES": "5"}
+    s = load_settings(cfg, env=env)
+    assert s.socket == Path("/b.sock")
+    assert s.quotas.max_queues == 5
+    assert s.log_level == "debug"
+    s = load_settings(cfg, env=env, overrides={"socket": Path("/c.sock"), "device": None})
+    assert s.socket == Path("/c.sock")
+    assert s.device == "auto"
+
+
+def test_invalid_field_names_field_and_reason(tmp_path: Path) -> None:
+    """A bad value raises ConfigError naming the field, the reason and the value."""
+    cfg = tmp_path / "npud.toml"
+    cfg.write_text('policy = "random"\n[quotas]\nmax_queues = -1\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    text = str(info.value)
+    assert "policy" in text and "'random'" in text
+    assert "quotas.max_queues" in text and "greater than 0" in text
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    """A typo in a key is an error, not silently ignored."""
+    cfg = tmp_path / "npud.toml"
+    cfg.write_text("sokcet = '/x'\n")
+    with pytest.raises(ConfigError, match="sokcet"):
+        load_settings(cfg, env={})
+
+
+def test_bad_toml_and_missing_explicit_file(tmp_path: Path) -> None:
+    """Unparseable TOML and a missing --config file are ConfigErrors with the path."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("socket = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, env={})
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_socket_mode_accepts_octal_text() -> None:
+    """socket_mode = "0640" is read as octal."""
+    assert load_settings(Path("/dev/null"), env={"NPUD_SOCKET_MODE": "0640"}).socket_mode == 0o640
+    with pytest.raises(ConfigError, match="socket_mode"):
+        load_settings(Path("/dev/null"), env={"NPUD_SOCKET_MODE": "rw"})
+
+
+def test_runtime_directory_decides_default_socket() -> None:
+    """Under systemd the socket goes to $RUNTIME_DIRECTORY; identity socket sits beside it."""
+    s = load_settings(Path("/dev/null"), env={"RUNTIME_DIRECTORY": "/run/npud"})
+    assert s.socket == Path("/run/npud/npud.sock") or s.socket.name == "npud.sock"
+    assert identity_socket_for(Path("/run/npud/npud.sock")) == Path(
+        "/run/npud/npud.sock.identity"
+    )
