@@ -107,6 +107,44 @@ class DirectBackend:
         self._written = 0
         self._read = 0
         self._busy = 0.0
+        self._owned = False  # device (and loop) created by on_sim(): closed with the backend
+
+    @classmethod
+    def on_sim(cls, *, mode: str = "virtual", profile: str = "rk3588") -> DirectBackend:
+        """A direct backend on a fresh simulated NPU that it owns (and closes in :meth:`close`).
+
+        ``mode="virtual"`` runs on a new :class:`VirtualClock` (modelled, deterministic
+        times); ``mode="process"`` starts the device process on a private event loop (real
+        times).
+
+        Raises:
+            InvalidArgument: unknown mode or profile.
+            DeviceLost: the device process could not start.
+        """
+        from npud.devices.sim import SimDevice
+
+        if mode == "virtual":
+            clock = VirtualClock()
+            device = SimDevice(profile, clock=clock, mode="virtual")
+            device.open()
+            backend = cls(device, clock=clock)
+        elif mode == "process":
+            loop = asyncio.new_event_loop()
+            device = SimDevice(profile, mode="process")
+
+            async def _open() -> None:  # the device process registers its pipe on the loop
+                device.open()
+
+            try:
+                loop.run_until_complete(_open())
+            except BaseException:
+                loop.close()
+                raise
+            backend = cls(device, loop=loop)
+        else:
+            raise InvalidArgument(f"unknown sim mode {mode!r} (expected 'virtual' or 'process')")
+        backend._owned = True
+        return backend
 
     @property
     def name(self) -> str:
@@ -271,6 +309,18 @@ class DirectBackend:
         self._buffers.clear()
         self._order.clear()
         self._free_commands.clear()
+        if self._owned:
+            self._owned = False
+            loop = self.loop
+            if loop is not None and not loop.is_closed():
+
+                async def _close() -> None:
+                    self.device.close()
+
+                loop.run_until_complete(_close())
+                loop.close()
+            else:
+                self.device.close()
 
     def statistics(self) -> BackendStatistics:
         """Counters so far; ``device_busy_s`` sums modelled (virtual) or measured run times."""
