@@ -1,0 +1,141 @@
+"""The event bus: what changed in core, for the API's Watch and Events streams.
+
+Core publishes an event for every job state change, every context and queue created or
+destroyed, and every device state change. Subscribers are plain callbacks run synchronously on
+the core thread, in subscription order; they must not block (the API layer copies events into
+per-stream asyncio queues). A subscriber that raises is logged and kept: one broken listener
+must not stop the scheduler. Publishing with no subscribers costs one attribute test, so the
+hot path does not build events nobody reads.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from npud.core.ids import ContextId, JobId, QueueId
+from npud.devices.base import DeviceHealth
+
+_log = logging.getLogger(__name__)
+
+
+class Change(enum.StrEnum):
+    """What happened to a context or queue."""
+
+    CREATED = "created"
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """A job changed state (``state`` is the new :class:`~npud.core.job.JobState` value)."""
+
+    time: float
+    device: str
+    context_id: ContextId
+    queue_id: QueueId
+    job_id: JobId
+    state: str
+    kind: str
+    error_kind: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEvent:
+    """A context was created or destroyed."""
+
+    time: float
+    device: str
+    context_id: ContextId
+    owner_uid: int
+    change: Change
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """A queue was created or destroyed."""
+
+    time: float
+    device: str
+    context_id: ContextId
+    queue_id: QueueId
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """A device was added, changed health, or was lost."""
+
+    time: float
+    device: str
+    health: DeviceHealth
+    reason: str = ""
+
+
+Event = JobEvent | ContextEvent | QueueEvent | DeviceEvent
+Subscriber = Callable[[Event], None]
+
+
+class Subscription:
+    """A live subscription; :meth:`cancel` ends it (idempotent)."""
+
+    __slots__ = ("_bus", "_callback")
+
+    def __init__(self, bus: EventBus, callback: Subscriber) -> None:
+        self._bus = bus
+        self._callback = callback
+
+    def cancel(self) -> None:
+        """Stop delivering events to this subscriber."""
+        self._bus._unsubscribe(self._callback)
+
+
+class EventBus:
+    """Synchronous fan-out of core events to subscribers."""
+
+    __slots__ = ("_published", "_subscribers")
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._published = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens (publishers skip building events otherwise)."""
+        return bool(self._subscribers)
+
+    def subscribe(self, callback: Subscriber) -> Subscription:
+        """Deliver every later event to ``callback`` until the subscription is cancelled."""
+        self._subscribers.append(callback)
+        return Subscription(self, callback)
+
+    def _unsubscribe(self, callback: Subscriber) -> None:
+        for i, existing in enumerate(self._subscribers):
+            if existing is callback:
+                del self._subscribers[i]
+                return
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to every subscriber; a subscriber's exception is logged, not raised."""
+        self._published += 1
+        for callback in tuple(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                _log.exception("event subscriber %r failed on %r", callback, event)
+
+    def statistics(self) -> EventBusStatistics:
+        """Subscribers and events published so far."""
+        return EventBusStatistics(len(self._subscribers), self._published)
+
+
+@dataclass(frozen=True, slots=True)
+class EventBusStatistics:
+    """A snapshot of the bus."""
+
+    subscribers: int
+    published: int
