@@ -13,7 +13,14 @@ from __future__ import annotations
 
 
 class NpudError(Exception):
-    """Base of every error npud raises on purpose."""
+    """Base of every error npud raises on purpose.
+
+    An error translated from a failed ioctl (:mod:`npud.devices.errno_map`) keeps the kernel's
+    ``errno`` and the ioctl's name in ``ioctl``; other errors leave them at 0 and "".
+    """
+
+    errno: int = 0
+    ioctl: str = ""
 
 
 class InvalidArgument(NpudError):
