@@ -1,0 +1,300 @@
+"""The daemon backend: compiled steps run by npud, through :mod:`npud.client`.
+
+How the model maps onto npud's objects:
+
+- one **context** per generator, with two queues: ``decode`` in the LATENCY class and
+  ``prefill`` in the THROUGHPUT class, so a long prompt of one client never delays another
+  client's decode step by more than one chunk;
+- the **weights** as PERSISTENT buffers keyed by content (``npud-llm:sha256:<hex>`` of each
+  pack): the first process creates and uploads them; every later process, in any context,
+  finds them with ``OpenPersistentBuffer`` and uploads nothing. They stay warm in the daemon
+  after the last user leaves, until memory pressure evicts them;
+- the **KV cache** and the token ids as STATE buffers of the context (spilled, never dropped);
+- activations in a SCRATCH buffer;
+- every step over one bidirectional **SubmitStream** with its command stream inline; a step
+  that ends in ARGMAX asks for a 4-byte readback of the new id, which comes back in the same
+  message as the job's completion: one round trip per token.
+
+Racing first users
+------------------
+Two processes may load the same new model at once. Creating a keyed buffer that exists raises
+``AlreadyExists``; the loser then opens the winner's buffer. A buffer that exists but has never
+been written (the winner is still uploading) is written again by the loser with the same bytes:
+harmless, and simpler than waiting for another client's upload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npud.client import (
+    Access as ClientAccess,
+)
+from npud.client import (
+    Bind,
+    BufferUsage,
+    Client,
+    JobSpec,
+    Persistence,
+    Readback,
+    SchedulingClass,
+    SubmitStream,
+    connect,
+)
+from npud.client import Buffer as ClientBuffer
+from npud.errors import AlreadyExists, FailedPrecondition, InvalidArgument, JobFailed, NotFound
+from npud.llm.backend import BackendStatistics
+from npud.llm.compiler import Access, Step, StepKind
+from npud.llm.plan import BufferKind, BufferSpec, MemoryPlan
+
+KEY_PREFIX = "npud-llm:"
+
+_USAGE = {
+    BufferKind.WEIGHTS: BufferUsage.WEIGHTS,
+    BufferKind.STATE: BufferUsage.STATE,
+    BufferKind.SCRATCH: BufferUsage.SCRATCH,
+}
+
+
+def _access(access: Access) -> ClientAccess:
+    if access is Access.READ:
+        return ClientAccess.READ
+    if access is Access.WRITE:
+        return ClientAccess.WRITE
+    return ClientAccess.READ_WRITE
+
+
+@dataclass(slots=True, eq=False)
+class DaemonTicket:
+    """Steps sent on the submit stream, by tag."""
+
+    steps: tuple[Step, ...]
+    tags: list[int] = field(default_factory=list)
+
+
+class DaemonBackend:
+    """Runs steps through npud (see the module docstring for the mapping).
+
+    Args:
+        client: a connected client; the caller keeps owning it. When ``None``, the backend
+            connects to ``socket_path`` (or the default socket) itself and closes the
+            connection in :meth:`close`.
+        socket_path: where npud listens, when the backend connects itself.
+        device: the device to run on (npud's first device when empty).
+        label: a label for the context and queues (shown by ``npuctl``).
+
+    Raises:
+        Unavailable: npud is not running at the socket.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        socket_path: Path | str | None = None,
+        device: str = "",
+        label: str = "npud-llm",
+    ) -> None:
+        self._owns_client = client is None
+        self.client: Client = connect(socket_path) if client is None else client
+        self.device = device
+        self.label = label
+        self.context_id: str | None = None
+        self._queues: dict[StepKind, str] = {}
+        self._buffers: dict[str, ClientBuffer] = {}
+        self._stream: SubmitStream | None = None
+        self._submitted = 0
+        self._completed = 0
+        self._uploaded = 0
+        self._packs_uploaded = 0
+        self._packs_reused = 0
+        self._written = 0
+        self._read = 0
+        self._busy = 0.0
+
+    @property
+    def name(self) -> str:
+        """``daemon:<socket path>``."""
+        return f"daemon:{self.client.socket_path}"
+
+    @property
+    def buffers(self) -> dict[str, ClientBuffer]:
+        """The npud buffers of the plan, by plan name (a copy)."""
+        return dict(self._buffers)
+
+    def prepare(self, plan: MemoryPlan) -> None:
+        """Create the context, queues and buffers; attach or upload the weights.
+
+        Raises:
+            FailedPrecondition: called twice.
+            ResourceExhausted: a quota or the device's memory cannot hold the plan.
+            Unavailable: npud went away.
+        """
+        if self.context_id is not None:
+            raise FailedPrecondition("the daemon backend is already prepared")
+        ctx = self.client.create_context(self.device, label=self.label)
+        self.context_id = ctx.context_id
+        try:
+            decode = self.client.create_queue(
+                ctx, SchedulingClass.LATENCY, label=f"{self.label}/decode"
+            )
+            prefill = self.client.create_queue(
+                ctx, SchedulingClass.THROUGHPUT, label=f"{self.label}/prefill"
+            )
+            self._queues = {StepKind.DECODE: decode.queue_id, StepKind.PREFILL: prefill.queue_id}
+            for spec in plan.buffers:
+                self._buffers[spec.name] = self._materialise(spec)
+            self._stream = self.client.submit_stream(ctx)
+        except BaseException:
+            self.close()
+            raise
+
+    def _materialise(self, spec: BufferSpec) -> ClientBuffer:
+        assert self.context_id is not None
+        ctx = self.context_id
+        if spec.pack is None:
+            return self.client.create_buffer(ctx, spec.size, usage=_USAGE[spec.kind])
+        key = KEY_PREFIX + spec.pack.key
+        try:
+            buf = self.client.open_persistent(ctx, key)
+        except NotFound:
+            try:
+                buf = self.client.create_buffer(
+                    ctx,
+                    spec.size,
+                    usage=BufferUsage.WEIGHTS,
+                    persistence=Persistence.PERSISTENT,
+                    key=key,
+                )
+            except AlreadyExists:  # another process won the race: use its buffer
+                buf = self.client.open_persistent(ctx, key)
+        if buf.size < spec.size:
+            raise InvalidArgument(
+                f"persistent buffer {key} holds {buf.size} bytes, the plan needs {spec.size}"
+            )
+        if buf.valid:
+            self._packs_reused += 1
+            return buf
+        buf = self.client.write_buffer(ctx, buf, spec.pack.data)
+        self._uploaded += spec.pack.size
+        self._packs_uploaded += 1
+        return buf
+
+    def _buffer(self, name: str) -> ClientBuffer:
+        try:
+            return self._buffers[name]
+        except KeyError:
+            raise InvalidArgument(f"no buffer {name!r} in the prepared plan") from None
+
+    def write(self, buffer: str, offset: int, data: bytes) -> None:
+        """Write ``data`` into the plan's buffer ``buffer`` at ``offset``.
+
+        Raises:
+            InvalidArgument: unknown buffer or the bytes run past its end.
+        """
+        if self.context_id is None:
+            raise FailedPrecondition("prepare() the daemon backend before writing")
+        self.client.write_buffer(self.context_id, self._buffer(buffer), data, offset=offset)
+        self._written += len(data)
+
+    def submit(self, steps: Sequence[Step]) -> DaemonTicket:
+        """Send ``steps`` on the submit stream: decode steps to the LATENCY queue, prefill
+        chunks to the THROUGHPUT queue, each with its command stream inline.
+
+        Raises:
+            FailedPrecondition: the backend is not prepared.
+        """
+        if self._stream is None:
+            raise FailedPrecondition("prepare() the daemon backend before submitting")
+        ticket = DaemonTicket(tuple(steps))
+        for step in ticket.steps:
+            spec = JobSpec(
+                queue=self._queues[step.kind],
+                command=step.command,
+                bindings=tuple(
+                    Bind(self._buffer(name), _access(access)) for name, access in step.bindings
+                ),
+                kind=step.kind.value,
+                label=step.label,
+            )
+            readbacks: tuple[Readback, ...] = ()
+            if step.readback is not None:
+                rb = step.readback
+                readbacks = (Readback(self._buffer(rb.buffer), rb.offset, rb.size),)
+            ticket.tags.append(self._stream.submit(spec, readbacks))
+            self._submitted += 1
+        return ticket
+
+    def wait(self, ticket: DaemonTicket) -> bytes | None:
+        """Wait for every step of ``ticket``; the last step's readback bytes (or ``None``).
+
+        Raises:
+            JobFailed: a step did not complete (its label and npud's reason).
+            Unavailable: npud went away.
+        """
+        if self._stream is None:
+            raise FailedPrecondition("prepare() the daemon backend before waiting")
+        data: bytes | None = None
+        failure: str | None = None
+        for step, tag in zip(ticket.steps, ticket.tags, strict=True):
+            result = self._stream.result(tag)
+            self._completed += 1
+            if result.job is not None:
+                self._busy += result.job.run_s
+            if not result.ok and failure is None:
+                if result.error is not None:
+                    reason = f"{result.error.kind}: {result.error.message}"
+                elif result.job is not None:
+                    reason = f"job ended {result.job.state}"
+                    if result.job.error is not None:
+                        reason += f": {result.job.error.message}"
+                else:
+                    reason = "no result"
+                failure = f"{step.label}: {reason}"
+            data = result.readbacks[0] if result.readbacks else None
+        if failure is not None:
+            raise JobFailed(failure)
+        if data is not None:
+            self._read += len(data)
+        return data
+
+    def now(self) -> float:
+        """``time.monotonic()``."""
+        return time.monotonic()
+
+    def close(self) -> None:
+        """End the stream and destroy the context (its state and scratch buffers die with it;
+        the persistent weights stay warm in npud). Idempotent."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self.context_id is not None:
+            ctx, self.context_id = self.context_id, None
+            try:
+                self.client.destroy_context(ctx)
+            except (NotFound, FailedPrecondition):
+                pass
+            except Exception:
+                if not self._owns_client:
+                    raise
+        self._buffers.clear()
+        if self._owns_client:
+            self._owns_client = False
+            self.client.close()
+
+    def statistics(self) -> BackendStatistics:
+        """Counters so far; ``device_busy_s`` sums the run times npud reported."""
+        return BackendStatistics(
+            backend=self.name,
+            steps_submitted=self._submitted,
+            steps_completed=self._completed,
+            weight_bytes_uploaded=self._uploaded,
+            weight_packs_uploaded=self._packs_uploaded,
+            weight_packs_reused=self._packs_reused,
+            bytes_written=self._written,
+            bytes_read=self._read,
+            device_busy_s=self._busy,
+        )
