@@ -31,6 +31,7 @@ that caused it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import itertools
@@ -182,6 +183,7 @@ class SimDevice:
         self._profile = get_profile(profile)
         self._mode: Mode = mode
         self._name = name
+        self._default_clock = clock is None
         if clock is None:
             clock = VirtualClock() if mode == "virtual" else MonotonicClock()
         self._clock = clock
@@ -285,6 +287,14 @@ class SimDevice:
             return
         if self._mode == "process":
             from npud.devices.sim.host import FirmwareHost
+
+            if self._default_clock:
+                # Bind real time to the loop open() runs on, so that completions caused by
+                # calls made from outside a callback (abort, close) still land on it.
+                try:
+                    self._clock = MonotonicClock(asyncio.get_running_loop())
+                except RuntimeError:
+                    raise DeviceError("process mode: open() must run on the asyncio loop") from None
 
             host = FirmwareHost(self._profile.name, self._on_host_reply, self._on_host_exit)
             host.start()
