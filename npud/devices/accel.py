@@ -71,7 +71,7 @@ class KernelFile(Protocol):
     message, exactly as the :mod:`npud.abi` choke point does (retrying EINTR/EAGAIN first).
     """
 
-    def ioctl(self, spec: IoctlSpec, arg: Struct | None) -> None:
+    def ioctl(self, spec: IoctlSpec, arg: Struct | None) -> int | None:
         """Run one ioctl. Raises OSError(errno)."""
         ...
 
@@ -88,42 +88,28 @@ class KernelFile(Protocol):
         ...
 
 
-@dataclass(slots=True, eq=False)
-class NodeFile:
-    """A real accel node opened read-write, with ioctls through :mod:`npud.abi`'s choke point."""
+def open_node(path: str) -> KernelFile:
+    """Open a real accel node (``/dev/accel/accelN``) as a :class:`KernelFile`.
 
-    path: str
-    _fd: int = -1
+    Its ioctls go through :mod:`npud.abi`'s one choke point (EINTR/EAGAIN retry, errno kept).
 
-    def open(self) -> NodeFile:
-        """Open the node. Raises DeviceLost when it does not exist or cannot be opened."""
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DeviceLost(f"cannot open {self.path}: {exc.strerror}") from exc
-        return self
+    Raises:
+        DeviceLost: the node does not exist or cannot be opened.
+    """
+    from npud.abi.drmfile import DrmFile
 
-    def ioctl(self, spec: IoctlSpec, arg: Struct | None) -> None:
-        """Run one ioctl through the abi choke point."""
-        from npud.abi.ioctl import ioctl as abi_ioctl
+    try:
+        return DrmFile.open(path)
+    except OSError as exc:
+        raise DeviceLost(f"cannot open {path}: {exc.strerror}") from exc
 
-        abi_ioctl(self._fd, spec, arg)
 
-    def mmap(self, offset: int, length: int) -> mmap.mmap:
-        """Map the BO behind ``offset`` shared and read-write."""
-        return mmap.mmap(
-            self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
-        )
-
-    def fileno(self) -> int:
-        """The descriptor."""
-        return self._fd
-
-    def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+def opener_for(target: Callable[[], KernelFile] | str) -> Callable[[], KernelFile]:
+    """An opener from a node path or an opener (tests pass a fake kernel's ``open``)."""
+    if isinstance(target, str):
+        path = target
+        return lambda: open_node(path)
+    return target
 
 
 # Why one errno table with driver overrides
@@ -243,12 +229,12 @@ class AccelDevice:
 
     def __init__(
         self,
-        opener: Callable[[], KernelFile],
+        opener: Callable[[], KernelFile] | str,
         *,
         name: str,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self._opener = opener
+        self._opener = opener_for(opener)
         self._name = name
         self._loop_arg = loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -536,6 +522,19 @@ class AccelDevice:
                 self._lose(f"{spec.name}: {error}")
             raise error from exc
 
+    def read_bytes(self, handle: BoHandle, offset: int, size: int) -> bytes:
+        """Copy ``size`` bytes at ``offset`` of a CPU-mappable BO (a job's command range)."""
+        record = self._record(handle)
+        if record.mmap_offset is None:
+            raise Unsupported(f"{self._name}: buffer {handle} is not CPU-mappable")
+        if record.mapping is None:
+            record.mapping = self.file.mmap(record.mmap_offset, record.buffer.size)
+        view = memoryview(record.mapping)
+        try:
+            return bytes(view[offset : offset + size])
+        finally:
+            view.release()
+
     def _record(self, handle: BoHandle) -> BoRecord:
         record = self._bos.get(handle)
         if record is None:
@@ -644,6 +643,14 @@ class AccelDevice:
         )
 
 
+def system_memory() -> int:
+    """Bytes of system RAM: the pool NPUs with shmem-backed BOs allocate from."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
 def absolute_timeout_ns(seconds: float) -> int:
     """An absolute CLOCK_MONOTONIC deadline in ns, as ``drm_timeout_abs_to_jiffies`` expects."""
     return time.monotonic_ns() + int(seconds * 1e9)
@@ -652,3 +659,71 @@ def absolute_timeout_ns(seconds: float) -> int:
 def pointer(ffi: Any, cdata: Any) -> int:
     """The address of a cffi array as the ``__u64`` the UAPI wants (0 for ``None``)."""
     return 0 if cdata is None else int(ffi.cast("uintptr_t", cdata))
+
+
+@dataclass(slots=True, eq=False)
+class CommandSlot:
+    """A driver-owned command BO that one in-flight job uses at a time."""
+
+    handle: BoHandle
+    size: int
+    mapping: mmap.mmap | memoryview
+
+
+class CommandSlots:
+    """Command BOs reused across jobs, one per in-flight job.
+
+    Why: ivpu refuses a command buffer still in use by an earlier job (EBUSY) and reports the
+    job's status in it; amdxdna writes the command's state into its command BO. So a
+    submission's command bytes are copied into a slot the job owns until it completes, and two
+    jobs built from the same npud command buffer can be in flight together. Slots come in
+    power-of-two sizes (at least a page) so a few cover any mix of jobs.
+    """
+
+    def __init__(
+        self,
+        alloc: Callable[[int], tuple[BoHandle, mmap.mmap | memoryview]],
+        free: Callable[[BoHandle], None],
+    ) -> None:
+        self._alloc = alloc
+        self._free = free
+        self._idle: list[CommandSlot] = []
+        self._all: list[CommandSlot] = []
+        self.reused = 0
+
+    def take(self, data: bytes | memoryview) -> CommandSlot:
+        """A slot holding ``data`` at offset 0 (zero-filled after it); owned until :meth:`give`."""
+        need = len(data)
+        fits = [s for s in self._idle if s.size >= need]
+        if fits:
+            slot = min(fits, key=lambda s: s.size)
+            self._idle.remove(slot)
+            self.reused += 1
+        else:
+            size = max(4096, 1 << (need - 1).bit_length())
+            handle, mapping = self._alloc(size)
+            slot = CommandSlot(handle, size, mapping)
+            self._all.append(slot)
+        view = memoryview(slot.mapping)
+        view[:need] = data
+        view[need : slot.size] = bytes(slot.size - need)
+        view.release()
+        return slot
+
+    def give(self, slot: CommandSlot) -> None:
+        """Return a slot whose job completed."""
+        self._idle.append(slot)
+
+    def handles(self) -> set[BoHandle]:
+        """Every slot's handle."""
+        return {s.handle for s in self._all}
+
+    def close(self) -> None:
+        """Free every slot (device close)."""
+        for slot in self._all:
+            if isinstance(slot.mapping, mmap.mmap):
+                slot.mapping.close()
+            with contextlib.suppress(NpudError):
+                self._free(slot.handle)
+        self._all.clear()
+        self._idle.clear()

@@ -32,11 +32,10 @@ How npud drives it:
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
 from npud.abi import rocket
-from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, NodeFile, pointer
+from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer, system_memory
 from npud.devices.base import (
     BoHandle,
     BufferUse,
@@ -53,13 +52,6 @@ REGCMD_BYTES = 8  # one register command is a 64-bit word
 MAX_BO_SIZE = (1 << 32) - 4096  # drm_rocket_create_bo.size is a __u32
 
 
-def _system_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-
-
 class RocketDevice(AccelDevice):
     """An RK3588 NPU (``/dev/accel/accelN`` driven by ``rocket``)."""
 
@@ -73,9 +65,6 @@ class RocketDevice(AccelDevice):
         loop: asyncio.AbstractEventLoop | None = None,
         cores: int = 3,
     ) -> None:
-        if isinstance(opener, str):
-            path = opener
-            opener = lambda: NodeFile(path).open()  # noqa: E731
         super().__init__(opener, name=name, loop=loop)
         self._cores = cores
 
@@ -87,7 +76,7 @@ class RocketDevice(AccelDevice):
             description=self.version[2] or "Rockchip NPU (rocket)",
             board="rk3588",
             engines=(EngineInfo(0, f"rocket (kernel balances over {self._cores} cores)"),),
-            tiers=(TierInfo(MemoryTier.DRAM, _system_memory()),),
+            tiers=(TierInfo(MemoryTier.DRAM, system_memory()),),
             native_priorities=PRIORITIES.levels,
             has_syncobj=False,
             has_hw_contexts=False,
