@@ -1,6 +1,6 @@
 """The tiny demo model: a seeded, randomly initialised Llama-style decoder.
 
-It is small enough for the simulated NPU to run for real in tests (about 0.5 M parameters:
+It is small enough for the simulated NPU to run for real in tests (about 0.36 M parameters:
 2 layers, width 128, 4 query heads over 2 key/value heads, SwiGLU width 256, a byte-level
 vocabulary of 258, 256 positions), and written exactly like a real checkpoint (config.json +
 model.safetensors with HF tensor names) so that the loader, the compiler and the backends are
