@@ -14,9 +14,10 @@ inflation value ``L`` then rises to that ``H``. The effect:
 
 * *last use*: a buffer touched recently was given a credit relative to a larger ``L`` than one
   touched long ago, so idle buffers go first (with equal costs this is exactly LRU);
-* *reload cost*: a buffer that is expensive to bring back per byte freed (a KV cache that must be
-  spilled and restored) outlives a cheap one (scratch, or weights with a backing file) of the
-  same age, by the difference in cost per byte;
+* *reload cost*: a buffer that is expensive to bring back per byte freed outlives a cheap one
+  of the same age, by the difference in cost per byte: scratch is simply dropped (nearly free),
+  a KV cache is copied out now and back later (two host copies), sealed weights are re-read
+  from their backing file (slower per byte than memory, but nothing is copied now);
 * *size*: the cost includes a fixed per-buffer overhead (an allocation and a map), so small
   buffers cost more per byte to reload and are kept longer, while a large idle buffer frees
   many bytes for one eviction.

@@ -35,14 +35,15 @@ a dropped buffer is re-read. Core needs no locks.
 
 Quotas
 ------
-A context is charged the full size of every buffer it holds a reference to (a shared buffer
-counts against each context that keeps it alive; the device counts it once). A request that
+A context is charged the full (requested) size of every buffer it holds a reference to (a shared
+buffer counts against each context that keeps it alive; the device counts it once). A request that
 would take a context past its quota is refused with :class:`~npud.errors.QuotaExceeded` before
 anything is allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from npud.core.registry import Registration, Registry
 from npud.devices.base import Binding, BoHandle, BufferUse, Device, MemoryTier
 from npud.errors import (
     AlreadyExists,
+    DeviceLost,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -68,6 +70,7 @@ from npud.errors import (
 )
 
 HASH_PREFIX = "sha256:"
+PAGE = 4096  # budgets are checked in pages: DRM drivers allocate GEM objects page-granular
 MAX_KEY_LENGTH = 256
 _DEVICE_TIERS = (MemoryTier.SRAM, MemoryTier.DRAM)
 
@@ -272,7 +275,7 @@ class ResidencyManager:
             if key in self._by_key or (self._registry is not None and key in self._registry):
                 raise AlreadyExists(f"persistent key {key!r} exists; open it instead")
         largest = max(self._budget.values())
-        if size > largest:
+        if _pages(size) > largest:
             raise OutOfDeviceMemory(
                 f"a {size}-byte buffer can never fit on {self._device.name}: the largest tier "
                 f"budget is {largest} bytes"
@@ -546,7 +549,7 @@ class ResidencyManager:
         """
         unique = _unique(buffers)
         entries = [self._live(b) for b in unique]
-        total = sum(b.size for b in unique)
+        total = sum(_pages(b.size) for b in unique)
         budget = sum(self._budget.values())
         if total > budget:
             raise OutOfDeviceMemory(
@@ -809,16 +812,14 @@ class ResidencyManager:
 
     def _could_place(self, missing: Sequence[_Entry], protect: frozenset[BufferId]) -> bool:
         """Whether evicting every candidate would make room for ``missing`` (DRAM + free SRAM)."""
-        need = sum(e.buffer.size for e in missing)
+        need = sum(_pages(e.buffer.size) for e in missing)
         sram_free = max(0, self._free(MemoryTier.SRAM)) if self._sram_ok() else 0
         sram_takers = sum(
-            e.buffer.size for e in missing if MemoryTier.SRAM in self._tiers_for(e.buffer)
+            _pages(e.buffer.size) for e in missing if MemoryTier.SRAM in self._tiers_for(e.buffer)
         )
         need -= min(sram_free, sram_takers)
         room = self._free(MemoryTier.DRAM) + sum(
-            e.buffer.device.size
-            for e in self._victims(MemoryTier.DRAM, protect)
-            if e.buffer.device is not None
+            _held(e) for e in self._victims(MemoryTier.DRAM, protect)
         )
         return need <= room
 
@@ -839,7 +840,7 @@ class ResidencyManager:
         buf = entry.buffer
         victims = self._victims(tier, protect) if may_evict else []
         while True:
-            if self._free(tier) >= buf.size:
+            if self._free(tier) >= _pages(buf.size):
                 try:
                     dev = self._device.create_buffer(buf.size, tier)
                 except OutOfDeviceMemory:
@@ -888,9 +889,11 @@ class ResidencyManager:
     def _release_device(self, buf: Buffer) -> None:
         if buf.device is None:
             return
-        self._used[buf.device.tier] -= buf.device.size
-        self._device.free_buffer(buf.device.handle)
-        buf.device = None
+        dev, buf.device = buf.device, None
+        self._used[dev.tier] -= dev.size
+        # A lost or reset device may have forgotten the handle already: our books still drop it.
+        with contextlib.suppress(NotFound, DeviceLost):
+            self._device.free_buffer(dev.handle)
 
     def _evict(self, entry: _Entry) -> None:
         """Take a buffer's device memory; its contents go where :mod:`eviction` says."""
@@ -957,15 +960,16 @@ class ResidencyManager:
         ]
         for entry in sorted(candidates, key=lambda e: sram_rank(e.buffer)):
             buf = entry.buffer
-            if self._free(MemoryTier.SRAM) < buf.size:
-                self._reclaim_sram(buf.size, protect)
-            if self._free(MemoryTier.SRAM) >= buf.size:
+            need = _pages(buf.size)
+            if self._free(MemoryTier.SRAM) < need:
+                self._reclaim_sram(need, protect)
+            if self._free(MemoryTier.SRAM) >= need:
                 self._migrate(entry, MemoryTier.SRAM)
 
     def _reclaim_sram(self, need: int, protect: frozenset[BufferId]) -> None:
         """Demote unused (warm-pool) SRAM residents to DRAM until ``need`` bytes are free."""
         idle = [e for e in self._victims(MemoryTier.SRAM, protect) if not e.buffer.users]
-        if self._free(MemoryTier.SRAM) + sum(e.buffer.size for e in idle) < need:
+        if self._free(MemoryTier.SRAM) + sum(_held(e) for e in idle) < need:
             return
         for entry in idle:
             if self._free(MemoryTier.SRAM) >= need:
@@ -978,7 +982,7 @@ class ResidencyManager:
         buf = entry.buffer
         old = buf.device
         assert old is not None
-        if self._free(tier) < buf.size:
+        if self._free(tier) < _pages(buf.size):
             return False
         try:
             new = self._device.create_buffer(buf.size, tier)
@@ -1045,6 +1049,17 @@ def _unique(buffers: Iterable[Buffer]) -> list[Buffer]:
     for buf in buffers:
         seen.setdefault(buf.id, buf)
     return list(seen.values())
+
+
+def _pages(size: int) -> int:
+    """``size`` rounded up to whole pages: what an allocation takes from a budget."""
+    return -(-size // PAGE) * PAGE
+
+
+def _held(entry: _Entry) -> int:
+    """Device bytes ``entry`` holds now (0 when not resident)."""
+    dev = entry.buffer.device
+    return 0 if dev is None else dev.size
 
 
 def _largest_first(entry: _Entry) -> int:
