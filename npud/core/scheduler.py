@@ -416,28 +416,16 @@ class Scheduler:
                 )
         self._check_cycles(jobs, batch)
         now = self._clock.now()
-        ahead = 0.0
+        # latency jobs of this batch with deadlines, for the EDF work ahead of each other
+        batch_edf = [
+            (j.deadline, self.estimate(j) or 0.0, id(j))
+            for j in jobs
+            if j.deadline is not None and j.sched_class is SchedClass.LATENCY
+        ]
         for job in jobs:
             est = self.estimate(job)
             cls = job.sched_class
-            slice_s = self.policy.time_slice_s
-            if (
-                not self._fifo
-                and slice_s is not None
-                and cls is not SchedClass.LATENCY
-                and est is not None
-                and est > slice_s
-            ):
-                chunks = math.ceil(est / slice_s)
-                raise TimeSliceExceeded(
-                    f"a {cls} job of kind {job.kind or '(none)'!r} is estimated at "
-                    f"{est * 1e3:.2f} ms, over the {slice_s * 1e3:.2f} ms time slice: split it "
-                    f"into at least {chunks} chunks (or submit it as BACKGROUND work)"
-                    if cls is SchedClass.THROUGHPUT
-                    else f"a {cls} job of kind {job.kind or '(none)'!r} is estimated at "
-                    f"{est * 1e3:.2f} ms, over the {slice_s * 1e3:.2f} ms time slice: split it "
-                    f"into at least {chunks} chunks"
-                )
+            self._check_slice(job, cls, est)
             if job.deadline is None:
                 continue
             if job.deadline <= now:
@@ -446,15 +434,29 @@ class Scheduler:
                 )
             if est is None:
                 continue
-            backlog = self._backlog(job) + ahead if cls is SchedClass.LATENCY else 0.0
+            backlog = 0.0
+            if cls is SchedClass.LATENCY:
+                ahead = sum(e for d, e, i in batch_edf if d <= job.deadline and i != id(job))
+                backlog = self._backlog(job) + ahead / len(self._engines)
             if now + backlog + est > job.deadline:
                 raise DeadlineInfeasible(
                     f"a {job.kind or 'job'} job takes about {est * 1e3:.3f} ms (measured "
-                    f"average) and {backlog * 1e3:.3f} ms of work is ahead of it, but its "
+                    f"average) and about {backlog * 1e3:.3f} ms of work is ahead of it, but its "
                     f"deadline is {(job.deadline - now) * 1e3:.3f} ms away"
                 )
-            if cls is SchedClass.LATENCY:
-                ahead += est / len(self._engines)
+
+    def _check_slice(self, job: Job, cls: SchedClass, est: float | None) -> None:
+        slice_s = self.policy.time_slice_s
+        if self._fifo or slice_s is None or cls is SchedClass.LATENCY or est is None:
+            return
+        if est <= slice_s:
+            return
+        chunks = math.ceil(est / slice_s)
+        raise TimeSliceExceeded(
+            f"a {cls} job of kind {job.kind or '(none)'!r} is estimated at {est * 1e3:.2f} ms, "
+            f"over the {slice_s * 1e3:.2f} ms time slice: split it into at least {chunks} "
+            "chunks, each its own job (a LATENCY job is never refused for its length)"
+        )
 
     def _check_cycles(self, jobs: Sequence[Job], batch: set[int]) -> None:
         # Only jobs of this batch can form a cycle: admitted jobs never gain dependencies.
@@ -533,6 +535,8 @@ class Scheduler:
             counts[state] += 1
         job.state = state
         job.times[state] = self._clock.now()
+        if state is JobState.READY or state is JobState.RUNNING:
+            self._publish(job)  # QUEUED and the terminal states publish where they are set
 
     def _maybe_ready(self, job: Job) -> None:
         if job.state is not JobState.QUEUED or job.unmet:
@@ -812,8 +816,9 @@ class Scheduler:
     # to each other, so the decay factor applied to all of them cancels out.
     # ------------------------------------------------------------------------------------
 
-    def _choose_class(self, eligible: list[SchedClass]) -> SchedClass:
-        if self._fifo or len(eligible) == 1:
+    def _choose_class(self, eligible: list[SchedClass]) -> SchedClass | None:
+        """The class to serve next, or ``None`` when the best one has no credit now."""
+        if self._fifo:
             return eligible[0]
         usage = self._usage
         total = usage[SchedClass.LATENCY] + usage[SchedClass.THROUGHPUT]
@@ -827,7 +832,13 @@ class Scheduler:
                     worst, worst_gap = cls, gap
             if worst is not None:
                 return worst
-        return eligible[0]
+        # Strict order otherwise: a class with READY work but no credit blocks the classes
+        # below it (a throughput job slipped onto an engine now would sit in front of the
+        # next latency job in the device's FIFO).
+        for cls in CLASS_ORDER:
+            if self._ready[cls] > 0:
+                return cls if cls in eligible else None
+        return None
 
     def _charge_class(self, cls: SchedClass, seconds: float) -> None:
         now = self._clock.now()
@@ -848,6 +859,8 @@ class Scheduler:
             if not eligible:
                 return
             cls = self._choose_class(eligible)
+            if cls is None:
+                return
             job = self._pop(cls)
             if job is None:
                 self._ready[cls] = 0  # only stale entries were left

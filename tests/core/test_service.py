@@ -1,0 +1,192 @@
+"""The Core facade: ownership, admission limits, cancellation, context close, events, stats."""
+
+from __future__ import annotations
+
+import pytest
+
+from npud.core.buffers import Usage
+from npud.core.context import ContextQuotas
+from npud.core.events import ContextEvent, Event, JobEvent
+from npud.core.job import JobState
+from npud.core.policy import SchedClass, SchedulerPolicy
+from npud.core.service import CoreLimits, JobSpec
+from npud.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    QueueFull,
+    QuotaExceeded,
+    TimeSliceExceeded,
+)
+from tests.core.harness import ALICE, BOB, ROOT, make_bed
+
+
+def test_other_users_see_not_found_and_admins_see_everything() -> None:
+    """Ids of another owner's context are NotFound; root reaches them."""
+    bed = make_bed()
+    ctx = bed.context(ALICE)
+    with pytest.raises(NotFound, match=ctx.id):
+        bed.core.context(BOB, ctx.id)
+    with pytest.raises(NotFound):
+        bed.core.create_queue(BOB, ctx.id)
+    assert bed.core.contexts(BOB) == []
+    assert bed.core.context(ROOT, ctx.id) is ctx
+    assert bed.core.contexts(ROOT, all_users=True) == [ctx]
+    same_user_other_process = type(ALICE)(uid=ALICE.uid, gid=ALICE.gid, pid=999)
+    assert bed.core.context(same_user_other_process, ctx.id) is ctx
+
+
+def test_admin_group_members_are_admins() -> None:
+    """A configured admin gid makes its members admins."""
+    bed = make_bed(limits=CoreLimits(admin_gid=BOB.gid))
+    ctx = bed.context(ALICE)
+    assert bed.core.is_admin(BOB)
+    assert bed.core.context(BOB, ctx.id) is ctx
+
+
+def test_queue_depth_and_quotas_are_enforced_with_actionable_messages() -> None:
+    """QueueFull and QuotaExceeded name the limit and the current value; nothing is admitted."""
+    bed = make_bed(limits=CoreLimits(max_contexts_per_user=2))
+    ctx = bed.context(quotas=ContextQuotas(max_queued_jobs=5, max_queues=2))
+    queue = bed.queue(ctx, depth_limit=3)
+    bed.burn(ctx, queue, 0.001, n=2)
+    with pytest.raises(QueueFull, match=r"holds 2 jobs and the batch adds 2; its depth limit is 3"):
+        bed.burn(ctx, queue, 0.001, n=2)
+    other = bed.queue(ctx)
+    with pytest.raises(QuotaExceeded, match=r"would hold 6 live jobs; its quota is 5"):
+        bed.burn(ctx, other, 0.001, n=4)
+    with pytest.raises(QuotaExceeded, match=r"has 2 queues; its quota is 2"):
+        bed.queue(ctx)
+    bed.context()
+    with pytest.raises(QuotaExceeded, match=r"holds 2 contexts; the limit per user is 2"):
+        bed.context()
+    assert queue.depth == 2 and other.depth == 0
+
+
+def test_a_throughput_job_over_the_time_slice_is_refused_with_advice_to_chunk() -> None:
+    """An estimated duration over the slice raises TimeSliceExceeded; LATENCY is exempt."""
+    bed = make_bed(SchedulerPolicy(time_slice_s=0.02))
+    ctx = bed.context()
+    tp = bed.queue(ctx, SchedClass.THROUGHPUT)
+    bed.burn(ctx, tp, 0.05, kind="prefill")  # unknown kind: admitted, then measured
+    bed.run()
+    with pytest.raises(TimeSliceExceeded, match=r"50\.00 ms.*20\.00 ms.*at least 3 chunks"):
+        bed.burn(ctx, tp, 0.05, kind="prefill")
+    with pytest.raises(TimeSliceExceeded):
+        bed.burn(ctx, tp, 0.05, kind="new", estimate_s=0.05)  # the client's own estimate
+    [lat] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.05, kind="prefill")
+    bed.run()
+    assert lat.state is JobState.COMPLETED
+
+
+def test_cancel_queued_and_running_jobs() -> None:
+    """Queued jobs cancel at once; a running one is aborted on the device; both CANCELLED."""
+    bed = make_bed()
+    ctx = bed.context()
+    queue = bed.queue(ctx)
+    running, queued = bed.burn(ctx, queue, 0.01, n=2)
+    bed.clock.advance(0.002)
+    assert bed.core.cancel(ALICE, ctx.id, queued.id)
+    assert queued.state is JobState.CANCELLED and queued.started_at is None
+    assert bed.core.cancel(ALICE, ctx.id, running.id)
+    assert running.state is JobState.CANCELLED
+    assert running.error is not None and "aborted on the device" in running.error.message
+    bed.run()
+    assert not bed.core.cancel(ALICE, ctx.id, running.id)  # already ended
+    assert bed.device.statistics().aborted == 1
+    assert bed.scheduler.statistics().ended == {"cancelled": 2}
+
+
+def test_closing_a_context_drains_running_jobs_cancels_queued_and_leaves_no_trace() -> None:
+    """Close: running job completes within the grace, queued ones cancelled, nothing remains."""
+    bed = make_bed()
+    seen: list[Event] = []
+    bed.core.subscribe(seen.append)
+    ctx = bed.context()
+    queue = bed.queue(ctx)
+    buf = bed.core.create_buffer(ALICE, ctx.id, 4096, usage=Usage.STATE)
+    running, queued = bed.burn(ctx, queue, 0.01, n=2, bindings=((buf.id, _rw()),))
+    bed.clock.advance(0.001)
+    closed: list[str] = []
+    bed.core.destroy_context(ALICE, ctx.id, grace_s=1.0, on_closed=lambda c: closed.append(c.id))
+    assert queued.state is JobState.CANCELLED
+    assert queued.error is not None and queued.error.type is Cancelled
+    with pytest.raises(FailedPrecondition):
+        bed.burn(ctx, queue, 0.01)
+    assert not closed  # still draining
+    bed.run()
+    assert running.state is JobState.COMPLETED
+    assert closed == [ctx.id]
+    _assert_no_trace(bed, ctx.id)
+    assert any(isinstance(e, ContextEvent) and e.change == "destroyed" for e in seen)
+    assert {e.state for e in seen if isinstance(e, JobEvent)} >= {"queued", "running"}
+
+
+def test_closing_aborts_running_jobs_after_the_grace_period() -> None:
+    """A job still running when the grace ends is cancelled and aborted on the device."""
+    bed = make_bed()
+    ctx = bed.context()
+    [job] = bed.burn(ctx, bed.queue(ctx), 0.2, timeout_s=1.0)
+    bed.core.destroy_context(ALICE, ctx.id, grace_s=0.05)
+    bed.run()
+    assert job.state is JobState.CANCELLED
+    assert job.finished_at == pytest.approx(0.05)
+    _assert_no_trace(bed, ctx.id)
+
+
+def test_submit_validates_buffers_ranges_and_batches() -> None:
+    """Unknown queues/buffers are NotFound; empty batches and bad ranges InvalidArgument."""
+    bed = make_bed()
+    ctx = bed.context()
+    queue = bed.queue(ctx)
+    cmd = bed.burn_buffer(ctx, 0.001)
+    with pytest.raises(InvalidArgument, match="at least one job"):
+        bed.core.submit(ALICE, ctx.id, [])
+    with pytest.raises(NotFound):
+        bed.core.submit(ALICE, ctx.id, [JobSpec(queue.id, "buf-nope")])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="command range"):
+        bed.core.submit(ALICE, ctx.id, [JobSpec(queue.id, cmd, command_offset=10_000)])
+    with pytest.raises(InvalidArgument, match="engine 7"):
+        bed.core.submit(ALICE, ctx.id, [JobSpec(queue.id, cmd, engine=7)])
+    with pytest.raises(FailedPrecondition, match="bound to 1 live job"):
+        bed.burn(ctx, queue, 0.001)
+        bed.core.release_buffer(ALICE, ctx.id, cmd)
+
+
+def test_statistics_report_depths_waits_and_utilisation() -> None:
+    """Scheduler statistics show per-class depth, wait/run percentiles and engine utilisation."""
+    bed = make_bed()
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    bed.burn(ctx, queue, 0.01, n=3 * bed.engines)
+    mid = bed.core.statistics().device("sim0").scheduler
+    tp = mid.by_class(SchedClass.THROUGHPUT)
+    assert tp.running == 3 * bed.engines  # deep submission: several in flight per engine
+    bed.run()
+    report = bed.core.device_report()
+    tp = report.scheduler.by_class(SchedClass.THROUGHPUT)
+    assert tp.running == tp.ready == tp.queued == 0
+    assert tp.run.count == 9 and tp.run.p50_s == pytest.approx(0.01)
+    assert tp.queue_wait.p99_s == pytest.approx(0.02)
+    assert all(e.utilisation == pytest.approx(1.0) for e in report.scheduler.engines)
+    ctx_stats = bed.core.context_statistics(ALICE, ctx.id)
+    assert ctx_stats.ended == {"completed": 9}
+    assert ctx_stats.device_time_s == pytest.approx(0.09)
+    assert report.contexts == 1 and report.queues == 1
+
+
+def _rw():  # type: ignore[no-untyped-def]
+    from npud.devices.base import BufferUse
+
+    return BufferUse.READWRITE
+
+
+def _assert_no_trace(bed, ctx_id) -> None:  # type: ignore[no-untyped-def]
+    stats = bed.core.statistics()
+    assert ctx_id not in repr(stats)
+    assert stats.contexts == 0
+    assert stats.device("sim0").scheduler.contexts == 0
+    assert bed.core.device().residency.context_usage(ctx_id) == 0
+    with pytest.raises(NotFound):
+        bed.core.context(ROOT, ctx_id)
