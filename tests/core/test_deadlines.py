@@ -34,7 +34,8 @@ def test_feasible_deadlines_are_met_in_earliest_deadline_first_order() -> None:
     deadlines = [j.deadline for j in by_start]
     assert deadlines == sorted(deadlines)  # type: ignore[type-var]
     for job in jobs:
-        assert job.finished_at is not None and job.deadline is not None
+        assert job.finished_at is not None
+        assert job.deadline is not None
         assert job.finished_at <= job.deadline
     assert bed.scheduler.statistics().deadline_misses == 0
 
@@ -71,6 +72,6 @@ def test_a_job_that_can_no_longer_make_its_deadline_is_rejected_before_it_runs()
     bed.run()
     assert first[0].state is JobState.COMPLETED
     assert late.state is JobState.REJECTED
-    assert late.error is not None and late.error.type is DeadlineInfeasible
+    assert late.error is not None
+    assert late.error.type is DeadlineInfeasible
     assert late.started_at is None
-

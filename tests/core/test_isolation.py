@@ -41,10 +41,12 @@ def test_latency_job_waits_at_most_one_throughput_job_and_fifo_waits_for_the_bac
     fifo = make_bed(SchedulerPolicy(kind=PolicyKind.FIFO))
     [base] = _flood_then_decode(fifo)
     wait, base_wait = job.queue_wait_s, base.queue_wait_s
-    assert wait is not None and base_wait is not None
+    assert wait is not None
+    assert base_wait is not None
     print(f"\nLATENCY job wait under a 4x{FLOOD} flood of {T * 1e3:.0f} ms jobs: ")
     print(f"  npud policy: {wait * 1e3:.3f} ms   fifo policy: {base_wait * 1e3:.3f} ms")
-    assert job.state is JobState.COMPLETED and base.state is JobState.COMPLETED
+    assert job.state is JobState.COMPLETED
+    assert base.state is JobState.COMPLETED
     assert wait <= T + npud.launch_s + 1e-9
     remaining = 4 * FLOOD * T / fifo.engines - 0.5 * T * FLOOD - 0.4 * T
     assert base_wait >= 0.9 * remaining  # the whole backlog still queued on the engines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from npud.core.job import JobState
@@ -18,8 +20,9 @@ def test_no_job_starts_before_its_predecessor_in_the_queue_completes() -> None:
     jobs = bed.burn(ctx, queue, 0.003, n=8)
     bed.run()
     assert all(j.state is JobState.COMPLETED for j in jobs)
-    for before, after in zip(jobs, jobs[1:], strict=False):
-        assert after.started_at is not None and before.finished_at is not None
+    for before, after in itertools.pairwise(jobs):
+        assert after.started_at is not None
+        assert before.finished_at is not None
         assert after.started_at >= before.finished_at
 
 
@@ -46,9 +49,11 @@ def test_dependencies_across_queues_are_honoured() -> None:
     c, d = bed.core.submit(ALICE, ctx.id, specs)
     assert b.state is JobState.QUEUED
     bed.run()
-    assert b.started_at is not None and a.finished_at is not None
+    assert b.started_at is not None
+    assert a.finished_at is not None
     assert b.started_at >= a.finished_at
-    assert d.started_at is not None and c.finished_at is not None
+    assert d.started_at is not None
+    assert c.finished_at is not None
     assert d.started_at >= c.finished_at
 
 
@@ -66,7 +71,8 @@ def test_a_dependency_cycle_is_rejected_and_nothing_is_admitted() -> None:
         bed.core.submit(ALICE, ctx.id, specs)
     with pytest.raises(InvalidArgument, match="itself"):
         bed.core.submit(ALICE, ctx.id, [bed.spec(ctx, queue, 0.001, depends_on=(0,))])
-    assert queue.depth == 0 and not ctx.jobs
+    assert queue.depth == 0
+    assert not ctx.jobs
     assert bed.scheduler.statistics().submitted == 0
 
 
@@ -96,7 +102,8 @@ def test_dependents_of_a_failed_job_are_cancelled_and_say_why() -> None:
     bed.run()
     assert bad.state is JobState.FAILED
     assert dependent.state is JobState.CANCELLED
-    assert dependent.error is not None and dependent.error.type is Cancelled
+    assert dependent.error is not None
+    assert dependent.error.type is Cancelled
     assert bad.id in dependent.error.message
     assert after.state is JobState.COMPLETED  # the in-order queue is not poisoned
     # depending on an already-failed job cancels at once

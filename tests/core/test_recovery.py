@@ -20,7 +20,8 @@ def test_a_hung_job_times_out_the_engine_is_reset_and_later_jobs_run() -> None:
     behind = bed.burn(ctx, queue, 0.002, engine=0, n=3)
     bed.run()
     assert hung.state is JobState.TIMED_OUT
-    assert hung.error is not None and hung.error.type is JobTimedOut
+    assert hung.error is not None
+    assert hung.error.type is JobTimedOut
     assert "engine 0" in hung.error.message
     assert hung.finished_at == pytest.approx(0.05)  # exactly its timeout after it started
     assert bed.device.statistics().resets == 1
@@ -54,7 +55,8 @@ def test_a_device_job_error_fails_only_that_job() -> None:
     bed.run()
     failed = [j for j in jobs if j.state is JobState.FAILED]
     assert len(failed) == 1
-    assert failed[0].error is not None and failed[0].error.type is JobFailed
+    assert failed[0].error is not None
+    assert failed[0].error.type is JobFailed
     assert "illegal instruction" in failed[0].error.message
     assert sum(j.state is JobState.COMPLETED for j in jobs) == 5
 
@@ -71,10 +73,12 @@ def test_device_loss_fails_running_and_queued_jobs_and_refuses_new_ones() -> Non
     assert jobs[0].state is JobState.COMPLETED
     for job in jobs[1:]:
         assert job.state is JobState.FAILED
-        assert job.error is not None and job.error.type is DeviceLost
+        assert job.error is not None
+        assert job.error.type is DeviceLost
         assert "unplugged" in job.error.message
     with pytest.raises(DeviceLost, match="unplugged"):
         bed.burn(ctx, queue, 0.01)
     stats = bed.scheduler.statistics()
-    assert stats.lost_reason is not None and "unplugged" in stats.lost_reason
+    assert stats.lost_reason is not None
+    assert "unplugged" in stats.lost_reason
     assert sum(c.running + c.ready + c.queued for c in stats.classes) == 0

@@ -61,7 +61,8 @@ def test_queue_depth_and_quotas_are_enforced_with_actionable_messages() -> None:
     bed.context()
     with pytest.raises(QuotaExceeded, match=r"holds 2 contexts; the limit per user is 2"):
         bed.context()
-    assert queue.depth == 2 and other.depth == 0
+    assert queue.depth == 2
+    assert other.depth == 0
 
 
 def test_a_throughput_job_over_the_time_slice_is_refused_with_advice_to_chunk() -> None:
@@ -88,10 +89,12 @@ def test_cancel_queued_and_running_jobs() -> None:
     running, queued = bed.burn(ctx, queue, 0.01, n=2)
     bed.clock.advance(0.002)
     assert bed.core.cancel(ALICE, ctx.id, queued.id)
-    assert queued.state is JobState.CANCELLED and queued.started_at is None
+    assert queued.state is JobState.CANCELLED
+    assert queued.started_at is None
     assert bed.core.cancel(ALICE, ctx.id, running.id)
     assert running.state is JobState.CANCELLED
-    assert running.error is not None and "aborted on the device" in running.error.message
+    assert running.error is not None
+    assert "aborted on the device" in running.error.message
     bed.run()
     assert not bed.core.cancel(ALICE, ctx.id, running.id)  # already ended
     assert bed.device.statistics().aborted == 1
@@ -111,7 +114,8 @@ def test_closing_a_context_drains_running_jobs_cancels_queued_and_leaves_no_trac
     closed: list[str] = []
     bed.core.destroy_context(ALICE, ctx.id, grace_s=1.0, on_closed=lambda c: closed.append(c.id))
     assert queued.state is JobState.CANCELLED
-    assert queued.error is not None and queued.error.type is Cancelled
+    assert queued.error is not None
+    assert queued.error.type is Cancelled
     with pytest.raises(FailedPrecondition):
         bed.burn(ctx, queue, 0.01)
     assert not closed  # still draining
@@ -149,8 +153,8 @@ def test_submit_validates_buffers_ranges_and_batches() -> None:
         bed.core.submit(ALICE, ctx.id, [JobSpec(queue.id, cmd, command_offset=10_000)])
     with pytest.raises(InvalidArgument, match="engine 7"):
         bed.core.submit(ALICE, ctx.id, [JobSpec(queue.id, cmd, engine=7)])
+    bed.burn(ctx, queue, 0.001)
     with pytest.raises(FailedPrecondition, match="bound to 1 live job"):
-        bed.burn(ctx, queue, 0.001)
         bed.core.release_buffer(ALICE, ctx.id, cmd)
 
 
@@ -167,13 +171,15 @@ def test_statistics_report_depths_waits_and_utilisation() -> None:
     report = bed.core.device_report()
     tp = report.scheduler.by_class(SchedClass.THROUGHPUT)
     assert tp.running == tp.ready == tp.queued == 0
-    assert tp.run.count == 9 and tp.run.p50_s == pytest.approx(0.01)
+    assert tp.run.count == 9
+    assert tp.run.p50_s == pytest.approx(0.01)
     assert tp.queue_wait.p99_s == pytest.approx(0.02)
     assert all(e.utilisation == pytest.approx(1.0) for e in report.scheduler.engines)
     ctx_stats = bed.core.context_statistics(ALICE, ctx.id)
     assert ctx_stats.ended == {"completed": 9}
     assert ctx_stats.device_time_s == pytest.approx(0.09)
-    assert report.contexts == 1 and report.queues == 1
+    assert report.contexts == 1
+    assert report.queues == 1
 
 
 def _rw():  # type: ignore[no-untyped-def]
