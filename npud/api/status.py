@@ -12,11 +12,17 @@ current value); this module does not reword them.
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, NoReturn
 
 import grpc
 
 from npud import errors
+
+_log = logging.getLogger(__name__)
 
 ERROR_KIND_KEY: Final = "npud-error"
 """Trailing metadata key carrying the npud.errors class name of a failed rpc."""
@@ -79,3 +85,63 @@ def code_number(code: grpc.StatusCode) -> int:
     value = code.value[0]
     assert isinstance(value, int)
     return value
+
+
+def trailing_metadata_of(error: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries ``error``'s class name to the client."""
+    return ((ERROR_KIND_KEY, kind_of(error)),)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
+    """End the current rpc with ``error``'s status code, message and class name.
+
+    Raises:
+        grpc.aio.AbortError: always (that is how grpc.aio ends an rpc).
+    """
+    await context.abort(status_of(error), message_of(error), trailing_metadata_of(error))
+    raise AssertionError("unreachable: context.abort() raises")  # pragma: no cover
+
+
+Handler = Callable[[Any, Any, Any], Awaitable[Any]]
+StreamHandler = Callable[[Any, Any, Any], AsyncIterator[Any]]
+
+
+def unary(fn: Handler) -> Handler:
+    """Decorate a unary servicer method: npud errors become statuses through the table.
+
+    Anything else is a bug: it is logged with its traceback and the rpc ends INTERNAL with a
+    message that says so (never a silent UNKNOWN).
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await fn(self, request, context)
+        except errors.NpudError as exc:
+            await abort(context, exc)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            _log.exception("rpc %s failed unexpectedly", fn.__name__)
+            await abort(context, errors.NpudError(f"internal error in {fn.__name__}: {exc!r}"))
+
+    return wrapper
+
+
+def streaming(fn: StreamHandler) -> StreamHandler:
+    """Decorate a server-streaming servicer method (an async generator) like :func:`unary`."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except errors.NpudError as exc:
+            await abort(context, exc)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            _log.exception("rpc %s failed unexpectedly", fn.__name__)
+            await abort(context, errors.NpudError(f"internal error in {fn.__name__}: {exc!r}"))
+
+    return wrapper

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from npud.v1 import types_pb2 as npud_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14npud/v1/buffer.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\"\xa4\x02\n\x06\x42uffer\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12#\n\x05usage\x18\x04 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12)\n\x0bpersistence\x18\x05 \x01(\x0e\x32\x14.npud.v1.Persistence\x12\x30\n\x0ftier_preference\x18\x06 \x01(\x0e\x32\x17.npud.v1.TierPreference\x12\x0b\n\x03key\x18\x07 \x01(\t\x12*\n\rresident_tier\x18\x08 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x0c\n\x04pins\x18\t \x01(\r\x12\r\n\x05users\x18\n \x01(\r\x12\r\n\x05valid\x18\x0b \x01(\x08\"\xc6\x01\n\x13\x43reateBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12#\n\x05usage\x18\x03 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12)\n\x0bpersistence\x18\x04 \x01(\x0e\x32\x14.npud.v1.Persistence\x12\x30\n\x0ftier_preference\x18\x05 \x01(\x0e\x32\x17.npud.v1.TierPreference\x12\x0b\n\x03key\x18\x06 \x01(\t\"7\n\x14\x43reateBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"Y\n\x12WriteBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"M\n\x13WriteBufferResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x1f\n\x06\x62uffer\x18\x02 \x01(\x0b\x32\x0f.npud.v1.Buffer\"l\n\x11ReadBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\nchunk_size\x18\x05 \x01(\r\"2\n\x12ReadBufferResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\">\n\x1bOpenPersistentBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"?\n\x1cOpenPersistentBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"9\n\x10PinBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"4\n\x11PinBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\";\n\x12UnpinBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"6\n\x13UnpinBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"=\n\x14ReleaseBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"\x17\n\x15ReleaseBufferResponse\"(\n\x12ListBuffersRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"7\n\x13ListBuffersResponse\x12 \n\x07\x62uffers\x18\x01 \x03(\x0b\x32\x0f.npud.v1.Buffer2\xfe\x04\n\rBufferService\x12K\n\x0c\x43reateBuffer\x12\x1c.npud.v1.CreateBufferRequest\x1a\x1d.npud.v1.CreateBufferResponse\x12J\n\x0bWriteBuffer\x12\x1b.npud.v1.WriteBufferRequest\x1a\x1c.npud.v1.WriteBufferResponse(\x01\x12G\n\nReadBuffer\x12\x1a.npud.v1.ReadBufferRequest\x1a\x1b.npud.v1.ReadBufferResponse0\x01\x12\x63\n\x14OpenPersistentBuffer\x12$.npud.v1.OpenPersistentBufferRequest\x1a%.npud.v1.OpenPersistentBufferResponse\x12\x42\n\tPinBuffer\x12\x19.npud.v1.PinBufferRequest\x1a\x1a.npud.v1.PinBufferResponse\x12H\n\x0bUnpinBuffer\x12\x1b.npud.v1.UnpinBufferRequest\x1a\x1c.npud.v1.UnpinBufferResponse\x12N\n\rReleaseBuffer\x12\x1d.npud.v1.ReleaseBufferRequest\x1a\x1e.npud.v1.ReleaseBufferResponse\x12H\n\x0bListBuffers\x12\x1b.npud.v1.ListBuffersRequest\x1a\x1c.npud.v1.ListBuffersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14npud/v1/buffer.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\"\xb4\x02\n\x06\x42uffer\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12#\n\x05usage\x18\x04 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12)\n\x0bpersistence\x18\x05 \x01(\x0e\x32\x14.npud.v1.Persistence\x12\x30\n\x0ftier_preference\x18\x06 \x01(\x0e\x32\x17.npud.v1.TierPreference\x12\x0b\n\x03key\x18\x07 \x01(\t\x12*\n\rresident_tier\x18\x08 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x0c\n\x04pins\x18\t \x01(\r\x12\r\n\x05users\x18\n \x01(\r\x12\r\n\x05valid\x18\x0b \x01(\x08\x12\x0e\n\x06sealed\x18\x0c \x01(\x08\"\xc6\x01\n\x13\x43reateBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12#\n\x05usage\x18\x03 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12)\n\x0bpersistence\x18\x04 \x01(\x0e\x32\x14.npud.v1.Persistence\x12\x30\n\x0ftier_preference\x18\x05 \x01(\x0e\x32\x17.npud.v1.TierPreference\x12\x0b\n\x03key\x18\x06 \x01(\t\"7\n\x14\x43reateBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"g\n\x12WriteBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04seal\x18\x05 \x01(\x08\"M\n\x13WriteBufferResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x1f\n\x06\x62uffer\x18\x02 \x01(\x0b\x32\x0f.npud.v1.Buffer\"l\n\x11ReadBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\nchunk_size\x18\x05 \x01(\r\"2\n\x12ReadBufferResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\">\n\x1bOpenPersistentBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"?\n\x1cOpenPersistentBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"9\n\x10PinBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"4\n\x11PinBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\";\n\x12UnpinBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"6\n\x13UnpinBufferResponse\x12\x1f\n\x06\x62uffer\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Buffer\"=\n\x14ReleaseBufferRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x11\n\tbuffer_id\x18\x02 \x01(\t\"\x17\n\x15ReleaseBufferResponse\"(\n\x12ListBuffersRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"7\n\x13ListBuffersResponse\x12 \n\x07\x62uffers\x18\x01 \x03(\x0b\x32\x0f.npud.v1.Buffer2\xfe\x04\n\rBufferService\x12K\n\x0c\x43reateBuffer\x12\x1c.npud.v1.CreateBufferRequest\x1a\x1d.npud.v1.CreateBufferResponse\x12J\n\x0bWriteBuffer\x12\x1b.npud.v1.WriteBufferRequest\x1a\x1c.npud.v1.WriteBufferResponse(\x01\x12G\n\nReadBuffer\x12\x1a.npud.v1.ReadBufferRequest\x1a\x1b.npud.v1.ReadBufferResponse0\x01\x12\x63\n\x14OpenPersistentBuffer\x12$.npud.v1.OpenPersistentBufferRequest\x1a%.npud.v1.OpenPersistentBufferResponse\x12\x42\n\tPinBuffer\x12\x19.npud.v1.PinBufferRequest\x1a\x1a.npud.v1.PinBufferResponse\x12H\n\x0bUnpinBuffer\x12\x1b.npud.v1.UnpinBufferRequest\x1a\x1c.npud.v1.UnpinBufferResponse\x12N\n\rReleaseBuffer\x12\x1d.npud.v1.ReleaseBufferRequest\x1a\x1e.npud.v1.ReleaseBufferResponse\x12H\n\x0bListBuffers\x12\x1b.npud.v1.ListBuffersRequest\x1a\x1c.npud.v1.ListBuffersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,39 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npud.v1.buffer_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUFFER']._serialized_start=55
-  _globals['_BUFFER']._serialized_end=347
-  _globals['_CREATEBUFFERREQUEST']._serialized_start=350
-  _globals['_CREATEBUFFERREQUEST']._serialized_end=548
-  _globals['_CREATEBUFFERRESPONSE']._serialized_start=550
-  _globals['_CREATEBUFFERRESPONSE']._serialized_end=605
-  _globals['_WRITEBUFFERREQUEST']._serialized_start=607
-  _globals['_WRITEBUFFERREQUEST']._serialized_end=696
-  _globals['_WRITEBUFFERRESPONSE']._serialized_start=698
-  _globals['_WRITEBUFFERRESPONSE']._serialized_end=775
-  _globals['_READBUFFERREQUEST']._serialized_start=777
-  _globals['_READBUFFERREQUEST']._serialized_end=885
-  _globals['_READBUFFERRESPONSE']._serialized_start=887
-  _globals['_READBUFFERRESPONSE']._serialized_end=937
-  _globals['_OPENPERSISTENTBUFFERREQUEST']._serialized_start=939
-  _globals['_OPENPERSISTENTBUFFERREQUEST']._serialized_end=1001
-  _globals['_OPENPERSISTENTBUFFERRESPONSE']._serialized_start=1003
-  _globals['_OPENPERSISTENTBUFFERRESPONSE']._serialized_end=1066
-  _globals['_PINBUFFERREQUEST']._serialized_start=1068
-  _globals['_PINBUFFERREQUEST']._serialized_end=1125
-  _globals['_PINBUFFERRESPONSE']._serialized_start=1127
-  _globals['_PINBUFFERRESPONSE']._serialized_end=1179
-  _globals['_UNPINBUFFERREQUEST']._serialized_start=1181
-  _globals['_UNPINBUFFERREQUEST']._serialized_end=1240
-  _globals['_UNPINBUFFERRESPONSE']._serialized_start=1242
-  _globals['_UNPINBUFFERRESPONSE']._serialized_end=1296
-  _globals['_RELEASEBUFFERREQUEST']._serialized_start=1298
-  _globals['_RELEASEBUFFERREQUEST']._serialized_end=1359
-  _globals['_RELEASEBUFFERRESPONSE']._serialized_start=1361
-  _globals['_RELEASEBUFFERRESPONSE']._serialized_end=1384
-  _globals['_LISTBUFFERSREQUEST']._serialized_start=1386
-  _globals['_LISTBUFFERSREQUEST']._serialized_end=1426
-  _globals['_LISTBUFFERSRESPONSE']._serialized_start=1428
-  _globals['_LISTBUFFERSRESPONSE']._serialized_end=1483
-  _globals['_BUFFERSERVICE']._serialized_start=1486
-  _globals['_BUFFERSERVICE']._serialized_end=2124
+  _globals['_BUFFER']._serialized_end=363
+  _globals['_CREATEBUFFERREQUEST']._serialized_start=366
+  _globals['_CREATEBUFFERREQUEST']._serialized_end=564
+  _globals['_CREATEBUFFERRESPONSE']._serialized_start=566
+  _globals['_CREATEBUFFERRESPONSE']._serialized_end=621
+  _globals['_WRITEBUFFERREQUEST']._serialized_start=623
+  _globals['_WRITEBUFFERREQUEST']._serialized_end=726
+  _globals['_WRITEBUFFERRESPONSE']._serialized_start=728
+  _globals['_WRITEBUFFERRESPONSE']._serialized_end=805
+  _globals['_READBUFFERREQUEST']._serialized_start=807
+  _globals['_READBUFFERREQUEST']._serialized_end=915
+  _globals['_READBUFFERRESPONSE']._serialized_start=917
+  _globals['_READBUFFERRESPONSE']._serialized_end=967
+  _globals['_OPENPERSISTENTBUFFERREQUEST']._serialized_start=969
+  _globals['_OPENPERSISTENTBUFFERREQUEST']._serialized_end=1031
+  _globals['_OPENPERSISTENTBUFFERRESPONSE']._serialized_start=1033
+  _globals['_OPENPERSISTENTBUFFERRESPONSE']._serialized_end=1096
+  _globals['_PINBUFFERREQUEST']._serialized_start=1098
+  _globals['_PINBUFFERREQUEST']._serialized_end=1155
+  _globals['_PINBUFFERRESPONSE']._serialized_start=1157
+  _globals['_PINBUFFERRESPONSE']._serialized_end=1209
+  _globals['_UNPINBUFFERREQUEST']._serialized_start=1211
+  _globals['_UNPINBUFFERREQUEST']._serialized_end=1270
+  _globals['_UNPINBUFFERRESPONSE']._serialized_start=1272
+  _globals['_UNPINBUFFERRESPONSE']._serialized_end=1326
+  _globals['_RELEASEBUFFERREQUEST']._serialized_start=1328
+  _globals['_RELEASEBUFFERREQUEST']._serialized_end=1389
+  _globals['_RELEASEBUFFERRESPONSE']._serialized_start=1391
+  _globals['_RELEASEBUFFERRESPONSE']._serialized_end=1414
+  _globals['_LISTBUFFERSREQUEST']._serialized_start=1416
+  _globals['_LISTBUFFERSREQUEST']._serialized_end=1456
+  _globals['_LISTBUFFERSRESPONSE']._serialized_start=1458
+  _globals['_LISTBUFFERSRESPONSE']._serialized_end=1513
+  _globals['_BUFFERSERVICE']._serialized_start=1516
+  _globals['_BUFFERSERVICE']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,7 @@ class Buffer(_message.Message):
     PINS_FIELD_NUMBER: _builtins.int
     USERS_FIELD_NUMBER: _builtins.int
     VALID_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     buffer_id: _builtins.str
     context_id: _builtins.str
     size: _builtins.int
@@ -51,6 +52,8 @@ class Buffer(_message.Message):
     """How many contexts hold a reference."""
     valid: _builtins.bool
     """Whether its contents have been written (or computed) at least once."""
+    sealed: _builtins.bool
+    """A sealed persistent buffer's contents are frozen and registered under its key."""
     def __init__(
         self,
         *,
@@ -65,10 +68,11 @@ class Buffer(_message.Message):
         pins: _builtins.int = ...,
         users: _builtins.int = ...,
         valid: _builtins.bool = ...,
+        sealed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "context_id", b"context_id", "key", b"key", "persistence", b"persistence", "pins", b"pins", "resident_tier", b"resident_tier", "size", b"size", "tier_preference", b"tier_preference", "usage", b"usage", "users", b"users", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "context_id", b"context_id", "key", b"key", "persistence", b"persistence", "pins", b"pins", "resident_tier", b"resident_tier", "sealed", b"sealed", "size", b"size", "tier_preference", b"tier_preference", "usage", b"usage", "users", b"users", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,12 +143,18 @@ class WriteBufferRequest(_message.Message):
     BUFFER_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SEAL_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
     """Required on the first chunk; later chunks may leave them empty."""
     buffer_id: _builtins.str
     offset: _builtins.int
     """Byte offset of this chunk in the buffer."""
     data: _builtins.bytes
+    seal: _builtins.bool
+    """Seal the (persistent) buffer once every chunk is written: its contents are frozen and
+    registered under its key (a buffer created without a key gets "sha256:<hex>"), so other
+    processes can open it. May be set on any chunk.
+    """
     def __init__(
         self,
         *,
@@ -152,10 +162,11 @@ class WriteBufferRequest(_message.Message):
         buffer_id: _builtins.str = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        seal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "context_id", b"context_id", "data", b"data", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "context_id", b"context_id", "data", b"data", "offset", b"offset", "seal", b"seal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,8 +98,9 @@ class BufferServiceServicer:
     def WriteBuffer(self, request_iterator, context):
         """WriteBuffer fills a buffer from a stream of chunks. The first chunk names the context and
         buffer; every chunk carries its own offset.
-        Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer or a missing id;
-        UNAVAILABLE when the device is lost.
+        Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer, a missing id, or
+        seal on an EPHEMERAL buffer or contents that do not match a sha256 key; FAILED_PRECONDITION
+        for a write to a sealed buffer; UNAVAILABLE when the device is lost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

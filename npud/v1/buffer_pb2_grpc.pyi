@@ -45,8 +45,9 @@ class BufferServiceStub:
     WriteBuffer: _grpc.StreamUnaryMultiCallable[_buffer_pb2.WriteBufferRequest, _buffer_pb2.WriteBufferResponse]
     """WriteBuffer fills a buffer from a stream of chunks. The first chunk names the context and
     buffer; every chunk carries its own offset.
-    Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer or a missing id;
-    UNAVAILABLE when the device is lost.
+    Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer, a missing id, or
+    seal on an EPHEMERAL buffer or contents that do not match a sha256 key; FAILED_PRECONDITION
+    for a write to a sealed buffer; UNAVAILABLE when the device is lost.
     """
     ReadBuffer: _grpc.UnaryStreamMultiCallable[_buffer_pb2.ReadBufferRequest, _buffer_pb2.ReadBufferResponse]
     """ReadBuffer streams a byte range of a buffer back in chunks.
@@ -91,8 +92,9 @@ class BufferServiceAsyncStub(BufferServiceStub):
     WriteBuffer: _aio.StreamUnaryMultiCallable[_buffer_pb2.WriteBufferRequest, _buffer_pb2.WriteBufferResponse]  # type: ignore[assignment]
     """WriteBuffer fills a buffer from a stream of chunks. The first chunk names the context and
     buffer; every chunk carries its own offset.
-    Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer or a missing id;
-    UNAVAILABLE when the device is lost.
+    Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer, a missing id, or
+    seal on an EPHEMERAL buffer or contents that do not match a sha256 key; FAILED_PRECONDITION
+    for a write to a sealed buffer; UNAVAILABLE when the device is lost.
     """
     ReadBuffer: _aio.UnaryStreamMultiCallable[_buffer_pb2.ReadBufferRequest, _buffer_pb2.ReadBufferResponse]  # type: ignore[assignment]
     """ReadBuffer streams a byte range of a buffer back in chunks.
@@ -146,8 +148,9 @@ class BufferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_buffer_pb2.WriteBufferResponse, _abc.Awaitable[_buffer_pb2.WriteBufferResponse]]:
         """WriteBuffer fills a buffer from a stream of chunks. The first chunk names the context and
         buffer; every chunk carries its own offset.
-        Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer or a missing id;
-        UNAVAILABLE when the device is lost.
+        Returns: OK; NOT_FOUND; INVALID_ARGUMENT for a chunk outside the buffer, a missing id, or
+        seal on an EPHEMERAL buffer or contents that do not match a sha256 key; FAILED_PRECONDITION
+        for a write to a sealed buffer; UNAVAILABLE when the device is lost.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,384 @@
+"""Core objects and snapshots to npud.v1 messages, and wire enums to core enums.
+
+The API layer only validates, converts and calls core; this module is the converting part.
+Every ``*_to_wire`` function reads a core object or its frozen ``statistics()`` snapshot and
+builds a message; every ``*_from_wire`` function turns a request field into core's type or
+raises :class:`~npud.errors.InvalidArgument` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
+from npud.core.context import Context
+from npud.core.distribution import Distribution
+from npud.core.events import ContextEvent as CoreContextEvent
+from npud.core.job import Job, JobError, JobInfo, JobState
+from npud.core.owner import Owner
+from npud.core.policy import SchedClass
+from npud.core.queue import Queue
+from npud.core.service import Core, DeviceReport
+from npud.devices.base import BufferUse, Device, DeviceHealth, MemoryTier
+from npud.errors import InvalidArgument
+from npud.v1 import (
+    buffer_pb2,
+    context_pb2,
+    device_pb2,
+    job_pb2,
+    stats_pb2,
+    types_pb2,
+)
+
+from .status import STATUS_OF, code_number
+
+_CLASS_TO_WIRE = {
+    SchedClass.LATENCY: types_pb2.SCHEDULING_CLASS_LATENCY,
+    SchedClass.THROUGHPUT: types_pb2.SCHEDULING_CLASS_THROUGHPUT,
+    SchedClass.BACKGROUND: types_pb2.SCHEDULING_CLASS_BACKGROUND,
+}
+_CLASS_FROM_WIRE = {v: k for k, v in _CLASS_TO_WIRE.items()}
+
+_STATE_TO_WIRE = {
+    JobState.QUEUED: types_pb2.JOB_STATE_QUEUED,
+    JobState.READY: types_pb2.JOB_STATE_READY,
+    JobState.RUNNING: types_pb2.JOB_STATE_RUNNING,
+    JobState.COMPLETED: types_pb2.JOB_STATE_COMPLETED,
+    JobState.FAILED: types_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: types_pb2.JOB_STATE_CANCELLED,
+    JobState.TIMED_OUT: types_pb2.JOB_STATE_TIMED_OUT,
+    JobState.REJECTED: types_pb2.JOB_STATE_REJECTED,
+}
+_STATE_FROM_WIRE = {v: k for k, v in _STATE_TO_WIRE.items()}
+
+_TIER_TO_WIRE = {
+    MemoryTier.SRAM: types_pb2.MEMORY_TIER_SRAM,
+    MemoryTier.DRAM: types_pb2.MEMORY_TIER_DRAM,
+    MemoryTier.HOST: types_pb2.MEMORY_TIER_HOST,
+}
+_HEALTH_TO_WIRE = {
+    DeviceHealth.OK: types_pb2.DEVICE_HEALTH_OK,
+    DeviceHealth.RESETTING: types_pb2.DEVICE_HEALTH_RESETTING,
+    DeviceHealth.LOST: types_pb2.DEVICE_HEALTH_LOST,
+}
+_USAGE_TO_WIRE = {
+    Usage.WEIGHTS: types_pb2.BUFFER_USAGE_WEIGHTS,
+    Usage.STATE: types_pb2.BUFFER_USAGE_STATE,
+    Usage.SCRATCH: types_pb2.BUFFER_USAGE_SCRATCH,
+    Usage.COMMAND: types_pb2.BUFFER_USAGE_COMMAND,
+}
+_USAGE_FROM_WIRE = {v: k for k, v in _USAGE_TO_WIRE.items()}
+_PERSISTENCE_TO_WIRE = {
+    Persistence.EPHEMERAL: types_pb2.PERSISTENCE_EPHEMERAL,
+    Persistence.PERSISTENT: types_pb2.PERSISTENCE_PERSISTENT,
+}
+_PERSISTENCE_FROM_WIRE = {v: k for k, v in _PERSISTENCE_TO_WIRE.items()}
+_PREFERENCE_TO_WIRE = {
+    TierPreference.ANY: types_pb2.TIER_PREFERENCE_ANY,
+    TierPreference.SRAM: types_pb2.TIER_PREFERENCE_SRAM,
+    TierPreference.DRAM: types_pb2.TIER_PREFERENCE_DRAM,
+}
+_PREFERENCE_FROM_WIRE = {v: k for k, v in _PREFERENCE_TO_WIRE.items()}
+_ACCESS_FROM_WIRE = {
+    types_pb2.BUFFER_ACCESS_READ: BufferUse.READ,
+    types_pb2.BUFFER_ACCESS_WRITE: BufferUse.WRITE,
+    types_pb2.BUFFER_ACCESS_READ_WRITE: BufferUse.READWRITE,
+}
+
+
+def _bad_enum(field: str, value: int, enum_name: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {value} is not a valid {enum_name}")
+
+
+def class_from_wire(value: int, field: str, *, default: SchedClass | None) -> SchedClass | None:
+    """A wire SchedulingClass (UNSPECIFIED -> ``default``).
+
+    Raises:
+        InvalidArgument: an unknown value.
+    """
+    if value == types_pb2.SCHEDULING_CLASS_UNSPECIFIED:
+        return default
+    try:
+        return _CLASS_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise _bad_enum(field, value, "SchedulingClass") from None
+
+
+def state_from_wire(value: int) -> JobState:
+    """A wire JobState. Raises InvalidArgument for UNSPECIFIED or an unknown value."""
+    try:
+        return _STATE_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise _bad_enum("states", value, "JobState") from None
+
+
+def usage_from_wire(value: int) -> Usage:
+    """A wire BufferUsage (UNSPECIFIED -> SCRATCH). Raises InvalidArgument."""
+    if value == types_pb2.BUFFER_USAGE_UNSPECIFIED:
+        return Usage.SCRATCH
+    try:
+        return _USAGE_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise _bad_enum("usage", value, "BufferUsage") from None
+
+
+def persistence_from_wire(value: int) -> Persistence:
+    """A wire Persistence (UNSPECIFIED -> EPHEMERAL). Raises InvalidArgument."""
+    if value == types_pb2.PERSISTENCE_UNSPECIFIED:
+        return Persistence.EPHEMERAL
+    try:
+        return _PERSISTENCE_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise _bad_enum("persistence", value, "Persistence") from None
+
+
+def preference_from_wire(value: int) -> TierPreference:
+    """A wire TierPreference (UNSPECIFIED -> ANY). Raises InvalidArgument."""
+    if value == types_pb2.TIER_PREFERENCE_UNSPECIFIED:
+        return TierPreference.ANY
+    try:
+        return _PREFERENCE_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise _bad_enum("tier_preference", value, "TierPreference") from None
+
+
+def access_from_wire(value: int, field: str) -> BufferUse:
+    """A wire BufferAccess. Raises InvalidArgument for UNSPECIFIED or an unknown value."""
+    try:
+        return _ACCESS_FROM_WIRE[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            f"{field}: access must be READ, WRITE or READ_WRITE, got {value}"
+        ) from None
+
+
+def owner_to_wire(owner: Owner, *, admin: bool) -> context_pb2.Owner:
+    """An Owner message."""
+    return context_pb2.Owner(
+        uid=owner.uid, gid=owner.gid, pid=owner.pid, name=owner.name or "", admin=admin
+    )
+
+
+def distribution_to_wire(d: Distribution) -> types_pb2.Distribution:
+    """A Distribution message."""
+    return types_pb2.Distribution(
+        count=d.count, p50_s=d.p50_s, p99_s=d.p99_s, mean_s=d.mean_s, max_s=d.max_s
+    )
+
+
+def device_to_wire(
+    device: Device, health: DeviceHealth, report: DeviceReport | None = None
+) -> device_pb2.Device:
+    """A Device message from the device's capabilities (and, if given, its usage)."""
+    caps = device.capabilities
+    util = {}
+    used: Mapping[MemoryTier, int] = {}
+    if report is not None:
+        util = {e.index: e.recent_utilisation for e in report.scheduler.engines}
+        used = {t.tier: t.used_bytes for t in report.residency.tiers}
+    return device_pb2.Device(
+        name=device.name,
+        driver=caps.driver,
+        driver_version=".".join(str(v) for v in caps.driver_version),
+        description=caps.description,
+        board=caps.board,
+        engines=[
+            device_pb2.Engine(index=e.index, name=e.name, utilisation=util.get(e.index, 0.0))
+            for e in caps.engines
+        ],
+        tiers=[
+            device_pb2.TierMemory(
+                tier=_TIER_TO_WIRE[t.tier],
+                capacity_bytes=t.capacity_bytes,
+                used_bytes=used.get(t.tier, 0),
+                bandwidth_bytes_per_s=t.bandwidth_bytes_per_s or 0.0,
+            )
+            for t in caps.tiers
+        ],
+        native_priorities=caps.native_priorities,
+        has_syncobj=caps.has_syncobj,
+        has_hw_contexts=caps.has_hw_contexts,
+        max_hw_contexts=caps.max_hw_contexts,
+        has_preemption=caps.has_preemption,
+        simulated=caps.simulated,
+        health=_HEALTH_TO_WIRE[health],
+        node=str(getattr(device, "node", "") or ""),
+    )
+
+
+def context_to_wire(core: Core, ctx: Context, *, admin: bool) -> context_pb2.Context:
+    """A Context message with its current usage."""
+    stats = ctx.statistics()
+    residency = core.device(ctx.device).residency
+    quotas = stats.quotas
+    return context_pb2.Context(
+        context_id=stats.id,
+        device=stats.device,
+        owner=owner_to_wire(stats.owner, admin=admin),
+        default_class=_CLASS_TO_WIRE[stats.default_class],
+        weight=stats.weight,
+        quotas=context_pb2.Quotas(
+            memory_bytes=quotas.memory_bytes or 0,
+            max_queued_jobs=quotas.max_queued_jobs,
+            max_queues=quotas.max_queues,
+        ),
+        label=stats.label,
+        queues=stats.queues,
+        queued_jobs=stats.live_jobs - stats.running_jobs,
+        running_jobs=stats.running_jobs,
+        memory_bytes=residency.context_usage(ctx.id),
+        buffers=stats.buffers,
+        age_s=max(0.0, core.now() - stats.created_at),
+    )
+
+
+def buffer_to_wire(buf: Buffer, ctx_id: str) -> buffer_pb2.Buffer:
+    """A Buffer message as context ``ctx_id`` sees it."""
+    tier = buf.resident_tier
+    return buffer_pb2.Buffer(
+        buffer_id=buf.id,
+        context_id=ctx_id,
+        size=buf.size,
+        usage=_USAGE_TO_WIRE[buf.usage],
+        persistence=_PERSISTENCE_TO_WIRE[buf.persistence],
+        tier_preference=_PREFERENCE_TO_WIRE[buf.tier_preference],
+        key=buf.key or "",
+        resident_tier=types_pb2.MEMORY_TIER_UNSPECIFIED if tier is None else _TIER_TO_WIRE[tier],
+        pins=buf.pins,
+        users=len(buf.users),
+        valid=buf.valid,
+        sealed=bool(getattr(buf, "sealed", False)),
+    )
+
+
+def queue_to_wire(queue: Queue) -> job_pb2.Queue:
+    """A Queue message."""
+    s = queue.statistics()
+    return job_pb2.Queue(
+        queue_id=s.id,
+        context_id=s.context_id,
+        scheduling_class=_CLASS_TO_WIRE[s.sched_class],
+        priority=s.priority,
+        depth_limit=s.depth_limit,
+        in_order=s.in_order,
+        label=s.label,
+        depth=s.depth,
+    )
+
+
+def error_to_wire(error: JobError) -> types_pb2.ErrorInfo:
+    """An ErrorInfo message for a job's error."""
+    code = STATUS_OF.get(error.type)
+    if code is None:
+        for cls in error.type.__mro__:
+            if cls in STATUS_OF:
+                code = STATUS_OF[cls]
+                break
+    number = code_number(code) if code is not None else 13
+    return types_pb2.ErrorInfo(code=number, kind=error.kind, message=error.message)
+
+
+def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
+    """A Job message from a job's snapshot; times still running are measured up to ``now``."""
+    wait = info.queue_wait_s
+    if wait is None:
+        end = info.finished_at if info.finished_at is not None else now
+        wait = end - info.submitted_at
+    run = info.run_s
+    if run is None:
+        run = 0.0 if info.started_at is None else now - info.started_at
+    msg = job_pb2.Job(
+        job_id=info.id,
+        context_id=info.context_id,
+        queue_id=info.queue_id,
+        state=_STATE_TO_WIRE[info.state],
+        kind=info.kind,
+        label=info.label,
+        scheduling_class=_CLASS_TO_WIRE[info.sched_class],
+        queue_wait_s=max(0.0, wait),
+        run_s=max(0.0, run),
+        engine=-1 if info.engine is None else info.engine,
+        age_s=max(0.0, now - info.submitted_at),
+    )
+    if info.completion is not None:
+        msg.modelled_s = info.completion.modelled_s
+        msg.bytes_read = info.completion.bytes_read
+        msg.bytes_written = info.completion.bytes_written
+    if info.error is not None:
+        msg.error.CopyFrom(error_to_wire(info.error))
+    return msg
+
+
+def job_to_wire(job: Job, now: float) -> job_pb2.Job:
+    """A Job message for a live or ended job."""
+    return job_info_to_wire(job.statistics(), now)
+
+
+def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb2.DeviceStats:
+    """A DeviceStats message from core's device report."""
+    sched = report.scheduler
+    res = report.residency
+    caps = report.capabilities
+    engine_names = {e.index: e.name for e in caps.engines}
+    return stats_pb2.DeviceStats(
+        device=report.name,
+        simulated=caps.simulated,
+        health=_HEALTH_TO_WIRE[health],
+        policy=str(sched.policy),
+        contexts=report.contexts,
+        queues=report.queues,
+        classes=[
+            stats_pb2.ClassStats(
+                scheduling_class=_CLASS_TO_WIRE[c.sched_class],
+                queued=c.queued + c.ready,
+                running=c.running,
+                wait=distribution_to_wire(c.queue_wait),
+                run=distribution_to_wire(c.run),
+                share=c.share,
+            )
+            for c in sched.classes
+        ],
+        engines=[
+            device_pb2.Engine(
+                index=e.index,
+                name=engine_names.get(e.index, str(e.index)),
+                utilisation=e.recent_utilisation,
+            )
+            for e in sched.engines
+        ],
+        memory=[
+            device_pb2.TierMemory(
+                tier=_TIER_TO_WIRE[t.tier],
+                capacity_bytes=t.capacity_bytes,
+                used_bytes=t.used_bytes,
+                bandwidth_bytes_per_s=caps.tier(t.tier).bandwidth_bytes_per_s or 0.0,
+            )
+            for t in res.tiers
+        ],
+        states=[
+            stats_pb2.StateCount(state=_STATE_TO_WIRE[JobState(name)], count=count)
+            for name, count in sorted(sched.ended.items())
+        ],
+        residency=stats_pb2.ResidencyStats(
+            buffers=res.buffers,
+            persistent_buffers=res.persistent,
+            warm_buffers=res.warm_pool_buffers,
+            evictions=res.evictions,
+            spilled_bytes=sum(res.spilled_bytes.values()),
+            restored_bytes=sum(res.restored_bytes.values()),
+        ),
+        submitted=sched.submitted,
+        device_resets=sched.watchdog_resets,
+    )
+
+
+def context_event_to_wire(event: CoreContextEvent) -> stats_pb2.ContextEvent:
+    """A ContextEvent message (without a snapshot: the context may be gone)."""
+    return stats_pb2.ContextEvent(
+        change=stats_pb2.CONTEXT_CHANGE_CREATED
+        if event.change == "created"
+        else stats_pb2.CONTEXT_CHANGE_DESTROYED,
+        context_id=event.context_id,
+        device=event.device,
+        reason=event.reason,
+    )

@@ -1,0 +1,7 @@
+"""``python -m npud.daemon``: the same as the ``npud`` command."""
+
+import sys
+
+from npud.daemon.main import main
+
+sys.exit(main())

@@ -1,0 +1,333 @@
+"""The daemon: wiring config, devices, core, the gRPC server, identity and systemd together.
+
+One asyncio loop runs everything; one TaskGroup owns the long-lived tasks (the systemd
+watchdog, the status line); the gRPC server, the identity server and core's schedulers are
+callback-driven on the same loop. Order of start-up: devices are opened, core is built, the
+gRPC socket and the identity socket are bound, and only then READY=1 is sent.
+
+Shutdown
+--------
+SIGTERM (or SIGINT) drains: the daemon stops accepting new work (new submissions and contexts
+get UNAVAILABLE, health says NOT_SERVING, the identity socket closes), queued jobs end
+CANCELLED with the reason "npud is shutting down", running jobs get ``shutdown_grace_s`` to
+finish (then they are aborted), every context is closed and its buffers released, the gRPC
+server stops, the devices are closed, the socket files are removed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import signal
+import socket
+from pathlib import Path
+
+from npud.api.identity import IdentityServer, TokenRegistry
+from npud.api.server import Server, build_server
+from npud.api.sessions import SessionTable
+from npud.api.state import ApiState, Defaults
+from npud.clock import MonotonicClock
+from npud.config import Settings
+from npud.core.context import ContextState
+from npud.core.events import Change, ContextEvent, Event
+from npud.core.ids import ContextId
+from npud.core.job import Job
+from npud.core.owner import SYSTEM
+from npud.core.policy import PolicyKind, SchedulerPolicy
+from npud.core.service import Core, CoreLimits
+from npud.daemon.devices import choose_devices, open_devices
+from npud.daemon.systemd import Notifier
+from npud.devices.base import Device, DeviceHealth
+from npud.errors import ConfigError, NpudError, Unavailable
+from npud.log import get_logger
+
+SHUTDOWN_REASON = "npud is shutting down: queued jobs are cancelled"
+
+
+def _group_id(name: str | None) -> int | None:
+    """A group name (or number) to a gid.
+
+    Raises:
+        ConfigError: no such group.
+    """
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"group {name!r} does not exist") from None
+
+
+def _socket_in_use(path: Path) -> bool:
+    """Whether a live process listens on the Unix socket ``path``."""
+    if not path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class Daemon:
+    """One npud process. :meth:`run` returns the exit status."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = get_logger("npud")
+        self.notifier = Notifier.from_environment()
+        self._stop = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self.devices: list[Device] = []
+        self.core: Core | None = None
+        self.server: Server | None = None
+        self.identity: IdentityServer | None = None
+        self.state: ApiState | None = None
+        self._bound = False  # whether the socket files are ours to remove
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    def _prepare_socket_dir(self) -> None:
+        s = self.settings
+        for path in (s.socket, s.identity_socket):
+            if _socket_in_use(path):
+                raise Unavailable(f"another npud is serving {path}; stop it first")
+            if path.exists() and not path.is_socket():
+                raise ConfigError(f"socket: {path} exists and is not a socket")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        s.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+    def _log_job(self, job: Job) -> None:
+        """The one canonical line per finished job."""
+        completion = job.completion
+        moved = 0 if completion is None else completion.bytes_read + completion.bytes_written
+        self.log.info(
+            "job.finished",
+            job=job.id,
+            context=job.context_id,
+            queue=job.queue_id,
+            kind=job.kind or None,
+            sched_class=str(job.sched_class),
+            outcome=str(job.state),
+            queue_wait_ms=None if job.queue_wait_s is None else round(job.queue_wait_s * 1e3, 3),
+            run_ms=None if job.run_s is None else round(job.run_s * 1e3, 3),
+            bytes_moved=moved,
+            error=None if job.error is None else f"{job.error.kind}: {job.error.message}",
+        )
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ContextEvent) and event.change is Change.DESTROYED:
+            assert self.state is not None
+            assert self.core is not None
+            self.state.sessions.unbind(event.context_id)
+            self.log.info(
+                "context.destroyed", context=event.context_id, reason=event.reason or None
+            )
+            if self.state.shutting_down and not self.core.contexts(SYSTEM, all_users=True):
+                self._all_closed.set()
+
+    def _expire_session(self, token: str, contexts: list[ContextId]) -> None:
+        """A session's grace period ran out: destroy its contexts, forget its token."""
+        assert self.core is not None
+        assert self.state is not None
+        self.state.tokens.revoke(token)
+        if contexts:
+            self.log.info("session.expired", contexts=len(contexts))
+        for ctx in contexts:
+            with contextlib.suppress(NpudError):
+                self.core.destroy_context(SYSTEM, ctx, reason="its client's session ended")
+
+    def _status_line(self) -> str:
+        assert self.core is not None
+        stats = self.core.statistics()
+        sim = any(d.capabilities.simulated for d in self.devices)
+        kind = "SIMULATED NPU" if sim else "NPU"
+        names = ", ".join(d.name for d in self.devices)
+        return (
+            f"serving {len(self.devices)} {kind} device(s) ({names}); "
+            f"{stats.contexts} context(s), {stats.live_jobs} live job(s)"
+        )
+
+    async def _start(self) -> None:
+        s = self.settings
+        choice = choose_devices(s, self.log)
+        if choice.simulated:
+            self.log.warning("devices.simulated", detail=choice.reason)
+        self.devices = open_devices(choice, self.log)
+        admin_gid = _group_id(s.admin_group)
+        sock_gid = _group_id(s.socket_group)
+        core = Core(
+            MonotonicClock(),
+            limits=CoreLimits(
+                max_contexts_per_user=s.quotas.max_contexts_per_user,
+                admin_gid=admin_gid,
+                close_grace_s=s.session_grace_s,
+            ),
+        )
+        policy = SchedulerPolicy(kind=PolicyKind(s.policy))
+        for device in self.devices:
+            state_dir = s.state_dir / device.name
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"state_dir: cannot create {state_dir}: {exc}") from exc
+            entry = core.add_device(device, policy=policy, state_dir=state_dir)
+            entry.scheduler.add_hooks(on_end=self._log_job)
+        self.core = core
+        tokens = TokenRegistry(admin_gid=admin_gid)
+        sessions = SessionTable(grace_s=s.session_grace_s, on_expire=self._expire_session)
+        q = s.quotas
+        self.state = ApiState(
+            core,
+            tokens,
+            sessions,
+            Defaults(
+                context_memory_bytes=q.context_memory_bytes,
+                max_queued_jobs=q.max_queued_jobs,
+                max_queues=q.max_queues,
+                queue_depth_limit=q.queue_depth_limit,
+            ),
+        )
+        core.subscribe(self._on_event)
+        self._prepare_socket_dir()
+        self._bound = True
+        self.server = build_server(self.state, f"unix:{s.socket}")
+        await self.server.server.start()
+        os.chmod(s.socket, s.socket_mode)
+        if sock_gid is not None:
+            os.chown(s.socket, -1, sock_gid)
+        self.identity = IdentityServer(tokens, s.identity_socket, mode=s.socket_mode, gid=sock_gid)
+        await self.identity.start()
+        await self.server.set_serving(True)
+        self.state.status = self._status_line()
+        self.notifier.ready(self.state.status)
+        self.log.info(
+            "npud.ready",
+            socket=str(s.socket),
+            identity_socket=str(s.identity_socket),
+            devices=[d.name for d in self.devices],
+            simulated=choice.simulated,
+            policy=s.policy,
+            pid=os.getpid(),
+        )
+
+    # ---- running ----------------------------------------------------------------------------
+
+    def _healthy(self) -> bool:
+        """The watchdog's self-check: the loop runs (we are on it) and a device still serves."""
+        assert self.core is not None
+        return any(self.core.device_health(d.name) is not DeviceHealth.LOST for d in self.devices)
+
+    async def _status_loop(self) -> None:
+        assert self.state is not None
+        while True:
+            await asyncio.sleep(5.0)
+            line = self._status_line()
+            if line != self.state.status:
+                self.state.status = line
+                self.notifier.status(line)
+
+    def request_stop(self, signame: str) -> None:
+        """Begin the shutdown (signal handler)."""
+        if not self._stop.is_set():
+            self.log.info("npud.stopping", signal=signame)
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain, and return the exit status (0).
+
+        Raises:
+            NpudError: start-up failed (no device, socket in use, bad group); nothing is left
+                behind.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            await self._start()
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(self.notifier.run_watchdog(self._healthy)),
+                    tasks.create_task(self._status_loop()),
+                ]
+                await self._stop.wait()
+                await self._shutdown()
+                for task in background:
+                    task.cancel()
+        finally:
+            await self._teardown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        self.log.info("npud.stopped")
+        return 0
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        assert self.core is not None
+        assert self.state is not None
+        assert self.server is not None
+        core, state, s = self.core, self.state, self.settings
+        state.shutting_down = True
+        self.notifier.stopping("draining: running jobs finish, queued jobs are cancelled")
+        await self.server.set_serving(False)
+        if self.identity is not None:
+            await self.identity.stop()
+        cancelled = 0
+        for entry in core.devices():
+            for ctx in core.contexts(SYSTEM, all_users=True):
+                if ctx.device != entry.name:
+                    continue
+                for job in sorted(ctx.jobs.values(), key=lambda j: -j.seq):
+                    if not job.on_device and not job.done:
+                        entry.scheduler.cancel(job, SHUTDOWN_REASON)
+                        cancelled += 1
+        running = sum(c.on_device for c in core.contexts(SYSTEM, all_users=True))
+        self.log.info("npud.draining", cancelled=cancelled, running=running)
+        core.close_all(grace_s=s.shutdown_grace_s, reason="npud is shutting down")
+        if core.contexts(SYSTEM, all_users=True):
+            # Contexts close when their running jobs have ended (or were aborted after the
+            # grace); allow the device a moment beyond the grace to report the aborts.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), s.shutdown_grace_s + 2.0)
+        left = [
+            c.id for c in core.contexts(SYSTEM, all_users=True) if c.state != ContextState.CLOSED
+        ]
+        if left:
+            self.log.warning("npud.contexts_left_open", contexts=left)
+        state.sessions.close_all()
+        await self.server.server.stop(grace=0.5)
+
+    async def _teardown(self) -> None:
+        """Close everything that was opened (also after a failed start)."""
+        if self.server is not None:
+            await self.server.server.stop(grace=None)
+        if self.identity is not None:
+            await self.identity.stop()
+        if self.state is not None:
+            self.state.sessions.close_all()
+        for device in self.devices:
+            try:
+                device.close()
+            except NpudError as exc:
+                self.log.warning("device.close_failed", device=device.name, error=str(exc))
+        if self._bound:
+            for path in (self.settings.socket, self.settings.identity_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.is_socket():
+                        path.unlink()
+        self.notifier.close()
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon to completion on a fresh event loop; returns the exit status."""
+    return asyncio.run(Daemon(settings).run())
+
+
+__all__ = ["Daemon", "run"]
