@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno as errno_mod
 import mmap
 import os
 import queue
@@ -49,13 +48,13 @@ from npud.devices.base import (
     Submission,
     SubmitToken,
 )
+from npud.devices.errno_map import error_for
 from npud.errors import (
     DeviceError,
     DeviceLost,
     InvalidArgument,
     NotFound,
     NpudError,
-    OutOfDeviceMemory,
     Unsupported,
 )
 
@@ -112,40 +111,11 @@ def opener_for(target: Callable[[], KernelFile] | str) -> Callable[[], KernelFil
     return target
 
 
-# Why one errno table with driver overrides
-# -----------------------------------------
-# The same errno means different things per call: ENOENT from a BO lookup is an unknown handle
-# (NotFound), ENOMEM from an allocation is a full tier, ENODEV is the device gone (drm_dev_enter
-# failed: unplugged or unbound), EBADFD from ivpu is a context that took an MMU fault. Adapters
-# pass a small override map for their driver's special cases; everything else falls back here.
-_ERRNO_CLASS: dict[int, type[NpudError]] = {
-    errno_mod.ENOENT: NotFound,
-    errno_mod.ENOMEM: OutOfDeviceMemory,
-    errno_mod.ENOSPC: OutOfDeviceMemory,
-    errno_mod.EINVAL: InvalidArgument,
-    errno_mod.E2BIG: InvalidArgument,
-    errno_mod.EOVERFLOW: InvalidArgument,
-    errno_mod.EFAULT: InvalidArgument,
-    errno_mod.ENODEV: DeviceLost,
-    errno_mod.ENXIO: DeviceLost,
-    errno_mod.EOPNOTSUPP: Unsupported,
-    errno_mod.ENOTTY: Unsupported,
-}
-
-
 def translate(
     exc: OSError, spec: IoctlSpec, overrides: dict[int, type[NpudError]] | None = None
 ) -> NpudError:
-    """The npud error for a failed ioctl: the class from the errno table, errno and name kept."""
-    code = exc.errno or 0
-    cls = (overrides or {}).get(code) or _ERRNO_CLASS.get(code, DeviceError)
-    message = f"{spec.name} failed: {os.strerror(code)} (errno {code})"
-    if cls is DeviceError:
-        return DeviceError(message, errno=code, ioctl=spec.name)
-    error = cls(message)
-    error.errno = code
-    error.ioctl = spec.name
-    return error
+    """The npud error for a failed ioctl, through the one errno table (driver overrides first)."""
+    return error_for(exc, ioctl=spec.name, overrides=overrides)
 
 
 @dataclass(slots=True, eq=False)
@@ -233,8 +203,15 @@ class AccelDevice:
         *,
         name: str,
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
     ) -> None:
+        if kernel_depth < 1:
+            raise ValueError(f"kernel_depth must be at least 1, not {kernel_depth}")
         self._opener = opener_for(opener)
+        self._depth = kernel_depth
+        self._queued: dict[int, list[InFlight]] = {}
+        self._closing = False
+        self._in_kernel: dict[int, int] = {}
         self._name = name
         self._loop_arg = loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -295,14 +272,18 @@ class AccelDevice:
             raise
         self._busy = [0.0] * len(self._caps.engines)
         self._health = DeviceHealth.OK
+        self._closing = False
         self._lost_reason = None
 
     def close(self) -> None:
         """Abort what is in flight, free every buffer, release driver state, close the node."""
         if self._file is None:
             return
+        self._closing = True
         for record in list(self._inflight.values()):
             self._finish(record, CompletionStatus.ABORTED, "device closed")
+        self._queued.clear()
+        self._in_kernel.clear()
         self._shutdown()
         for handle in list(self._bos):
             try:
@@ -409,15 +390,61 @@ class AccelDevice:
         now = time.monotonic()
         record = InFlight(token, submission, on_done, now, now)
         self._inflight[token] = record
-        try:
-            self._submit(record)
-        except BaseException:
-            self._inflight.pop(token, None)
-            for step in reversed(record.cleanup):
-                step()
-            raise
+        self._queued.setdefault(submission.engine, []).append(record)
         self._submitted += 1
+        try:
+            self._dispatch(submission.engine, submitting=record)
+        except BaseException:
+            self._submitted -= 1
+            raise
         return token
+
+    # Why npud keeps a shallow kernel queue
+    # -------------------------------------
+    # No accel UAPI can take back one job once it is queued in the kernel, and none but
+    # amdxdna's syncobjs can order a job after another file's work. So each engine has at
+    # most ``kernel_depth`` jobs (default 1, the credit_limit rocket and ethosu give their
+    # drm_sched schedulers anyway) inside the kernel; the rest wait here, in submission order,
+    # where abort() can withdraw them and ``wait_for`` tokens are honoured. The cost is one
+    # event-loop turn between jobs on an engine; core's scheduler keeps the queue shallow
+    # in any case so that latency work is never stuck behind a deep kernel FIFO.
+    def _dispatch(self, engine: int, *, submitting: InFlight | None = None) -> None:
+        queue = self._queued.get(engine, [])
+        while queue and self._in_kernel.get(engine, 0) < self._depth:
+            record = queue[0]
+            if any(t in self._inflight for t in record.submission.wait_for):
+                return
+            queue.pop(0)
+            self._in_kernel[engine] = self._in_kernel.get(engine, 0) + 1
+            record.extra["in_kernel"] = True
+            record.started_at = time.monotonic()
+            try:
+                self._submit(record)
+            except NpudError as exc:
+                if record is submitting:
+                    self._inflight.pop(record.token, None)
+                    self._leave_kernel(record)
+                    for step in reversed(record.cleanup):
+                        with contextlib.suppress(NpudError):
+                            step()
+                    raise
+                status = (
+                    CompletionStatus.DEVICE_LOST
+                    if isinstance(exc, DeviceLost)
+                    else CompletionStatus.ERROR
+                )
+                self._finish(record, status, str(exc))
+
+    def _leave_kernel(self, record: InFlight) -> None:
+        if record.extra.pop("in_kernel", False):
+            engine = record.submission.engine
+            self._in_kernel[engine] = max(0, self._in_kernel.get(engine, 0) - 1)
+
+    def _dispatch_all(self) -> None:
+        if self._lost_reason is not None or self._file is None or self._closing:
+            return
+        for engine in list(self._queued):
+            self._dispatch(engine)
 
     def abort(self, token: SubmitToken) -> bool:
         """These kernels cannot cancel one queued job; only work still queued in npud stops.
@@ -427,6 +454,11 @@ class AccelDevice:
         record = self._inflight.get(token)
         if record is None:
             return False
+        queue = self._queued.get(record.submission.engine, [])
+        if record in queue:
+            queue.remove(record)
+            self._finish(record, CompletionStatus.ABORTED, "aborted before reaching the kernel")
+            return True
         if self._abort_queued(record):
             self._finish(record, CompletionStatus.ABORTED, "aborted before reaching the kernel")
             return True
@@ -615,6 +647,10 @@ class AccelDevice:
         """Deliver the completion exactly once and release what the job held."""
         if self._inflight.pop(record.token, None) is None:
             return
+        queue = self._queued.get(record.submission.engine, [])
+        if record in queue:
+            queue.remove(record)
+        self._leave_kernel(record)
         self._unwatch(record)
         for step in reversed(record.cleanup):
             # the device may be gone; the job's outcome is what matters
@@ -641,6 +677,7 @@ class AccelDevice:
                 measured_s=measured,
             )
         )
+        self._dispatch_all()
 
 
 def system_memory() -> int:

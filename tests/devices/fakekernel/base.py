@@ -244,6 +244,7 @@ class FakeDevice:
         self.cond = threading.Condition()
         self.auto_complete = auto_complete
         self.executor: Callable[[bytes, list[memoryview]], str | None] | None = None
+        self.firmware: Any = None  # an IsaFirmware running accepted jobs, if installed
         self.files: list[FakeFile] = []
         self.jobs: list[FakeJob] = []
         self.calls: list[str] = []
@@ -307,7 +308,9 @@ class FakeDevice:
             bo.write_fences.append(job.fence)
         for bo in job.reads:
             bo.read_fences.append(job.fence)
-        if self.auto_complete:
+        if self.firmware is not None:
+            self.firmware.accept(job)
+        elif self.auto_complete:
             self.finish(job)
 
     def pending(self) -> list[FakeJob]:
@@ -333,6 +336,13 @@ class FakeDevice:
             if reason is not None:
                 job.failure = reason
                 status = self.error_status()
+        self.finish_raw(job, status=status, error=error)
+
+    def finish_raw(self, job: FakeJob, *, status: int = 0, error: int = 0) -> None:
+        """Write the job's status where userspace reads it and signal its fence."""
+        with self.cond:
+            if job.fence.signaled:
+                return
         job.status = status
         self.on_finish(job)
         job.fence.signal(error)

@@ -118,6 +118,7 @@ def _submit_job(file: FakeFile, device: FakeRocket, job: dict[str, Any]) -> str 
     if len(set(all_handles)) != len(all_handles):
         return "BO listed twice (drm_gem_lock_reservations: EALREADY)"
     command = b""
+    owners = []
     for task in tasks:
         owner = next(
             (
@@ -129,11 +130,13 @@ def _submit_job(file: FakeFile, device: FakeRocket, job: dict[str, Any]) -> str 
         )
         if owner is None:
             return "regcmd address outside every BO of the job"
+        owners.append(owner)
         start = task["regcmd"] - owner.device_address
         command += bytes(owner.data[start : start + 8 * task["regcmd_count"]])
-    device.queue_job(
-        FakeJob(file, 0, FakeFence(device), reads, writes, reads + writes, command=command)
-    )
+    # The stand-in firmware sees the job's BOs other than the register-command BO, inputs
+    # first, in the order the job lists them.
+    data = [b for b in reads + writes if b not in owners]
+    device.queue_job(FakeJob(file, 0, FakeFence(device), reads, writes, data, command=command))
     return None
 
 
