@@ -17,8 +17,8 @@ Usage::
     python bench/decode.py [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
                            [--policies npud,fifo] [--json results.json]
 
-The daemon is started as ``npud --socket S --device sim`` with ``NPUD_POLICY`` and a private
-state directory; ``--npud CMD`` overrides the command. Each decoder uses a short prompt and
+The daemon is started as ``python -m npud.daemon.main --socket S --device sim`` with
+``NPUD_POLICY`` and a private state directory; ``--npud CMD`` overrides the command. Each decoder uses a short prompt and
 generates ``--tokens`` ids without stopping at EOS.
 """
 
@@ -196,8 +196,7 @@ def main() -> int:
     if args.npud:
         args.npud_cmd = shlex.split(args.npud)
     else:
-        exe = shutil.which("npud") or str(Path(sys.executable).with_name("npud"))
-        args.npud_cmd = [exe]
+        args.npud_cmd = [sys.executable, "-m", "npud.daemon.main"]
     model_dir = str(args.model or ensure_default_model())
 
     results: dict[str, Any] = {
