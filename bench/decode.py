@@ -18,8 +18,8 @@ Usage::
                            [--policies npud,fifo] [--json results.json]
 
 The daemon is started as ``python -m npud.daemon.main --socket S --device sim`` with
-``NPUD_POLICY`` and a private state directory; ``--npud CMD`` overrides the command. Each decoder uses a short prompt and
-generates ``--tokens`` ids without stopping at EOS.
+``NPUD_POLICY`` and a private state directory; ``--npud CMD`` overrides the command. Each
+decoder uses a short prompt and generates ``--tokens`` ids without stopping at EOS.
 """
 
 from __future__ import annotations
