@@ -98,9 +98,15 @@ class ResidencyMachine(RuleBasedStateMachine):
         self.running: list[list[Buffer]] = []
         self.rng = random.Random(0)
         self.keys: list[str] = []
+        self.order: dict[str, int] = {}  # ids are random: draw in creation order, not id order
 
     def _held(self) -> list[tuple[ContextId, Buffer]]:
-        return [(c, self.bufs[i]) for c in CTXS for i in sorted(self.refs[c]) if i in self.bufs]
+        return [
+            (c, self.bufs[i])
+            for c in CTXS
+            for i in sorted(self.refs[c], key=self.order.__getitem__)
+            if i in self.bufs
+        ]
 
     def _forget_dead(self) -> None:
         live = {b.id for b in self.res.buffers()}
@@ -123,6 +129,7 @@ class ResidencyMachine(RuleBasedStateMachine):
             assert buf.key is not None
             self.keys.append(buf.key)
         self.bufs[buf.id] = buf
+        self.order.setdefault(buf.id, len(self.order))
         self.refs[ctx].add(buf.id)
         if usage is not Usage.SCRATCH:
             self.expected[buf.id] = data if not buf.sealed else self.res.read(buf, 0, buf.size)
@@ -151,13 +158,14 @@ class ResidencyMachine(RuleBasedStateMachine):
             assert all(b.key != key for b in self.res.buffers())
             return
         self.bufs[buf.id] = buf
+        self.order.setdefault(buf.id, len(self.order))
         self.refs[ctx].add(buf.id)
 
     @precondition(lambda self: bool(self.bufs))
     @rule(data=st.data())
     def evict(self, data: st.DataObject) -> None:
         """Evict one buffer if it may be evicted; pinned and running ones refuse."""
-        buf = data.draw(st.sampled_from(sorted(self.bufs.values(), key=lambda b: b.id)))
+        buf = data.draw(st.sampled_from(sorted(self.bufs.values(), key=lambda b: self.order[b.id])))
         protected = buf.pins > 0 or buf.in_use > 0
         done = self.res.evict(buf)
         assert not (protected and done)
