@@ -87,6 +87,7 @@ class Settings(BaseModel):
     policy: Literal["npud", "fifo"] = "npud"
     admin_group: str | None = None
     session_grace_s: float = Field(default=5.0, ge=0)
+    close_grace_s: float = Field(default=5.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"

@@ -105,10 +105,10 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         """A core JobSpec from a wire JobSpec; inline streams become COMMAND buffers."""
         core = self._state.core
         where = f"jobs[{index}]"
-        if msg.deadline_s < 0 or msg.timeout_s < 0:
+        if msg.deadline_s < 0 or msg.timeout_s < 0 or msg.estimate_s < 0:
             raise InvalidArgument(
-                f"{where}: deadline_s and timeout_s must be >= 0 (0 = none), got "
-                f"{msg.deadline_s} and {msg.timeout_s}"
+                f"{where}: deadline_s, timeout_s and estimate_s must be >= 0 (0 = none), got "
+                f"{msg.deadline_s}, {msg.timeout_s} and {msg.estimate_s}"
             )
         which = msg.WhichOneof("command")
         if which is None:
@@ -141,6 +141,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             label=msg.label,
             deadline=core.now() + msg.deadline_s if msg.deadline_s > 0 else None,
             timeout_s=msg.timeout_s or None,
+            estimate_s=msg.estimate_s or None,
         )
 
     def _release_later(self, caller: Caller, ctx_id: ContextId, buf_id: BufferId) -> None:

@@ -104,6 +104,7 @@ class AsyncSubmitStream:
         self._waiting: dict[int, asyncio.Future[JobResult]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._write_lock = asyncio.Lock()  # grpc.aio allows one write in flight per call
 
     async def _read(self) -> None:
         try:
@@ -138,7 +139,8 @@ class AsyncSubmitStream:
         fut: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         self._waiting[tag] = fut
         try:
-            await self._call.write(rq.stream_entry(tag, self._ctx, spec, readbacks))
+            async with self._write_lock:
+                await self._call.write(rq.stream_entry(tag, self._ctx, spec, readbacks))
         except grpc.RpcError as exc:
             self._waiting.pop(tag, None)
             raise from_rpc_error(exc) from None

@@ -511,6 +511,7 @@ class JobSpec:
     timeout_s: float = 0.0
     depends_on: tuple[str | Job, ...] = ()
     label: str = ""
+    estimate_s: float = 0.0
 
     def to_wire(self) -> job_pb2.JobSpec:
         """The wire message."""
@@ -522,6 +523,7 @@ class JobSpec:
             timeout_s=self.timeout_s,
             depends_on=[_id(d) for d in self.depends_on],
             label=self.label,
+            estimate_s=self.estimate_s,
         )
         if isinstance(self.command, CommandRef):
             spec.command_buffer.CopyFrom(

@@ -167,7 +167,7 @@ class Daemon:
             limits=CoreLimits(
                 max_contexts_per_user=s.quotas.max_contexts_per_user,
                 admin_gid=admin_gid,
-                close_grace_s=s.session_grace_s,
+                close_grace_s=s.close_grace_s,
             ),
         )
         policy = SchedulerPolicy(kind=PolicyKind(s.policy))

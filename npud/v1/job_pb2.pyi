@@ -265,6 +265,7 @@ class JobSpec(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    ESTIMATE_S_FIELD_NUMBER: _builtins.int
     queue_id: _builtins.str
     command_inline: _builtins.bytes
     """The command stream itself (the daemon holds it in a COMMAND buffer for the job's life)."""
@@ -275,6 +276,10 @@ class JobSpec(_message.Message):
     timeout_s: _builtins.float
     """The watchdog ends the job after this many seconds of running; 0 means the class default."""
     label: _builtins.str
+    estimate_s: _builtins.float
+    """The client's estimate of the run time in seconds, used for admission (deadline, time
+    slice) until the daemon has measured jobs of this kind; 0 means none.
+    """
     @_builtins.property
     def command_buffer(self) -> Global___CommandRef:
         """A command stream already in a buffer of the context."""
@@ -297,10 +302,11 @@ class JobSpec(_message.Message):
         timeout_s: _builtins.float = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         label: _builtins.str = ...,
+        estimate_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_buffer", b"command_buffer", "command_inline", b"command_inline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "command", b"command", "command_buffer", b"command_buffer", "command_inline", b"command_inline", "deadline_s", b"deadline_s", "depends_on", b"depends_on", "kind", b"kind", "label", b"label", "queue_id", b"queue_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "command", b"command", "command_buffer", b"command_buffer", "command_inline", b"command_inline", "deadline_s", b"deadline_s", "depends_on", b"depends_on", "estimate_s", b"estimate_s", "kind", b"kind", "label", b"label", "queue_id", b"queue_id", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["command_inline", "command_buffer"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
