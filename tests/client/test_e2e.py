@@ -126,9 +126,7 @@ def test_persistent_buffer_shared_between_clients(daemon: DaemonProcess) -> None
         )
         first.write_buffer(ctx, buf, weights)
         with pytest.raises(AlreadyExists):
-            first.create_buffer(
-                ctx, 16, persistence=Persistence.PERSISTENT, key="demo-weights@1"
-            )
+            first.create_buffer(ctx, 16, persistence=Persistence.PERSISTENT, key="demo-weights@1")
         with npud.client.connect(daemon.socket) as second:
             ctx2 = second.create_context(label="reader")
             shared = second.open_persistent(ctx2, "demo-weights@1")

@@ -46,8 +46,10 @@ def test_invalid_field_names_field_and_reason(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, env={})
     text = str(info.value)
-    assert "policy" in text and "'random'" in text
-    assert "quotas.max_queues" in text and "greater than 0" in text
+    assert "policy" in text
+    assert "'random'" in text
+    assert "quotas.max_queues" in text
+    assert "greater than 0" in text
 
 
 def test_unknown_key_is_refused(tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_bad_toml_and_missing_explicit_file(tmp_path: Path) -> None:
     bad.write_text("socket = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad, env={})
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml", env={})
 
 
@@ -79,6 +81,4 @@ def test_runtime_directory_decides_default_socket() -> None:
     """Under systemd the socket goes to $RUNTIME_DIRECTORY; identity socket sits beside it."""
     s = load_settings(Path("/dev/null"), env={"RUNTIME_DIRECTORY": "/run/npud"})
     assert s.socket == Path("/run/npud/npud.sock") or s.socket.name == "npud.sock"
-    assert identity_socket_for(Path("/run/npud/npud.sock")) == Path(
-        "/run/npud/npud.sock.identity"
-    )
+    assert identity_socket_for(Path("/run/npud/npud.sock")) == Path("/run/npud/npud.sock.identity")
