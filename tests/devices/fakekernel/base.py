@@ -14,6 +14,7 @@ Pointers inside structs are followed into this process's memory with ``ctypes``,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -141,7 +142,8 @@ def fence_fd(fences: list[FakeFence]) -> int:
             remaining[0] -= 1
             done = remaining[0] == 0
         if done:
-            os.write(write_end, b"\x01")
+            with contextlib.suppress(OSError):  # the reader closed its fd: nobody listens
+                os.write(write_end, b"\x01")
             os.close(write_end)
 
     if not pending:
@@ -286,7 +288,10 @@ class FakeDevice:
         """Driver per-file setup (ivpu: a context id)."""
 
     def on_close(self, file: FakeFile) -> None:
-        """Driver per-file teardown (abort the file's jobs)."""
+        """Driver per-file teardown: the file's pending jobs are killed (drm_sched entity fini)."""
+        for job in self.pending():
+            if job.file is file:
+                self.finish_raw(job, status=self.error_status())
 
     def new_bo(self, size: int, *, kind: str = "bo") -> FakeBo:
         """A zero-filled GEM object with fresh offsets."""

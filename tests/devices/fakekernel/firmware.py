@@ -77,7 +77,7 @@ class IsaFirmware:
             if burn > 0:
                 with self.device.cond:  # a signalled fence (abort) ends the burn early
                     self.device.cond.wait_for(lambda j=job: j.fence.signaled or self._stop, burn)
-            if not job.fence.signaled:
+            if not job.fence.signaled and not self._stop:
                 job.failure = reason
                 self.device.finish_raw(job, status=status)
             self.executed += 1
