@@ -91,11 +91,12 @@ class AmdxdnaDevice(AccelDevice):
         *,
         name: str = "accel0",
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
         cu_configs: Sequence[tuple[bytes, int]] = (),
         engines: int = 4,
         max_contexts: int | None = None,
     ) -> None:
-        super().__init__(opener, name=name, loop=loop)
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
         self._cu_configs = tuple(cu_configs)
         self._engines = engines
         self._max_contexts = max_contexts

@@ -69,8 +69,9 @@ class EthosuDevice(AccelDevice):
         *,
         name: str = "accel0",
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
     ) -> None:
-        super().__init__(opener, name=name, loop=loop)
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
         self._waiter: WaiterThread | None = None
         self._stopping = threading.Event()
         self.npu_info: dict[str, int] = {}

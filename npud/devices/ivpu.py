@@ -81,9 +81,10 @@ class IvpuDevice(AccelDevice):
         *,
         name: str = "accel0",
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
         memory_bytes: int = 0,
     ) -> None:
-        super().__init__(opener, name=name, loop=loop)
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
         self._memory_bytes = memory_bytes
         self._cmdqs: dict[int, KernelHandle] = {}
         self._manage_cmdq = False

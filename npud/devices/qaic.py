@@ -76,10 +76,11 @@ class QaicDevice(AccelDevice):
         *,
         name: str = "accel0",
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
         activate: Callable[[KernelFile], Sequence[int]] | None = None,
         command_input: bool = False,
     ) -> None:
-        super().__init__(opener, name=name, loop=loop)
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
         self._activate = activate
         self._command_input = command_input
         self._dbcs: tuple[int, ...] = ()

@@ -63,9 +63,10 @@ class RocketDevice(AccelDevice):
         *,
         name: str = "accel0",
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
         cores: int = 3,
     ) -> None:
-        super().__init__(opener, name=name, loop=loop)
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
         self._cores = cores
 
     def _probe(self) -> Capabilities:
