@@ -108,6 +108,7 @@ class CoreLimits:
 
     max_contexts_per_user: int = 64
     max_live_jobs_per_user: int = 1 << 20
+    max_memory_bytes_per_user: int | None = None
     admin_gid: int | None = None
     close_grace_s: float = 5.0
 
@@ -243,6 +244,60 @@ class Core:
     def devices(self) -> list[DeviceEntry]:
         """Every registered device, in registration order."""
         return list(self._devices.values())
+
+    def replace_device(
+        self,
+        device: Device,
+        *,
+        policy: SchedulerPolicy | None = None,
+        state_dir: Path | None = None,
+        budgets: dict[MemoryTier, int] | None = None,
+        sram_policy: bool = True,
+    ) -> DeviceEntry:
+        """Serve a freshly opened ``device`` in place of the lost device of the same name.
+
+        The lost device's contexts are closed at once (their jobs already ended FAILED with
+        DeviceLost when it was lost; their buffers' contents are gone with it), then a new
+        scheduler and residency manager take the name; persistent registrations come back
+        from ``state_dir``. ``policy`` defaults to the old scheduler's. The caller closes the
+        old device.
+
+        Raises:
+            NotFound: no device of that name is registered.
+            FailedPrecondition: the registered device is not lost.
+        """
+        old = self._devices.get(device.name)
+        if old is None:
+            raise NotFound(f"no device {device.name!r} to replace")
+        if old.scheduler.lost is None:
+            raise FailedPrecondition(f"device {device.name} is not lost; nothing to replace")
+        reason = f"device {device.name} was lost: {old.scheduler.lost}"
+        for ctx_id in list(old.contexts):
+            ctx = self._contexts.get(ctx_id)
+            if ctx is not None and ctx.open:
+                self.destroy_context(ctx.owner, ctx_id, grace_s=0.0, reason=reason)
+        for ctx_id in list(old.contexts):  # closing ones the lost device will never report
+            ctx = self._contexts.pop(ctx_id, None)
+            old.contexts.discard(ctx_id)
+            if ctx is None:
+                continue
+            ctx.state = ContextState.CLOSED
+            left = self._user_contexts.get(ctx.owner.uid, 1) - 1
+            if left > 0:
+                self._user_contexts[ctx.owner.uid] = left
+            else:
+                self._user_contexts.pop(ctx.owner.uid, None)
+            self.events.publish(
+                ContextEvent(self.now(), old.name, ctx_id, ctx.owner.uid, Change.DESTROYED, reason)
+            )
+        del self._devices[device.name]
+        return self.add_device(
+            device,
+            policy=policy or old.scheduler.policy,
+            state_dir=state_dir,
+            budgets=budgets,
+            sram_policy=sram_policy,
+        )
 
     # ------------------------------------------------------------------ contexts
 
@@ -469,14 +524,36 @@ class Core:
             NotFound: no such context for ``owner``.
             FailedPrecondition: the context is closing.
             InvalidArgument, AlreadyExists, OutOfDeviceMemory: from the residency manager.
-            QuotaExceeded: the context's memory quota would be exceeded (nothing allocated).
+            QuotaExceeded: the context's memory quota, or its user's
+                (``limits.max_memory_bytes_per_user``), would be exceeded (nothing allocated).
         """
         ctx = self._open_context(owner, ctx_id)
+        if size > 0:
+            self._charge_user(ctx.owner, size)
         buf = self._residency(ctx).create(
             ctx.id, size, usage=usage, persistence=persistence, tier=tier, key=key
         )
         ctx.buffers[buf.id] = buf
         return buf
+
+    def user_memory(self, uid: int) -> int:
+        """Bytes charged to every context of user ``uid`` (shared buffers once per context)."""
+        total = 0
+        for ctx in self._contexts.values():
+            if ctx.owner.uid == uid:
+                total += self._residency(ctx).context_usage(ctx.id)
+        return total
+
+    def _charge_user(self, owner: Owner, size: int) -> None:
+        limit = self.limits.max_memory_bytes_per_user
+        if limit is None:
+            return
+        used = self.user_memory(owner.uid)
+        if used + size > limit:
+            raise QuotaExceeded(
+                f"{owner} holds {used} bytes of buffers over all its contexts and {size} more "
+                f"were requested; the limit per user is {limit} bytes"
+            )
 
     def open_persistent(self, owner: Owner, ctx_id: ContextId, key: str) -> Buffer:
         """Attach the context to a persistent buffer by key (uploads nothing).
@@ -484,10 +561,17 @@ class Core:
         Raises:
             NotFound: no such context for ``owner``, or no such key.
             FailedPrecondition: the context is closing.
-            QuotaExceeded: the context's memory quota would be exceeded.
+            QuotaExceeded: the context's or its user's memory quota would be exceeded.
         """
         ctx = self._open_context(owner, ctx_id)
-        buf = self._residency(ctx).open_persistent(ctx.id, key)
+        residency = self._residency(ctx)
+        buf = residency.open_persistent(ctx.id, key)
+        try:
+            self._charge_user(ctx.owner, 0)
+        except QuotaExceeded:
+            if buf.id not in ctx.buffers:  # undo only the reference this call took
+                residency.release(ctx.id, buf)
+            raise
         ctx.buffers[buf.id] = buf
         return buf
 
