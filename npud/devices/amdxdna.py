@@ -285,7 +285,8 @@ class AmdxdnaDevice(AccelDevice):
         released = [False]
 
         def _release() -> None:
-            if not released[0]:
+            # after a reset dropped the context, there is nothing to give back
+            if not released[0] and pool.context(key) is ctx:
                 released[0] = True
                 pool.release(key)
 
