@@ -49,14 +49,14 @@ def _parse(raw: bytes, path: Path) -> Identity:
         ) from exc
 
 
-def handshake(socket_path: Path, *, timeout_s: float = 5.0) -> Identity:
+def handshake(socket_path: Path | str, *, timeout_s: float = 5.0) -> Identity:
     """Obtain a session token for this process from the daemon at ``socket_path``.
 
     Raises:
         Unavailable: the identity socket is missing or refuses the connection.
         Unauthenticated: the daemon's answer is not a token.
     """
-    path = identity_socket_for(socket_path)
+    path = identity_socket_for(Path(socket_path))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout_s)
         try:
@@ -75,14 +75,14 @@ def handshake(socket_path: Path, *, timeout_s: float = 5.0) -> Identity:
     return _parse(b"".join(chunks), path)
 
 
-async def handshake_async(socket_path: Path, *, timeout_s: float = 5.0) -> Identity:
+async def handshake_async(socket_path: Path | str, *, timeout_s: float = 5.0) -> Identity:
     """:func:`handshake` on the running asyncio loop.
 
     Raises:
         Unavailable: the identity socket is missing or refuses the connection.
         Unauthenticated: the daemon's answer is not a token.
     """
-    path = identity_socket_for(socket_path)
+    path = identity_socket_for(Path(socket_path))
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout_s)
         try:
