@@ -159,6 +159,7 @@ class Job:
     charged_s: float = 0.0
     watchdog: TimerHandle | None = None
     _callbacks: list[DoneCallback] = field(default_factory=list)
+    _buffers: tuple[Buffer, ...] | None = None
 
     @property
     def sched_class(self) -> SchedClass:
@@ -200,8 +201,12 @@ class Job:
 
     def buffers(self) -> tuple[Buffer, ...]:
         """Every distinct buffer the job touches: the command buffer, then bindings in order."""
-        seen = dict.fromkeys([self.command, *(b for b, _ in self.bindings)])
-        return tuple(seen)
+        cached = self._buffers
+        if cached is None:
+            cached = self._buffers = tuple(
+                dict.fromkeys([self.command, *(b for b, _ in self.bindings)])
+            )
+        return cached
 
     def written_buffers(self) -> tuple[Buffer, ...]:
         """The bound buffers the job may write."""

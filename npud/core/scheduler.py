@@ -378,16 +378,20 @@ class Scheduler:
         self._pump()
 
     def _admit(self, ctx: Context, jobs: Sequence[Job]) -> None:
-        self._check_device()
-        if not ctx.open:
+        # The hot path of every submit: checks are ordered cheapest first, and the work for
+        # batches (per-queue counts, cycles, EDF among batch members) is skipped for one job.
+        if self._lost is not None:
+            self._check_device()
+        if ctx.state is not ContextState.OPEN:
             raise FailedPrecondition(f"context {ctx.id} is {ctx.state}: it accepts no new jobs")
-        if len(ctx.jobs) + len(jobs) > ctx.quotas.max_queued_jobs:
+        n = len(jobs)
+        if len(ctx.jobs) + n > ctx.quotas.max_queued_jobs:
             raise QuotaExceeded(
-                f"context {ctx.id} would hold {len(ctx.jobs) + len(jobs)} live jobs; its quota "
+                f"context {ctx.id} would hold {len(ctx.jobs) + n} live jobs; its quota "
                 f"is {ctx.quotas.max_queued_jobs} (it holds {len(ctx.jobs)} now)"
             )
         per_queue: dict[Queue, int] = {}
-        batch = {id(j) for j in jobs}
+        any_deps = any_deadline = False
         for job in jobs:
             queue = job.queue
             if queue.destroyed or ctx.queues.get(queue.id) is not queue:
@@ -400,21 +404,36 @@ class Scheduler:
                     f"engine {job.engine_request} does not exist on {self._device.name}; it "
                     f"has engines 0..{len(self._engines) - 1}"
                 )
-            for dep in job.depends_on:
-                if dep.context_id != ctx.id:
-                    raise InvalidArgument(
-                        f"job dependency {dep.id} is not a job of context {ctx.id}: jobs may "
-                        "only depend on jobs of their own context"
-                    )
-                if dep is job:
-                    raise InvalidArgument(f"a job cannot depend on itself ({job.label or 'job'})")
-        for queue, n in per_queue.items():
-            if queue.depth + n > queue.depth_limit:
+            if job.deadline is not None:
+                any_deadline = True
+            if job.depends_on:
+                any_deps = True
+                for dep in job.depends_on:
+                    if dep.context_id != ctx.id:
+                        raise InvalidArgument(
+                            f"job dependency {dep.id} is not a job of context {ctx.id}: jobs "
+                            "may only depend on jobs of their own context"
+                        )
+                    if dep is job:
+                        raise InvalidArgument(
+                            f"a job cannot depend on itself ({job.label or 'job'})"
+                        )
+        for queue, count in per_queue.items():
+            if queue.depth + count > queue.depth_limit:
                 raise QueueFull(
-                    f"queue {queue.id} holds {queue.depth} jobs and the batch adds {n}; its "
+                    f"queue {queue.id} holds {queue.depth} jobs and the batch adds {count}; its "
                     f"depth limit is {queue.depth_limit}"
                 )
-        self._check_cycles(jobs, batch)
+        if any_deps and n > 1:
+            self._check_cycles(jobs)
+        if not self._fifo and self.policy.time_slice_s is not None:
+            for job in jobs:
+                if job.queue.sched_class is not SchedClass.LATENCY:
+                    self._check_slice(job, job.queue.sched_class, self.estimate(job))
+        if any_deadline:
+            self._check_deadlines(jobs)
+
+    def _check_deadlines(self, jobs: Sequence[Job]) -> None:
         now = self._clock.now()
         # latency jobs of this batch with deadlines, for the EDF work ahead of each other
         batch_edf = [
@@ -423,19 +442,17 @@ class Scheduler:
             if j.deadline is not None and j.sched_class is SchedClass.LATENCY
         ]
         for job in jobs:
-            est = self.estimate(job)
-            cls = job.sched_class
-            self._check_slice(job, cls, est)
             if job.deadline is None:
                 continue
             if job.deadline <= now:
                 raise DeadlineInfeasible(
                     f"the deadline {job.deadline:.6f} s has already passed (now {now:.6f} s)"
                 )
+            est = self.estimate(job)
             if est is None:
                 continue
             backlog = 0.0
-            if cls is SchedClass.LATENCY:
+            if job.sched_class is SchedClass.LATENCY:
                 ahead = sum(e for d, e, i in batch_edf if d <= job.deadline and i != id(job))
                 backlog = self._backlog(job) + ahead / len(self._engines)
             if now + backlog + est > job.deadline:
@@ -458,8 +475,9 @@ class Scheduler:
             "chunks, each its own job (a LATENCY job is never refused for its length)"
         )
 
-    def _check_cycles(self, jobs: Sequence[Job], batch: set[int]) -> None:
+    def _check_cycles(self, jobs: Sequence[Job]) -> None:
         # Only jobs of this batch can form a cycle: admitted jobs never gain dependencies.
+        batch = {id(j) for j in jobs}
         state: dict[int, int] = {}  # id(job) -> 1 visiting, 2 done
         for root in jobs:
             if state.get(id(root)) == 2:
@@ -797,10 +815,35 @@ class Scheduler:
                     self._recalls += 1
 
     def _eligible(self, shallow: bool) -> list[SchedClass]:
+        """The classes with READY work and a free credit on some engine (hot path)."""
+        ready = self._ready
+        lat = ready[SchedClass.LATENCY] > 0
+        tp = ready[SchedClass.THROUGHPUT] > 0
+        bg = ready[SchedClass.BACKGROUND] > 0
+        if not (lat or tp or bg):
+            return []
+        engines = self._engines
+        if self._fifo:
+            limit = self.policy.fifo_credits
+            if not any(len(e.inflight) < limit for e in engines):
+                return []
+            return [c for c in CLASS_ORDER if ready[c] > 0]
         out: list[SchedClass] = []
-        for cls in CLASS_ORDER:
-            if self._ready[cls] > 0 and any(self._can_take(e, cls, shallow) for e in self._engines):
-                out.append(cls)
+        if lat:
+            limit = self.policy.latency_credits
+            if any(e.latency < limit for e in engines):
+                out.append(SchedClass.LATENCY)
+        if tp or bg:
+            if shallow:
+                other_ok = any(e.other == 0 for e in engines)
+            else:
+                limit = self.policy.deep_credits
+                other_ok = any(len(e.inflight) < limit for e in engines)
+            if other_ok:
+                if tp:
+                    out.append(SchedClass.THROUGHPUT)
+                if bg:
+                    out.append(SchedClass.BACKGROUND)
         return out
 
     # ---- Why a minimum share per class ------------------------------------------------
@@ -932,9 +975,11 @@ class Scheduler:
         if first is None or first_entry is None:
             return None
         lookahead = self.policy.resident_lookahead
-        if lookahead <= 0 or not heap or self._residency.is_resident(first.buffers()):
-            return first
         key = first_entry[:rank]
+        if lookahead <= 0 or not heap or heap[0][:rank] != key:
+            return first  # nothing ranks equal: residency cannot change the choice
+        if self._residency.is_resident(first.buffers()):
+            return first
         passed: list[Any] = []
         chosen = first
         while heap and len(passed) < lookahead:
