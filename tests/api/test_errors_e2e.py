@@ -152,7 +152,9 @@ def _snapshot(s: Stubs) -> Any:
         [(c.scheduling_class, c.queued, c.running) for c in dev.classes],
         sorted(
             c.context_id
-            for c in s.contexts.ListContexts(context_pb2.ListContextsRequest(), metadata=s.md).contexts
+            for c in s.contexts.ListContexts(
+                context_pb2.ListContextsRequest(), metadata=s.md
+            ).contexts
         ),
         [
             (q.queue_id, q.depth)
@@ -172,10 +174,14 @@ def _snapshot(s: Stubs) -> Any:
 
 def _expect(s: Stubs, code: Code, must_say: str, call: Callable[[], Any]) -> str:
     before = _snapshot(s)
-    with pytest.raises(grpc.RpcError) as info:
+
+    def run() -> None:
         result = call()
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            list(result)
+            list(result)  # a server stream fails on its first read
+
+    with pytest.raises(grpc.RpcError) as info:
+        run()
     err = info.value
     assert err.code() is code, f"{err.code()} {err.details()}"  # type: ignore[attr-defined]
     details = err.details() or ""  # type: ignore[attr-defined]
@@ -244,7 +250,9 @@ def test_not_found(s: Stubs) -> None:
         s,
         Code.NOT_FOUND,
         "job-00",
-        lambda: s.jobs.GetJob(job_pb2.GetJobRequest(context_id=s.ctx, job_id="job-00"), metadata=md),
+        lambda: s.jobs.GetJob(
+            job_pb2.GetJobRequest(context_id=s.ctx, job_id="job-00"), metadata=md
+        ),
     )
     _expect(
         s,
@@ -424,9 +432,7 @@ def test_already_exists_and_preconditions(s: Stubs) -> None:
         Code.FAILED_PRECONDITION,
         "deadline",
         lambda: s.jobs.SubmitJobs(
-            _job(
-                s, queue_id=s.lat_queue, command_inline=NULL, estimate_s=1.0, deadline_s=0.001
-            ),
+            _job(s, queue_id=s.lat_queue, command_inline=NULL, estimate_s=1.0, deadline_s=0.001),
             metadata=md,
         ),
     )
@@ -480,7 +486,8 @@ def code(name, fn):
     except grpc.RpcError as e:
         out[name] = [e.code().name, e.details()]
 code("list_all", lambda: stub.ListContexts(context_pb2.ListContextsRequest(all=True), metadata=md))
-code("foreign", lambda: stub.GetContext(context_pb2.GetContextRequest(context_id=foreign), metadata=md))
+code("foreign", lambda: stub.GetContext(
+    context_pb2.GetContextRequest(context_id=foreign), metadata=md))
 code("big_quota", lambda: stub.CreateContext(context_pb2.CreateContextRequest(
     quotas=context_pb2.Quotas(max_queues=10**6)), metadata=md))
 print(json.dumps(out))
