@@ -1,0 +1,175 @@
+"""What npud costs per job: a null job over SubmitStream vs a bare grpc.aio echo stream.
+
+Both run in the same invocation, each server in its own process on a Unix socket, each client
+on asyncio with one request in flight (a decode loop's pattern):
+
+* ``echo``: a grpc.aio server whose bidirectional method returns each message as is: the floor
+  any gRPC daemon on this machine pays per round trip;
+* ``npud``: the real daemon (``--device sim``), a LATENCY queue, and a null job (an empty
+  command stream, sent inline) per round trip through ``npud.client.aio``'s submit stream:
+  identity check, inline command buffer, admission, scheduling, the simulated device's
+  process round trip, completion and the response.
+
+Prints p50, p99 and their ratio (npud / echo). Usage::
+
+    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ECHO_METHOD = "/bench.Echo/Stream"
+
+
+async def _echo_server(path: str) -> None:
+    async def echo(requests, context):  # type: ignore[no-untyped-def]
+        async for msg in requests:
+            yield msg
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{path}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _bench_echo(path: str, n: int, warmup: int) -> list[float]:
+    payload = b"\0" * 48  # about the size of a null job request
+    async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+        call = channel.stream_stream(ECHO_METHOD)()
+        out = []
+        for i in range(n + warmup):
+            t0 = time.perf_counter()
+            await call.write(payload)
+            await call.read()
+            if i >= warmup:
+                out.append(time.perf_counter() - t0)
+        await call.done_writing()
+        return out
+
+
+async def _bench_npud(path: str, n: int, warmup: int) -> list[float]:
+    import npud.client.aio
+    from npud.client import JobSpec, SchedulingClass
+    from npud.isa import Program
+
+    null = Program().encode()
+    async with npud.client.aio.connect(path) as npu:
+        ctx = await npu.create_context(label="overhead")
+        q = await npu.create_queue(ctx, SchedulingClass.LATENCY)
+        spec = JobSpec(q, null, kind="null")
+        out = []
+        async with npu.submit_stream(ctx) as stream:
+            for i in range(n + warmup):
+                t0 = time.perf_counter()
+                res = await stream.run(spec)
+                if i >= warmup:
+                    out.append(time.perf_counter() - t0)
+                if not res.ok:
+                    raise SystemExit(f"null job failed: {res.error}")
+        await npu.destroy_context(ctx)
+        return out
+
+
+def _start_npud(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = tmp / "npud.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp / "notify"))
+    notify.settimeout(60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUD_")}
+    env.update(
+        NOTIFY_SOCKET=str(tmp / "notify"),
+        NPUD_CONFIG="/dev/null",
+        NPUD_LOG_LEVEL="warning",
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "npud.daemon",
+            "--device",
+            "sim",
+            "--socket",
+            str(sock),
+            "--state-dir",
+            str(tmp / "state"),
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    while b"READY=1" not in notify.recv(4096):
+        pass
+    notify.close()
+    return proc, sock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--echo-server", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        asyncio.run(_echo_server(args.echo_server))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="npud-overhead-"))
+    echo_path = str(tmp / "echo.sock")
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server", echo_path], stdout=subprocess.PIPE
+    )
+    daemon, sock = _start_npud(tmp)
+    try:
+        assert echo.stdout is not None
+        echo.stdout.readline()
+        echo_s = asyncio.run(_bench_echo(echo_path, args.n, args.warmup))
+        npud_s = asyncio.run(_bench_npud(str(sock), args.n, args.warmup))
+    finally:
+        echo.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)
+        echo.wait(10)
+        daemon.wait(30)
+        if echo.stdout is not None:
+            echo.stdout.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for name, s in (("grpc.aio echo", echo_s), ("npud null job", npud_s)):
+        rows.append((name, _pct(s, 0.5), _pct(s, 0.99), statistics.fmean(s)))
+    print(f"{args.n} round trips each (after {args.warmup} warm-up), one in flight, Unix socket")
+    print(f"{'':16} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
+    for name, p50, p99, mean in rows:
+        print(f"{name:16} {p50 * 1e6:9.1f} {p99 * 1e6:9.1f} {mean * 1e6:9.1f}")
+    (_, e50, e99, _), (_, n50, n99, _) = rows
+    print(f"{'ratio npud/echo':16} {n50 / e50:9.2f} {n99 / e99:9.2f}")
+    print(f"npud's own cost per job (p50 difference): {(n50 - e50) * 1e6:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
