@@ -105,3 +105,21 @@ def test_amdxdna_contexts_carry_the_qos_priority() -> None:
         0x200,
         0x280,
     ]
+
+
+def test_every_driver_has_an_adapter_and_a_priority_map() -> None:
+    """Each accel driver name resolves to its adapter, whose map matches the driver."""
+    from npud.devices.accel_adapters import adapter_for
+
+    for module, name in [
+        ("rocket", "rocket"),
+        ("intel_vpu", "ivpu"),
+        ("amdxdna", "amdxdna"),
+        ("ethosu", "ethosu"),
+        ("qaic", "qaic"),
+    ]:
+        cls = adapter_for(module)
+        assert cls is not None
+        assert name in cls.__module__
+        assert priority.MAPS[name].driver == name
+    assert adapter_for("etnaviv") is None
