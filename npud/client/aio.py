@@ -316,9 +316,10 @@ class AsyncClient:
         *,
         offset: int = 0,
         chunk_size: int = rq.CHUNK_SIZE,
+        seal: bool = False,
     ) -> Buffer:
         """Write ``data`` at ``offset``, streamed in chunks."""
-        chunks = rq.write_chunks(ctx, buf, data, offset, chunk_size)
+        chunks = rq.write_chunks(ctx, buf, data, offset, chunk_size, seal=seal)
         resp = await _call(self.buffer_stub.WriteBuffer(iter(chunks), metadata=self._md))
         return Buffer.from_wire(resp.buffer)
 

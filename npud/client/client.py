@@ -339,9 +339,15 @@ class Client:
         *,
         offset: int = 0,
         chunk_size: int = rq.CHUNK_SIZE,
+        seal: bool = False,
     ) -> Buffer:
-        """Write ``data`` at ``offset``, streamed in chunks. Raises InvalidArgument past the end."""
-        chunks = rq.write_chunks(ctx, buf, data, offset, chunk_size)
+        """Write ``data`` at ``offset``, streamed in chunks; ``seal`` then freezes a persistent
+        buffer's contents and registers them under its key (other processes can open it).
+
+        Raises:
+            InvalidArgument: a range past the end. FailedPrecondition: the buffer is sealed.
+        """
+        chunks = rq.write_chunks(ctx, buf, data, offset, chunk_size, seal=seal)
         resp = _call(lambda: self.buffer_stub.WriteBuffer(chunks, metadata=self._md))
         return Buffer.from_wire(resp.buffer)
 

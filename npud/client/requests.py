@@ -78,9 +78,16 @@ def create_buffer(
 
 
 def write_chunks(
-    ctx: ContextRef, buf: BufferRef, data: bytes | memoryview, offset: int, chunk_size: int
+    ctx: ContextRef,
+    buf: BufferRef,
+    data: bytes | memoryview,
+    offset: int,
+    chunk_size: int,
+    *,
+    seal: bool = False,
 ) -> Iterator[buffer_pb2.WriteBufferRequest]:
-    """WriteBufferRequests covering ``data`` at ``offset`` (one empty chunk for empty data)."""
+    """WriteBufferRequests covering ``data`` at ``offset`` (one empty chunk for empty data);
+    ``seal`` asks the daemon to seal the buffer once every chunk is written."""
     view = memoryview(data).cast("B")
     first = True
     pos = 0
@@ -91,6 +98,7 @@ def write_chunks(
             buffer_id=id_of(buf) if first else "",
             offset=offset + pos,
             data=chunk,
+            seal=seal and first,
         )
         first = False
         pos += len(chunk)

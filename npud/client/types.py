@@ -348,6 +348,7 @@ class Buffer:
     pins: int
     users: int
     valid: bool
+    sealed: bool = False
 
     @classmethod
     def from_wire(cls, msg: buffer_pb2.Buffer) -> Buffer:
@@ -370,6 +371,7 @@ class Buffer:
             pins=msg.pins,
             users=msg.users,
             valid=msg.valid,
+            sealed=msg.sealed,
         )
 
 

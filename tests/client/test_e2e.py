@@ -124,7 +124,8 @@ def test_persistent_buffer_shared_between_clients(daemon: DaemonProcess) -> None
             persistence=Persistence.PERSISTENT,
             key="demo-weights@1",
         )
-        first.write_buffer(ctx, buf, weights)
+        sealed = first.write_buffer(ctx, buf, weights, seal=True)
+        assert sealed.sealed
         with pytest.raises(AlreadyExists):
             first.create_buffer(ctx, 16, persistence=Persistence.PERSISTENT, key="demo-weights@1")
         with npud.client.connect(daemon.socket) as second:
