@@ -818,6 +818,8 @@ class ResidencyManager:
             _pages(e.buffer.size) for e in missing if MemoryTier.SRAM in self._tiers_for(e.buffer)
         )
         need -= min(sram_free, sram_takers)
+        if need <= self._free(MemoryTier.DRAM):
+            return True  # the common case: no need to look at eviction candidates at all
         room = self._free(MemoryTier.DRAM) + sum(
             _held(e) for e in self._victims(MemoryTier.DRAM, protect)
         )
@@ -838,7 +840,7 @@ class ResidencyManager:
         self, entry: _Entry, tier: MemoryTier, protect: frozenset[BufferId], *, may_evict: bool
     ) -> bool:
         buf = entry.buffer
-        victims = self._victims(tier, protect) if may_evict else []
+        victims: list[_Entry] | None = None  # computed only when free space falls short
         while True:
             if self._free(tier) >= _pages(buf.size):
                 try:
@@ -853,6 +855,8 @@ class ResidencyManager:
                     buf.device = dev
                     self._used[tier] += dev.size
                     return True
+            if victims is None:
+                victims = self._victims(tier, protect) if may_evict else []
             if not victims:
                 return False
             self._evict(victims.pop(0))
