@@ -707,6 +707,16 @@ class CommandSlot:
     mapping: mmap.mmap | memoryview
 
 
+@dataclass(frozen=True, slots=True)
+class SlotStatistics:
+    """A snapshot of a device's command slots."""
+
+    slots: int
+    idle: int
+    reused: int
+    bytes: int
+
+
 class CommandSlots:
     """Command BOs reused across jobs, one per in-flight job.
 
@@ -750,6 +760,15 @@ class CommandSlots:
     def give(self, slot: CommandSlot) -> None:
         """Return a slot whose job completed."""
         self._idle.append(slot)
+
+    def statistics(self) -> SlotStatistics:
+        """A frozen snapshot: slots made, idle now, reuses, bytes held."""
+        return SlotStatistics(
+            slots=len(self._all),
+            idle=len(self._idle),
+            reused=self.reused,
+            bytes=sum(s.size for s in self._all),
+        )
 
     def handles(self) -> set[BoHandle]:
         """Every slot's handle."""

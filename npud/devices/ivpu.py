@@ -44,6 +44,7 @@ from npud.devices.accel import (
     InFlight,
     KernelFile,
     KernelHandle,
+    SlotStatistics,
     pointer,
     system_memory,
 )
@@ -134,6 +135,12 @@ class IvpuDevice(AccelDevice):
             can_export=True,
             simulated=False,
         )
+
+    def slot_statistics(self) -> SlotStatistics:
+        """The command slots' counters (how many per-job command BOs exist, idle, reused)."""
+        if self._slots is None:
+            return SlotStatistics(0, 0, 0, 0)
+        return self._slots.statistics()
 
     # -- buffers ----------------------------------------------------------------------------
 

@@ -125,6 +125,8 @@ def test_ivpu_same_command_buffer_in_flight_twice() -> None:
         fake.complete()
         await until(lambda: len(box) == 2)
         assert [c.status for c in box] == ["ok", "ok"]
+        slots = device.slot_statistics()  # type: ignore[attr-defined]
+        assert (slots.slots, slots.idle) == (2, 2)
         device.close()
 
     run(scenario)
