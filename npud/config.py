@@ -70,6 +70,8 @@ class Quotas(BaseModel):
     max_queued_jobs: int = Field(default=1024, gt=0)
     max_queues: int = Field(default=16, gt=0)
     max_contexts_per_user: int = Field(default=64, gt=0)
+    max_jobs_per_user: int = Field(default=1 << 20, gt=0)  # live (queued or running) jobs
+    memory_bytes_per_user: int | None = Field(default=None, gt=0)  # over all its contexts
     queue_depth_limit: int = Field(default=256, gt=0)
 
 
@@ -89,6 +91,8 @@ class Settings(BaseModel):
     session_grace_s: float = Field(default=5.0, ge=0)
     close_grace_s: float = Field(default=5.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Tests only: let admins inject faults into simulated devices (AdminService.InjectFault).
+    fault_injection: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     quotas: Quotas = Field(default_factory=Quotas)

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from npud.api.admin import AdminServicer
 from npud.api.buffers import BufferServicer
 from npud.api.contexts import ContextServicer
 from npud.api.devices import DeviceServicer
@@ -24,6 +25,8 @@ from npud.api.state import ApiState
 from npud.api.stats import StatsServicer
 from npud.api.system import SystemServicer
 from npud.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     buffer_pb2,
     buffer_pb2_grpc,
     context_pb2,
@@ -45,6 +48,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name,
     job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 """Every npud service's full name ("npud.v1.JobService", ...)."""
 
@@ -71,8 +75,10 @@ class Server:
             await self.health.set(name, status)
 
 
-def build_server(state: ApiState, address: str) -> Server:
+def build_server(state: ApiState, address: str, *, admin: AdminServicer | None = None) -> Server:
     """A grpc.aio server bound to ``address`` (e.g. ``unix:/run/npud/npud.sock``), not started.
+
+    ``admin`` is the daemon's AdminService (default: no fault injection, no rescan).
 
     Raises:
         RuntimeError: the address cannot be bound (grpc's own error).
@@ -92,6 +98,7 @@ def build_server(state: ApiState, address: str) -> Server:
     buffer_pb2_grpc.add_BufferServiceServicer_to_server(BufferServicer(state), server)
     job_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
     stats_pb2_grpc.add_StatsServiceServicer_to_server(stats, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin or AdminServicer(state), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

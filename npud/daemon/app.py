@@ -24,6 +24,7 @@ import signal
 import socket
 from pathlib import Path
 
+from npud.api.admin import AdminServicer
 from npud.api.identity import IdentityServer, TokenRegistry
 from npud.api.server import Server, build_server
 from npud.api.sessions import SessionTable
@@ -38,6 +39,7 @@ from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedulerPolicy
 from npud.core.service import Core, CoreLimits
 from npud.daemon.devices import choose_devices, open_devices
+from npud.daemon.recovery import DeviceRecovery
 from npud.daemon.systemd import Notifier
 from npud.devices.base import Device, DeviceHealth
 from npud.errors import ConfigError, NpudError, Unavailable
@@ -88,6 +90,7 @@ class Daemon:
         self.server: Server | None = None
         self.identity: IdentityServer | None = None
         self.state: ApiState | None = None
+        self.recovery: DeviceRecovery | None = None
         self._bound = False  # whether the socket files are ours to remove
 
     # ---- start-up -------------------------------------------------------------------------
@@ -166,6 +169,8 @@ class Daemon:
             MonotonicClock(),
             limits=CoreLimits(
                 max_contexts_per_user=s.quotas.max_contexts_per_user,
+                max_live_jobs_per_user=s.quotas.max_jobs_per_user,
+                max_memory_bytes_per_user=s.quotas.memory_bytes_per_user,
                 admin_gid=admin_gid,
                 close_grace_s=s.close_grace_s,
             ),
@@ -197,7 +202,18 @@ class Daemon:
         core.subscribe(self._on_event)
         self._prepare_socket_dir()
         self._bound = True
-        self.server = build_server(self.state, f"unix:{s.socket}")
+        self.recovery = DeviceRecovery(
+            core,
+            s,
+            self.devices,
+            policy=policy,
+            log=self.log,
+            on_entry=lambda entry: entry.scheduler.add_hooks(on_end=self._log_job),
+        )
+        admin = AdminServicer(
+            self.state, fault_injection=s.fault_injection, rescan=self.recovery.rescan
+        )
+        self.server = build_server(self.state, f"unix:{s.socket}", admin=admin)
         await self.server.server.start()
         os.chmod(s.socket, s.socket_mode)
         if sock_gid is not None:
