@@ -4,7 +4,8 @@ Under systemd the daemon's stderr goes to the journal; there every line is prefi
 syslog level (``<6>`` info, ``<4>`` warning, ...) so that ``journalctl -p warning`` filters
 work (systemd's ``SyslogLevelPrefix=yes`` is the default). On a terminal the console renderer
 is used. The daemon logs one canonical line per finished job (event ``job.finished`` with queue
-wait, run time, bytes moved and outcome): that line is the thing to grep.
+wait, run time, bytes moved and outcome): that line is the thing to grep. Records of the
+standard ``logging`` module (core and the device adapters use it) are rendered the same way.
 
 This module is a leaf: any layer may import it.
 """
@@ -73,6 +74,22 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    # Core and the adapters log through the standard library (they must not depend on
+    # structlog); render those records the same way, on the same stream.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
 
 
 def get_logger(name: str, **bound: Any) -> Any:

@@ -1,7 +1,8 @@
 """Which devices the daemon serves: discovered NPUs, or the simulated one, loudly.
 
 ``device = "auto"`` asks discovery (:mod:`npud.devices.discovery`, pyudev with a sysfs
-fallback) for accel nodes and opens each one a known adapter drives. With no NPU on the machine
+fallback) for accel nodes and opens each one a known adapter drives
+(:mod:`npud.devices.accel_adapters`: driver name -> adapter class). With no NPU on the machine
 the daemon serves the simulated NPU (:class:`npud.devices.sim.SimDevice` in process mode: a
 device process on real time) and says so: a warning in the log, the systemd STATUS line, the
 daemon statistics and ``simulated = true`` on every device record. ``device = "sim"`` asks for
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from npud.config import Settings
@@ -58,17 +60,22 @@ def _discover(log: Any) -> list[Any]:
 
 def _open_node(node: Any, log: Any) -> Device | None:
     """An adapter for a discovered node, or None when no adapter drives it (logged)."""
+    path = str(getattr(node, "path", node))
+    driver = getattr(node, "driver", None) or ""
     try:
-        adapters = importlib.import_module("npud.devices.adapters")
-    except ImportError:
-        log.warning(
-            "devices.no_adapter",
-            node=str(getattr(node, "path", node)),
-            driver=getattr(node, "driver", "?"),
-            detail="no adapter registry (npud.devices.adapters) in this build",
-        )
+        from npud.devices.accel_adapters import adapter_for
+    except ImportError as exc:  # the kernel ABI layer (cffi) is not installed
+        log.warning("devices.no_adapter", node=path, driver=driver, detail=str(exc))
         return None
-    device: Device | None = adapters.open_node(node)
+    cls = adapter_for(driver)
+    if cls is None:
+        log.warning("devices.no_adapter", node=path, driver=driver or "unknown")
+        return None
+    try:
+        device: Device = cls(path, name=Path(path).name)
+    except (NpudError, OSError, TypeError) as exc:
+        log.warning("devices.adapter_failed", node=path, driver=driver, error=str(exc))
+        return None
     return device
 
 
