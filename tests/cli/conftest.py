@@ -1,0 +1,52 @@
+"""Fixtures for npuctl's tests: a daemon with the known workload, and a second one to mutate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cli.harness import Daemon, Workload, run_workload, start_daemon
+
+
+@dataclass
+class Live:
+    """A daemon and the workload running on it."""
+
+    daemon: Daemon
+    workload: Workload
+
+    @property
+    def socket(self) -> Path:
+        """The daemon's gRPC socket."""
+        return self.daemon.socket
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A read-only daemon + workload shared by the listing, JSON and golden tests."""
+    daemon = start_daemon(tmp_path_factory.mktemp("npud-live"))
+    try:
+        workload = run_workload(daemon.socket)
+        try:
+            yield Live(daemon, workload)
+        finally:
+            workload.close()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A daemon + workload that tests may change (cancel jobs, add work for ``top``)."""
+    daemon = start_daemon(tmp_path_factory.mktemp("npud-busy"))
+    try:
+        workload = run_workload(daemon.socket)
+        try:
+            yield Live(daemon, workload)
+        finally:
+            workload.close()
+    finally:
+        daemon.stop()

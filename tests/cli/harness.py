@@ -1,0 +1,277 @@
+"""A real npud on a temporary socket, a known workload on it, and npuctl run as a subprocess.
+
+Readiness is the daemon's own ``READY=1`` on a ``NOTIFY_SOCKET`` this harness binds, as systemd
+would do it: no sleeps. The workload is built through :mod:`npud.client` and kept open (its
+session owns the contexts) for as long as the tests need it; every number the tests check
+follows from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import npud.client as nc
+from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, SchedulingClass
+from npud.isa.program import Program
+from npud.isa.tensor import Tensor
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKER_S = 600.0
+"""A burn long enough to stay RUNNING for the whole test session (cancelled at teardown)."""
+
+
+@dataclass
+class Daemon:
+    """A running npud subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log_path: Path
+
+    def log(self) -> str:
+        """The daemon's stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not drain within 15 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_daemon(tmp: Path, timeout_s: float = 60.0) -> Daemon:
+    """Start ``npud --device sim`` on ``tmp/npud.sock`` and wait for READY=1."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    sock = tmp / "npud.sock"
+    notify_path = tmp / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    log_path = tmp / "npud.log"
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "npud.daemon.main",
+                "--socket",
+                str(sock),
+                "--device",
+                "sim",
+                "--state-dir",
+                str(tmp / "state"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+            cwd=ROOT,
+        )
+    daemon = Daemon(proc=proc, socket=sock, log_path=log_path)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"npud exited with {proc.returncode}:\n{daemon.log()}")
+            notify.settimeout(0.5)
+            try:
+                msg = notify.recv(4096)
+            except TimeoutError:
+                continue
+            if b"READY=1" in msg.split(b"\n"):
+                return daemon
+        raise AssertionError(f"npud sent no READY=1 within {timeout_s} s:\n{daemon.log()}")
+    except BaseException:
+        daemon.stop()
+        raise
+    finally:
+        notify.close()
+
+
+def add_program() -> bytes:
+    """``a += w`` over 16 float32 (slot 0 read-write, slot 1 read)."""
+    t = Tensor(0, 0, (16,))
+    return Program().add(t, t, Tensor(1, 0, (16,))).encode()
+
+
+def burn(seconds: float) -> bytes:
+    """Occupy one engine for ``seconds``."""
+    return Program().burn(seconds).encode()
+
+
+@dataclass
+class Workload:
+    """What the workload created, by role, so tests can name the objects they expect."""
+
+    client: nc.Client
+    pid: int
+    decode_ctx: str = ""
+    prefill_ctx: str = ""
+    decode_q: str = ""
+    prefill_q: str = ""
+    background_q: str = ""
+    state_buf: str = ""
+    weights_buf: str = ""
+    scratch_buf: str = ""
+    decode_jobs: list[str] = field(default_factory=list)
+    prefill_jobs: list[str] = field(default_factory=list)
+    background_jobs: list[str] = field(default_factory=list)
+    blocker: str = ""
+    waiting: str = ""
+
+    def close(self) -> None:
+        """Abort the blocker and end the session (the daemon releases the contexts)."""
+        if self.blocker:
+            try:
+                self.client.cancel(self.decode_ctx, self.blocker)
+            except nc.NpudError:
+                pass
+        self.client.close()
+
+
+WEIGHTS_KEY = "tiny-weights@1"
+DECODE_STEPS = 3
+PREFILL_CHUNKS = 4
+BACKGROUND_JOBS = 2
+PREFILL_S = 0.02
+
+
+def run_workload(sock: Path) -> Workload:
+    """Two contexts, three queues of three classes, finished jobs, a running one, a queued one.
+
+    - ``decode`` (default LATENCY): a LATENCY queue; a STATE buffer and a PERSISTENT weights
+      buffer; three decode steps run to completion; then a long burn that keeps running and a
+      decode step queued behind it (the queue is in order).
+    - ``prefill`` (default THROUGHPUT, weight 2): a THROUGHPUT queue with four finished prefill
+      chunks and a BACKGROUND queue (priority 1) with two finished jobs; it opens the same
+      persistent weights by key and holds a 4 KiB scratch buffer it never wrote.
+    """
+    client = nc.connect(sock)
+    w = Workload(client=client, pid=os.getpid())
+    try:
+        dec = client.create_context(label="decode", default_class=SchedulingClass.LATENCY)
+        pre = client.create_context(label="prefill", weight=2.0)
+        w.decode_ctx, w.prefill_ctx = dec.context_id, pre.context_id
+        w.decode_q = client.create_queue(dec, SchedulingClass.LATENCY, label="steps").queue_id
+        w.prefill_q = client.create_queue(pre, SchedulingClass.THROUGHPUT, label="chunks").queue_id
+        w.background_q = client.create_queue(
+            pre, SchedulingClass.BACKGROUND, priority=1, label="idle"
+        ).queue_id
+        state = client.create_buffer(dec, 64, usage=BufferUsage.STATE)
+        weights = client.create_buffer(
+            dec, 64, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key=WEIGHTS_KEY
+        )
+        w.state_buf, w.weights_buf = state.buffer_id, weights.buffer_id
+        client.write_buffer(dec, state, np.arange(16, dtype=np.float32).tobytes())
+        client.write_buffer(dec, weights, np.ones(16, dtype=np.float32).tobytes())
+        w.scratch_buf = client.create_buffer(pre, 4096).buffer_id
+        client.open_persistent(pre, WEIGHTS_KEY)
+        step = JobSpec(
+            queue=w.decode_q,
+            command=add_program(),
+            bindings=(Bind(state, Access.READ_WRITE), Bind(weights)),
+            kind="decode",
+        )
+        for _ in range(DECODE_STEPS):
+            job = client.submit(dec, step)
+            client.wait(dec, job)
+            w.decode_jobs.append(job.job_id)
+        for _ in range(PREFILL_CHUNKS):
+            job = client.submit(
+                pre, JobSpec(queue=w.prefill_q, command=burn(PREFILL_S), kind="prefill")
+            )
+            client.wait(pre, job)
+            w.prefill_jobs.append(job.job_id)
+        for _ in range(BACKGROUND_JOBS):
+            spec = JobSpec(queue=w.background_q, command=burn(0.001), kind="compact")
+            job = client.submit(pre, spec)
+            client.wait(pre, job)
+            w.background_jobs.append(job.job_id)
+        blocker = client.submit(
+            dec,
+            JobSpec(queue=w.decode_q, command=burn(BLOCKER_S), kind="hog", timeout_s=BLOCKER_S * 2),
+        )
+        w.blocker = blocker.job_id
+        w.waiting = client.submit(dec, step).job_id
+        # The blocker must be on an engine before anyone looks: wait for RUNNING.
+        deadline = time.monotonic() + 30
+        while client.job(dec, blocker).state is not nc.JobState.RUNNING:
+            if time.monotonic() > deadline:
+                raise AssertionError("the blocker never started running")
+            time.sleep(0.01)
+    except BaseException:
+        w.close()
+        raise
+    return w
+
+
+def npuctl(
+    *args: str, socket_path: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m npud.cli ARGS`` (wide, non-terminal output) and capture it."""
+    full_env = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1"}
+    full_env.pop("NPUD_SOCKET", None)
+    if socket_path is not None:
+        full_env["NPUD_SOCKET"] = str(socket_path)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "npud.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def npuctl_json(*args: str, socket_path: Path) -> Any:
+    """Run ``npuctl ARGS -o json``; asserts exit 0 and returns the parsed document."""
+    res = npuctl(*args, "-o", "json", socket_path=socket_path)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+# ---- golden tables --------------------------------------------------------------------------
+
+_VOLATILE = (
+    (re.compile(r"\b(ctx|q|job|buf)-[0-9a-f]{8,}"), r"\1-<id>"),
+    (re.compile(r"\(\d+\)"), "(<pid>)"),
+    (re.compile(r"\d+ context\(s\), \d+ live job\(s\)"), "<n> context(s), <n> live job(s)"),
+    (re.compile(r"[█░]{10}"), "<bar>"),
+    (re.compile(r"\d+(\.\d+)?%"), "<pct>"),
+    (re.compile(r"\b\d+(\.\d+)? (us|ms|s|min|h)\b"), "<t>"),
+)
+
+
+def normalise(text: str) -> str:
+    """A table with its volatile columns (ids, pids, times, percentages) masked, widths ignored.
+
+    Masking changes column widths, so runs of spaces and of rule characters collapse to one
+    and trailing blanks go: what remains is the structure, the headers and every stable value.
+    """
+    out = []
+    for line in text.splitlines():
+        for pattern, repl in _VOLATILE:
+            line = pattern.sub(repl, line)
+        line = re.sub(r"─+", "─", line)
+        line = re.sub(r" +", " ", line).strip()
+        out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out) + "\n"
