@@ -8,6 +8,7 @@ follows from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -137,10 +138,8 @@ class Workload:
     def close(self) -> None:
         """Abort the blocker and end the session (the daemon releases the contexts)."""
         if self.blocker:
-            try:
+            with contextlib.suppress(nc.NpudError):
                 self.client.cancel(self.decode_ctx, self.blocker)
-            except nc.NpudError:
-                pass
         self.client.close()
 
 
@@ -266,12 +265,12 @@ def normalise(text: str) -> str:
     and trailing blanks go: what remains is the structure, the headers and every stable value.
     """
     out = []
-    for line in text.splitlines():
+    for raw in text.splitlines():
+        line = raw
         for pattern, repl in _VOLATILE:
             line = pattern.sub(repl, line)
         line = re.sub(r"─+", "─", line)
-        line = re.sub(r" +", " ", line).strip()
-        out.append(line)
+        out.append(re.sub(r" +", " ", line).strip())
     while out and not out[-1]:
         out.pop()
     return "\n".join(out) + "\n"
