@@ -82,3 +82,23 @@ def test_runtime_directory_decides_default_socket() -> None:
     s = load_settings(Path("/dev/null"), env={"RUNTIME_DIRECTORY": "/run/npud"})
     assert s.socket == Path("/run/npud/npud.sock") or s.socket.name == "npud.sock"
     assert identity_socket_for(Path("/run/npud/npud.sock")) == Path("/run/npud/npud.sock.identity")
+
+
+def test_daemon_exits_nonzero_naming_the_field(tmp_path: Path) -> None:
+    """`npud --config bad.toml` exits 2 and says which field is wrong and why."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "npud.toml"
+    cfg.write_text("shutdown_grace_s = -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "npud.daemon", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=str(ROOT),
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2
+    assert "shutdown_grace_s" in result.stderr
+    assert "greater than or equal to 0" in result.stderr
