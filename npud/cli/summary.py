@@ -93,7 +93,7 @@ def render(summary: Summary) -> RenderableType:
         tables.job_states(stats),
     ]
     ctx_table = tables.contexts(summary.contexts)
-    ctx_table.title = f"Contexts ({len(summary.contexts)})"
+    ctx_table.title = f"Contexts: {len(summary.contexts)}"
     ctx_table.title_justify = "left"
     parts.append(ctx_table)
     return Group(*parts)

@@ -410,7 +410,7 @@ def _flatten(message: Message, prefix: str) -> Iterable[tuple[str, str]]:
             if _is_repeated(field):
                 for i, item in enumerate(value):
                     yield from _flatten(item, f"{name}[{i}].")
-            elif field.containing_oneof is None or message.HasField(field.name):
+            elif message.HasField(field.name):  # an unset sub-message is not shown
                 yield from _flatten(value, name + ".")
         elif _is_repeated(field):
             yield name, ", ".join(_scalar(field, v) for v in value) or "-"
@@ -434,6 +434,8 @@ def _scalar(field: Any, value: Any) -> str:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, float):
+        if field.name in ("utilisation", "share"):
+            return percent(value)
         if field.name.endswith("_s") and not field.name.endswith("_per_s"):
             return f"{value:.6g} s ({duration(value)})" if value > 0 else "0"
         return f"{value:.6g}"

@@ -25,6 +25,7 @@ import numpy as np
 
 import npud.client as nc
 from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, SchedulingClass
+from npud.errors import NpudError
 from npud.isa.program import Program
 from npud.isa.tensor import Tensor
 
@@ -138,7 +139,7 @@ class Workload:
     def close(self) -> None:
         """Abort the blocker and end the session (the daemon releases the contexts)."""
         if self.blocker:
-            with contextlib.suppress(nc.NpudError):
+            with contextlib.suppress(NpudError):
                 self.client.cancel(self.decode_ctx, self.blocker)
         self.client.close()
 
@@ -253,6 +254,7 @@ _VOLATILE = (
     (re.compile(r"\(\d+\)"), "(<pid>)"),
     (re.compile(r"\d+ context\(s\), \d+ live job\(s\)"), "<n> context(s), <n> live job(s)"),
     (re.compile(r"[█░]{10}"), "<bar>"),
+    (re.compile(r"\b\d+(\.\d+)?(e[-+]\d+)? s \("), "<n> s ("),
     (re.compile(r"\d+(\.\d+)?%"), "<pct>"),
     (re.compile(r"\b\d+(\.\d+)? (us|ms|s|min|h)\b"), "<t>"),
 )
