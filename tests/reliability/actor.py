@@ -1,0 +1,149 @@
+"""A client of npud running as another user, driven line by line over stdin/stdout.
+
+Run as ``python -m tests.reliability.actor --uid U --gid G SOCKET`` (as root). It imports
+everything it needs first, then drops to ``U:G`` with ``setgroups([])``, ``setgid``, ``setuid``
+(the interpreter's own files may be unreadable to that user), connects to npud and answers
+one JSON line per command line::
+
+    {"op": "call", "method": "read_buffer", "args": ["ctx-..", "buf-.."]}
+    -> {"ok": false, "kind": "NotFound", "code": "NOT_FOUND", "message": "..."}
+
+Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``;
+``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes);
+``submit`` (a BURN job: ctx, queue, seconds, optional bindings
+``[[buffer, "read"|"write"]]``); ``rescan`` and ``inject`` (AdminService with this user's
+token); ``reconnect``; ``exit``. Results are plain JSON (dataclasses as dicts, enums as
+values, bytes as hex); failed rpcs come back as npud error class names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import os
+import sys
+from typing import Any
+
+import grpc
+
+import npud.client
+import npud.client.aio
+import npud.client.types
+from npud.client import Access, Bind, JobSpec
+from npud.client.errors import from_rpc_error
+from npud.errors import NpudError
+from npud.isa import Program
+from npud.v1 import admin_pb2, admin_pb2_grpc
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    return value
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, grpc.RpcError):
+        exc = from_rpc_error(exc)
+    code = getattr(exc, "code", None)
+    status = code() if callable(code) else None
+    return {
+        "ok": False,
+        "kind": type(exc).__name__,
+        "code": status.name if isinstance(status, grpc.StatusCode) else None,
+        "message": str(exc),
+    }
+
+
+def _submit(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
+    binds = tuple(
+        Bind(b, Access.WRITE if use == "write" else Access.READ) for b, use in cmd.get("bind", [])
+    )
+    spec = JobSpec(
+        cmd["queue"],
+        Program().burn(float(cmd.get("seconds", 0.001))).encode(),
+        binds,
+        kind=cmd.get("kind", "actor"),
+        timeout_s=float(cmd.get("timeout_s", 0.0)),
+    )
+    return npu.submit(cmd["ctx"], spec)
+
+
+def _admin(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
+    with grpc.insecure_channel(f"unix:{npu.socket_path}") as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        if cmd["op"] == "rescan":
+            req: Any = admin_pb2.RescanDevicesRequest()
+            return list(stub.RescanDevices(req, metadata=npu.metadata, timeout=30).reopened)
+        req = admin_pb2.InjectFaultRequest(kind=cmd["kind"], engine=cmd.get("engine", 0))
+        return stub.InjectFault(req, metadata=npu.metadata, timeout=30).device
+
+
+def serve(socket_path: str) -> None:
+    """Answer commands from stdin until ``exit`` or EOF."""
+    npu: Any = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        try:
+            if op == "exit":
+                if npu is not None:
+                    npu.close()
+                print(json.dumps({"ok": True}), flush=True)
+                return
+            if op == "connect":
+                npu = npud.client.connect(socket_path)
+                result: Any = npu.owner
+            elif op == "whoami":
+                result = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+            elif op == "reconnect":
+                npu.close()
+                npu = npud.client.connect(socket_path)
+                result = npu.owner
+            elif op in ("rescan", "inject"):
+                result = _admin(npu, cmd)
+            elif op == "submit":
+                result = _submit(npu, cmd)
+            elif op == "call":
+                method = getattr(npu, cmd["method"])
+                args = [
+                    bytes.fromhex(a[4:]) if isinstance(a, str) and a.startswith("hex:") else a
+                    for a in cmd.get("args", [])
+                ]
+                result = method(*args, **cmd.get("kwargs", {}))
+                if hasattr(result, "__next__"):  # a stream: take the first item only
+                    result = next(result)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            reply = {"ok": True, "value": plain(result)}
+        except (NpudError, grpc.RpcError, OSError, ValueError, TypeError, StopIteration) as exc:
+            reply = _error(exc)
+        print(json.dumps(reply), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--uid", type=int, required=True)
+    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--groups", type=int, nargs="*", default=[])
+    parser.add_argument("socket")
+    ns = parser.parse_args()
+    os.setgroups(ns.groups)
+    os.setgid(ns.gid)
+    os.setuid(ns.uid)
+    serve(ns.socket)
+
+
+if __name__ == "__main__":
+    main()
