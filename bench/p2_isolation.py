@@ -146,7 +146,7 @@ def run(quick: bool) -> BenchResult:
     Raises:
         RuntimeError: a job failed. TimeoutError: the probes never finished.
     """
-    flood_s, depth, duration_s = (0.005, 8, 1.0) if quick else (0.010, 32, 6.0)
+    flood_s, depth, duration_s = (0.005, 8, 0.6) if quick else (0.010, 32, 6.0)
     result = BenchResult("P2", "isolation: LATENCY wait under a THROUGHPUT flood")
     result.params = {
         "flood_job_ms": flood_s * 1e3,
@@ -203,7 +203,7 @@ def run(quick: bool) -> BenchResult:
         f"Through Core on SimDevice process mode (real time, no gRPC): {FLOOD_CONTEXTS} "
         f"THROUGHPUT contexts each keeping {depth} jobs of {flood_s * 1e3:.0f} ms queued, one "
         f"LATENCY context submitting {PROBE_RUN_S * 1e3} ms probes every 10-30 ms for "
-        f"{duration_s:.0f} s ({len(ms['npud'])} probes under npud, {len(ms['fifo'])} under "
+        f"{duration_s:g} s ({len(ms['npud'])} probes under npud, {len(ms['fifo'])} under "
         f"fifo). The flood's jobs are its time slices, so the bound is one flood job + 1 ms "
         f"(stricter than the policy's configured {slice_ms:.0f} ms slice limit + 1 ms)."
     )

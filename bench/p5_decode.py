@@ -1,0 +1,135 @@
+"""P5 decode: the LLM workload through npud vs in-process, and decode under a prefill flood.
+
+Wraps ``bench/decode.py`` (the LLM engineer's script), run as a subprocess with ``--json``. It
+runs the tiny Llama model's greedy decode:
+
+* direct: one decoder on the DirectBackend, the simulated NPU in process mode inside the
+  client's own process (no daemon): the baseline for what npud costs a decoder;
+* per policy (``npud``, ``fifo``), each with its own daemon: one decoder alone (unloaded), then
+  ``decoders`` concurrent decoder processes while another process runs long prefills back to
+  back (THROUGHPUT chunks) in its own context.
+
+Figures taken from its report: decode tokens/s through the daemon against direct (steady-state
+rate from the median inter-token gap, ``1000 / p50 ms``), and the loaded inter-token p99 against
+the unloaded p99 under the npud policy; fifo's loaded p99 and the prefill rate for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.daemon import ROOT
+from bench.results import BenchResult, Metric
+
+RATE_GOAL = 0.97
+P99_GOAL = 1.2
+
+
+def _decode(args: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="npud-bench-decode-") as tmp:
+        out = Path(tmp) / "decode.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "decode.py"), *args, "--json", str(out)],
+            cwd=str(ROOT),
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"bench/decode.py exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+            )
+        got: dict[str, Any] = json.loads(out.read_text())
+        got["stdout"] = proc.stdout
+    return got
+
+
+def run(quick: bool) -> BenchResult:
+    """Measure P5 through bench/decode.py (see the module docstring).
+
+    Raises:
+        RuntimeError: bench/decode.py failed or its JSON lacks a figure.
+    """
+    decoders, tokens, prefill = (1, 8, 32) if quick else (4, 64, 240)
+    result = BenchResult("P5", "decode: LLM through npud vs in-process, under a prefill flood")
+    result.params = {"decoders": decoders, "tokens": tokens, "prefill_tokens": prefill}
+    got = _decode(
+        [
+            "--decoders",
+            str(decoders),
+            "--tokens",
+            str(tokens),
+            "--prefill-tokens",
+            str(prefill),
+            "--policies",
+            "npud,fifo",
+        ]
+    )
+    try:
+        by_policy = {p["policy"]: p for p in got["policies"]}
+        direct_p50 = float(got["direct"]["p50_ms"])
+        npud = by_policy["npud"]
+        fifo = by_policy["fifo"]
+        daemon_rate = 1000.0 / float(npud["unloaded_p50_ms"])
+        direct_rate = 1000.0 / direct_p50
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise RuntimeError(f"bench/decode.py's JSON lacks a figure: {exc!r}") from exc
+    result.add(
+        Metric(
+            "decode tokens/s via daemon",
+            daemon_rate,
+            "tok/s",
+            direct_rate,
+            "direct in-process",
+            f">= {RATE_GOAL * 100:.0f} % of direct",
+            daemon_rate >= RATE_GOAL * direct_rate,
+        )
+    )
+    result.add(
+        Metric(
+            "inter-token p99, 4 decoders + prefill"
+            if decoders == 4
+            else f"inter-token p99, {decoders} decoders + prefill",
+            npud["loaded_p99_ms"],
+            "ms",
+            npud["unloaded_p99_ms"],
+            "unloaded",
+            f"<= {P99_GOAL}x unloaded",
+            npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"],
+        )
+    )
+    result.add(
+        Metric(
+            "loaded inter-token p99, npud vs fifo",
+            npud["loaded_p99_ms"],
+            "ms",
+            fifo["loaded_p99_ms"],
+            "fifo policy",
+        )
+    )
+    result.add(
+        Metric(
+            "prefill rate under decode load",
+            npud["prefill_tokens_per_s"],
+            "tok/s",
+            fifo["prefill_tokens_per_s"],
+            "fifo policy",
+        )
+    )
+    result.params["report"] = {k: v for k, v in got.items() if k != "stdout"}
+    result.notes.append(
+        f"bench/decode.py: tiny Llama model, SimDevice process mode; direct = DirectBackend in "
+        f"the client's process; daemon figures under the npud policy; {decoders} decoder "
+        f"processes x {tokens} tokens while one process prefills {prefill}-token prompts back "
+        f"to back. Tokens/s = 1000 / median inter-token gap (ms). Direct p99 "
+        f"{got['direct']['p99_ms']:.2f} ms; fifo unloaded p99 {fifo['unloaded_p99_ms']:.2f} ms."
+    )
+    return result
