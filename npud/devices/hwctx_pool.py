@@ -24,13 +24,13 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from npud.errors import NpudError, ResourceExhausted
+from npud.errors import ResourceExhausted
 
 K = TypeVar("K", bound=Hashable)
 C = TypeVar("C")
 
 
-class ContextsExhausted(NpudError):
+class ContextsExhausted(ResourceExhausted):
     """Raised by a pool's ``create`` callback when the kernel has no hardware context left.
 
     The pool treats it as "the device is full right now": it learns the real limit (other
