@@ -17,6 +17,7 @@ from bench.results import BenchResult
 _SERIES = {
     "npud_us": ("npud null job (daemon, SubmitStream)", "tab:blue"),
     "echo_us": ("grpc.aio echo (floor)", "tab:gray"),
+    "npud_ref_us": ("npud, command in a pre-uploaded buffer", "tab:cyan"),
     "direct_us": ("direct device call (no daemon)", "tab:green"),
     "npud_wait_ms": ("npud policy", "tab:blue"),
     "fifo_wait_ms": ("fifo policy (raw driver order)", "tab:red"),
