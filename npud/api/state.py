@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,14 @@ class ApiState:
     sessions: SessionTable
     defaults: Defaults = field(default_factory=Defaults)
     version: str = __version__
-    status: str = "starting"
+    status: str = "starting"  # the last line sent to systemd (refreshed every few seconds)
+    describe: Callable[[], str] | None = None  # computes the status line now, for live views
     shutting_down: bool = False
     started: float = field(default_factory=time.monotonic)
+
+    def current_status(self) -> str:
+        """The daemon's one-line status as of now (not the last one sent to systemd)."""
+        return self.describe() if self.describe is not None else self.status
 
     def caller(self, context: Any) -> Caller:
         """The caller of an rpc.

@@ -43,7 +43,7 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
                 version=state.version,
                 uptime_s=state.uptime_s(),
                 sessions=state.sessions.statistics().open,
-                status=state.status,
+                status=state.current_status(),
                 shutting_down=state.shutting_down,
             ),
             devices=devices,

@@ -222,6 +222,7 @@ class Daemon:
         await self.identity.start()
         await self.server.set_serving(True)
         self.state.status = self._status_line()
+        self.state.describe = self._status_line
         self.notifier.ready(self.state.status)
         self.log.info(
             "npud.ready",
