@@ -98,7 +98,7 @@ async def _bench_npud(path: str, n: int, warmup: int) -> list[float]:
         return out
 
 
-def _start_npud(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _start_npud(tmp: Path, profile: str | None) -> tuple[subprocess.Popen[bytes], Path]:
     sock = tmp / "npud.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify"))
@@ -110,9 +110,12 @@ def _start_npud(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
         NPUD_LOG_LEVEL="warning",
         PYTHONPATH=str(ROOT),
     )
+    # cProfile of the daemon process (written when it exits on SIGTERM)
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
     proc = subprocess.Popen(
         [
             sys.executable,
+            *prof,
             "-m",
             "npud.daemon",
             "--device",
@@ -135,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the daemon into FILE")
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -145,7 +149,7 @@ def main() -> None:
     echo = subprocess.Popen(
         [sys.executable, __file__, "--echo-server", echo_path], stdout=subprocess.PIPE
     )
-    daemon, sock = _start_npud(tmp)
+    daemon, sock = _start_npud(tmp, args.profile)
     try:
         assert echo.stdout is not None
         echo.stdout.readline()
