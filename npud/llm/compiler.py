@@ -62,7 +62,9 @@ class Step:
     """One compiled job: its command stream, its bindings (buffer names, slot order), readback.
 
     ``readback`` is set when the step ends in ARGMAX: the 4-byte little-endian I32 id of the
-    token after the step's last position.
+    token after the step's last position. ``tag`` names the step's cost class for npud's
+    per-kind duration estimates: prefill chunks of different sizes are different kinds, so a
+    client that shrinks its chunks is judged by the smaller chunks' durations.
     """
 
     kind: StepKind
@@ -71,6 +73,7 @@ class Step:
     command: bytes
     bindings: tuple[tuple[str, Access], ...]
     readback: Readback | None
+    tag: str = ""  # the job kind for npud's duration estimates ("decode", "prefill/16")
 
     @property
     def label(self) -> str:
@@ -108,7 +111,15 @@ class Compiler:
         }
         return tuple((spec.name, access[spec.kind]) for spec in self.plan.buffers)
 
-    def step(self, start_pos: int, n_tokens: int, *, emit_token: bool, kind: StepKind) -> Step:
+    def step(
+        self,
+        start_pos: int,
+        n_tokens: int,
+        *,
+        emit_token: bool,
+        kind: StepKind,
+        chunk: int | None = None,
+    ) -> Step:
         """Compile ``n_tokens`` tokens starting at ``start_pos``.
 
         Args:
@@ -117,6 +128,7 @@ class Compiler:
             emit_token: end with the head and ARGMAX of the last token into
                 ``tokens[start_pos + n_tokens]``.
             kind: prefill or decode (a label for scheduling; the program is the same).
+            chunk: the prefill chunk size this step belongs to (its tag); the plan's default.
 
         Raises:
             InvalidArgument: the step does not fit the plan (too many tokens, or positions past
@@ -203,25 +215,36 @@ class Compiler:
         shape = (n, emit_token)
         command = prog.encode(validate=shape not in self._validated)
         self._validated.add(shape)
-        return Step(kind, start_pos, n, command, self._bindings(), readback)
+        if kind is StepKind.DECODE:
+            tag = "decode"
+        else:
+            tag = f"prefill/{self.plan.chunk if chunk is None else chunk}"
+        return Step(kind, start_pos, n, command, self._bindings(), readback, tag)
 
-    def prefill(self, prompt_len: int, *, start_pos: int = 0) -> list[Step]:
+    def prefill(
+        self, prompt_len: int, *, start_pos: int = 0, chunk: int | None = None
+    ) -> list[Step]:
         """The chunks of a prompt of ``prompt_len`` tokens; the last one emits the next token.
 
-        Chunks are ``plan.chunk`` tokens long except the last, which holds the remainder
-        (variable length rather than padding: no wasted compute and no masking of pad rows).
+        Chunks are ``chunk`` (default: the plan's) tokens long except the last, which holds the
+        remainder (variable length rather than padding: no wasted compute and no masking of
+        pad rows).
 
         Raises:
-            InvalidArgument: the prompt is empty or does not fit the KV cache.
+            InvalidArgument: the prompt is empty or does not fit the KV cache, or ``chunk`` is
+                not within 1..plan.chunk.
         """
         if prompt_len <= 0:
             raise InvalidArgument("the prompt must hold at least one token")
+        size = self.plan.chunk if chunk is None else chunk
+        if not 0 < size <= self.plan.chunk:
+            raise InvalidArgument(f"a prefill chunk holds 1..{self.plan.chunk} tokens, got {size}")
         steps = []
         end = start_pos + prompt_len
-        for begin in range(start_pos, end, self.plan.chunk):
-            n = min(self.plan.chunk, end - begin)
+        for begin in range(start_pos, end, size):
+            n = min(size, end - begin)
             last = begin + n == end
-            steps.append(self.step(begin, n, emit_token=last, kind=StepKind.PREFILL))
+            steps.append(self.step(begin, n, emit_token=last, kind=StepKind.PREFILL, chunk=size))
         return steps
 
     def decode(self, position: int) -> Step:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npud import errors
 from npud.client import (
     Access as ClientAccess,
 )
@@ -37,6 +38,7 @@ from npud.client import (
     Bind,
     BufferUsage,
     Client,
+    JobResult,
     JobSpec,
     Persistence,
     Readback,
@@ -45,7 +47,14 @@ from npud.client import (
     connect,
 )
 from npud.client import Buffer as ClientBuffer
-from npud.errors import AlreadyExists, FailedPrecondition, InvalidArgument, JobFailed, NotFound
+from npud.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    JobFailed,
+    NotFound,
+    NpudError,
+)
 from npud.llm.backend import BackendStatistics
 from npud.llm.compiler import Access, Step, StepKind
 from npud.llm.plan import BufferKind, BufferSpec, MemoryPlan
@@ -65,6 +74,21 @@ def _access(access: Access) -> ClientAccess:
     if access is Access.WRITE:
         return ClientAccess.WRITE
     return ClientAccess.READ_WRITE
+
+
+def _failure(step: Step, result: JobResult) -> NpudError:
+    # The daemon names the npud.errors class of a refusal or failure (TimeSliceExceeded,
+    # QueueFull, JobTimedOut, ...); raising that class lets the caller react to it.
+    error = result.error
+    if error is None and result.job is not None:
+        error = result.job.error
+    if error is None:
+        state = result.job.state if result.job is not None else "unknown"
+        return JobFailed(f"{step.label}: the job ended {state}")
+    cls = getattr(errors, error.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, NpudError)):
+        cls = JobFailed
+    return cls(f"{step.label}: {error.kind}: {error.message}")
 
 
 @dataclass(slots=True, eq=False)
@@ -217,7 +241,7 @@ class DaemonBackend:
                 bindings=tuple(
                     Bind(self._buffer(name), _access(access)) for name, access in step.bindings
                 ),
-                kind=step.kind.value,
+                kind=step.tag or step.kind.value,
                 label=step.label,
             )
             readbacks: tuple[Readback, ...] = ()
@@ -232,31 +256,25 @@ class DaemonBackend:
         """Wait for every step of ``ticket``; the last step's readback bytes (or ``None``).
 
         Raises:
-            JobFailed: a step did not complete (its label and npud's reason).
+            NpudError: a step did not complete: the class npud named (``TimeSliceExceeded``,
+                ``QueueFull``, ``JobTimedOut``, ...; ``JobFailed`` for device failures), with
+                the step's label and npud's reason.
             Unavailable: npud went away.
         """
         if self._stream is None:
             raise FailedPrecondition("prepare() the daemon backend before waiting")
         data: bytes | None = None
-        failure: str | None = None
+        failure: NpudError | None = None
         for step, tag in zip(ticket.steps, ticket.tags, strict=True):
-            result = self._stream.result(tag)
+            result = self._stream.result(tag)  # every result is consumed, even after a failure
             self._completed += 1
             if result.job is not None:
                 self._busy += result.job.run_s
             if not result.ok and failure is None:
-                if result.error is not None:
-                    reason = f"{result.error.kind}: {result.error.message}"
-                elif result.job is not None:
-                    reason = f"job ended {result.job.state}"
-                    if result.job.error is not None:
-                        reason += f": {result.job.error.message}"
-                else:
-                    reason = "no result"
-                failure = f"{step.label}: {reason}"
+                failure = _failure(step, result)
             data = result.readbacks[0] if result.readbacks else None
         if failure is not None:
-            raise JobFailed(failure)
+            raise failure
         if data is not None:
             self._read += len(data)
         return data

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from npud.errors import InvalidArgument
+from npud.errors import InvalidArgument, TimeSliceExceeded
 from npud.llm.backend import Backend
 from npud.llm.compiler import Compiler, Step
 from npud.llm.metrics import GenerationStats
@@ -55,6 +55,8 @@ class GeneratorStatistics:
     prompt_tokens: int
     generated_tokens: int
     steps: int
+    chunk: int  # the prefill chunk now in use
+    rechunks: int  # times npud's time slice made the generator halve its chunk
 
 
 def _token(readback: bytes | None) -> int:
@@ -96,6 +98,8 @@ class Generator:
         self._prompt_tokens = 0
         self._generated = 0
         self._steps = 0
+        self._rechunks = 0
+        self.chunk = self.plan.chunk  # halved when npud refuses a chunk over its time slice
         backend.prepare(self.plan)
 
     def __enter__(self) -> Generator:
@@ -126,6 +130,7 @@ class Generator:
             InvalidArgument: an empty prompt, an id outside the vocabulary, a prompt longer
                 than the KV cache, or ``max_new_tokens`` < 1.
             JobFailed: a step failed on the device.
+            TimeSliceExceeded: npud refused even one-token prefill chunks.
             Unavailable: the device or daemon went away.
         """
         cfg, plan = self.model.config, self.plan
@@ -146,9 +151,7 @@ class Generator:
 
         start = self.backend.now()
         self.backend.write(TOKENS, 0, np.asarray(prompt, dtype="<i4").tobytes())
-        chunks = self.compiler.prefill(n_prompt)
-        first = _token(self.backend.wait(self.backend.submit(chunks)))
-        self._steps += len(chunks)
+        first, chunks = self._prefill(n_prompt)
         tokens = [first]
         times = [self.backend.now()]
         if on_token is not None:
@@ -187,8 +190,33 @@ class Generator:
         self._generated += len(tokens)
         return Generation(tuple(prompt), tuple(tokens), stop, stats)
 
+    def _prefill(self, n_prompt: int) -> tuple[int, list[Step]]:
+        # Why re-chunk: npud refuses a THROUGHPUT job estimated over its time slice
+        # (TimeSliceExceeded), asking the client to split its work; the answer is smaller
+        # chunks. Redoing the whole prompt is correct because every chunk rewrites its own KV
+        # positions and later chunks only read positions written before them. The smaller size
+        # is kept for later prompts.
+        while True:
+            chunks = self.compiler.prefill(n_prompt, chunk=self.chunk)
+            try:
+                first = _token(self.backend.wait(self.backend.submit(chunks)))
+            except TimeSliceExceeded:
+                self._steps += len(chunks)
+                if self.chunk == 1:
+                    raise
+                self.chunk = max(1, self.chunk // 2)
+                self._rechunks += 1
+                continue
+            self._steps += len(chunks)
+            return first, chunks
+
     def statistics(self) -> GeneratorStatistics:
         """Totals over this generator's life."""
         return GeneratorStatistics(
-            self._generations, self._prompt_tokens, self._generated, self._steps
+            self._generations,
+            self._prompt_tokens,
+            self._generated,
+            self._steps,
+            self.chunk,
+            self._rechunks,
         )

@@ -108,8 +108,8 @@ def test_tokens_through_the_daemon_match_the_reference(
 def test_jobs_and_buffers_have_the_right_classes(
     daemon: Path, client: Client, tiny_model: Model
 ) -> None:
-    """Prefill chunks run as THROUGHPUT jobs, decode steps as LATENCY jobs; the KV cache is a
-    STATE buffer and the weights are PERSISTENT, keyed by content."""
+    """Prefill chunks are THROUGHPUT jobs (kind tagged with the chunk size), decode steps
+    LATENCY jobs; the KV cache is a STATE buffer and the weights PERSISTENT, keyed by content."""
     backend = DaemonBackend(client)
     with Generator(tiny_model, backend, max_seq=64) as gen:
         gen.generate(TOK.encode(LONG), 5, stop_at_eos=False)
@@ -117,7 +117,7 @@ def test_jobs_and_buffers_have_the_right_classes(
         jobs = client.jobs(backend.context_id)
         buffers = {b.buffer_id: b for b in client.buffers(backend.context_id)}
         plan_buffers = backend.buffers
-    prefill = [j for j in jobs if j.kind == "prefill"]
+    prefill = [j for j in jobs if j.kind == "prefill/16"]
     decode = [j for j in jobs if j.kind == "decode"]
     assert len(prefill) == 3
     assert len(decode) == 4

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npud.errors import DeviceLost, InvalidArgument, JobFailed
+from npud.errors import DeviceLost, InvalidArgument, JobFailed, TimeSliceExceeded
+from npud.llm.compiler import Step, StepKind
 from npud.llm.direct import DirectBackend
 from npud.llm.generator import Generator, StopReason
 from npud.llm.model import Model
@@ -192,3 +193,44 @@ def test_process_mode_matches_the_reference(tiny_model: Model, reference: Refere
     with Generator(tiny_model, DirectBackend.on_sim(mode="process"), max_seq=64) as gen:
         result = gen.generate(prompt, 8, stop_at_eos=False)
     assert list(result.tokens) == reference.generate(prompt, 8)
+
+
+class _SliceLimited:
+    """A real backend that refuses prefill chunks over ``limit`` tokens, as npud's time slice."""
+
+    def __init__(self, inner: DirectBackend, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def submit(self, steps: list[Step]) -> object:
+        too_big = [s for s in steps if s.kind is StepKind.PREFILL and s.n_tokens > self.limit]
+        if too_big:
+            self.refused += 1
+            return TimeSliceExceeded(f"{too_big[0].label}: over the time slice")
+        return self.inner.submit(steps)
+
+    def wait(self, ticket: object) -> bytes | None:
+        if isinstance(ticket, TimeSliceExceeded):
+            raise ticket
+        return self.inner.wait(ticket)
+
+
+def test_time_slice_refusals_shrink_the_chunks(
+    tiny_model: Model, reference: ReferenceLlama
+) -> None:
+    """When npud refuses chunks over its time slice the generator halves them; still exact."""
+    backend = _SliceLimited(DirectBackend.on_sim(), limit=5)
+    prompt = TOK.encode(PROMPTS[3])
+    with Generator(tiny_model, backend, max_seq=64, chunk=16) as gen:  # type: ignore[arg-type]
+        result = gen.generate(prompt, 6, stop_at_eos=False)
+        again = gen.generate(prompt, 2, stop_at_eos=False)
+    assert list(result.tokens) == reference.generate(prompt, 6)
+    assert list(again.tokens) == reference.generate(prompt, 2)
+    assert backend.refused == 2  # 16 and 8 refused, 4 accepted and kept for the second prompt
+    assert gen.statistics().chunk == 4
+    assert gen.statistics().rechunks == 2
+    assert result.stats.prefill_chunks == 12
