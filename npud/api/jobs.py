@@ -7,6 +7,9 @@ sends a few hundred bytes per step and should not pay an extra CreateBuffer/Writ
 trip. The servicer then creates an EPHEMERAL COMMAND buffer in the job's context through core,
 writes the bytes, submits the job against it, and releases the buffer when the job ends. If
 admission fails the buffer is released at once, so a refused submission leaves nothing behind.
+The buffer is created with ``recycle=True``: its device allocation is kept (per context, a
+few at most) for the context's next inline stream, so a decode step does not pay a device
+allocation and free (see "Recycled command allocations" in :mod:`npud.core.residency`).
 """
 
 # ruff: noqa: N802 - servicer methods carry the rpc names of the .proto
@@ -121,7 +124,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             if not msg.command_inline:
                 raise InvalidArgument(f"{where}: command_inline is empty")
             buf = core.create_buffer(
-                caller.owner, ctx_id, len(msg.command_inline), usage=Usage.COMMAND
+                caller.owner, ctx_id, len(msg.command_inline), usage=Usage.COMMAND, recycle=True
             )
             inline.append(buf.id)
             core.write_buffer(caller.owner, ctx_id, buf.id, 0, msg.command_inline)
@@ -168,7 +171,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         except BaseException:
             for buf_id in inline:
                 with contextlib.suppress(NpudError):
-                    core.release_buffer(caller.owner, ctx_id, buf_id)
+                    core.release_buffer(caller.owner, ctx_id, buf_id, undo=True)
             raise
         for job, cmd in zip(jobs, inline_of, strict=True):
             if cmd is not None:

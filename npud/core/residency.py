@@ -27,6 +27,24 @@ backing file), spilled to host memory and restored bit-exact later (state, and a
 still in use without a backing copy), or forgotten (an unused warm-pool buffer without a backing
 copy). SRAM placement follows :mod:`npud.core.placement`.
 
+Recycled command allocations
+----------------------------
+The decode fast path sends each step's command stream inline; the API layer turns it into an
+EPHEMERAL COMMAND buffer that lives exactly as long as its job. Creating and freeing a device
+allocation per step is the most expensive thing on that path (a memfd, two mappings and two
+messages to the sim's device process; a GEM create/close on a kernel driver), so a buffer
+created with ``recycle=True`` hands its *device allocation* back to a small per-context spare
+list when it is destroyed, and the next recyclable buffer of the same context and page-rounded
+size takes it instead of allocating. Buffer ids, listings, quotas and "a released buffer is
+gone" are unchanged: only the device memory outlives the buffer. The spares are
+
+* sized: at most :data:`RECYCLE_PER_CONTEXT` per context, each at most :data:`RECYCLE_MAX_BYTES`;
+* zeroed when parked, so a recycled allocation reads as zeros like a fresh one;
+* never shared: a spare is only ever reused by the context whose buffer held it;
+* counted in the tier's ``used_bytes`` (the device really holds them) and given up first under
+  memory pressure, before any buffer is evicted;
+* freed when their context is released.
+
 Threading
 ---------
 Every method runs on the core thread and never waits for the device; the only blocking work is
@@ -56,13 +74,14 @@ from npud.core.eviction import EvictionAction, GreedyDual, eviction_action
 from npud.core.ids import BufferId, ContextId, new_buffer_id
 from npud.core.placement import sram_rank, wants_sram
 from npud.core.registry import Registration, Registry
-from npud.devices.base import Binding, BoHandle, BufferUse, Device, MemoryTier
+from npud.devices.base import Binding, BoHandle, BufferUse, Device, DeviceBuffer, MemoryTier
 from npud.errors import (
     AlreadyExists,
     DeviceLost,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NpudError,
     OutOfDeviceMemory,
     QuotaExceeded,
     Unavailable,
@@ -73,6 +92,11 @@ HASH_PREFIX = "sha256:"
 PAGE = 4096  # budgets are checked in pages: DRM drivers allocate GEM objects page-granular
 MAX_KEY_LENGTH = 256
 _DEVICE_TIERS = (MemoryTier.SRAM, MemoryTier.DRAM)
+RECYCLE_PER_CONTEXT = 4
+"""Spare command allocations kept per context (a decode loop has one or two jobs in flight)."""
+RECYCLE_MAX_BYTES = 64 * 1024
+"""Largest buffer whose allocation is recycled (decode steps are a few hundred bytes)."""
+_ZEROS = bytes(RECYCLE_MAX_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +146,9 @@ class ResidencyStatistics:
     restored_bytes: Mapping[MemoryTier, int]
     migrated_bytes: Mapping[MemoryTier, int]
     context_bytes: Mapping[ContextId, int]
+    recycled: int = 0  # buffers that took a spare allocation instead of allocating
+    spare_buffers: int = 0  # device allocations parked for reuse (included in used_bytes)
+    spare_bytes: int = 0
 
     def tier(self, tier: MemoryTier) -> TierUsage:
         """The usage of one tier."""
@@ -143,6 +170,8 @@ class _Entry:
     credit: float = 0.0
     pins_by: dict[ContextId | None, int] = field(default_factory=dict)
     doomed: bool = False  # released while a job runs: destroyed at end_run
+    recycle: bool = False  # its device allocation goes to the owner's spares when destroyed
+    recycled: bool = False  # its device allocation came from the spares
 
 
 @dataclass(slots=True)
@@ -161,6 +190,7 @@ class _Counters:
     dedups: int = 0
     quota_refusals: int = 0
     registry_errors: int = 0
+    recycled: int = 0
     uploaded: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     spilled: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     restored: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
@@ -214,6 +244,10 @@ class ResidencyManager:
         self._registry = Registry(state_dir) if state_dir is not None else None
         self._gds = GreedyDual()
         self._n = _Counters()
+        # recycled command allocations: per context, (requested pages, allocation)
+        self._spares: dict[ContextId, list[tuple[int, DeviceBuffer]]] = {}
+        self._spare_bytes = dict.fromkeys(_DEVICE_TIERS, 0)
+        self._recycling: set[ContextId] = set()  # contexts that may park spares (not released)
 
     # ---- client-facing ---------------------------------------------------------------------
 
@@ -246,6 +280,7 @@ class ResidencyManager:
         tier: TierPreference = TierPreference.ANY,
         key: str | None = None,
         quota_bytes: int | None = None,
+        recycle: bool = False,
     ) -> Buffer:
         """Create a buffer for ``ctx`` and allocate it on the device where it fits now.
 
@@ -254,6 +289,10 @@ class ResidencyManager:
         no room can be made now (everything evictable is pinned or running), the buffer is
         created unallocated: writes are staged in host memory and :meth:`prepare` places it.
         ``quota_bytes``, when given, sets ``ctx``'s quota first (as :meth:`set_quota`).
+        ``recycle`` (EPHEMERAL COMMAND buffers up to :data:`RECYCLE_MAX_BYTES`; ignored for
+        others) takes a spare allocation of ``ctx`` when one fits and parks the allocation
+        for ``ctx``'s next such buffer when this one is destroyed (see "Recycled command
+        allocations" in the module docstring).
 
         The returned buffer is owned by the manager; ``ctx`` holds a reference until
         :meth:`release` or :meth:`release_context`.
@@ -295,6 +334,9 @@ class ResidencyManager:
         entry = _Entry(buf)
         if persistence is Persistence.PERSISTENT:
             entry.hasher = hashlib.sha256()
+        elif recycle and usage is Usage.COMMAND and _pages(size) <= RECYCLE_MAX_BYTES:
+            entry.recycle = True
+            self._recycling.add(ctx)
         self._entries[buf.id] = entry
         if key is not None:
             self._by_key[key] = entry
@@ -463,17 +505,23 @@ class ResidencyManager:
             raise FailedPrecondition(f"buffer {buf.id} is not pinned by {ctx or 'the system'}")
         _drop_pins(entry, ctx, 1)
 
-    def release(self, ctx: ContextId, buf: Buffer) -> None:
+    def release(self, ctx: ContextId, buf: Buffer, *, undo: bool = False) -> None:
         """Drop ``ctx``'s reference (and its pins).
 
         An EPHEMERAL buffer is freed (once no running job uses it). A PERSISTENT buffer stays
         for its other users, or in the warm pool when ``ctx`` was the last; one that never got
         a key (unsealed contents-keyed) cannot be opened again and is freed.
 
+        ``undo`` says the buffer was created by a request that failed: a recyclable buffer's
+        allocation then goes back to the spares only if it came from them, so the device
+        holds exactly what it held before the request.
+
         Raises:
             NotFound: ``ctx`` holds no reference to ``buf``.
         """
         entry = self._entry_of(ctx, buf)
+        if undo and not entry.recycled:
+            entry.recycle = False
         buf.users.discard(ctx)
         refs = self._refs.get(ctx)
         if refs is not None:
@@ -490,11 +538,15 @@ class ResidencyManager:
                 self._destroy(entry)
 
     def release_context(self, ctx: ContextId) -> None:
-        """Drop every reference ``ctx`` holds, and its quota. Nothing of ``ctx`` remains."""
+        """Drop every reference ``ctx`` holds, its quota and its spare command allocations.
+        Nothing of ``ctx`` remains (allocations still bound to a running job are freed when
+        it ends)."""
+        self._recycling.discard(ctx)
         for buf in list(self._refs.get(ctx, {}).values()):
             self.release(ctx, buf)
         self._refs.pop(ctx, None)
         self._quotas.pop(ctx, None)
+        self._drop_spares(self._spares.pop(ctx, []))
 
     def context_usage(self, ctx: ContextId) -> int:
         """Bytes charged to ``ctx``: the sizes of all buffers it holds a reference to."""
@@ -699,6 +751,9 @@ class ResidencyManager:
             restored_bytes=dict(n.restored),
             migrated_bytes=dict(n.migrated),
             context_bytes={ctx: self.context_usage(ctx) for ctx in self._refs},
+            recycled=n.recycled,
+            spare_buffers=sum(len(spares) for spares in self._spares.values()),
+            spare_bytes=sum(self._spare_bytes.values()),
         )
 
     # ---- internals -------------------------------------------------------------------------
@@ -820,8 +875,10 @@ class ResidencyManager:
         need -= min(sram_free, sram_takers)
         if need <= self._free(MemoryTier.DRAM):
             return True  # the common case: no need to look at eviction candidates at all
-        room = self._free(MemoryTier.DRAM) + sum(
-            _held(e) for e in self._victims(MemoryTier.DRAM, protect)
+        room = (
+            self._free(MemoryTier.DRAM)
+            + self._spare_bytes[MemoryTier.DRAM]
+            + sum(_held(e) for e in self._victims(MemoryTier.DRAM, protect))
         )
         return need <= room
 
@@ -840,8 +897,12 @@ class ResidencyManager:
         self, entry: _Entry, tier: MemoryTier, protect: frozenset[BufferId], *, may_evict: bool
     ) -> bool:
         buf = entry.buffer
+        if entry.recycle and self._take_spare(entry, tier):
+            return True
         victims: list[_Entry] | None = None  # computed only when free space falls short
         while True:
+            if self._free(tier) < _pages(buf.size) and self._spare_bytes[tier]:
+                self._drop_spares_in(tier)  # spares go before anything is evicted
             if self._free(tier) >= _pages(buf.size):
                 try:
                     dev = self._device.create_buffer(buf.size, tier)
@@ -931,7 +992,8 @@ class ResidencyManager:
     def _destroy(self, entry: _Entry) -> None:
         """Free everything of a buffer; a backed key stays openable from disk."""
         buf = entry.buffer
-        self._release_device(buf)
+        if not (entry.recycle and self._park(buf)):
+            self._release_device(buf)
         if entry.host is not None:
             self._host_bytes -= buf.size
             entry.host = None
@@ -945,6 +1007,58 @@ class ResidencyManager:
         buf.users.clear()
         buf.pins = 0
         buf.location = Location.EMPTY
+
+    # ---- recycled command allocations (module docstring) -------------------------------------
+
+    def _take_spare(self, entry: _Entry, tier: MemoryTier) -> bool:
+        """Give ``entry`` a spare allocation of its context in ``tier``; ``False`` if none fits."""
+        buf = entry.buffer
+        spares = self._spares.get(buf.owner) if buf.owner is not None else None
+        if not spares:
+            return False
+        pages = _pages(buf.size)
+        for i, (spare_pages, dev) in enumerate(spares):
+            if spare_pages == pages and dev.tier is tier:
+                del spares[i]
+                self._spare_bytes[tier] -= dev.size
+                buf.device = dev  # already counted in _used: it never left the device
+                entry.recycled = True
+                self._n.recycled += 1
+                return True
+        return False
+
+    def _park(self, buf: Buffer) -> bool:
+        """Keep a destroyed recyclable buffer's allocation for its context; ``False`` when
+        it should be freed instead (no room on the list, not resident, device gone)."""
+        dev, ctx = buf.device, buf.owner
+        if dev is None or ctx is None or ctx not in self._recycling:
+            return False  # its context was released (a job bound to it ran until now)
+        spares = self._spares.setdefault(ctx, [])
+        if len(spares) >= RECYCLE_PER_CONTEXT:
+            return False
+        try:
+            with _Mapped(self._device, buf) as view:
+                view[: dev.size] = _ZEROS[: dev.size]
+        except NpudError:
+            return False  # lost or reset device: let _release_device drop it from the books
+        spares.append((_pages(buf.size), dev))
+        self._spare_bytes[dev.tier] += dev.size
+        buf.device = None
+        return True
+
+    def _drop_spares(self, spares: Iterable[tuple[int, DeviceBuffer]]) -> None:
+        for _, dev in spares:
+            self._spare_bytes[dev.tier] -= dev.size
+            self._used[dev.tier] -= dev.size
+            with contextlib.suppress(NotFound, DeviceLost):
+                self._device.free_buffer(dev.handle)
+
+    def _drop_spares_in(self, tier: MemoryTier) -> None:
+        """Free every spare allocation in ``tier`` (memory pressure)."""
+        for spares in self._spares.values():
+            keep = [s for s in spares if s[1].tier is not tier]
+            self._drop_spares(s for s in spares if s[1].tier is tier)
+            spares[:] = keep
 
     def _promote(self, entries: Sequence[_Entry], protect: frozenset[BufferId]) -> None:
         """Move a prepared job's SRAM candidates from DRAM into free SRAM (placement policy).

@@ -517,8 +517,12 @@ class Core:
         persistence: Persistence = Persistence.EPHEMERAL,
         tier: TierPreference = TierPreference.ANY,
         key: str | None = None,
+        recycle: bool = False,
     ) -> Buffer:
         """Create a buffer referenced by the context (see ``ResidencyManager.create``).
+
+        ``recycle`` is for short-lived COMMAND buffers (the inline streams of the decode fast
+        path): the device allocation is reused by the context's next one.
 
         Raises:
             NotFound: no such context for ``owner``.
@@ -531,7 +535,7 @@ class Core:
         if size > 0:
             self._charge_user(ctx.owner, size)
         buf = self._residency(ctx).create(
-            ctx.id, size, usage=usage, persistence=persistence, tier=tier, key=key
+            ctx.id, size, usage=usage, persistence=persistence, tier=tier, key=key, recycle=recycle
         )
         ctx.buffers[buf.id] = buf
         return buf
@@ -633,8 +637,13 @@ class Core:
         residency.unpin(residency.get(ctx.id, buffer_id), ctx=ctx.id)
         self._devices[ctx.device].scheduler.kick()
 
-    def release_buffer(self, owner: Owner, ctx_id: ContextId, buffer_id: BufferId) -> None:
+    def release_buffer(
+        self, owner: Owner, ctx_id: ContextId, buffer_id: BufferId, *, undo: bool = False
+    ) -> None:
         """Drop the context's reference to a buffer.
+
+        ``undo``: the buffer was created by the caller's request that then failed; leave the
+        device's memory as it was before (see ``ResidencyManager.release``).
 
         Raises:
             NotFound: no such context for ``owner``, or it holds no such buffer.
@@ -649,7 +658,7 @@ class Core:
                 f"buffer {buffer_id} is bound to {live} live job(s) of context {ctx.id}; "
                 "release it after they end"
             )
-        residency.release(ctx.id, buf)
+        residency.release(ctx.id, buf, undo=undo)
         ctx.buffers.pop(buffer_id, None)
         self._devices[ctx.device].scheduler.kick()
 
