@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.rule import Rule
 
 PIPE_WIDTH: Final = 250
@@ -72,7 +73,17 @@ class Output:
             return
         if self.looping:
             self.console.print(Rule(time.strftime("%Y-%m-%d %H:%M:%S"), align="left"))
-        self.console.print(table())
+        renderable = table()
+        # A listing is never truncated: wider than the terminal, its lines wrap (as kubectl's
+        # do) rather than cut the ids a user copies into the next command.
+        unbounded = self.console.options.update_width(10_000)
+        natural = Measurement.get(self.console, unbounded, renderable).maximum
+        width = self.console.width
+        self.console.width = max(natural, width)
+        try:
+            self.console.print(renderable)
+        finally:
+            self.console.width = width
 
 
 def repeat(once: Callable[[], None], every_s: float | None) -> None:

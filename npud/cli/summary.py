@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from npud.cli import tables
@@ -71,28 +70,20 @@ def headline(stats: stats_pb2.GetStatsResponse) -> Text:
     return Text(" | ".join(parts), style="bold")
 
 
-def device_lines(devices: tuple[device_pb2.Device, ...]) -> Table:
-    """Driver, board and node of each device, and whether it is simulated."""
-    table = tables.devices(devices)
-    table.title = "Hardware"
-    table.title_justify = "left"
-    return table
-
-
 def render(summary: Summary) -> RenderableType:
     """The summary screen."""
     stats = summary.stats.devices
     parts: list[RenderableType] = [
         headline(summary.stats),
         Text(""),
-        device_lines(summary.devices),
+        tables.hardware(summary.devices),
         tables.device_overview(stats),
         tables.engines(stats),
         tables.memory(stats),
         tables.classes(stats),
         tables.job_states(stats),
     ]
-    ctx_table = tables.contexts(summary.contexts)
+    ctx_table = tables.contexts(summary.contexts, compact=True)
     ctx_table.title = f"Contexts: {len(summary.contexts)}"
     ctx_table.title_justify = "left"
     parts.append(ctx_table)

@@ -30,7 +30,14 @@ _BAR_WIDTH: Final = 10
 
 
 def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table:
-    table = Table(title=title, box=_BOX, title_justify="left", pad_edge=False, show_edge=False)
+    table = Table(
+        title=title,
+        box=_BOX,
+        title_justify="left",
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
     right_set = set(right)
     for col in columns:
         table.add_column(col, justify="right" if col in right_set else "left", no_wrap=True)
@@ -94,38 +101,61 @@ def devices(items: Sequence[device_pb2.Device]) -> Table:
     return table
 
 
-def contexts(items: Sequence[context_pb2.Context]) -> Table:
-    """``npuctl contexts list``: who holds what on which device."""
+def contexts(items: Sequence[context_pb2.Context], *, compact: bool = False) -> Table:
+    """``npuctl contexts list``: who holds what on which device.
+
+    ``compact`` (the summary) leaves out weight and age so the table fits ~110 columns.
+    """
+    columns = ["ID", "DEVICE", "OWNER", "LABEL", "CLASS", "WEIGHT", "QUEUES", "QUEUED"]
+    columns += ["RUNNING", "BUFFERS", "MEMORY", "AGE"]
+    if compact:
+        columns = [c for c in columns if c not in ("WEIGHT", "AGE")]
     table = _table(
         None,
-        "ID",
-        "DEVICE",
-        "OWNER",
-        "LABEL",
-        "CLASS",
-        "WEIGHT",
-        "QUEUES",
-        "QUEUED",
-        "RUNNING",
-        "BUFFERS",
-        "MEMORY",
-        "AGE",
+        *columns,
         right=("WEIGHT", "QUEUES", "QUEUED", "RUNNING", "BUFFERS", "MEMORY", "AGE"),
     )
     for c in items:
+        cells = {
+            "ID": c.context_id,
+            "DEVICE": c.device,
+            "OWNER": _owner(c.owner),
+            "LABEL": c.label or "-",
+            "CLASS": _sched(c.default_class),
+            "WEIGHT": f"{c.weight:g}",
+            "QUEUES": str(c.queues),
+            "QUEUED": str(c.queued_jobs),
+            "RUNNING": str(c.running_jobs),
+            "BUFFERS": str(c.buffers),
+            "MEMORY": size(c.memory_bytes),
+            "AGE": duration(c.age_s),
+        }
+        table.add_row(*(cells[col] for col in columns))
+    return table
+
+
+def hardware(items: Sequence[device_pb2.Device]) -> Table:
+    """The summary's device identity: driver, board, kind, health, node (no figures)."""
+    table = _table(
+        "Hardware",
+        "NAME",
+        "DRIVER",
+        "BOARD",
+        "KIND",
+        "HEALTH",
+        "ENGINES",
+        "NODE",
+        right=("ENGINES",),
+    )
+    for d in items:
         table.add_row(
-            c.context_id,
-            c.device,
-            _owner(c.owner),
-            c.label or "-",
-            _sched(c.default_class),
-            f"{c.weight:g}",
-            str(c.queues),
-            str(c.queued_jobs),
-            str(c.running_jobs),
-            str(c.buffers),
-            size(c.memory_bytes),
-            duration(c.age_s),
+            d.name,
+            f"{d.driver} {d.driver_version}",
+            d.board or "-",
+            "simulated" if d.simulated else "real",
+            enum_name(types_pb2.DeviceHealth.DESCRIPTOR, d.health),
+            str(len(d.engines)),
+            d.node or "-",
         )
     return table
 
@@ -325,7 +355,7 @@ def classes(items: Sequence[stats_pb2.DeviceStats]) -> Table:
         "CLASS",
         "QUEUED",
         "RUNNING",
-        "JOBS",
+        "SAMPLES",
         "WAIT p50",
         "WAIT p99",
         "RUN p50",
@@ -334,7 +364,7 @@ def classes(items: Sequence[stats_pb2.DeviceStats]) -> Table:
         right=(
             "QUEUED",
             "RUNNING",
-            "JOBS",
+            "SAMPLES",
             "WAIT p50",
             "WAIT p99",
             "RUN p50",
@@ -453,6 +483,7 @@ __all__ = [
     "device_overview",
     "devices",
     "engines",
+    "hardware",
     "job_row",
     "job_states",
     "jobs",

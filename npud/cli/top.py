@@ -96,8 +96,13 @@ class TopModel:
         """Record ``job`` as its latest state (moves it to the newest end)."""
         self.jobs.pop(job.job_id, None)
         self.jobs[job.job_id] = (job, now)
-        while len(self.jobs) > _MAX_JOBS:
-            self.jobs.popitem(last=False)
+        if len(self.jobs) > _MAX_JOBS:
+            # Forget the oldest *finished* jobs: a queued job that waited through thousands
+            # of other jobs' events is exactly the one the operator is looking for.
+            excess = len(self.jobs) - _MAX_JOBS
+            finished = [jid for jid, (j, _) in self.jobs.items() if j.state not in _LIVE_STATES]
+            for jid in finished[:excess]:
+                del self.jobs[jid]
 
     def apply(self, msg: stats_pb2.StreamEventsResponse, now: float) -> None:
         """Fold one stream message into the model."""

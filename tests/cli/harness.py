@@ -214,10 +214,25 @@ def run_workload(sock: Path) -> Workload:
             if time.monotonic() > deadline:
                 raise AssertionError("the blocker never started running")
             time.sleep(0.01)
+        # Finished jobs' command buffers are freed just after their completion is reported;
+        # wait until only the five the workload holds remain (state, weights, scratch and the
+        # commands of the two live jobs) so memory figures are the same on every run.
+        while _device_buffers(client) != LIVE_BUFFERS:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{_device_buffers(client)} buffers, not {LIVE_BUFFERS}")
+            time.sleep(0.01)
     except BaseException:
         w.close()
         raise
     return w
+
+
+LIVE_BUFFERS = 5
+
+
+def _device_buffers(client: nc.Client) -> int:
+    (dev,) = client.stats().devices
+    return dev.buffers
 
 
 def npuctl(
