@@ -22,6 +22,7 @@ from typing import Any
 from npud.devices.base import CompletionStatus, MemoryTier
 from npud.devices.sim.device import JobOutcome, run_job
 from npud.devices.sim.profiles import BoardProfile, get_profile
+from npud.devices.sim.wire import RUN, DoneMessage, RunMessage, decode_run, encode_done
 
 MAX_MESSAGE = 1 << 16
 
@@ -50,11 +51,11 @@ class Firmware:
         if entry is not None:
             entry[0].close()
 
-    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def run(self, msg: RunMessage) -> DoneMessage:
         """Execute one job and build its reply."""
         began = time.monotonic()
-        handles = [int(h) for h in msg["bindings"]]
-        missing = [h for h in [int(msg["command"]), *handles] if h not in self.buffers]
+        handles = msg.bindings
+        missing = [h for h in (msg.command, *handles) if h not in self.buffers]
         if missing:
             outcome = JobOutcome(
                 CompletionStatus.ERROR,
@@ -62,26 +63,24 @@ class Firmware:
                 0.0,
             )
         else:
-            command_mem = self.buffers[int(msg["command"])][0]
-            offset, size = int(msg["offset"]), int(msg["size"])
+            command_mem = self.buffers[msg.command][0]
             outcome = run_job(
-                bytes(command_mem[offset : offset + size]),
+                bytes(command_mem[msg.offset : msg.offset + msg.size]),
                 memories=[self.buffers[h][0] for h in handles],
                 sizes=[len(self.buffers[h][0]) for h in handles],
                 tiers=[self.buffers[h][1] for h in handles],
-                writable=[bool(w) for w in msg["writable"]],
+                writable=msg.writable,
                 profile=self.profile,
             )
-        return {
-            "op": "done",
-            "token": msg["token"],
-            "status": outcome.status.value,
-            "error": outcome.error,
-            "modelled_s": outcome.modelled_s,
-            "compute_s": time.monotonic() - began,
-            "bytes_read": outcome.bytes_read,
-            "bytes_written": outcome.bytes_written,
-        }
+        return DoneMessage(
+            token=msg.token,
+            status=outcome.status,
+            error=outcome.error,
+            modelled_s=outcome.modelled_s,
+            compute_s=time.monotonic() - began,
+            bytes_read=outcome.bytes_read,
+            bytes_written=outcome.bytes_written,
+        )
 
 
 def serve(cmd: socket.socket, reply: socket.socket, profile: BoardProfile) -> None:
@@ -92,14 +91,15 @@ def serve(cmd: socket.socket, reply: socket.socket, profile: BoardProfile) -> No
         data, fds, _flags, _addr = socket.recv_fds(cmd, MAX_MESSAGE, 4)
         if not data:
             return
+        if data[:1] == RUN and not fds:
+            reply.send(encode_done(firmware.run(decode_run(data))))
+            continue
         msg = json.loads(data)
         op = msg.get("op")
         if op == "map":
             firmware.map(msg, fds)
         elif op == "unmap":
             firmware.unmap(msg)
-        elif op == "run":
-            reply.send(json.dumps(firmware.run(msg)).encode())
         elif op == "exit":
             return
         for fd in fds if op != "map" else fds[1:]:

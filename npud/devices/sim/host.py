@@ -9,14 +9,14 @@ Wire
 ----
 Two ``SOCK_SEQPACKET`` socket pairs (one message per packet, so no framing): commands go
 down one (a blocking socket on the daemon's side), replies come back up the other, whose fd
-sits on the asyncio loop (``loop.add_reader``). Messages are small JSON objects; a ``map``
-message carries its buffer's memfd as ``SCM_RIGHTS`` ancillary data.
+sits on the asyncio loop (``loop.add_reader``). Control messages are small JSON objects; a
+``map`` message carries its buffer's memfd as ``SCM_RIGHTS`` ancillary data. The two messages
+of every job are packed binary (:mod:`npud.devices.sim.wire`): they are the hot path.
 
 - down: ``{"op": "map", "handle", "size", "tier"}`` + fd, ``{"op": "unmap", "handle"}``,
-  ``{"op": "run", "token", "command", "offset", "size", "bindings", "writable"}``,
-  ``{"op": "exit"}``.
-- up: ``{"op": "hello", "pid"}`` once, then ``{"op": "done", "token", "status", "error",
-  "modelled_s", "compute_s", "bytes_read", "bytes_written"}`` per job, in order.
+  a binary *run* message per job, ``{"op": "exit"}``.
+- up: ``{"op": "hello", "pid"}`` once, then a binary *done* message per job, in order. Every
+  *done* waiting in the socket is handled in one wake-up of the loop.
 
 End of file on the reply socket means the device process died: every waiter sees
 DEVICE_LOST through the device's loss path, never a hang.
@@ -36,7 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from npud.devices.base import BoHandle, CompletionStatus, SubmitToken
+from npud.devices.base import BoHandle, SubmitToken
+from npud.devices.sim.wire import DONE, WireError, decode_done, encode_run
 from npud.errors import DeviceError, DeviceLost
 
 if TYPE_CHECKING:
@@ -128,11 +129,15 @@ class FirmwareHost:
 
     # ---- down -------------------------------------------------------------------------
 
-    def _send(self, obj: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    def _send(self, obj: dict[str, Any] | bytes, fds: tuple[int, ...] = ()) -> None:
         if self._dead or self._cmd is None:
             raise DeviceLost("the sim device process is gone")
+        data = obj if isinstance(obj, bytes) else _message(obj)
         try:
-            socket.send_fds(self._cmd, [_message(obj)], list(fds))
+            if fds:
+                socket.send_fds(self._cmd, [data], list(fds))
+            else:
+                self._cmd.send(data)
         except OSError as exc:
             self._died(f"the sim device process stopped reading ({exc})")
             raise DeviceLost("the sim device process is gone") from exc
@@ -157,15 +162,14 @@ class FirmwareHost:
         A send failure is reported as device loss (``on_exit``), which completes the job.
         """
         s = job.submission
-        message = {
-            "op": "run",
-            "token": job.token,
-            "command": s.command,
-            "offset": s.command_offset,
-            "size": s.command_size,
-            "bindings": [b.handle for b in s.bindings],
-            "writable": list(job.writable),
-        }
+        message = encode_run(
+            job.token,
+            command=s.command,
+            offset=s.command_offset,
+            size=s.command_size,
+            bindings=[b.handle for b in s.bindings],
+            writable=job.writable,
+        )
         with contextlib.suppress(DeviceLost):
             self._send(message)
 
@@ -186,17 +190,17 @@ class FirmwareHost:
             if not data:
                 self._died(self._exit_reason())
                 return
-            msg = json.loads(data)
-            if msg.get("op") != "done":
-                continue
+            if data[:1] != DONE:
+                continue  # a control message (only hello is sent up, at start)
+            try:
+                msg = decode_done(data)
+            except WireError as exc:
+                self._died(f"the sim device process sent a malformed reply ({exc})")
+                return
             outcome = JobOutcome(
-                CompletionStatus(msg["status"]),
-                msg["error"],
-                float(msg["modelled_s"]),
-                int(msg["bytes_read"]),
-                int(msg["bytes_written"]),
+                msg.status, msg.error, msg.modelled_s, msg.bytes_read, msg.bytes_written
             )
-            self._on_reply(SubmitToken(int(msg["token"])), outcome)
+            self._on_reply(SubmitToken(msg.token), outcome)
 
     def _exit_reason(self) -> str:
         if self._proc is None:
