@@ -208,6 +208,8 @@ class Scheduler:
         self._arrival: list[tuple[int, Job]] = []  # the fifo policy: (seq, job)
         self._ready = dict.fromkeys(CLASS_ORDER, 0)
         self._held: list[Job] = []
+        self._idle_retry: TimerHandle | None = None
+        self._idle_retries = 0
         self._vclock = 0.0
         self._seq = itertools.count(1)
         self._tseq = itertools.count(1)
@@ -1011,6 +1013,33 @@ class Scheduler:
         job.held = True
         self._held.append(job)
 
+    # ---- Why held jobs are retried on a timer when the device is idle --------------------
+    #
+    # A job whose buffers cannot be placed is held until the next completion frees memory.
+    # When nothing is in flight no completion will come, yet the device may refuse memory
+    # that the budgets say exists (a transient ENOMEM: another process's allocations, CMA
+    # pressure, an injected fault). Held with an idle device, the job - and every job held
+    # behind it - would wait for an unrelated event forever. So an idle hold arms one retry
+    # timer with exponential backoff (10 ms doubling to 2 s); after IDLE_RETRIES tries it
+    # stops, leaving holds that are permanent (pins, budgets) to the events that end them
+    # (unpin, release, a completion), so a virtual clock still runs idle.
+    # ------------------------------------------------------------------------------------
+
+    IDLE_RETRIES = 12
+
+    def _retry_when_idle(self) -> None:
+        if self._idle_retry is not None or any(e.inflight for e in self._engines):
+            return
+        if self._idle_retries >= self.IDLE_RETRIES:
+            return
+        delay = min(0.01 * 2**self._idle_retries, 2.0)
+        self._idle_retries += 1
+        self._idle_retry = self._clock.call_at(self._clock.now() + delay, self._idle_retry_fired)
+
+    def _idle_retry_fired(self) -> None:
+        self._idle_retry = None
+        self.kick()
+
     def _release_held(self) -> None:
         if not self._held:
             return
@@ -1042,6 +1071,7 @@ class Scheduler:
         try:
             if not residency.prepare(buffers):
                 self._hold(job)
+                self._retry_when_idle()
                 return
             command = residency.binding(job.command, BufferUse.READ).handle
             bindings = tuple(residency.binding(b, u) for b, u in job.bindings)
@@ -1088,6 +1118,7 @@ class Scheduler:
             else:
                 self._finish(job, JobState.FAILED, JobError(type(err), str(err)))
             return
+        self._idle_retries = 0
         if job.on_device and engine.inflight[0] is job:
             self._start(job, engine)
 
