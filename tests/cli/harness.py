@@ -9,6 +9,7 @@ follows from it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -236,23 +237,50 @@ def _device_buffers(client: nc.Client) -> int:
 
 
 def npuctl(
-    *args: str, socket_path: Path | None = None, env: dict[str, str] | None = None
+    *args: str,
+    socket_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    subprocess_: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m npud.cli ARGS`` (wide, non-terminal output) and capture it."""
-    full_env = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1"}
-    full_env.pop("NPUD_SOCKET", None)
+    """Run npuctl with ARGS (wide, non-terminal output) and capture its output and status.
+
+    By default npuctl's ``main()`` runs in this process with stdout/stderr redirected and the
+    environment set as a shell would (``$NPUD_SOCKET``, ``$COLUMNS``): the same code path as
+    the command, without an interpreter start per call on a shared 2-core machine. With
+    ``subprocess_`` it runs as ``python -m npud.cli``, a real separate process.
+    """
+    full_env = {"COLUMNS": "240", "NO_COLOR": "1", **(env or {})}
     if socket_path is not None:
         full_env["NPUD_SOCKET"] = str(socket_path)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "npud.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    if subprocess_:
+        child_env = {k: v for k, v in os.environ.items() if k != "NPUD_SOCKET"}
+        child_env.update(full_env)
+        return subprocess.run(
+            [sys.executable, "-m", "npud.cli", *args],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    return _in_process(list(args), full_env)
+
+
+def _in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    from npud.cli.main import main
+
+    saved = dict(os.environ)
+    os.environ.pop("NPUD_SOCKET", None)
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def npuctl_json(*args: str, socket_path: Path) -> Any:

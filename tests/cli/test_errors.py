@@ -31,7 +31,7 @@ def one_line(stderr: str) -> str:
 def test_no_daemon_is_cannot_connect_with_the_path_and_a_hint(tmp_path: Path) -> None:
     """No socket at the path: exit 3, the path, and how to check on the daemon."""
     sock = tmp_path / "nowhere" / "npud.sock"
-    res = npuctl("devices", "list", socket_path=sock)
+    res = npuctl("devices", "list", socket_path=sock, subprocess_=True)  # the real process
     assert res.returncode == ExitCode.CANNOT_CONNECT
     line = one_line(res.stderr)
     assert str(sock) in line

@@ -303,6 +303,6 @@ def test_version_reports_client_and_daemon(live: Live) -> None:
 def test_global_options_work_before_and_after_the_command(live: Live) -> None:
     """-o json and --socket are accepted before or after the noun and verb."""
     before = npuctl("-s", str(live.socket), "-o", "json", "queues", "list")
-    after = npuctl("queues", "list", "--json", "--socket", str(live.socket))
+    after = npuctl("queues", "list", "--json", "--socket", str(live.socket), subprocess_=True)
     assert before.returncode == after.returncode == 0
     assert before.stdout == after.stdout
