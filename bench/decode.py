@@ -45,6 +45,9 @@ from npud.llm.model import load_model
 from npud.llm.tiny import ensure_default_model
 
 DECODE_PROMPT = [256, *b"npud decode "]
+JOB_TIMEOUT_S = (
+    10.0  # a shared 2-core host stalls the device process; latency is measured, not policed
+)
 
 
 def _decoder(model_dir: str, socket: str, tokens: int, go: Any, out: Any) -> None:
@@ -53,7 +56,8 @@ def _decoder(model_dir: str, socket: str, tokens: int, go: Any, out: Any) -> Non
     from npud.llm.generator import Generator
 
     model = load_model(model_dir)
-    with Generator(model, DaemonBackend(socket_path=socket, label="bench/decode")) as gen:
+    backend = DaemonBackend(socket_path=socket, label="bench/decode", job_timeout_s=JOB_TIMEOUT_S)
+    with Generator(model, backend) as gen:
         gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
         go.wait()
         result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
@@ -70,7 +74,8 @@ def _prefiller(
     model = load_model(model_dir)
     prompt = [256] + [(7 * i) % 256 for i in range(n_prompt - 1)]
     done_tokens = 0
-    with Generator(model, DaemonBackend(socket_path=socket, label="bench/prefill")) as gen:
+    backend = DaemonBackend(socket_path=socket, label="bench/prefill", job_timeout_s=JOB_TIMEOUT_S)
+    with Generator(model, backend) as gen:
         t0 = time.monotonic()
         started.set()
         while not stop.is_set():

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--direct", action="store_true", help="run in process on a sim NPU")
     run.add_argument("--sim-mode", choices=["virtual", "process"], default="virtual")
     run.add_argument("--device", default="", help="npud device name (default: the first)")
+    run.add_argument(
+        "--job-timeout", type=float, default=0.0, help="per-step watchdog, s (0: npud default)"
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
 
@@ -110,7 +113,9 @@ def _backend(args: argparse.Namespace) -> Any:
     from npud.llm.daemon import DaemonBackend
 
     try:
-        return DaemonBackend(socket_path=args.socket, device=args.device)
+        return DaemonBackend(
+            socket_path=args.socket, device=args.device, job_timeout_s=args.job_timeout
+        )
     except Unavailable as exc:
         raise Unavailable(
             f"{exc} (is npud running? start it with `npud`, or use --direct)"

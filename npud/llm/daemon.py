@@ -109,6 +109,8 @@ class DaemonBackend:
         socket_path: where npud listens, when the backend connects itself.
         device: the device to run on (npud's first device when empty).
         label: a label for the context and queues (shown by ``npuctl``).
+        job_timeout_s: the watchdog timeout asked for each step (0: npud's per-class default,
+            which is short for LATENCY work; raise it on an overloaded host).
 
     Raises:
         Unavailable: npud is not running at the socket.
@@ -121,7 +123,9 @@ class DaemonBackend:
         socket_path: Path | str | None = None,
         device: str = "",
         label: str = "npud-llm",
+        job_timeout_s: float = 0.0,
     ) -> None:
+        self.job_timeout_s = job_timeout_s
         self._owns_client = client is None
         self.client: Client = connect(socket_path) if client is None else client
         self.device = device
@@ -243,6 +247,7 @@ class DaemonBackend:
                 ),
                 kind=step.tag or step.kind.value,
                 label=step.label,
+                timeout_s=self.job_timeout_s,
             )
             readbacks: tuple[Readback, ...] = ()
             if step.readback is not None:
