@@ -1020,12 +1020,12 @@ class Scheduler:
     # that the budgets say exists (a transient ENOMEM: another process's allocations, CMA
     # pressure, an injected fault). Held with an idle device, the job - and every job held
     # behind it - would wait for an unrelated event forever. So an idle hold arms one retry
-    # timer with exponential backoff (10 ms doubling to 2 s); after IDLE_RETRIES tries it
-    # stops, leaving holds that are permanent (pins, budgets) to the events that end them
-    # (unpin, release, a completion), so a virtual clock still runs idle.
+    # timer with exponential backoff (10 ms doubling to 2 s); after IDLE_RETRIES tries
+    # (about 75 s) it stops, leaving holds that are permanent (pins, budgets) to the events
+    # that end them (unpin, release, a completion), so a virtual clock still runs idle.
     # ------------------------------------------------------------------------------------
 
-    IDLE_RETRIES = 12
+    IDLE_RETRIES = 40
 
     def _retry_when_idle(self) -> None:
         if self._idle_retry is not None or any(e.inflight for e in self._engines):
