@@ -11,8 +11,9 @@ one JSON line per command line::
 Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``;
 ``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes);
 ``submit`` (a BURN job: ctx, queue, seconds, optional bindings
-``[[buffer, "read"|"write"]]``); ``rescan`` and ``inject`` (AdminService with this user's
-token); ``reconnect``; ``exit``. Results are plain JSON (dataclasses as dicts, enums as
+``[[buffer, "read"|"write"]]``); ``stream`` (n BURN jobs on a SubmitStream left open);
+``rescan`` and ``inject`` (AdminService with this user's token); ``reconnect``; ``exit``.
+Results are plain JSON (dataclasses as dicts, enums as
 values, bytes as hex); failed rpcs come back as npud error class names.
 """
 
@@ -33,7 +34,6 @@ import npud.client.aio
 import npud.client.types
 from npud.client import Access, Bind, JobSpec
 from npud.client.errors import from_rpc_error
-from npud.errors import NpudError
 from npud.isa import Program
 from npud.v1 import admin_pb2, admin_pb2_grpc
 
@@ -80,6 +80,20 @@ def _submit(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
     return npu.submit(cmd["ctx"], spec)
 
 
+_OPEN: list[Any] = []  # submit streams kept open until the process dies
+
+
+def _stream(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
+    """Open a SubmitStream, send ``n`` BURN jobs, return the first result; keep it open."""
+    stream = npu.submit_stream(cmd["ctx"])
+    _OPEN.append(stream)
+    spec = JobSpec(cmd["queue"], Program().burn(float(cmd["seconds"])).encode(), kind="stream")
+    for _ in range(int(cmd["n"])):
+        stream.submit(spec)
+    _tag, first = stream.next_result()
+    return first
+
+
 def _admin(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
     with grpc.insecure_channel(f"unix:{npu.socket_path}") as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
@@ -113,6 +127,8 @@ def serve(socket_path: str) -> None:
                 result = npu.owner
             elif op in ("rescan", "inject"):
                 result = _admin(npu, cmd)
+            elif op == "stream":
+                result = _stream(npu, cmd)
             elif op == "submit":
                 result = _submit(npu, cmd)
             elif op == "call":
@@ -127,7 +143,7 @@ def serve(socket_path: str) -> None:
             else:
                 raise ValueError(f"unknown op {op!r}")
             reply = {"ok": True, "value": plain(result)}
-        except (NpudError, grpc.RpcError, OSError, ValueError, TypeError, StopIteration) as exc:
+        except Exception as exc:  # every failure is an answer; the test decides
             reply = _error(exc)
         print(json.dumps(reply), flush=True)
 

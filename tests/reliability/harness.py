@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,20 @@ def restart(old: DaemonProcess, tmp: Path, **settings: str) -> DaemonProcess:
     if log.exists():
         log.rename(tmp / f"npud.{old.proc.pid}.log")
     return launch(tmp, **settings)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held.
+
+    For states the daemon reaches asynchronously (a session grace ending); never a timing
+    assertion: the bound is only there so a broken daemon fails the test instead of hanging.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def fd_count(pid: int) -> int:
@@ -176,8 +191,11 @@ class Actor:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            self.kill()
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
             err = self.proc.stderr.read() if self.proc.stderr else ""
+            self._close_pipes()
             raise AssertionError(f"actor uid {self.uid} gave no reply to {cmd}:\n{err}")
         reply: dict[str, Any] = json.loads(line)
         return reply
