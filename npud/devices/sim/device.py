@@ -591,8 +591,14 @@ class SimDevice:
         job = self._jobs.get(token)
         if job is None or job.state != "running":
             return  # aborted or reset while the device process was computing: discard
-        # Real time: the job ends at max(start + modelled, when its compute finished).
-        self._complete_at(job, max(job.started_at + outcome.modelled_s, self._clock.now()), outcome)
+        # Real time: the job ends at max(start + modelled, when its compute finished). Already
+        # due (the usual case for short jobs: the round trip outlasts the modelled time): end
+        # it in this loop callback rather than through a timer one loop iteration later.
+        end = job.started_at + outcome.modelled_s
+        if end <= self._clock.now():
+            self._finish(job, outcome, deferred=False)
+        else:
+            self._complete_at(job, end, outcome)
 
     def _on_host_exit(self, reason: str) -> None:
         if not self._closed:

@@ -178,8 +178,9 @@ class FirmwareHost:
     def _on_readable(self) -> None:
         from npud.devices.sim.device import JobOutcome
 
-        assert self._reply is not None
-        while True:
+        # Every reply waiting in the socket is handled in this one wake-up. A reply's handler
+        # may end in device loss or close (which tears the socket down): stop reading then.
+        while self._reply is not None and not self._dead:
             try:
                 data = self._reply.recv(MAX_MESSAGE)
             except BlockingIOError:

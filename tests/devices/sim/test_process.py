@@ -103,3 +103,39 @@ def test_process_mode_computes_like_virtual_mode() -> None:
     assert box[0].modelled_s == pytest.approx(completion.modelled_s)
     assert download(virtual, bufs[3], 48) == probs
     assert download(virtual, bufs[4], 12) == ids
+
+
+def test_closing_from_a_completion_callback_ends_the_other_jobs_once() -> None:
+    """A completion callback that closes the device (while other replies may be waiting in
+    the same wake-up of the reader) ends every other job exactly once, ABORTED or OK."""
+
+    errors: list[dict[str, object]] = []
+
+    async def scenario() -> dict[int, list[str]]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        dev = SimDevice(mode="process")
+        dev.open()
+        ended: dict[int, list[str]] = {}
+        all_done = asyncio.get_running_loop().create_future()
+        engines = len(dev.capabilities.engines)
+
+        def on_done(engine: int, completion: Completion) -> None:
+            ended.setdefault(engine, []).append(completion.status.value)
+            if sum(len(v) for v in ended.values()) == 1:
+                dev.close()
+            if sum(len(v) for v in ended.values()) == engines and not all_done.done():
+                all_done.set_result(None)
+
+        for engine in range(engines):
+            job = burn_job(dev, 0.0, engine=engine)
+            dev.submit(job, lambda c, e=engine: on_done(e, c))
+        await asyncio.wait_for(all_done, timeout=20)
+        await asyncio.sleep(0)
+        return ended
+
+    ended = asyncio.run(scenario())
+    assert errors == []  # the reader did not touch the closed socket
+    assert all(len(statuses) == 1 for statuses in ended.values())
+    statuses = sorted(s for v in ended.values() for s in v)
+    assert statuses.count("ok") >= 1
+    assert set(statuses) <= {"ok", "aborted"}
