@@ -5,7 +5,9 @@ destroyed, and every device state change. Subscribers are plain callbacks run sy
 the core thread, in subscription order; they must not block (the API layer copies events into
 per-stream asyncio queues). A subscriber that raises is logged and kept: one broken listener
 must not stop the scheduler. Publishing with no subscribers costs one attribute test, so the
-hot path does not build events nobody reads.
+hot path does not build events nobody reads. A subscriber may name the kinds of event it takes
+(``subscribe(cb, kinds=(ContextEvent,))``): job events (four per job) are then only built while
+someone takes them (:attr:`EventBus.wants_jobs`).
 """
 
 from __future__ import annotations
@@ -83,50 +85,70 @@ Subscriber = Callable[[Event], None]
 class Subscription:
     """A live subscription; :meth:`cancel` ends it (idempotent)."""
 
-    __slots__ = ("_bus", "_callback")
+    __slots__ = ("_bus", "_callback", "kinds")
 
-    def __init__(self, bus: EventBus, callback: Subscriber) -> None:
+    def __init__(
+        self, bus: EventBus, callback: Subscriber, kinds: tuple[type[Event], ...] | None
+    ) -> None:
         self._bus = bus
         self._callback = callback
+        self.kinds = kinds
 
     def cancel(self) -> None:
         """Stop delivering events to this subscriber."""
-        self._bus._unsubscribe(self._callback)
+        self._bus._unsubscribe(self)
 
 
 class EventBus:
     """Synchronous fan-out of core events to subscribers."""
 
-    __slots__ = ("_published", "_subscribers")
+    __slots__ = ("_job_listeners", "_published", "_subscribers")
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[Subscription] = []
         self._published = 0
+        self._job_listeners = 0
 
     @property
     def active(self) -> bool:
         """Whether anyone listens (publishers skip building events otherwise)."""
         return bool(self._subscribers)
 
-    def subscribe(self, callback: Subscriber) -> Subscription:
-        """Deliver every later event to ``callback`` until the subscription is cancelled."""
-        self._subscribers.append(callback)
-        return Subscription(self, callback)
+    @property
+    def wants_jobs(self) -> bool:
+        """Whether anyone takes job events (the scheduler's hot path asks)."""
+        return self._job_listeners > 0
 
-    def _unsubscribe(self, callback: Subscriber) -> None:
+    def subscribe(
+        self, callback: Subscriber, *, kinds: tuple[type[Event], ...] | None = None
+    ) -> Subscription:
+        """Deliver every later event (of ``kinds``, default all) to ``callback`` until the
+        subscription is cancelled."""
+        sub = Subscription(self, callback, kinds)
+        self._subscribers.append(sub)
+        if kinds is None or JobEvent in kinds:
+            self._job_listeners += 1
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
         for i, existing in enumerate(self._subscribers):
-            if existing is callback:
+            if existing is sub:
                 del self._subscribers[i]
+                if existing.kinds is None or JobEvent in existing.kinds:
+                    self._job_listeners -= 1
                 return
 
     def publish(self, event: Event) -> None:
-        """Hand ``event`` to every subscriber; a subscriber's exception is logged, not raised."""
+        """Hand ``event`` to every subscriber that takes its kind; a subscriber's exception is
+        logged, not raised."""
         self._published += 1
-        for callback in tuple(self._subscribers):
+        for sub in tuple(self._subscribers):
+            if sub.kinds is not None and not isinstance(event, sub.kinds):
+                continue
             try:
-                callback(event)
+                sub._callback(event)
             except Exception:
-                _log.exception("event subscriber %r failed on %r", callback, event)
+                _log.exception("event subscriber %r failed on %r", sub._callback, event)
 
     def statistics(self) -> EventBusStatistics:
         """Subscribers and events published so far."""

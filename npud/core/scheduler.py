@@ -678,7 +678,7 @@ class Scheduler:
                 hook(old)
 
     def _publish(self, job: Job) -> None:
-        if not self._events.active:
+        if not self._events.wants_jobs:
             return
         err = job.error
         self._events.publish(

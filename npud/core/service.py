@@ -30,6 +30,7 @@ from npud.core.events import (
     Change,
     ContextEvent,
     DeviceEvent,
+    Event,
     EventBus,
     EventBusStatistics,
     QueueEvent,
@@ -188,9 +189,13 @@ class Core:
         """Whether ``owner`` may see and act on every context (root or the admin group)."""
         return owner.is_admin(self.limits.admin_gid)
 
-    def subscribe(self, callback: Subscriber) -> Subscription:
-        """Receive every core event (see :mod:`npud.core.events`) until cancelled."""
-        return self.events.subscribe(callback)
+    def subscribe(
+        self, callback: Subscriber, *, kinds: tuple[type[Event], ...] | None = None
+    ) -> Subscription:
+        """Receive core events (see :mod:`npud.core.events`; only ``kinds`` when given) until
+        cancelled. Name the kinds you need: job events are only built while someone takes
+        them."""
+        return self.events.subscribe(callback, kinds=kinds)
 
     # ------------------------------------------------------------------ devices
 

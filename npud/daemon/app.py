@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import logging
 import os
 import signal
 import socket
@@ -108,6 +109,8 @@ class Daemon:
 
     def _log_job(self, job: Job) -> None:
         """The one canonical line per finished job."""
+        if not self.log.is_enabled_for(logging.INFO):
+            return  # filtered out: do not even build its fields (this runs for every job)
         completion = job.completion
         moved = 0 if completion is None else completion.bytes_read + completion.bytes_written
         self.log.info(
@@ -199,7 +202,7 @@ class Daemon:
                 queue_depth_limit=q.queue_depth_limit,
             ),
         )
-        core.subscribe(self._on_event)
+        core.subscribe(self._on_event, kinds=(ContextEvent,))  # job events cost per job
         self._prepare_socket_dir()
         self._bound = True
         self.recovery = DeviceRecovery(
