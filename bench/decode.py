@@ -60,8 +60,10 @@ def _decoder(model_dir: str, socket: str, tokens: int, go: Any, out: Any) -> Non
     with Generator(model, backend) as gen:
         gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
         go.wait()
+        backend.job_times.clear()
         result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
-    out.put(("decode", list(result.stats.inter_token_s)))
+        waits = [t.queue_wait_s for t in backend.job_times if t.kind.value == "decode"]
+    out.put(("decode", (list(result.stats.inter_token_s), waits)))
 
 
 def _prefiller(
@@ -147,7 +149,7 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         go.set()
         proc = ctx.Process(target=_decoder, args=(model_dir, socket, args.tokens, go, out))
         proc.start()
-        _, unloaded = out.get(timeout=600)
+        _, (unloaded, unloaded_waits) = out.get(timeout=600)
         proc.join()
 
         # Loaded: N decoders while another context runs long prefills back to back.
@@ -167,9 +169,11 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         time.sleep(0.5)  # let the first long prefill's chunks queue up
         go.set()
         loaded: list[float] = []
+        loaded_waits: list[float] = []
         for _ in decoders:
-            _, gaps = out.get(timeout=600)
+            _, (gaps, waits) = out.get(timeout=600)
             loaded.extend(gaps)
+            loaded_waits.extend(waits)
         stop.set()
         _, (prefill_tokens, prefill_s) = out.get(timeout=600)
         for proc in [*decoders, prefill]:
@@ -181,6 +185,9 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         "loaded_p50_ms": percentile(loaded, 0.5) * 1e3,
         "loaded_p99_ms": percentile(loaded, 0.99) * 1e3,
         "loaded_max_ms": max(loaded) * 1e3,
+        "unloaded_wait_p99_ms": percentile(unloaded_waits, 0.99) * 1e3,
+        "loaded_wait_p50_ms": percentile(loaded_waits, 0.5) * 1e3,
+        "loaded_wait_p99_ms": percentile(loaded_waits, 0.99) * 1e3,
         "p99_ratio": percentile(loaded, 0.99) / percentile(unloaded, 0.99),
         "samples": len(loaded),
         "prefill_tokens_per_s": prefill_tokens / prefill_s if prefill_s > 0 else 0.0,
@@ -232,7 +239,9 @@ def main() -> int:
             f"{policy:<6} {r['unloaded_p50_ms']:>10.2f}ms {r['unloaded_p99_ms']:>6.2f}ms "
             f"{r['loaded_p50_ms']:>9.2f}ms {r['loaded_p99_ms']:>6.2f}ms "
             f"{r['loaded_max_ms']:>6.2f}ms "
-            f"{r['p99_ratio']:>6.2f} {r['prefill_tokens_per_s']:>14.1f}",
+            f"{r['p99_ratio']:>6.2f} {r['prefill_tokens_per_s']:>14.1f}   "
+            f"npud queue wait p50 {r['loaded_wait_p50_ms']:.2f}ms "
+            f"p99 {r['loaded_wait_p99_ms']:.2f}ms (unloaded p99 {r['unloaded_wait_p99_ms']:.2f}ms)",
             flush=True,
         )
     if args.json:

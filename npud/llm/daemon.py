@@ -25,6 +25,7 @@ harmless, and simpler than waiting for another client's upload.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,18 @@ def _failure(step: Step, result: JobResult) -> NpudError:
     return cls(f"{step.label}: {error.kind}: {error.message}")
 
 
+JOB_TIMES_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimes:
+    """npud's own account of one finished step: time queued in npud, time on the device."""
+
+    kind: StepKind
+    queue_wait_s: float
+    run_s: float
+
+
 @dataclass(slots=True, eq=False)
 class DaemonTicket:
     """Steps sent on the submit stream, by tag."""
@@ -111,6 +124,9 @@ class DaemonBackend:
         label: a label for the context and queues (shown by ``npuctl``).
         job_timeout_s: the watchdog timeout asked for each step (0: npud's per-class default,
             which is short for LATENCY work; raise it on an overloaded host).
+
+    ``job_times`` keeps npud's queue-wait and run time of the last steps, which separates
+    time spent waiting in npud's scheduler from the rest of a round trip.
 
     Raises:
         Unavailable: npud is not running at the socket.
@@ -142,6 +158,7 @@ class DaemonBackend:
         self._written = 0
         self._read = 0
         self._busy = 0.0
+        self.job_times: collections.deque[JobTimes] = collections.deque(maxlen=JOB_TIMES_KEPT)
 
     @property
     def name(self) -> str:
@@ -275,6 +292,9 @@ class DaemonBackend:
             self._completed += 1
             if result.job is not None:
                 self._busy += result.job.run_s
+                self.job_times.append(
+                    JobTimes(step.kind, result.job.queue_wait_s, result.job.run_s)
+                )
             if not result.ok and failure is None:
                 failure = _failure(step, result)
             data = result.readbacks[0] if result.readbacks else None

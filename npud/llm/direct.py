@@ -98,7 +98,6 @@ class DirectBackend:
         self.engine = engine
         self.tier = tier
         self._buffers: dict[str, DeviceBuffer] = {}
-        self._order: list[str] = []
         self._free_commands: list[DeviceBuffer] = []
         self._submitted = 0
         self._completed = 0
@@ -165,7 +164,6 @@ class DirectBackend:
             for spec in plan.buffers:
                 buf = self.device.create_buffer(spec.size, self.tier)
                 self._buffers[spec.name] = buf
-                self._order.append(spec.name)
                 if spec.pack is not None:
                     self._copy_in(buf.handle, 0, spec.pack.data)
                     self._uploaded += spec.pack.size
@@ -307,7 +305,6 @@ class DirectBackend:
             with contextlib.suppress(NotFound, DeviceLost):  # a lost device freed everything
                 self.device.free_buffer(buf.handle)
         self._buffers.clear()
-        self._order.clear()
         self._free_commands.clear()
         if self._owned:
             self._owned = False
