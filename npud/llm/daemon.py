@@ -77,7 +77,8 @@ def _access(access: Access) -> ClientAccess:
     return ClientAccess.READ_WRITE
 
 
-def _failure(step: Step, result: JobResult) -> NpudError:
+def step_error(step: Step, result: JobResult) -> NpudError:
+    """The exception for a step npud did not complete: the class it named, else JobFailed."""
     # The daemon names the npud.errors class of a refusal or failure (TimeSliceExceeded,
     # QueueFull, JobTimedOut, ...); raising that class lets the caller react to it.
     error = result.error
@@ -296,7 +297,7 @@ class DaemonBackend:
                     JobTimes(step.kind, result.job.queue_wait_s, result.job.run_s)
                 )
             if not result.ok and failure is None:
-                failure = _failure(step, result)
+                failure = step_error(step, result)
             data = result.readbacks[0] if result.readbacks else None
         if failure is not None:
             raise failure
