@@ -8,7 +8,7 @@ one JSON line per command line::
     {"op": "call", "method": "read_buffer", "args": ["ctx-..", "buf-.."]}
     -> {"ok": false, "kind": "NotFound", "code": "NOT_FOUND", "message": "..."}
 
-Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``;
+Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``; ``token``;
 ``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes);
 ``submit`` (a BURN job: ctx, queue, seconds, optional bindings
 ``[[buffer, "read"|"write"]]``); ``stream`` (n BURN jobs on a SubmitStream left open);
@@ -119,6 +119,8 @@ def serve(socket_path: str) -> None:
             if op == "connect":
                 npu = npud.client.connect(socket_path)
                 result: Any = npu.owner
+            elif op == "token":  # for tests that call raw rpcs as this user
+                result = npu.identity.token
             elif op == "whoami":
                 result = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
             elif op == "reconnect":
