@@ -10,9 +10,19 @@ on asyncio with one request in flight (a decode loop's pattern):
   identity check, inline command buffer, admission, scheduling, the simulated device's
   process round trip, completion and the response.
 
-Prints p50, p99 and their ratio (npud / echo). Usage::
+Two in-process floors separate npud's layers (same null job, no gRPC, no socket):
 
-    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200]
+* ``sim device direct``: ``Device.submit`` on the simulated NPU in process mode and await the
+  completion: the device process round trip alone (two messages over SOCK_SEQPACKET, the
+  firmware's decode of an empty stream);
+* ``core in-process``: what the SubmitStream servicer does per job, minus gRPC: a recycled
+  inline command buffer, ``Core.submit`` (admission, scheduling, residency, dispatch), the
+  device round trip, the done callback and the buffer's release.
+
+Prints p50, p99 and their ratio (npud / echo). ``--profile FILE`` runs the daemon under
+cProfile. Usage::
+
+    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -98,6 +108,74 @@ async def _bench_npud(path: str, n: int, warmup: int) -> list[float]:
         return out
 
 
+async def _bench_device(n: int, warmup: int) -> list[float]:
+    from npud.devices.base import MemoryTier, Submission, submit_and_wait
+    from npud.devices.sim import SimDevice
+    from npud.isa import Program
+
+    null = Program().encode()
+    dev = SimDevice(mode="process")
+    dev.open()
+    try:
+        cmd = dev.create_buffer(len(null), MemoryTier.DRAM)
+        view = dev.map_buffer(cmd.handle)
+        view[: len(null)] = null
+        view.release()
+        dev.unmap_buffer(cmd.handle)
+        sub = Submission(cmd.handle, 0, len(null), (), engine=0)
+        out = []
+        for i in range(n + warmup):
+            t0 = time.perf_counter()
+            res = await submit_and_wait(dev, sub)
+            if i >= warmup:
+                out.append(time.perf_counter() - t0)
+            if res.status != "ok":
+                raise SystemExit(f"null job failed on the device: {res.error}")
+        return out
+    finally:
+        dev.close()
+
+
+async def _bench_core(n: int, warmup: int) -> list[float]:
+    from npud.clock import MonotonicClock
+    from npud.core.buffers import Usage
+    from npud.core.job import Job, JobState
+    from npud.core.owner import Owner
+    from npud.core.policy import SchedClass
+    from npud.core.service import Core, JobSpec
+    from npud.devices.sim import SimDevice
+    from npud.isa import Program
+
+    null = Program().encode()
+    loop = asyncio.get_running_loop()
+    dev = SimDevice(mode="process")
+    dev.open()
+    core = Core(MonotonicClock(loop))
+    core.add_device(dev)
+    me = Owner(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), name="bench")
+    ctx = core.create_context(me, label="overhead")
+    q = core.create_queue(me, ctx.id, sched_class=SchedClass.LATENCY)
+    out = []
+    try:
+        for i in range(n + warmup):
+            t0 = time.perf_counter()
+            cmd = core.create_buffer(me, ctx.id, len(null), usage=Usage.COMMAND, recycle=True)
+            core.write_buffer(me, ctx.id, cmd.id, 0, null)
+            [job] = core.submit(me, ctx.id, [JobSpec(q.id, cmd.id, kind="null")])
+            done: asyncio.Future[Job] = loop.create_future()
+            job.add_done_callback(done.set_result)
+            await done
+            core.release_buffer(me, ctx.id, cmd.id)
+            if i >= warmup:
+                out.append(time.perf_counter() - t0)
+            if job.state is not JobState.COMPLETED:
+                raise SystemExit(f"null job failed in core: {job.error}")
+        return out
+    finally:
+        core.destroy_context(me, ctx.id, grace_s=0.0)
+        dev.close()
+
+
 def _start_npud(tmp: Path, profile: str | None) -> tuple[subprocess.Popen[bytes], Path]:
     sock = tmp / "npud.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -155,6 +233,8 @@ def main() -> None:
         echo.stdout.readline()
         echo_s = asyncio.run(_bench_echo(echo_path, args.n, args.warmup))
         npud_s = asyncio.run(_bench_npud(str(sock), args.n, args.warmup))
+        device_s = asyncio.run(_bench_device(args.n, args.warmup))
+        core_s = asyncio.run(_bench_core(args.n, args.warmup))
     finally:
         echo.send_signal(signal.SIGTERM)
         daemon.send_signal(signal.SIGTERM)
@@ -164,15 +244,25 @@ def main() -> None:
             echo.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []
-    for name, s in (("grpc.aio echo", echo_s), ("npud null job", npud_s)):
+    for name, s in (
+        ("grpc.aio echo", echo_s),
+        ("npud null job", npud_s),
+        ("sim device direct", device_s),
+        ("core in-process", core_s),
+    ):
         rows.append((name, _pct(s, 0.5), _pct(s, 0.99), statistics.fmean(s)))
     print(f"{args.n} round trips each (after {args.warmup} warm-up), one in flight, Unix socket")
-    print(f"{'':16} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
+    print(f"{'':18} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
     for name, p50, p99, mean in rows:
-        print(f"{name:16} {p50 * 1e6:9.1f} {p99 * 1e6:9.1f} {mean * 1e6:9.1f}")
-    (_, e50, e99, _), (_, n50, n99, _) = rows
-    print(f"{'ratio npud/echo':16} {n50 / e50:9.2f} {n99 / e99:9.2f}")
+        print(f"{name:18} {p50 * 1e6:9.1f} {p99 * 1e6:9.1f} {mean * 1e6:9.1f}")
+    (_, e50, e99, _), (_, n50, n99, _), (_, d50, _, _), (_, c50, _, _) = rows
+    print(f"{'ratio npud/echo':18} {n50 / e50:9.2f} {n99 / e99:9.2f}")
     print(f"npud's own cost per job (p50 difference): {(n50 - e50) * 1e6:.1f} us")
+    print(
+        f"of which (p50): device round trip {d50 * 1e6:.1f} us, core on top of it "
+        f"{(c50 - d50) * 1e6:.1f} us, gRPC stream + API + client on top of echo "
+        f"{(n50 - c50 - e50) * 1e6:.1f} us"
+    )
 
 
 if __name__ == "__main__":
