@@ -9,6 +9,7 @@ proto field names, so ``npuctl -o json`` and these objects read alike. Durations
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -105,11 +106,13 @@ def _from_wire(enum_type: type[E], prefix: str, name: str) -> E | None:
     return enum_type.__members__.get(short)
 
 
+@functools.cache  # a handful of values; the decode loop converts every step
 def class_from_wire(value: types_pb2.SchedulingClass.ValueType) -> SchedulingClass | None:
     """The client enum for a wire SchedulingClass (None when unspecified)."""
     return _from_wire(SchedulingClass, "SCHEDULING_CLASS_", types_pb2.SchedulingClass.Name(value))
 
 
+@functools.cache  # a handful of values; the decode loop converts every step
 def class_to_wire(value: SchedulingClass | None) -> types_pb2.SchedulingClass.ValueType:
     """The wire value of a SchedulingClass (UNSPECIFIED for None)."""
     if value is None:
@@ -117,12 +120,14 @@ def class_to_wire(value: SchedulingClass | None) -> types_pb2.SchedulingClass.Va
     return types_pb2.SchedulingClass.Value(f"SCHEDULING_CLASS_{value.name}")
 
 
+@functools.cache  # a handful of values; the decode loop converts every step
 def state_from_wire(value: types_pb2.JobState.ValueType) -> JobState:
     """The client enum for a wire JobState."""
     state = _from_wire(JobState, "JOB_STATE_", types_pb2.JobState.Name(value))
     return JobState.QUEUED if state is None else state
 
 
+@functools.cache  # a handful of values; the decode loop converts every step
 def state_to_wire(value: JobState) -> types_pb2.JobState.ValueType:
     """The wire value of a JobState."""
     return types_pb2.JobState.Value(f"JOB_STATE_{value.name}")
@@ -148,6 +153,7 @@ def tier_preference_to_wire(value: TierPreference) -> types_pb2.TierPreference.V
     return types_pb2.TierPreference.Value(f"TIER_PREFERENCE_{value.name}")
 
 
+@functools.cache  # a handful of values; the decode loop converts every step
 def access_to_wire(value: Access) -> types_pb2.BufferAccess.ValueType:
     """The wire value of an Access."""
     return types_pb2.BufferAccess.Value(f"BUFFER_ACCESS_{value.name}")
