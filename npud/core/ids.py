@@ -18,24 +18,24 @@ BufferId = NewType("BufferId", str)
 
 
 def _token(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(8)}"
+    return f"{prefix}-{secrets.token_hex(16)}"
 
 
 def new_context_id() -> ContextId:
-    """A fresh, unguessable context id (``ctx-`` + 16 hex digits)."""
+    """A fresh, unguessable context id (``ctx-`` + 32 hex digits)."""
     return ContextId(_token("ctx"))
 
 
 def new_queue_id() -> QueueId:
-    """A fresh, unguessable queue id (``q-`` + 16 hex digits)."""
+    """A fresh, unguessable queue id (``q-`` + 32 hex digits)."""
     return QueueId(_token("q"))
 
 
 def new_job_id() -> JobId:
-    """A fresh, unguessable job id (``job-`` + 16 hex digits)."""
+    """A fresh, unguessable job id (``job-`` + 32 hex digits)."""
     return JobId(_token("job"))
 
 
 def new_buffer_id() -> BufferId:
-    """A fresh, unguessable buffer id (``buf-`` + 16 hex digits)."""
+    """A fresh, unguessable buffer id (``buf-`` + 32 hex digits)."""
     return BufferId(_token("buf"))
