@@ -44,9 +44,11 @@ from npud.devices.base import (
     DeviceBuffer,
     DeviceHealth,
     DeviceStatistics,
+    EngineInfo,
     MemoryTier,
     Submission,
     SubmitToken,
+    TierInfo,
 )
 from npud.devices.errno_map import error_for
 from npud.errors import (
@@ -527,6 +529,42 @@ class AccelDevice:
         """Release driver objects (queues, contexts) at close."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
+
+    def _accel_capabilities(
+        self,
+        *,
+        description: str,
+        board: str,
+        engines: tuple[EngineInfo, ...],
+        native_priorities: int,
+        dram_bytes: int = 0,
+        has_syncobj: bool = False,
+        has_hw_contexts: bool = False,
+        max_hw_contexts: int = 0,
+        has_preemption: bool = False,
+    ) -> Capabilities:
+        """The capabilities of an accel node, for :meth:`_probe` (after VERSION was read).
+
+        What the accel UAPIs share is filled in here: the driver name and version from VERSION,
+        one DRAM tier of ``dram_bytes`` (system RAM when 0: their BOs are shmem), no abort of a
+        running job, PRIME export, real hardware. The adapter says what differs.
+        """
+        return Capabilities(
+            driver=self.driver,
+            driver_version=self.version[1],
+            description=description,
+            board=board,
+            engines=engines,
+            tiers=(TierInfo(MemoryTier.DRAM, dram_bytes or system_memory()),),
+            native_priorities=native_priorities,
+            has_syncobj=has_syncobj,
+            has_hw_contexts=has_hw_contexts,
+            max_hw_contexts=max_hw_contexts,
+            has_preemption=has_preemption,
+            can_abort=False,
+            can_export=True,
+            simulated=False,
+        )
 
     @property
     def file(self) -> KernelFile:

@@ -46,7 +46,6 @@ from npud.devices.accel import (
     KernelFile,
     KernelHandle,
     pointer,
-    system_memory,
 )
 from npud.devices.base import (
     BoHandle,
@@ -54,7 +53,6 @@ from npud.devices.base import (
     CompletionStatus,
     EngineInfo,
     MemoryTier,
-    TierInfo,
 )
 from npud.devices.hwctx_pool import ContextsExhausted, HwContextPool, PoolStatistics
 from npud.devices.priority import AMDXDNA as PRIORITIES
@@ -154,21 +152,14 @@ class AmdxdnaDevice(AccelDevice):
         )
         engines = min(self._engines, capacity)
         board = "strix" if cols >= 8 else "phoenix"
-        return Capabilities(
-            driver=self.driver,
-            driver_version=self.version[1],
+        return self._accel_capabilities(
             description=self.version[2] or "AMD XDNA NPU",
             board=board,
             engines=tuple(EngineInfo(i, f"hwctx lane {i}") for i in range(engines)),
-            tiers=(TierInfo(MemoryTier.DRAM, system_memory()),),
             native_priorities=PRIORITIES.levels,
             has_syncobj=True,
             has_hw_contexts=True,
             max_hw_contexts=capacity,
-            has_preemption=False,
-            can_abort=False,
-            can_export=True,
-            simulated=False,
         )
 
     def pool_statistics(self) -> PoolStatistics:

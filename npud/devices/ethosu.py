@@ -40,7 +40,6 @@ from npud.devices.accel import (
     WaiterThread,
     absolute_timeout_ns,
     pointer,
-    system_memory,
     translate,
 )
 from npud.devices.base import (
@@ -49,7 +48,6 @@ from npud.devices.base import (
     CompletionStatus,
     EngineInfo,
     MemoryTier,
-    TierInfo,
 )
 from npud.devices.priority import ETHOSU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError
@@ -95,24 +93,14 @@ class EthosuDevice(AccelDevice):
         product = PRODUCTS.get((int(info.id) >> 12) & 0xF, "ethos-u")
         self._stopping.clear()
         self._waiter = WaiterThread(self.name, self.loop)
-        return Capabilities(
-            driver=self.driver,
-            driver_version=self.version[1],
+        return self._accel_capabilities(
             description=(
                 f"{self.version[2] or 'Arm Ethos-U'} ({self.npu_info['sram_size']} B SRAM "
                 "used per job by the kernel, not allocatable)"
             ),
             board=product,
             engines=(EngineInfo(0, "npu"),),
-            tiers=(TierInfo(MemoryTier.DRAM, system_memory()),),
             native_priorities=PRIORITIES.levels,
-            has_syncobj=False,
-            has_hw_contexts=False,
-            max_hw_contexts=0,
-            has_preemption=False,
-            can_abort=False,
-            can_export=True,
-            simulated=False,
         )
 
     def _alloc(

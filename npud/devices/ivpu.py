@@ -46,7 +46,6 @@ from npud.devices.accel import (
     KernelHandle,
     SlotStatistics,
     pointer,
-    system_memory,
 )
 from npud.devices.base import (
     BoHandle,
@@ -54,7 +53,6 @@ from npud.devices.base import (
     CompletionStatus,
     EngineInfo,
     MemoryTier,
-    TierInfo,
 )
 from npud.devices.priority import IVPU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError
@@ -119,21 +117,13 @@ class IvpuDevice(AccelDevice):
         self.params["preempt_buffer_size"] = preempt
         self._slots = CommandSlots(self._alloc_slot, self._gem_close_handle)
         board = BOARDS.get(self.params["device_id"], f"ivpu-{self.params['device_id']:#06x}")
-        return Capabilities(
-            driver=self.driver,
-            driver_version=self.version[1],
+        return self._accel_capabilities(
             description=self.version[2] or "Intel NPU",
             board=board,
             engines=(EngineInfo(0, "compute"),),
-            tiers=(TierInfo(MemoryTier.DRAM, self._memory_bytes or system_memory()),),
             native_priorities=PRIORITIES.levels,
-            has_syncobj=False,
-            has_hw_contexts=False,
-            max_hw_contexts=0,
+            dram_bytes=self._memory_bytes,
             has_preemption=preempt > 0,
-            can_abort=False,
-            can_export=True,
-            simulated=False,
         )
 
     def slot_statistics(self) -> SlotStatistics:

@@ -45,7 +45,6 @@ from npud.devices.accel import (
     KernelFile,
     WaiterThread,
     pointer,
-    system_memory,
     translate,
 )
 from npud.devices.base import (
@@ -55,7 +54,6 @@ from npud.devices.base import (
     CompletionStatus,
     EngineInfo,
     MemoryTier,
-    TierInfo,
 )
 from npud.devices.priority import QAIC as PRIORITIES
 from npud.errors import DeviceError, DeviceLost, InvalidArgument, NpudError
@@ -98,21 +96,11 @@ class QaicDevice(AccelDevice):
         self._dbcs = dbcs
         self._stopping.clear()
         self._waiter = WaiterThread(self.name, self.loop)
-        return Capabilities(
-            driver=self.driver,
-            driver_version=self.version[1],
+        return self._accel_capabilities(
             description=self.version[2] or "Qualcomm Cloud AI 100",
             board="cloud-ai-100",
             engines=tuple(EngineInfo(i, f"dbc{d}") for i, d in enumerate(dbcs)),
-            tiers=(TierInfo(MemoryTier.DRAM, system_memory()),),
             native_priorities=PRIORITIES.levels,
-            has_syncobj=False,
-            has_hw_contexts=False,
-            max_hw_contexts=0,
-            has_preemption=False,
-            can_abort=False,
-            can_export=True,
-            simulated=False,
         )
 
     def _alloc(

@@ -35,7 +35,7 @@ import asyncio
 from collections.abc import Callable
 
 from npud.abi import rocket
-from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer, system_memory
+from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer
 from npud.devices.base import (
     BoHandle,
     BufferUse,
@@ -43,7 +43,6 @@ from npud.devices.base import (
     CompletionStatus,
     EngineInfo,
     MemoryTier,
-    TierInfo,
 )
 from npud.devices.priority import ROCKET as PRIORITIES
 from npud.errors import InvalidArgument
@@ -70,22 +69,11 @@ class RocketDevice(AccelDevice):
         self._cores = cores
 
     def _probe(self) -> Capabilities:
-        major, minor, patch = self.version[1]
-        return Capabilities(
-            driver=self.driver,
-            driver_version=(major, minor, patch),
+        return self._accel_capabilities(
             description=self.version[2] or "Rockchip NPU (rocket)",
             board="rk3588",
             engines=(EngineInfo(0, f"rocket (kernel balances over {self._cores} cores)"),),
-            tiers=(TierInfo(MemoryTier.DRAM, system_memory()),),
             native_priorities=PRIORITIES.levels,
-            has_syncobj=False,
-            has_hw_contexts=False,
-            max_hw_contexts=0,
-            has_preemption=False,
-            can_abort=False,
-            can_export=True,
-            simulated=False,
         )
 
     def _alloc(
