@@ -15,7 +15,7 @@ how they allocate, submit and learn of completion, and agree on everything else,
   (a sync_file exported from a syncobj, or a dma-buf whose write fence is the job's) on the
   event loop with ``loop.add_reader``; where the kernel offers only a blocking wait ioctl,
   :class:`WaiterThread` is the device's ONE waiter thread, handing results back with
-  ``loop.call_soon_threadsafe``.
+  ``loop.call_soon_threadsafe``; :class:`BlockingWaitDevice` is the skeleton of such adapters.
 
 Everything except the waiter thread runs on the core thread (the event loop).
 """
@@ -716,6 +716,78 @@ class AccelDevice:
             )
         )
         self._dispatch_all()
+
+
+class BlockingWaitDevice(AccelDevice):
+    """An adapter whose kernel reports completion only through a blocking wait ioctl.
+
+    ethosu (``BO_WAIT``) and qaic (``WAIT_BO``) are such kernels. The device owns ONE
+    :class:`WaiterThread`, started by :meth:`_start_waiter` from ``_probe`` and stopped at close;
+    a subclass's ``_submit`` hands it the job's blocking wait with :meth:`_wait_in_thread`. The
+    wait function runs on the waiter thread, loops in short slices while :meth:`_still_waiting`
+    and returns ``None`` when the job is done or the ``OSError``/``NpudError`` that ended the
+    wait; :meth:`_on_waited` then reports the job on the loop. The kernel has no job status, so
+    a finished wait is an OK job.
+    """
+
+    wait_ioctl: ClassVar[IoctlSpec]
+    """The wait ioctl, for translating its failure into an npud error."""
+
+    def __init__(
+        self,
+        opener: Callable[[], KernelFile] | str,
+        *,
+        name: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+        kernel_depth: int = 1,
+    ) -> None:
+        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
+        self._waiter: WaiterThread | None = None
+        self._stopping = threading.Event()
+
+    def _start_waiter(self) -> None:
+        """Start the device's waiter thread (from ``_probe``, once the loop is known)."""
+        self._stopping.clear()
+        self._waiter = WaiterThread(self.name, self.loop)
+
+    def _wait_in_thread(self, record: InFlight, wait: Callable[[], object]) -> None:
+        """Queue ``wait`` (the job's blocking wait) on the waiter thread; report it when done."""
+        assert self._waiter is not None
+        token = record.token
+        self._waiter.wait(wait, lambda result: self._on_waited(token, result))
+
+    def _still_waiting(self, token: SubmitToken) -> bool:
+        """On the waiter thread: whether the job is still wanted (not closing, not finished)."""
+        return not self._stopping.is_set() and token in self._inflight
+
+    def _on_waited(self, token: SubmitToken, result: object) -> None:
+        """On the loop: report the job whose wait ended with ``result``.
+
+        A refused wait (``OSError``) fails the job, or loses the device when the errno says so;
+        an npud error from the wait (the file is gone) loses the device.
+        """
+        record = self._inflight.get(token)
+        if record is None:
+            return
+        if isinstance(result, OSError):
+            error = translate(result, self.wait_ioctl, self.errno_overrides)
+            if isinstance(error, DeviceLost):
+                self._lose(str(error))
+                return
+            self._finish(record, CompletionStatus.ERROR, str(error))
+            return
+        if isinstance(result, NpudError):
+            self._lose(str(result))
+            return
+        self._finish(record, CompletionStatus.OK, None)
+
+    def _shutdown(self) -> None:
+        """Stop the waiter thread after its queued waits (each gives up once stopping)."""
+        self._stopping.set()
+        if self._waiter is not None:
+            with contextlib.suppress(RuntimeError):
+                self._waiter.stop()
+            self._waiter = None
 
 
 def system_memory() -> int:

@@ -26,40 +26,36 @@ How npud drives it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from npud.abi import ethosu
 from npud.devices.accel import (
-    AccelDevice,
+    BlockingWaitDevice,
     InFlight,
     KernelFile,
-    WaiterThread,
     absolute_timeout_ns,
     pointer,
-    translate,
 )
 from npud.devices.base import (
     BoHandle,
     Capabilities,
-    CompletionStatus,
     EngineInfo,
     MemoryTier,
 )
 from npud.devices.priority import ETHOSU as PRIORITIES
-from npud.errors import DeviceLost, InvalidArgument, NpudError
+from npud.errors import DeviceLost, InvalidArgument
 
 WAIT_SLICE_S = 0.5  # how long one BO_WAIT blocks before the waiter checks for shutdown
 PRODUCTS = {5: "ethos-u85", 1: "ethos-u65", 0: "ethos-u55"}
 
 
-class EthosuDevice(AccelDevice):
+class EthosuDevice(BlockingWaitDevice):
     """An Arm Ethos-U NPU (``/dev/accel/accelN`` driven by ``ethosu``)."""
 
     driver = "ethosu"
+    wait_ioctl = ethosu.BO_WAIT
 
     def __init__(
         self,
@@ -70,8 +66,6 @@ class EthosuDevice(AccelDevice):
         kernel_depth: int = 1,
     ) -> None:
         super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
-        self._waiter: WaiterThread | None = None
-        self._stopping = threading.Event()
         self.npu_info: dict[str, int] = {}
 
     def _probe(self) -> Capabilities:
@@ -91,8 +85,7 @@ class EthosuDevice(AccelDevice):
             "sram_size": int(info.sram_size),
         }
         product = PRODUCTS.get((int(info.id) >> 12) & 0xF, "ethos-u")
-        self._stopping.clear()
-        self._waiter = WaiterThread(self.name, self.loop)
+        self._start_waiter()
         return self._accel_capabilities(
             description=(
                 f"{self.version[2] or 'Arm Ethos-U'} ({self.npu_info['sram_size']} B SRAM "
@@ -152,15 +145,12 @@ class EthosuDevice(AccelDevice):
         )
         arg = ethosu.HEADER.new("struct drm_ethosu_submit", jobs=pointer(ffi, job), job_count=1)
         self.call(ethosu.SUBMIT, arg)
-        assert self._waiter is not None
         token = record.token
-        self._waiter.wait(
-            lambda: self._wait_bo(cmd_bo, token), lambda result: self._on_waited(token, result)
-        )
+        self._wait_in_thread(record, lambda: self._wait_bo(cmd_bo, token))
 
     def _wait_bo(self, handle: int, token: Any) -> object:
         """On the waiter thread: block in BO_WAIT until the job is done or npud gives up."""
-        while not self._stopping.is_set() and token in self._inflight:
+        while self._still_waiting(token):
             arg = ethosu.HEADER.new(
                 "struct drm_ethosu_bo_wait",
                 handle=handle,
@@ -175,27 +165,3 @@ class EthosuDevice(AccelDevice):
             except DeviceLost as exc:
                 return exc
         return None
-
-    def _on_waited(self, token: Any, result: object) -> None:
-        """On the loop: report the job (an OSError means the kernel refused the wait)."""
-        record = self._inflight.get(token)
-        if record is None:
-            return
-        if isinstance(result, OSError):
-            error = self._translate_wait(result)
-            if isinstance(error, DeviceLost):
-                self._lose(str(error))
-                return
-            self._finish(record, CompletionStatus.ERROR, str(error))
-            return
-        self._finish(record, CompletionStatus.OK, None)
-
-    def _translate_wait(self, exc: OSError) -> NpudError:
-        return translate(exc, ethosu.BO_WAIT, self.errno_overrides)
-
-    def _shutdown(self) -> None:
-        self._stopping.set()
-        if self._waiter is not None:
-            with contextlib.suppress(RuntimeError):
-                self._waiter.stop()
-            self._waiter = None

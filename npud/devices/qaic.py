@@ -31,42 +31,38 @@ How npud drives it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from npud.abi import qaic
 from npud.devices.accel import (
-    AccelDevice,
+    BlockingWaitDevice,
     BoRecord,
     InFlight,
     KernelFile,
-    WaiterThread,
     pointer,
-    translate,
 )
 from npud.devices.base import (
     BoHandle,
     BufferUse,
     Capabilities,
-    CompletionStatus,
     EngineInfo,
     MemoryTier,
 )
 from npud.devices.priority import QAIC as PRIORITIES
-from npud.errors import DeviceError, DeviceLost, InvalidArgument, NpudError
+from npud.errors import DeviceError, DeviceLost, InvalidArgument
 
 TO_DEVICE = 1
 FROM_DEVICE = 2
 WAIT_SLICE_MS = 500
 
 
-class QaicDevice(AccelDevice):
+class QaicDevice(BlockingWaitDevice):
     """A Cloud AI 100 (``/dev/accel/accelN`` driven by ``qaic``)."""
 
     driver = "qaic"
+    wait_ioctl = qaic.WAIT_BO
 
     def __init__(
         self,
@@ -83,8 +79,6 @@ class QaicDevice(AccelDevice):
         self._command_input = command_input
         self._dbcs: tuple[int, ...] = ()
         self._slicing: dict[BoHandle, tuple[int, int]] = {}
-        self._waiter: WaiterThread | None = None
-        self._stopping = threading.Event()
 
     def _probe(self) -> Capabilities:
         dbcs = tuple(self._activate(self.file)) if self._activate is not None else ()
@@ -94,8 +88,7 @@ class QaicDevice(AccelDevice):
                 "Cloud AI SDK activated (MANAGE) on npud's file, so pass an activate hook"
             )
         self._dbcs = dbcs
-        self._stopping.clear()
-        self._waiter = WaiterThread(self.name, self.loop)
+        self._start_waiter()
         return self._accel_capabilities(
             description=self.version[2] or "Qualcomm Cloud AI 100",
             board="cloud-ai-100",
@@ -162,19 +155,15 @@ class QaicDevice(AccelDevice):
         arg.hdr.count, arg.hdr.dbc_id = len(entries), dbc
         arg.data = pointer(ffi, array)
         self.call(qaic.EXECUTE_BO, arg)
-        assert self._waiter is not None
         token = record.token
         handles = [h for h, _ in entries]
-        self._waiter.wait(
-            lambda: self._wait_all(handles, dbc, token),
-            lambda result: self._on_waited(token, result),
-        )
+        self._wait_in_thread(record, lambda: self._wait_all(handles, dbc, token))
 
     def _wait_all(self, handles: list[BoHandle], dbc: int, token: Any) -> object:
         """On the waiter thread: WAIT_BO every BO of the request, in slices, until done."""
         for handle in handles:
             while True:
-                if self._stopping.is_set() or token not in self._inflight:
+                if not self._still_waiting(token):
                     return None
                 arg = qaic.HEADER.new(
                     "struct qaic_wait", handle=handle, timeout=WAIT_SLICE_MS, dbc_id=dbc
@@ -189,26 +178,6 @@ class QaicDevice(AccelDevice):
                     return exc
         return None
 
-    def _on_waited(self, token: Any, result: object) -> None:
-        record = self._inflight.get(token)
-        if record is None:
-            return
-        if isinstance(result, OSError):
-            error: NpudError = translate(result, qaic.WAIT_BO, self.errno_overrides)
-            if isinstance(error, DeviceLost):
-                self._lose(str(error))
-                return
-            self._finish(record, CompletionStatus.ERROR, str(error))
-            return
-        if isinstance(result, NpudError):
-            self._lose(str(result))
-            return
-        self._finish(record, CompletionStatus.OK, None)
-
     def _shutdown(self) -> None:
-        self._stopping.set()
-        if self._waiter is not None:
-            with contextlib.suppress(RuntimeError):
-                self._waiter.stop()
-            self._waiter = None
+        super()._shutdown()
         self._slicing.clear()
