@@ -733,21 +733,12 @@ class BlockingWaitDevice(AccelDevice):
     wait_ioctl: ClassVar[IoctlSpec]
     """The wait ioctl, for translating its failure into an npud error."""
 
-    def __init__(
-        self,
-        opener: Callable[[], KernelFile] | str,
-        *,
-        name: str,
-        loop: asyncio.AbstractEventLoop | None = None,
-        kernel_depth: int = 1,
-    ) -> None:
-        super().__init__(opener, name=name, loop=loop, kernel_depth=kernel_depth)
-        self._waiter: WaiterThread | None = None
-        self._stopping = threading.Event()
+    _waiter: WaiterThread | None = None  # while open
+    _stopping: threading.Event  # set at close: the waits in the thread give up
 
     def _start_waiter(self) -> None:
         """Start the device's waiter thread (from ``_probe``, once the loop is known)."""
-        self._stopping.clear()
+        self._stopping = threading.Event()
         self._waiter = WaiterThread(self.name, self.loop)
 
     def _wait_in_thread(self, record: InFlight, wait: Callable[[], object]) -> None:
@@ -783,8 +774,8 @@ class BlockingWaitDevice(AccelDevice):
 
     def _shutdown(self) -> None:
         """Stop the waiter thread after its queued waits (each gives up once stopping)."""
-        self._stopping.set()
         if self._waiter is not None:
+            self._stopping.set()
             with contextlib.suppress(RuntimeError):
                 self._waiter.stop()
             self._waiter = None
