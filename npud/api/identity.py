@@ -88,20 +88,37 @@ class TokenRegistry:
     """Session tokens and the owners they stand for. Lives on the event loop's thread."""
 
     admin_gid: int | None = None
+    max_per_user: int = 1024
     _owners: dict[str, Owner] = field(default_factory=dict)
+    _by_uid: dict[int, dict[str, None]] = field(default_factory=dict)
     _issued: int = 0
     _refused: int = 0
 
     def issue(self, owner: Owner) -> str:
-        """A fresh token for ``owner``; it stays valid until :meth:`revoke`."""
+        """A fresh token for ``owner``; it stays valid until :meth:`revoke`.
+
+        A user holds at most ``max_per_user`` live tokens: issuing one more revokes that
+        user's oldest, so a local user who handshakes in a loop cannot grow the table without
+        bound (and harms only their own oldest sessions).
+        """
         token = secrets.token_urlsafe(32)
+        mine = self._by_uid.setdefault(owner.uid, {})
+        while len(mine) >= self.max_per_user:
+            self.revoke(next(iter(mine)))
         self._owners[token] = owner
+        mine[token] = None
         self._issued += 1
         return token
 
     def revoke(self, token: str) -> None:
         """Forget ``token`` (idempotent)."""
-        self._owners.pop(token, None)
+        owner = self._owners.pop(token, None)
+        if owner is not None:
+            mine = self._by_uid.get(owner.uid)
+            if mine is not None:
+                mine.pop(token, None)
+                if not mine:
+                    del self._by_uid[owner.uid]
 
     def owner(self, token: str) -> Owner | None:
         """The owner of ``token``, or None."""
