@@ -67,10 +67,13 @@ AdapterFactory = Callable[[], contextlib.AbstractContextManager[DeviceUnderTest]
 
 
 @contextlib.contextmanager
-def sim_virtual() -> Iterator[DeviceUnderTest]:
-    """The simulated NPU in-process on a VirtualClock."""
-    clock = VirtualClock()
-    device = SimDevice("rk3588", clock=clock, mode="virtual")
+def on_virtual_clock(device: Device, clock: VirtualClock) -> Iterator[DeviceUnderTest]:
+    """Open ``device`` (whose time is ``clock``); time moves only when a test waits for something.
+
+    ``run_until`` advances the clock from one due timer to the next until the predicate holds,
+    failing when nothing is left to happen before the timeout. Afterwards the device is closed
+    and the clock drained.
+    """
     device.open()
 
     def run_until(predicate: Callable[[], bool], timeout: float) -> None:
@@ -86,6 +89,14 @@ def sim_virtual() -> Iterator[DeviceUnderTest]:
     finally:
         device.close()
         clock.run_until_idle()
+
+
+@contextlib.contextmanager
+def sim_virtual() -> Iterator[DeviceUnderTest]:
+    """The simulated NPU in-process on a VirtualClock."""
+    clock = VirtualClock()
+    with on_virtual_clock(SimDevice("rk3588", clock=clock, mode="virtual"), clock) as dut:
+        yield dut
 
 
 @contextlib.contextmanager

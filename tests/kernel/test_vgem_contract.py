@@ -10,7 +10,7 @@ import contextlib
 import mmap
 import os
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +19,14 @@ from npud.devices.base import Device, MemoryTier
 from npud.devices.vgem import VgemDevice
 from npud.errors import InvalidArgument, NotFound
 from tests.devices import test_contract as _suite
-from tests.devices.contract import DeviceUnderTest, add_job, burn_job, check_add, upload
+from tests.devices.contract import (
+    DeviceUnderTest,
+    add_job,
+    burn_job,
+    check_add,
+    on_virtual_clock,
+    upload,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -33,22 +40,8 @@ for _name in dir(_suite):
 def vgem_virtual() -> Iterator[DeviceUnderTest]:
     """The vgem adapter on a VirtualClock."""
     clock = VirtualClock()
-    device = VgemDevice(clock=clock)
-    device.open()
-
-    def run_until(predicate: Callable[[], bool], timeout: float) -> None:
-        deadline = clock.now() + timeout
-        while not predicate():
-            nxt = clock.next_deadline()
-            if nxt is None or nxt > deadline:
-                raise AssertionError(f"nothing left to happen before t={deadline}")
-            clock.advance_to(nxt)
-
-    try:
-        yield DeviceUnderTest(device, run_until, simulated_time=True)
-    finally:
-        device.close()
-        clock.run_until_idle()
+    with on_virtual_clock(VgemDevice(clock=clock), clock) as dut:
+        yield dut
 
 
 @pytest.fixture
