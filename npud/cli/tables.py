@@ -69,36 +69,45 @@ def _owner(owner: context_pb2.Owner) -> str:
     return f"{who} ({owner.pid})" if owner.pid else who
 
 
+_DEVICE_COLUMNS: Final = (
+    "NAME",
+    "DRIVER",
+    "BOARD",
+    "KIND",
+    "HEALTH",
+    "ENGINES",
+    "UTILISATION",
+    "SRAM",
+    "DRAM",
+    "NODE",
+)
+_FIGURES: Final = ("UTILISATION", "SRAM", "DRAM")
+
+
+def _device_table(title: str | None, items: Sequence[device_pb2.Device], *, figures: bool) -> Table:
+    """One row per device: its identity, and with ``figures`` its utilisation and memory."""
+    columns = [c for c in _DEVICE_COLUMNS if figures or c not in _FIGURES]
+    table = _table(title, *columns, right=("ENGINES",))
+    for d in items:
+        cells = {
+            "NAME": d.name,
+            "DRIVER": f"{d.driver} {d.driver_version}",
+            "BOARD": d.board or "-",
+            "KIND": "simulated" if d.simulated else "real",
+            "HEALTH": enum_name(types_pb2.DeviceHealth.DESCRIPTOR, d.health),
+            "ENGINES": str(len(d.engines)),
+            "UTILISATION": " ".join(percent(e.utilisation) for e in d.engines) or "-",
+            "SRAM": _tier_usage(d.tiers, types_pb2.MEMORY_TIER_SRAM),
+            "DRAM": _tier_usage(d.tiers, types_pb2.MEMORY_TIER_DRAM),
+            "NODE": d.node or "-",
+        }
+        table.add_row(*(cells[col] for col in columns))
+    return table
+
+
 def devices(items: Sequence[device_pb2.Device]) -> Table:
     """``npuctl devices list``: one row per device, utilisation per engine, memory per tier."""
-    table = _table(
-        None,
-        "NAME",
-        "DRIVER",
-        "BOARD",
-        "KIND",
-        "HEALTH",
-        "ENGINES",
-        "UTILISATION",
-        "SRAM",
-        "DRAM",
-        "NODE",
-        right=("ENGINES",),
-    )
-    for d in items:
-        table.add_row(
-            d.name,
-            f"{d.driver} {d.driver_version}",
-            d.board or "-",
-            "simulated" if d.simulated else "real",
-            enum_name(types_pb2.DeviceHealth.DESCRIPTOR, d.health),
-            str(len(d.engines)),
-            " ".join(percent(e.utilisation) for e in d.engines) or "-",
-            _tier_usage(d.tiers, types_pb2.MEMORY_TIER_SRAM),
-            _tier_usage(d.tiers, types_pb2.MEMORY_TIER_DRAM),
-            d.node or "-",
-        )
-    return table
+    return _device_table(None, items, figures=True)
 
 
 def contexts(items: Sequence[context_pb2.Context], *, compact: bool = False) -> Table:
@@ -136,28 +145,7 @@ def contexts(items: Sequence[context_pb2.Context], *, compact: bool = False) -> 
 
 def hardware(items: Sequence[device_pb2.Device]) -> Table:
     """The summary's device identity: driver, board, kind, health, node (no figures)."""
-    table = _table(
-        "Hardware",
-        "NAME",
-        "DRIVER",
-        "BOARD",
-        "KIND",
-        "HEALTH",
-        "ENGINES",
-        "NODE",
-        right=("ENGINES",),
-    )
-    for d in items:
-        table.add_row(
-            d.name,
-            f"{d.driver} {d.driver_version}",
-            d.board or "-",
-            "simulated" if d.simulated else "real",
-            enum_name(types_pb2.DeviceHealth.DESCRIPTOR, d.health),
-            str(len(d.engines)),
-            d.node or "-",
-        )
-    return table
+    return _device_table("Hardware", items, figures=False)
 
 
 def queues(items: Sequence[job_pb2.Queue]) -> Table:
