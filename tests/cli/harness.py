@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, Schedul
 from npud.errors import NpudError
 from npud.isa.program import Program
 from npud.isa.tensor import Tensor
+from tests.daemon.harness import spawn_npud
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKER_S = 600.0
@@ -60,50 +60,16 @@ class Daemon:
 
 def start_daemon(tmp: Path, timeout_s: float = 60.0) -> Daemon:
     """Start ``npud --device sim`` on ``tmp/npud.sock`` and wait for READY=1."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    sock = tmp / "npud.sock"
-    notify_path = tmp / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    log_path = tmp / "npud.log"
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "npud.daemon.main",
-                "--socket",
-                str(sock),
-                "--device",
-                "sim",
-                "--state-dir",
-                str(tmp / "state"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=env,
-            cwd=ROOT,
-        )
-    daemon = Daemon(proc=proc, socket=sock, log_path=log_path)
-    deadline = time.monotonic() + timeout_s
+    spawned = spawn_npud(tmp, os.environ, log_stdout=False)
+    daemon = Daemon(proc=spawned.proc, socket=spawned.socket, log_path=spawned.log_path)
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"npud exited with {proc.returncode}:\n{daemon.log()}")
-            notify.settimeout(0.5)
-            try:
-                msg = notify.recv(4096)
-            except TimeoutError:
-                continue
-            if b"READY=1" in msg.split(b"\n"):
-                return daemon
-        raise AssertionError(f"npud sent no READY=1 within {timeout_s} s:\n{daemon.log()}")
+        spawned.wait_ready(timeout_s)
     except BaseException:
         daemon.stop()
         raise
     finally:
-        notify.close()
+        spawned.notify.close()
+    return daemon
 
 
 def add_program() -> bytes:

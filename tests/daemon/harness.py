@@ -1,5 +1,8 @@
 """Start the real npud daemon as a subprocess on a temporary socket, for end-to-end tests.
 
+:func:`spawn_npud` starts npud on a temporary socket (``tests/cli`` uses it with its own
+environment); :func:`start_daemon` adds the end-to-end tests' environment and waits for READY.
+
 Readiness is not guessed with sleeps: the harness binds a datagram socket, passes it as
 ``NOTIFY_SOCKET`` and waits for the daemon's ``READY=1``, exactly as systemd would.
 """
@@ -13,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,37 +85,21 @@ class DaemonProcess:
             self.notify.close()
 
 
-def start_daemon(
-    tmp: Path,
-    *,
-    env: dict[str, str] | None = None,
-    watchdog_usec: int | None = None,
-    extra_args: tuple[str, ...] = (),
+def spawn_npud(
+    tmp: Path, env: Mapping[str, str], *, args: Sequence[str] = (), log_stdout: bool = True
 ) -> DaemonProcess:
-    """Start ``python -m npud.daemon --device sim`` on ``tmp/npud.sock`` and wait for READY."""
+    """Start ``python -m npud.daemon --device sim`` on ``tmp/npud.sock``; do not wait for it.
+
+    The daemon gets ``env`` plus ``NOTIFY_SOCKET`` naming a datagram socket bound here at
+    ``tmp/notify.sock`` (the returned process owns it: :meth:`DaemonProcess.wait_ready` reads
+    it), its state in ``tmp/state`` and ``args`` after the fixed ones. Its stderr (and stdout
+    unless ``log_stdout`` is False: then it is discarded) goes to ``tmp/npud.log``.
+    """
     tmp.mkdir(parents=True, exist_ok=True)
     sock = tmp / "npud.sock"
     notify_path = tmp / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("NPUD_", "NOTIFY_", "WATCHDOG_"))
-    }
-    full_env.update(
-        {
-            "NOTIFY_SOCKET": str(notify_path),
-            "NPUD_CONFIG": "/dev/null",
-            "NPUD_LOG_FORMAT": "json",
-            "NPUD_SESSION_GRACE_S": "0.5",
-            "NPUD_CLOSE_GRACE_S": "2.0",
-            "NPUD_SHUTDOWN_GRACE_S": "10",
-            "NPUD_SOCKET_MODE": "0666",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    if watchdog_usec is not None:
-        full_env["WATCHDOG_USEC"] = str(watchdog_usec)
-    full_env.update(env or {})
     log_path = tmp / "npud.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -125,14 +113,42 @@ def start_daemon(
                 str(sock),
                 "--state-dir",
                 str(tmp / "state"),
-                *extra_args,
+                *args,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
+            stdout=log if log_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log_stdout else log,
+            env={**env, "NOTIFY_SOCKET": str(notify_path)},
             cwd=str(ROOT),
         )
-    daemon = DaemonProcess(proc, sock, notify, log_path)
+    return DaemonProcess(proc, sock, notify, log_path)
+
+
+def start_daemon(
+    tmp: Path,
+    *,
+    env: dict[str, str] | None = None,
+    watchdog_usec: int | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> DaemonProcess:
+    """Start ``python -m npud.daemon --device sim`` on ``tmp/npud.sock`` and wait for READY."""
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NPUD_", "NOTIFY_", "WATCHDOG_"))
+    }
+    full_env.update(
+        {
+            "NPUD_CONFIG": "/dev/null",
+            "NPUD_LOG_FORMAT": "json",
+            "NPUD_SESSION_GRACE_S": "0.5",
+            "NPUD_CLOSE_GRACE_S": "2.0",
+            "NPUD_SHUTDOWN_GRACE_S": "10",
+            "NPUD_SOCKET_MODE": "0666",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    if watchdog_usec is not None:
+        full_env["WATCHDOG_USEC"] = str(watchdog_usec)
+    full_env.update(env or {})
+    daemon = spawn_npud(tmp, full_env, args=extra_args)
     try:
         daemon.wait_ready()
     except BaseException:
