@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,10 @@ class Live:
         return self.daemon.socket
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """A read-only daemon + workload shared by the listing, JSON and golden tests."""
-    daemon = start_daemon(tmp_path_factory.mktemp("npud-live"))
+@contextlib.contextmanager
+def _live(tmp: Path) -> Iterator[Live]:
+    """A daemon on ``tmp`` with the known workload; the workload closes before the daemon stops."""
+    daemon = start_daemon(tmp)
     try:
         workload = run_workload(daemon.socket)
         try:
@@ -36,17 +37,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             workload.close()
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A read-only daemon + workload shared by the listing, JSON and golden tests."""
+    with _live(tmp_path_factory.mktemp("npud-live")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A daemon + workload that tests may change (cancel jobs, add work for ``top``)."""
-    daemon = start_daemon(tmp_path_factory.mktemp("npud-busy"))
-    try:
-        workload = run_workload(daemon.socket)
-        try:
-            yield Live(daemon, workload)
-        finally:
-            workload.close()
-    finally:
-        daemon.stop()
+    with _live(tmp_path_factory.mktemp("npud-busy")) as running:
+        yield running
