@@ -21,6 +21,8 @@ _SERIES = {
     "direct_us": ("direct device call (no daemon)", "tab:green"),
     "npud_wait_ms": ("npud policy", "tab:blue"),
     "fifo_wait_ms": ("fifo policy (raw driver order)", "tab:red"),
+    "daemon_gap_ms": ("through the daemon", "tab:blue"),
+    "direct_gap_ms": ("direct in-process (no daemon)", "tab:green"),
 }
 
 _PLOTS = {
@@ -30,6 +32,12 @@ _PLOTS = {
         "P2: LATENCY queue wait under a THROUGHPUT flood",
         "queue wait (ms, log scale)",
         True,
+    ),
+    "P5": (
+        "bench-p5-decode.png",
+        "P5: inter-token gap of one decoder, rounds alternating",
+        "inter-token gap (ms)",
+        False,
     ),
 }
 

@@ -100,10 +100,10 @@ def test_every_goal_of_the_brief_is_reported(
 
 
 def test_cdf_plots_are_written(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
-    """The overhead and isolation CDFs are PNG files named in the JSON."""
+    """The overhead, isolation and decode CDFs are PNG files named in the JSON."""
     _, out = quick_run
     names = _report(out)["plots"]
-    assert set(names) == {"bench-p1-overhead.png", "bench-p2-isolation.png"}
+    assert set(names) == {"bench-p1-overhead.png", "bench-p2-isolation.png", "bench-p5-decode.png"}
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
