@@ -101,6 +101,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _lookup_context_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--context``: where ``show`` and ``cancel`` look for the object they name."""
+    parser.add_argument(
+        "-c",
+        "--context",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="look only in this context",
+    )
+
+
 def _filter_options(parser: argparse.ArgumentParser, *, jobs: bool) -> None:
     parser.add_argument(
         "-d", "--device", action="append", default=[], metavar="NAME", help="only this device"
@@ -152,25 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         shower = verbs.add_parser("show", parents=[common], help=f"show one of the {noun}")
         shower.add_argument("id", metavar="NAME" if noun == "devices" else "ID")
         if noun not in {"devices", "contexts"}:
-            shower.add_argument(
-                "-c",
-                "--context",
-                action="append",
-                default=[],
-                metavar="ID",
-                help="look only in this context",
-            )
+            _lookup_context_option(shower)
         if noun == "jobs":
             cancel = verbs.add_parser("cancel", parents=[common], help="cancel a job")
             cancel.add_argument("id", metavar="ID")
-            cancel.add_argument(
-                "-c",
-                "--context",
-                action="append",
-                default=[],
-                metavar="ID",
-                help="look only in this context",
-            )
+            _lookup_context_option(cancel)
     top = commands.add_parser("top", parents=[common], help="live view (q or Ctrl-C quits)")
     top.add_argument(
         "--interval",
