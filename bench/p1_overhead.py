@@ -167,7 +167,7 @@ def run(quick: bool) -> BenchResult:
     Raises:
         DaemonDied: the daemon exited. RuntimeError: a null job failed or the echo server died.
     """
-    rounds, per_round = (3, 30) if quick else (12, 250)
+    rounds, per_round = (2, 20) if quick else (12, 250)
     result = BenchResult("P1", "overhead: null job round trip")
     result.params = {"rounds": rounds, "per_round": per_round}
     tmp = Path(tempfile.mkdtemp(prefix="npud-bench-echo-"))

@@ -167,7 +167,7 @@ def run(quick: bool) -> BenchResult:
     Raises:
         RuntimeError: a job failed. TimeoutError: the probes never finished.
     """
-    flood_s, depth, duration_s = (0.005, 8, 0.6) if quick else (0.010, 32, 6.0)
+    flood_s, depth, duration_s = (0.005, 8, 0.4) if quick else (0.010, 32, 6.0)
     result = BenchResult("P2", "isolation: LATENCY wait under a THROUGHPUT flood")
     result.params = {
         "flood_job_ms": flood_s * 1e3,

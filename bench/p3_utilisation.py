@@ -113,7 +113,7 @@ def run(quick: bool) -> BenchResult:
     Raises:
         DaemonDied: a daemon exited. RuntimeError: a client failed or a job did not complete.
     """
-    job_s, outstanding, warm_s, window_s = (0.010, 2, 0.3, 1.0) if quick else (0.020, 4, 2.0, 8.0)
+    job_s, outstanding, warm_s, window_s = (0.010, 2, 0.2, 0.6) if quick else (0.020, 4, 2.0, 8.0)
     result = BenchResult("P3", "utilisation: engines busy under 16 saturating clients")
     result.params = {
         "clients": CLIENTS,

@@ -26,7 +26,7 @@ _SERIES = {
 }
 
 _PLOTS = {
-    "P1": ("bench-p1-overhead.png", "P1: null-job round trip", "round trip (us)", False),
+    "P1": ("bench-p1-overhead.png", "P1: null-job round trip", "round trip (us, log scale)", True),
     "P2": (
         "bench-p2-isolation.png",
         "P2: LATENCY queue wait under a THROUGHPUT flood",
@@ -36,8 +36,8 @@ _PLOTS = {
     "P5": (
         "bench-p5-decode.png",
         "P5: inter-token gap of one decoder, rounds alternating",
-        "inter-token gap (ms)",
-        False,
+        "inter-token gap (ms, log scale)",
+        True,
     ),
 }
 
