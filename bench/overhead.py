@@ -19,16 +19,21 @@ Two in-process floors separate npud's layers (same null job, no gRPC, no socket)
   inline command buffer, ``Core.submit`` (admission, scheduling, residency, dispatch), the
   device round trip, the done callback and the buffer's release.
 
+The four are measured in one client process, alternating in blocks of ``--block`` round trips,
+so that a burst of load on a shared machine hits all of them rather than whichever happened to
+run then (measured one after the other, the ratio swung between 2.4 and 4.1 from run to run).
+
 Prints p50, p99 and their ratio (npud / echo). ``--profile FILE`` runs the daemon under
 cProfile. Usage::
 
-    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200] [--profile FILE]
+    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200] [--block 50] [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -38,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -47,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ECHO_METHOD = "/bench.Echo/Stream"
+ECHO, NPUD, DEVICE, CORE = "grpc.aio echo", "npud null job", "sim device direct", "core in-process"
 
 
 async def _echo_server(path: str) -> None:
@@ -108,35 +115,66 @@ async def _bench_npud(path: str, n: int, warmup: int) -> list[float]:
         return out
 
 
-async def _bench_device(n: int, warmup: int) -> list[float]:
+Once = Callable[[], Awaitable[None]]
+
+
+async def _echo_runner(stack: contextlib.AsyncExitStack, path: str) -> Once:
+    payload = b"\0" * 48
+    channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"unix:{path}"))
+    call = channel.stream_stream(ECHO_METHOD)()
+
+    async def once() -> None:
+        await call.write(payload)
+        await call.read()
+
+    return once
+
+
+async def _npud_runner(stack: contextlib.AsyncExitStack, path: str) -> Once:
+    import npud.client.aio
+    from npud.client import JobSpec, SchedulingClass
+    from npud.isa import Program
+
+    npu = await stack.enter_async_context(npud.client.aio.connect(path))
+    ctx = await npu.create_context(label="overhead")
+    stack.push_async_callback(npu.destroy_context, ctx)
+    q = await npu.create_queue(ctx, SchedulingClass.LATENCY)
+    stream = await stack.enter_async_context(npu.submit_stream(ctx))
+    spec = JobSpec(q, Program().encode(), kind="null")
+
+    async def once() -> None:
+        res = await stream.run(spec)
+        if not res.ok:
+            raise SystemExit(f"null job failed: {res.error}")
+
+    return once
+
+
+async def _device_runner(stack: contextlib.AsyncExitStack) -> Once:
     from npud.devices.base import MemoryTier, Submission, submit_and_wait
     from npud.devices.sim import SimDevice
     from npud.isa import Program
 
     null = Program().encode()
-    dev = SimDevice(mode="process")
+    dev = SimDevice(mode="process", name="overhead-direct")
     dev.open()
-    try:
-        cmd = dev.create_buffer(len(null), MemoryTier.DRAM)
-        view = dev.map_buffer(cmd.handle)
-        view[: len(null)] = null
-        view.release()
-        dev.unmap_buffer(cmd.handle)
-        sub = Submission(cmd.handle, 0, len(null), (), engine=0)
-        out = []
-        for i in range(n + warmup):
-            t0 = time.perf_counter()
-            res = await submit_and_wait(dev, sub)
-            if i >= warmup:
-                out.append(time.perf_counter() - t0)
-            if res.status != "ok":
-                raise SystemExit(f"null job failed on the device: {res.error}")
-        return out
-    finally:
-        dev.close()
+    stack.callback(dev.close)
+    cmd = dev.create_buffer(len(null), MemoryTier.DRAM)
+    view = dev.map_buffer(cmd.handle)
+    view[: len(null)] = null
+    view.release()
+    dev.unmap_buffer(cmd.handle)
+    sub = Submission(cmd.handle, 0, len(null), (), engine=0)
+
+    async def once() -> None:
+        res = await submit_and_wait(dev, sub)
+        if res.status != "ok":
+            raise SystemExit(f"null job failed on the device: {res.error}")
+
+    return once
 
 
-async def _bench_core(n: int, warmup: int) -> list[float]:
+async def _core_runner(stack: contextlib.AsyncExitStack) -> Once:
     from npud.clock import MonotonicClock
     from npud.core.buffers import Usage
     from npud.core.job import Job, JobState
@@ -148,32 +186,56 @@ async def _bench_core(n: int, warmup: int) -> list[float]:
 
     null = Program().encode()
     loop = asyncio.get_running_loop()
-    dev = SimDevice(mode="process")
+    dev = SimDevice(mode="process", name="overhead-core")
     dev.open()
+    stack.callback(dev.close)
     core = Core(MonotonicClock(loop))
     core.add_device(dev)
     me = Owner(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), name="bench")
     ctx = core.create_context(me, label="overhead")
+    stack.callback(core.destroy_context, me, ctx.id, grace_s=0.0)
     q = core.create_queue(me, ctx.id, sched_class=SchedClass.LATENCY)
-    out = []
-    try:
-        for i in range(n + warmup):
-            t0 = time.perf_counter()
-            cmd = core.create_buffer(me, ctx.id, len(null), usage=Usage.COMMAND, recycle=True)
-            core.write_buffer(me, ctx.id, cmd.id, 0, null)
-            [job] = core.submit(me, ctx.id, [JobSpec(q.id, cmd.id, kind="null")])
-            done: asyncio.Future[Job] = loop.create_future()
-            job.add_done_callback(done.set_result)
-            await done
-            core.release_buffer(me, ctx.id, cmd.id)
-            if i >= warmup:
-                out.append(time.perf_counter() - t0)
-            if job.state is not JobState.COMPLETED:
-                raise SystemExit(f"null job failed in core: {job.error}")
+
+    async def once() -> None:
+        # what the SubmitStream servicer does for one inline job, without gRPC
+        cmd = core.create_buffer(me, ctx.id, len(null), usage=Usage.COMMAND, recycle=True)
+        core.write_buffer(me, ctx.id, cmd.id, 0, null)
+        [job] = core.submit(me, ctx.id, [JobSpec(q.id, cmd.id, kind="null")])
+        done: asyncio.Future[Job] = loop.create_future()
+        job.add_done_callback(done.set_result)
+        await done
+        core.release_buffer(me, ctx.id, cmd.id)
+        if job.state is not JobState.COMPLETED:
+            raise SystemExit(f"null job failed in core: {job.error}")
+
+    return once
+
+
+async def _interleaved(
+    echo_path: str, npud_path: str, n: int, warmup: int, block: int
+) -> dict[str, list[float]]:
+    """Round trips of all four, alternating in blocks of ``block`` so that every one of them
+    sees the same machine: on a shared box a burst of load then moves all four, not one."""
+    async with contextlib.AsyncExitStack() as stack:
+        runners = {
+            ECHO: await _echo_runner(stack, echo_path),
+            NPUD: await _npud_runner(stack, npud_path),
+            DEVICE: await _device_runner(stack),
+            CORE: await _core_runner(stack),
+        }
+        for once in runners.values():
+            for _ in range(warmup):
+                await once()
+        out: dict[str, list[float]] = {name: [] for name in runners}
+        while len(out[ECHO]) < n:
+            k = min(block, n - len(out[ECHO]))
+            for name, once in runners.items():
+                samples = out[name]
+                for _ in range(k):
+                    t0 = time.perf_counter()
+                    await once()
+                    samples.append(time.perf_counter() - t0)
         return out
-    finally:
-        core.destroy_context(me, ctx.id, grace_s=0.0)
-        dev.close()
 
 
 def _start_npud(tmp: Path, profile: str | None) -> tuple[subprocess.Popen[bytes], Path]:
@@ -216,6 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--block", type=int, default=50, help="round trips per turn")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the daemon into FILE")
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,10 +294,9 @@ def main() -> None:
     try:
         assert echo.stdout is not None
         echo.stdout.readline()
-        echo_s = asyncio.run(_bench_echo(echo_path, args.n, args.warmup))
-        npud_s = asyncio.run(_bench_npud(str(sock), args.n, args.warmup))
-        device_s = asyncio.run(_bench_device(args.n, args.warmup))
-        core_s = asyncio.run(_bench_core(args.n, args.warmup))
+        samples = asyncio.run(
+            _interleaved(echo_path, str(sock), args.n, args.warmup, max(1, args.block))
+        )
     finally:
         echo.send_signal(signal.SIGTERM)
         daemon.send_signal(signal.SIGTERM)
@@ -244,14 +306,13 @@ def main() -> None:
             echo.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []
-    for name, s in (
-        ("grpc.aio echo", echo_s),
-        ("npud null job", npud_s),
-        ("sim device direct", device_s),
-        ("core in-process", core_s),
-    ):
+    for name in (ECHO, NPUD, DEVICE, CORE):
+        s = samples[name]
         rows.append((name, _pct(s, 0.5), _pct(s, 0.99), statistics.fmean(s)))
-    print(f"{args.n} round trips each (after {args.warmup} warm-up), one in flight, Unix socket")
+    print(
+        f"{args.n} round trips each (after {args.warmup} warm-up), one in flight, Unix socket, "
+        f"interleaved in blocks of {args.block}"
+    )
     print(f"{'':18} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
     for name, p50, p99, mean in rows:
         print(f"{name:18} {p50 * 1e6:9.1f} {p99 * 1e6:9.1f} {mean * 1e6:9.1f}")
