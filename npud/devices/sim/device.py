@@ -11,8 +11,9 @@ Two modes
 :class:`~npud.clock.VirtualClock`: a job that starts at ``t`` completes from a clock timer
 at ``t + modelled``, and its ops execute in that timer callback, so tests are exactly
 reproducible. ``mode="process"`` (the daemon's default) runs the same decoder, cost model and
-executor in a child process over shared memory, like firmware on its own cores, and hands
-completions back over a pipe watched by the asyncio loop (:mod:`npud.devices.sim.host`).
+executor in a child process over shared memory, like firmware on its own cores, one executor
+thread per engine so that engines compute in parallel, and hands completions back over a pipe
+watched by the asyncio loop (:mod:`npud.devices.sim.host`, :mod:`npud.devices.sim.firmware`).
 
 Engines and ordering
 --------------------
@@ -57,7 +58,7 @@ from npud.devices.base import (
     TierInfo,
 )
 from npud.devices.sim.cost import estimate
-from npud.devices.sim.executor import decode_job, execute
+from npud.devices.sim.executor import JobCancelled, decode_job, execute
 from npud.devices.sim.memory import BufferMemory, SimBuffer, TierPool, round_up
 from npud.devices.sim.profiles import BoardProfile, get_profile
 from npud.errors import (
@@ -124,12 +125,14 @@ def run_job(
     tiers: Sequence[MemoryTier],
     writable: Sequence[bool],
     profile: BoardProfile,
+    cancelled: Callable[[], bool] | None = None,
 ) -> JobOutcome:
     """Decode, cost and execute one job (the body of the device's execution unit).
 
     Never raises for a bad job: a malformed stream or a fault becomes an ERROR outcome whose
     error names the op and the field. A malformed stream is modelled as costing the launch
-    overhead (the device needs that long to find out).
+    overhead (the device needs that long to find out). ``cancelled`` (process mode) is polled
+    between ops; a job cancelled mid-way ends ABORTED.
     """
     try:
         instructions = decode_job(command, sizes, writable)
@@ -137,7 +140,9 @@ def run_job(
         return JobOutcome(CompletionStatus.ERROR, str(exc), profile.launch_overhead_s)
     modelled = estimate(instructions, tiers, profile)
     try:
-        stats = execute(instructions, memories)
+        stats = execute(instructions, memories, cancelled=cancelled)
+    except JobCancelled as exc:
+        return JobOutcome(CompletionStatus.ABORTED, str(exc), modelled)
     except CommandStreamError as exc:
         return JobOutcome(CompletionStatus.ERROR, str(exc), modelled)
     except Exception as exc:  # a bug in a kernel must fail the job, not the device
@@ -161,6 +166,8 @@ class SimDevice:
         name: str = "sim0",
         sram_capacity: int | None = None,
         dram_capacity: int | None = None,
+        firmware_lanes: int | None = None,
+        firmware_blas_threads: int | None = None,
     ) -> None:
         """Create a closed device; call :meth:`open` before use.
 
@@ -174,6 +181,11 @@ class SimDevice:
             name: the device's name within the daemon.
             sram_capacity: override the profile's SRAM capacity (bytes), e.g. for tests.
             dram_capacity: override the profile's DRAM pool capacity (bytes).
+            firmware_lanes: process mode: executor threads in the device process. Default
+                one per engine (engines compute in parallel); 1 runs every engine's jobs one
+                at a time, the serial baseline of ``bench/sim_engines.py``.
+            firmware_blas_threads: process mode: BLAS threads per executor (default
+                ``max(1, cpus // lanes)``).
 
         Raises:
             InvalidArgument: unknown profile name or mode.
@@ -239,6 +251,8 @@ class SimDevice:
         self._submitted = self._completed = self._failed = self._aborted = self._resets = 0
         self._busy = [0.0] * p.engines
         self._host: _HostLike | None = None
+        self._firmware_lanes = firmware_lanes
+        self._firmware_blas_threads = firmware_blas_threads
 
     # ---- identity ---------------------------------------------------------------------
 
@@ -296,7 +310,14 @@ class SimDevice:
                 except RuntimeError:
                     raise DeviceError("process mode: open() must run on the asyncio loop") from None
 
-            host = FirmwareHost(self._profile.name, self._on_host_reply, self._on_host_exit)
+            host = FirmwareHost(
+                self._profile.name,
+                self._on_host_reply,
+                self._on_host_exit,
+                engines=self._profile.engines,
+                lanes=self._firmware_lanes,
+                blas_threads=self._firmware_blas_threads,
+            )
             host.start()
             self._host = host
         self._opened = True
@@ -499,6 +520,8 @@ class SimDevice:
         if self._hang_next[engine]:
             self._hang_next[engine] = False
             job.hung = True  # never completes until abort / reset_engine / loss
+            if self._host is not None:
+                self._host.run(job)  # it hangs in the device process, holding its engine
             return
         injected = self._error_next[engine] or self._error_any
         if injected is not None:
@@ -611,6 +634,7 @@ class SimDevice:
         job = self._jobs.get(token)
         if job is None:
             return False
+        self._cancel_in_process(job)
         self._finish(
             job, JobOutcome(CompletionStatus.ABORTED, "aborted by request", 0.0), deferred=True
         )
@@ -631,9 +655,15 @@ class SimDevice:
         self._hang_next[engine] = False
         job = self._running[engine]
         if job is not None:
+            self._cancel_in_process(job)
             self._finish(job, JobOutcome(CompletionStatus.ABORTED, reason, 0.0), deferred=True)
         else:
             self._kick()
+
+    def _cancel_in_process(self, job: SimJob) -> None:
+        """Process mode: free the engine's executor of a running job that is being ended."""
+        if self._host is not None and job.state == "running" and job.timer is None:
+            self._host.cancel(job.token)
 
     def add_loss_listener(self, callback: Callable[[str], None]) -> None:
         """Register ``callback(reason)``, called (deferred) on device loss."""
@@ -702,6 +732,8 @@ class _HostLike(Protocol):
     def unmap(self, handle: BoHandle) -> None: ...
 
     def run(self, job: SimJob) -> None: ...
+
+    def cancel(self, token: SubmitToken) -> None: ...
 
     def kill(self) -> None: ...
 

@@ -22,6 +22,10 @@ F32 = npt.NDArray[np.float32]
 Memory = Any  # a writable buffer: bytearray, mmap, or a writable memoryview
 
 
+class JobCancelled(Exception):
+    """The job was cancelled between two of its ops (process mode: abort or engine reset)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExecStats:
     """What one program moved."""
@@ -193,20 +197,29 @@ _KERNELS: dict[Op, Callable[[_Machine, Instruction], None]] = {
 }
 
 
-def execute(instructions: Sequence[Instruction], memory: Sequence[Memory]) -> ExecStats:
+def execute(
+    instructions: Sequence[Instruction],
+    memory: Sequence[Memory],
+    *,
+    cancelled: Callable[[], bool] | None = None,
+) -> ExecStats:
     """Run decoded, validated instructions on the bound buffers, by slot.
 
     ``memory[slot]`` must be a writable buffer at least as large as the decoder was told.
     Ops run in order; an op that faults leaves earlier ops' writes in place (as a real
-    device would) and nothing of its own.
+    device would) and nothing of its own. ``cancelled``, if given, is polled before each op:
+    a job cancelled mid-way stops there, its earlier ops' writes kept.
 
     Raises:
         CommandStreamError: a data-dependent fault (an EMBED id out of range), naming the op.
+        JobCancelled: ``cancelled()`` returned True before an op.
     """
     machine = _Machine(memory)
     read = written = 0
     with np.errstate(all="ignore"):
         for ins in instructions:
+            if cancelled is not None and cancelled():
+                raise JobCancelled(f"cancelled before op {ins.index} ({ins.op.name})")
             _KERNELS[ins.op](machine, ins)
             for a in accesses(ins):
                 if a.write:

@@ -3,7 +3,8 @@
 Like firmware on its own cores, the device process (:mod:`npud.devices.sim.firmware`) does
 the device's work off the daemon's interpreter: it decodes command streams and runs numpy on
 the buffers, which live in memfds mapped by both processes. The daemon keeps the engines'
-queues, fences and timing; the device process only executes what it is sent.
+queues, fences and timing; the device process only executes what it is sent, one executor
+thread per engine (see :mod:`npud.devices.sim.firmware`), so engines compute in parallel.
 
 Wire
 ----
@@ -14,9 +15,18 @@ sits on the asyncio loop (``loop.add_reader``). Control messages are small JSON 
 of every job are packed binary (:mod:`npud.devices.sim.wire`): they are the hot path.
 
 - down: ``{"op": "map", "handle", "size", "tier"}`` + fd, ``{"op": "unmap", "handle"}``,
-  a binary *run* message per job, ``{"op": "exit"}``.
-- up: ``{"op": "hello", "pid"}`` once, then a binary *done* message per job, in order. Every
-  *done* waiting in the socket is handled in one wake-up of the loop.
+  a binary *run* message per job (with its engine), ``{"op": "cancel", "token"}`` when a
+  running job is aborted or its engine reset, ``{"op": "exit"}``.
+- up: ``{"op": "hello", "pid", "lanes"}`` once, then a binary *done* message per job, in the
+  order the jobs finish (per engine, in submission order). Every *done* waiting in the socket
+  is handled in one wake-up of the loop.
+
+BLAS threads
+------------
+Each engine's executor thread calls BLAS, so the device process caps BLAS's own threads at
+``max(1, cpus // lanes)`` (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS`` in its environment, read when numpy loads): engines busy at once do not
+oversubscribe the host's cores.
 
 End of file on the reply socket means the device process died: every waiter sees
 DEVICE_LOST through the device's loss path, never a hang.
@@ -37,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npud.devices.base import BoHandle, SubmitToken
-from npud.devices.sim.wire import DONE, WireError, decode_done, encode_run
+from npud.devices.sim.wire import DONE, RUN_HANG, WireError, decode_done, encode_run
 from npud.errors import DeviceError, DeviceLost
 
 if TYPE_CHECKING:
@@ -46,6 +56,7 @@ if TYPE_CHECKING:
 
 MAX_MESSAGE = 1 << 16
 HELLO_TIMEOUT_S = 60.0  # python + numpy start-up on a loaded 2-core machine
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _message(obj: dict[str, Any]) -> bytes:
@@ -60,10 +71,29 @@ class FirmwareHost:
         profile: str,
         on_reply: Callable[[SubmitToken, JobOutcome], None],
         on_exit: Callable[[str], None],
+        *,
+        engines: int,
+        lanes: int | None = None,
+        blas_threads: int | None = None,
     ) -> None:
+        """Describe the device process to start (:meth:`start` starts it).
+
+        Args:
+            profile: the board profile's name.
+            on_reply: called on the loop with each job's outcome.
+            on_exit: called on the loop with the reason when the process dies.
+            engines: the board's engine count.
+            lanes: executor threads in the device process; default one per engine, 1 runs
+                every engine's jobs one at a time (the serial baseline).
+            blas_threads: BLAS threads per executor; default ``max(1, cpus // lanes)``.
+        """
         self._profile = profile
         self._on_reply = on_reply
         self._on_exit = on_exit
+        self._lanes = engines if lanes is None else max(1, lanes)
+        self._blas_threads = (
+            max(1, (os.cpu_count() or 1) // self._lanes) if blas_threads is None else blas_threads
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
         self._reply: socket.socket | None = None
@@ -74,6 +104,11 @@ class FirmwareHost:
     def pid(self) -> int | None:
         """The device process's pid, once started."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def lanes(self) -> int:
+        """Executor threads in the device process."""
+        return self._lanes
 
     def start(self) -> None:
         """Start the device process and wait (briefly) for its hello.
@@ -92,6 +127,7 @@ class FirmwareHost:
         root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        env.update(dict.fromkeys(BLAS_THREAD_VARS, str(self._blas_threads)))
         argv = [
             sys.executable,
             "-m",
@@ -102,6 +138,8 @@ class FirmwareHost:
             str(reply_child.fileno()),
             "--profile",
             self._profile,
+            "--lanes",
+            str(self._lanes),
         ]
         try:
             self._proc = subprocess.Popen(
@@ -169,9 +207,21 @@ class FirmwareHost:
             size=s.command_size,
             bindings=[b.handle for b in s.bindings],
             writable=job.writable,
+            engine=s.engine,
+            flags=RUN_HANG if job.hung else 0,
         )
         with contextlib.suppress(DeviceLost):
             self._send(message)
+
+    def cancel(self, token: SubmitToken) -> None:
+        """Stop a job the device process may still be running (abort, engine reset).
+
+        Its engine's executor skips it, stops it before its next op, or wakes it from an
+        injected hang; its reply, if any, is for a job the device has already ended. Ignored
+        once the process is gone.
+        """
+        with contextlib.suppress(DeviceLost):
+            self._send({"op": "cancel", "token": token})
 
     # ---- up ---------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ per job less than ``json`` on each side); the rare control messages (hello, map,
 stay JSON objects. The first byte tells them apart: ``{`` starts JSON, :data:`RUN` and
 :data:`DONE` start the binary ones. All integers are little-endian.
 
-- run:  ``b"R"``, token u64, command handle u64, offset u64, size u64, binding count u16, then
-  per binding its handle u64, then per binding a writable flag u8.
+- run:  ``b"R"``, token u64, command handle u64, offset u64, size u64, engine u16, flags u8
+  (:data:`RUN_HANG`), binding count u16, then per binding its handle u64, then per binding a
+  writable flag u8.
 - done: ``b"D"``, token u64, status u8 (index in :data:`STATUSES`), has-error u8, modelled_s
   f64, compute_s f64, bytes_read u64, bytes_written u64, then the error text (UTF-8, the rest
   of the packet).
@@ -27,7 +28,9 @@ DONE = b"D"
 STATUSES = tuple(CompletionStatus)
 _STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
 
-_RUN = struct.Struct("<cQQQQH")
+RUN_HANG = 0x01  # flags: the job hangs on its engine until cancelled (fault injection)
+
+_RUN = struct.Struct("<cQQQQHBH")
 _DONE = struct.Struct("<cQBBddQQ")
 
 
@@ -37,7 +40,8 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RunMessage:
-    """One job to execute: its command range and its bindings' handles in slot order."""
+    """One job to execute on an engine: its command range and its bindings' handles in slot
+    order."""
 
     token: int
     command: int
@@ -45,6 +49,8 @@ class RunMessage:
     size: int
     bindings: tuple[int, ...]
     writable: tuple[bool, ...]
+    engine: int = 0
+    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,8 @@ def encode_run(
     size: int,
     bindings: Sequence[int],
     writable: Sequence[bool],
+    engine: int = 0,
+    flags: int = 0,
 ) -> bytes:
     """A run packet.
 
@@ -80,7 +88,7 @@ def encode_run(
     try:
         return b"".join(
             (
-                _RUN.pack(RUN, token, command, offset, size, n),
+                _RUN.pack(RUN, token, command, offset, size, engine, flags, n),
                 struct.pack(f"<{n}Q", *bindings),
                 bytes(bool(w) for w in writable),
             )
@@ -98,12 +106,12 @@ def decode_run(data: bytes) -> RunMessage:
     head = _RUN.size
     if len(data) < head or data[:1] != RUN:
         raise WireError("not a run message")
-    _, token, command, offset, size, n = _RUN.unpack_from(data)
+    _, token, command, offset, size, engine, flags, n = _RUN.unpack_from(data)
     if len(data) != head + 9 * n:
         raise WireError(f"run message of {len(data)} bytes for {n} bindings")
     bindings = struct.unpack_from(f"<{n}Q", data, head)
     writable = tuple(b != 0 for b in data[head + 8 * n :])
-    return RunMessage(token, command, offset, size, bindings, writable)
+    return RunMessage(token, command, offset, size, bindings, writable, engine, flags)
 
 
 def encode_done(msg: DoneMessage) -> bytes:
