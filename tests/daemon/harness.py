@@ -1,7 +1,15 @@
-"""Start the real npud daemon as a subprocess on a temporary socket, for end-to-end tests.
+"""Start the real npud daemon as a subprocess on a temporary socket: the one launcher.
 
 :func:`spawn_npud` starts npud on a temporary socket (``tests/cli`` uses it with its own
 environment); :func:`start_daemon` adds the end-to-end tests' environment and waits for READY.
+:func:`isolated_env` is the environment both start from.
+
+This module is the only place that knows how npud is launched and when it is ready: the test
+harnesses (``tests/daemon``, ``tests/cli``, ``tests/reliability``) and the benchmarks
+(``bench/daemon.py``, and through it ``bench/decode.py``) all start their daemons here. It lives
+under ``tests/`` rather than in the package because it is tooling, not product; the repository
+root is on ``sys.path`` for pytest and for ``python -m bench``, so both import it as
+``tests.daemon.harness`` without a path hack.
 
 Readiness is not guessed with sleeps: the harness binds a datagram socket, passes it as
 ``NOTIFY_SOCKET`` and waits for the daemon's ``READY=1``, exactly as systemd would.
@@ -22,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+NPUD_COMMAND = (sys.executable, "-m", "npud.daemon")
+"""How npud is started by default: this interpreter, so no installed script is needed."""
 
 
 @dataclass
@@ -85,8 +95,38 @@ class DaemonProcess:
             self.notify.close()
 
 
+def isolated_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment made fit for a private daemon, then ``overrides``.
+
+    Drops every ``NPUD_*`` setting and systemd's ``NOTIFY_SOCKET``/``WATCHDOG_*`` (a daemon
+    started from a shell inside a unit, or from a test run with npud variables set, must not
+    inherit them); sets no config file (``NPUD_CONFIG=/dev/null``), JSON logs and ``PYTHONPATH``
+    to this checkout. The caller owns the returned dict.
+    """
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NPUD_", "NOTIFY_", "WATCHDOG_"))
+    }
+    env.update(
+        {
+            "NPUD_CONFIG": "/dev/null",
+            "NPUD_LOG_FORMAT": "json",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    env.update(overrides or {})
+    return env
+
+
 def spawn_npud(
-    tmp: Path, env: Mapping[str, str], *, args: Sequence[str] = (), log_stdout: bool = True
+    tmp: Path,
+    env: Mapping[str, str],
+    *,
+    args: Sequence[str] = (),
+    log_stdout: bool = True,
+    command: Sequence[str] = NPUD_COMMAND,
+    new_session: bool = False,
 ) -> DaemonProcess:
     """Start ``python -m npud.daemon --device sim`` on ``tmp/npud.sock``; do not wait for it.
 
@@ -94,6 +134,10 @@ def spawn_npud(
     ``tmp/notify.sock`` (the returned process owns it: :meth:`DaemonProcess.wait_ready` reads
     it), its state in ``tmp/state`` and ``args`` after the fixed ones. Its stderr (and stdout
     unless ``log_stdout`` is False: then it is discarded) goes to ``tmp/npud.log``.
+    ``command`` replaces ``python -m npud.daemon`` (an installed ``npud``, another build);
+    ``new_session`` starts it in its own session, so a Ctrl-C meant for the caller does not
+    reach it (the caller then stops it itself). The caller owns the process: stop it with
+    :meth:`DaemonProcess.stop`.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     sock = tmp / "npud.sock"
@@ -104,9 +148,7 @@ def spawn_npud(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "npud.daemon",
+                *command,
                 "--device",
                 "sim",
                 "--socket",
@@ -119,6 +161,7 @@ def spawn_npud(
             stderr=subprocess.STDOUT if log_stdout else log,
             env={**env, "NOTIFY_SOCKET": str(notify_path)},
             cwd=str(ROOT),
+            start_new_session=new_session,
         )
     return DaemonProcess(proc, sock, notify, log_path)
 
@@ -131,18 +174,12 @@ def start_daemon(
     extra_args: tuple[str, ...] = (),
 ) -> DaemonProcess:
     """Start ``python -m npud.daemon --device sim`` on ``tmp/npud.sock`` and wait for READY."""
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("NPUD_", "NOTIFY_", "WATCHDOG_"))
-    }
-    full_env.update(
+    full_env = isolated_env(
         {
-            "NPUD_CONFIG": "/dev/null",
-            "NPUD_LOG_FORMAT": "json",
             "NPUD_SESSION_GRACE_S": "0.5",
             "NPUD_CLOSE_GRACE_S": "2.0",
             "NPUD_SHUTDOWN_GRACE_S": "10",
             "NPUD_SOCKET_MODE": "0666",
-            "PYTHONPATH": str(ROOT),
         }
     )
     if watchdog_usec is not None:
