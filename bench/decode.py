@@ -12,79 +12,218 @@ It reports each policy's decode inter-token p50/p99, loaded p99 over unloaded p9
 prefill throughput achieved meanwhile; plus, as a baseline without any daemon, one decoder on
 the direct backend (the same simulated device in process mode, in the client's own process).
 
-Usage::
+Usage (from the repository root)::
 
-    python bench/decode.py [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
-                           [--policies npud,fifo] [--json results.json]
+    python -m bench.decode [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
+                           [--policies npud,fifo] [--job-timeout 10] [--leg-timeout 300]
+                           [--json results.json]
 
-The daemon is started as ``python -m npud.daemon.main --socket S --device sim`` with
-``NPUD_POLICY`` and a private state directory; ``--npud CMD`` overrides the command. Each
-decoder uses a short prompt and generates ``--tokens`` ids without stopping at EOS.
+``--job-timeout`` is the watchdog timeout every decode step and prefill chunk asks npud for
+(default 10 s). npud's per-class defaults (``--job-timeout 0``: 250 ms for a LATENCY decode
+step, 400 ms for a THROUGHPUT prefill chunk) are right for a real NPU, but on a loaded 2-core
+host the simulated device's computation and the daemon share the CPU with everything else, and
+under ``fifo`` a decode step queued behind a prefill runs past them; the benchmark measures
+latency, it does not police it.
+
+A decoder or prefiller that fails (a job timed out or failed, the daemon went away, the process
+died) does not stop the run: its error and the number of decode steps it completed are reported
+(in the ``failures`` of its policy in the JSON, and on stdout), the figures come from the steps
+that completed, and the run goes on to the next leg. A leg whose processes have not all
+reported within ``--leg-timeout`` seconds has the rest stopped and reported as failed too.
+
+The daemon is started by ``bench/daemon.py`` (``python -m npud.daemon --device sim`` on a
+private socket, with ``NPUD_POLICY``); ``--npud CMD`` overrides the command. Each decoder uses a
+short prompt and generates ``--tokens`` ids without stopping at EOS.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import itertools
 import json
 import multiprocessing as mp
-import os
+import queue
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.daemon import NPUD_COMMAND, running_daemon
 from npud.llm.metrics import percentile
 from npud.llm.model import load_model
 from npud.llm.tiny import ensure_default_model
 
 DECODE_PROMPT = [256, *b"npud decode "]
-JOB_TIMEOUT_S = (
-    10.0  # a shared 2-core host stalls the device process; latency is measured, not policed
-)
+JOB_TIMEOUT_S = 10.0
+"""Default per-step watchdog: generous, since on a shared host latency is measured, not policed."""
+LEG_TIMEOUT_S = 300.0
+"""Default time a leg's processes get to report before the rest are stopped."""
+PREFILL_START_S = 120.0
+"""How long the prefiller gets to load the model and start its first prompt."""
 
 
-def _decoder(model_dir: str, socket: str, tokens: int, go: Any, out: Any) -> None:
-    """One decoder process: wait for ``go``, generate, send back the inter-token gaps."""
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _decoder(
+    model_dir: str, socket: str, tokens: int, job_timeout_s: float, go: Any, out: Any, name: str
+) -> None:
+    """One decoder process: wait for ``go``, generate, send back its gaps (or its failure).
+
+    Always reports once on ``out`` as ``(name, report)``: ``gaps`` and ``waits`` of the decode
+    steps that completed, ``steps`` (how many did), and ``error`` (``None`` on success).
+    """
     from npud.llm.daemon import DaemonBackend
     from npud.llm.generator import Generator
 
-    model = load_model(model_dir)
-    backend = DaemonBackend(socket_path=socket, label="bench/decode", job_timeout_s=JOB_TIMEOUT_S)
-    with Generator(model, backend) as gen:
-        gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
-        go.wait()
-        backend.job_times.clear()
-        result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
-        waits = [t.queue_wait_s for t in backend.job_times if t.kind.value == "decode"]
-    out.put(("decode", (list(result.stats.inter_token_s), waits)))
+    times: list[float] = []
+    waits: list[float] = []
+    try:
+        model = load_model(model_dir)
+        backend = DaemonBackend(
+            socket_path=socket, label="bench/decode", job_timeout_s=job_timeout_s
+        )
+        with Generator(model, backend) as gen:
+            gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
+            go.wait()
+            backend.job_times.clear()
+            try:
+                # on_token stamps each id as it is known, so a failure part way keeps the gaps
+                # of the steps before it (the same clock Generation.stats uses)
+                gen.generate(
+                    DECODE_PROMPT,
+                    tokens,
+                    stop_at_eos=False,
+                    on_token=lambda _id: times.append(backend.now()),
+                )
+            finally:
+                waits = [t.queue_wait_s for t in backend.job_times if t.kind.value == "decode"]
+    except Exception as exc:
+        out.put((name, _report(times, waits, _error(exc))))
+        return
+    out.put((name, _report(times, waits, None)))
+
+
+def _report(times: list[float], waits: list[float], error: str | None) -> dict[str, Any]:
+    return {
+        "gaps": [b - a for a, b in itertools.pairwise(times)],
+        "waits": waits,
+        "steps": max(0, len(times) - 1),  # the first token comes from the prefill
+        "error": error,
+    }
 
 
 def _prefiller(
-    model_dir: str, socket: str, n_prompt: int, started: Any, stop: Any, out: Any
+    model_dir: str,
+    socket: str,
+    n_prompt: int,
+    job_timeout_s: float,
+    started: Any,
+    stop: Any,
+    out: Any,
+    name: str,
 ) -> None:
-    """The long-prefill process: back-to-back prefills until ``stop``; reports throughput."""
-    from npud.llm.daemon import DaemonBackend
-    from npud.llm.generator import Generator
+    """The long-prefill process: back-to-back prefills until ``stop``; reports throughput.
 
-    model = load_model(model_dir)
-    prompt = [256] + [(7 * i) % 256 for i in range(n_prompt - 1)]
+    Always reports once on ``out`` as ``(name, report)`` with the prompt tokens prefilled,
+    ``steps`` (the prompts prefilled), the seconds taken and ``error`` (``None`` on success).
+    """
     done_tokens = 0
-    backend = DaemonBackend(socket_path=socket, label="bench/prefill", job_timeout_s=JOB_TIMEOUT_S)
-    with Generator(model, backend) as gen:
-        t0 = time.monotonic()
-        started.set()
-        while not stop.is_set():
-            gen.generate(prompt, 1, stop_at_eos=False)
-            done_tokens += n_prompt
-        elapsed = time.monotonic() - t0
-    out.put(("prefill", [done_tokens, elapsed]))
+    t0 = time.monotonic()
+    try:
+        from npud.llm.daemon import DaemonBackend
+        from npud.llm.generator import Generator
+
+        model = load_model(model_dir)
+        prompt = [256] + [(7 * i) % 256 for i in range(n_prompt - 1)]
+        backend = DaemonBackend(
+            socket_path=socket, label="bench/prefill", job_timeout_s=job_timeout_s
+        )
+        with Generator(model, backend) as gen:
+            t0 = time.monotonic()
+            started.set()
+            while not stop.is_set():
+                gen.generate(prompt, 1, stop_at_eos=False)
+                done_tokens += n_prompt
+    except Exception as exc:
+        error: str | None = _error(exc)
+    else:
+        error = None
+    report = {"tokens": done_tokens, "seconds": time.monotonic() - t0, "error": error}
+    out.put((name, {**report, "steps": done_tokens // n_prompt}))
+
+
+@dataclass(slots=True, eq=False)
+class _Leg:
+    """The processes of one leg and the reports they sent (an identity object)."""
+
+    name: str
+    out: Any
+    procs: dict[str, Any]
+    reports: dict[str, dict[str, Any]]
+
+    def collect(self, names: list[str], deadline: float) -> None:
+        """Wait until each of ``names`` has reported, died or run out of time.
+
+        Why poll: a child that dies without reporting (killed, an import error, a crash in
+        the interpreter) would leave a blocking ``get`` waiting forever. So the queue is read
+        with a short timeout and, between reads, a child that has exited without a report is
+        recorded as failed with its exit code; past ``deadline`` the ones left are terminated
+        and recorded as failed. A child puts its report before it exits, so the queue is
+        drained once more before an exit is taken as a silent death.
+        """
+        pending = [n for n in names if n not in self.reports]
+        while pending:
+            try:
+                name, report = self.out.get(timeout=0.5)
+                self.reports[name] = report
+            except queue.Empty:
+                for n in pending:
+                    proc = self.procs[n]
+                    if proc.exitcode is not None and n not in self.reports:
+                        self._drain()
+                        if n not in self.reports:
+                            self.reports[n] = _dead(
+                                f"process exited with {proc.exitcode} without reporting"
+                            )
+                if time.monotonic() > deadline:
+                    for n in pending:
+                        if n not in self.reports:
+                            self.procs[n].terminate()
+                            self.reports[n] = _dead("no report before the leg's timeout")
+            pending = [n for n in names if n not in self.reports]
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                name, report = self.out.get_nowait()
+            except queue.Empty:
+                return
+            self.reports[name] = report
+
+    def join(self) -> None:
+        """Wait for every process of the leg to exit (terminated after 30 s)."""
+        for proc in self.procs.values():
+            proc.join(timeout=30)
+            if proc.exitcode is None:
+                proc.terminate()
+                proc.join(timeout=10)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The failed processes' errors and completed steps (decode steps; prompts for the
+        prefiller), in report order."""
+        return [
+            {"leg": self.name, "role": n, "error": r["error"], "steps": r.get("steps", 0)}
+            for n, r in self.reports.items()
+            if r.get("error")
+        ]
+
+
+def _dead(error: str) -> dict[str, Any]:
+    return {"gaps": [], "waits": [], "steps": 0, "tokens": 0, "seconds": 0.0, "error": error}
 
 
 def _direct_baseline(model_dir: str, tokens: int) -> list[float]:
@@ -98,117 +237,132 @@ def _direct_baseline(model_dir: str, tokens: int) -> list[float]:
     return list(result.stats.inter_token_s)
 
 
-@contextlib.contextmanager
-def _daemon(policy: str, npud_cmd: list[str]) -> Iterator[str]:
-    from npud.client import connect
-
-    tmp = Path(tempfile.mkdtemp(prefix=f"npud-bench-{policy}-"))
-    socket = tmp / "npud.sock"
-    env = dict(os.environ, NPUD_POLICY=policy, NPUD_STATE_DIR=str(tmp / "state"))
-    log = (tmp / "npud.log").open("w")
-    proc = subprocess.Popen(
-        [*npud_cmd, "--socket", str(socket), "--device", "sim"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30.0
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"npud exited with {proc.returncode}; see {tmp / 'npud.log'}")
-            if socket.exists():
-                try:
-                    with connect(socket, session=False) as client:
-                        client.version()
-                    break
-                except Exception:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"npud did not come up in 30 s; see {tmp / 'npud.log'}")
-            time.sleep(0.1)
-        yield str(socket)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+def _ms(samples: list[float], q: float) -> float | None:
+    """The ``q`` percentile of ``samples`` (seconds) in ms; ``None`` without samples."""
+    return percentile(samples, q) * 1e3 if samples else None
 
 
 def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    with _daemon(policy, args.npud_cmd) as socket:
+    timeout = args.job_timeout
+    with running_daemon(policy, command=args.npud_cmd) as daemon:
+        socket = str(daemon.socket)
         # Unloaded: one decoder alone.
         out = ctx.Queue()
         go = ctx.Event()
         go.set()
-        proc = ctx.Process(target=_decoder, args=(model_dir, socket, args.tokens, go, out))
-        proc.start()
-        _, (unloaded, unloaded_waits) = out.get(timeout=600)
-        proc.join()
+        alone = ctx.Process(
+            target=_decoder, args=(model_dir, socket, args.tokens, timeout, go, out, "decoder")
+        )
+        unloaded_leg = _Leg("unloaded", out, {"decoder": alone}, {})
+        alone.start()
+        unloaded_leg.collect(["decoder"], time.monotonic() + args.leg_timeout)
+        unloaded_leg.join()
+        unloaded = unloaded_leg.reports["decoder"]["gaps"]
+        unloaded_waits = unloaded_leg.reports["decoder"]["waits"]
 
         # Loaded: N decoders while another context runs long prefills back to back.
         out = ctx.Queue()
         go, started, stop = ctx.Event(), ctx.Event(), ctx.Event()
-        prefill = ctx.Process(
-            target=_prefiller, args=(model_dir, socket, args.prefill_tokens, started, stop, out)
-        )
-        decoders = [
-            ctx.Process(target=_decoder, args=(model_dir, socket, args.tokens, go, out))
-            for _ in range(args.decoders)
-        ]
-        prefill.start()
-        for proc in decoders:
+        names = [f"decoder {i + 1}" for i in range(args.decoders)]
+        procs = {
+            "prefiller": ctx.Process(
+                target=_prefiller,
+                args=(
+                    model_dir,
+                    socket,
+                    args.prefill_tokens,
+                    timeout,
+                    started,
+                    stop,
+                    out,
+                    "prefiller",
+                ),
+            )
+        }
+        for n in names:
+            procs[n] = ctx.Process(
+                target=_decoder, args=(model_dir, socket, args.tokens, timeout, go, out, n)
+            )
+        leg = _Leg("loaded", out, procs, {})
+        deadline = time.monotonic() + args.leg_timeout
+        for proc in procs.values():
             proc.start()
-        started.wait(timeout=120)
-        time.sleep(0.5)  # let the first long prefill's chunks queue up
+        # the decoders start once the prefiller runs - or has given up (it reports then)
+        start_by = time.monotonic() + PREFILL_START_S
+        while not started.wait(0.5) and procs["prefiller"].exitcode is None:
+            if time.monotonic() > start_by:
+                break
+        if started.is_set():
+            time.sleep(0.5)  # let the first long prefill's chunks queue up
         go.set()
-        loaded: list[float] = []
-        loaded_waits: list[float] = []
-        for _ in decoders:
-            _, (gaps, waits) = out.get(timeout=600)
-            loaded.extend(gaps)
-            loaded_waits.extend(waits)
+        leg.collect(names, deadline)
         stop.set()
-        _, (prefill_tokens, prefill_s) = out.get(timeout=600)
-        for proc in [*decoders, prefill]:
-            proc.join()
+        leg.collect(["prefiller"], max(deadline, time.monotonic() + 60.0))
+        leg.join()
+        daemon.check()
+    loaded = [g for n in names for g in leg.reports[n]["gaps"]]
+    loaded_waits = [w for n in names for w in leg.reports[n]["waits"]]
+    prefill = leg.reports["prefiller"]
+    failures = unloaded_leg.failures() + leg.failures()
+    p99_loaded, p99_unloaded = _ms(loaded, 0.99), _ms(unloaded, 0.99)
     return {
         "policy": policy,
-        "unloaded_p50_ms": percentile(unloaded, 0.5) * 1e3,
-        "unloaded_p99_ms": percentile(unloaded, 0.99) * 1e3,
-        "loaded_p50_ms": percentile(loaded, 0.5) * 1e3,
-        "loaded_p99_ms": percentile(loaded, 0.99) * 1e3,
-        "loaded_max_ms": max(loaded) * 1e3,
-        "unloaded_wait_p99_ms": percentile(unloaded_waits, 0.99) * 1e3,
-        "loaded_wait_p50_ms": percentile(loaded_waits, 0.5) * 1e3,
-        "loaded_wait_p99_ms": percentile(loaded_waits, 0.99) * 1e3,
-        "p99_ratio": percentile(loaded, 0.99) / percentile(unloaded, 0.99),
+        "complete": not failures,
+        "failures": failures,
+        "unloaded_p50_ms": _ms(unloaded, 0.5),
+        "unloaded_p99_ms": p99_unloaded,
+        "loaded_p50_ms": _ms(loaded, 0.5),
+        "loaded_p99_ms": p99_loaded,
+        "loaded_max_ms": max(loaded) * 1e3 if loaded else None,
+        "unloaded_wait_p99_ms": _ms(unloaded_waits, 0.99),
+        "loaded_wait_p50_ms": _ms(loaded_waits, 0.5),
+        "loaded_wait_p99_ms": _ms(loaded_waits, 0.99),
+        "p99_ratio": p99_loaded / p99_unloaded if p99_loaded and p99_unloaded else None,
         "samples": len(loaded),
-        "prefill_tokens_per_s": prefill_tokens / prefill_s if prefill_s > 0 else 0.0,
+        "prefill_tokens_per_s": (
+            prefill["tokens"] / prefill["seconds"] if prefill["seconds"] > 0 else 0.0
+        ),
+        "unloaded_gaps_ms": [g * 1e3 for g in unloaded],
+        "loaded_gaps_ms": [g * 1e3 for g in loaded],
     }
 
 
+def _fmt(value: float | None, width: int, unit: str = "ms") -> str:
+    if value is None:
+        return f"{'-':>{width + len(unit)}}"
+    return f"{value:>{width}.2f}{unit}"
+
+
 def main() -> int:
+    """Run the legs of every policy; 0 when the run finished (failed processes included)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model directory (default: the tiny model)")
     parser.add_argument("--decoders", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prefill-tokens", type=int, default=240)
     parser.add_argument("--policies", default="npud,fifo")
-    parser.add_argument("--npud", default=None, help="the daemon command (default: npud)")
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=JOB_TIMEOUT_S,
+        help=f"per-step watchdog asked of npud, s (default {JOB_TIMEOUT_S:g}; 0: npud's "
+        "per-class default, 0.25 s decode / 0.4 s prefill, too short for a loaded host)",
+    )
+    parser.add_argument(
+        "--leg-timeout",
+        type=float,
+        default=LEG_TIMEOUT_S,
+        help=f"s a leg's processes get to report before the rest are stopped "
+        f"(default {LEG_TIMEOUT_S:g})",
+    )
+    parser.add_argument("--npud", default=None, help="the daemon command (default: this python)")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.npud:
-        args.npud_cmd = shlex.split(args.npud)
-    else:
-        args.npud_cmd = [sys.executable, "-m", "npud.daemon.main"]
+    if args.job_timeout < 0:
+        parser.error("--job-timeout must be >= 0 (0: npud's per-class default)")
+    args.npud_cmd = shlex.split(args.npud) if args.npud else NPUD_COMMAND
     model_dir = str(args.model or ensure_default_model())
 
     results: dict[str, Any] = {
@@ -216,6 +370,7 @@ def main() -> int:
         "decoders": args.decoders,
         "tokens": args.tokens,
         "prefill_tokens": args.prefill_tokens,
+        "job_timeout_s": args.job_timeout,
         "policies": [],
     }
     if not args.skip_direct:
@@ -235,15 +390,21 @@ def main() -> int:
     for policy in args.policies.split(","):
         r = _run_policy(policy, args, model_dir)
         results["policies"].append(r)
+        ratio = "-" if r["p99_ratio"] is None else f"{r['p99_ratio']:.2f}"
         print(
-            f"{policy:<6} {r['unloaded_p50_ms']:>10.2f}ms {r['unloaded_p99_ms']:>6.2f}ms "
-            f"{r['loaded_p50_ms']:>9.2f}ms {r['loaded_p99_ms']:>6.2f}ms "
-            f"{r['loaded_max_ms']:>6.2f}ms "
-            f"{r['p99_ratio']:>6.2f} {r['prefill_tokens_per_s']:>14.1f}   "
-            f"npud queue wait p50 {r['loaded_wait_p50_ms']:.2f}ms "
-            f"p99 {r['loaded_wait_p99_ms']:.2f}ms (unloaded p99 {r['unloaded_wait_p99_ms']:.2f}ms)",
+            f"{policy:<6} {_fmt(r['unloaded_p50_ms'], 10)} {_fmt(r['unloaded_p99_ms'], 6)} "
+            f"{_fmt(r['loaded_p50_ms'], 9)} {_fmt(r['loaded_p99_ms'], 6)} "
+            f"{_fmt(r['loaded_max_ms'], 6)} {ratio:>6} {r['prefill_tokens_per_s']:>14.1f}   "
+            f"npud queue wait p50 {_fmt(r['loaded_wait_p50_ms'], 0)} "
+            f"p99 {_fmt(r['loaded_wait_p99_ms'], 0)} "
+            f"(unloaded p99 {_fmt(r['unloaded_wait_p99_ms'], 0)})",
             flush=True,
         )
+        for f in r["failures"]:
+            print(
+                f"  {policy} {f['leg']} {f['role']} FAILED after {f['steps']} steps: {f['error']}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -23,6 +23,8 @@ _SERIES = {
     "fifo_wait_ms": ("fifo policy (raw driver order)", "tab:red"),
     "daemon_gap_ms": ("through the daemon", "tab:blue"),
     "direct_gap_ms": ("direct in-process (no daemon)", "tab:green"),
+    "npud_loaded_gap_ms": ("decoders + prefill flood, npud policy", "tab:purple"),
+    "fifo_loaded_gap_ms": ("decoders + prefill flood, fifo policy", "tab:red"),
 }
 
 _PLOTS = {
@@ -35,7 +37,7 @@ _PLOTS = {
     ),
     "P5": (
         "bench-p5-decode.png",
-        "P5: inter-token gap of one decoder, rounds alternating",
+        "P5: inter-token gap: one decoder unloaded; decoders under a prefill flood",
         "inter-token gap (ms, log scale)",
         True,
     ),
