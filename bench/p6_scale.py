@@ -2,11 +2,11 @@
 
 Two parts, each in its own process so its memory is its own:
 
-* ``bench/scale.py`` (the core engineer's script, run as is and its report parsed): the cost of
-  one scheduling decision with ~100,000 READY jobs over 1,000 fair-share contexts, the cost of
-  a one-job submit while the queues fill, and the whole dispatch path per job. Its baseline is
-  the same script on 25 contexts x 1,000 jobs (25,000: the script needs at least 20,000), so the
-  ratio shows how the decision cost grows with the number of contexts.
+* ``bench/scale.py`` (the core engineer's script, run as is with ``--json``): the cost of one
+  scheduling decision with ~100,000 READY jobs over 1,000 fair-share contexts, the cost of a
+  one-job submit while the queues fill, the whole dispatch path per job, and its peak RSS. Its
+  baseline is the same script on 25 contexts x 1,000 jobs, so the ratio shows how the decision
+  cost grows with the number of contexts.
 * batches (here): the same 1,000 contexts fill to 100,000 jobs through ``Core.submit`` with 100
   jobs per call (``SubmitJobs`` with a batch), garbage collector on, as in the daemon; then the
   process's resident set size with everything queued, against the RSS before the first submit.
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.daemon import ROOT
@@ -31,12 +32,6 @@ from bench.results import BenchResult, Metric
 DECISION_GOAL_US = 20.0
 RATE_GOAL = 20_000.0
 RSS_GOAL_MB = 200.0
-
-_RUN_SCALE = (
-    "import resource, runpy, sys; sys.argv = ['bench/scale.py', *sys.argv[1:]]; "
-    "runpy.run_path('bench/scale.py', run_name='__main__'); "
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-)
 
 
 def _rss_mb() -> float:
@@ -104,9 +99,14 @@ _RUN_BATCH = (
 )
 
 
-def _python(code: str, *args: object) -> str:
+def _python(*argv: object) -> str:
+    """Run ``python *argv`` from the repository root; its stdout.
+
+    Raises:
+        RuntimeError: it exited non-zero (its stderr's tail is in the message).
+    """
     out = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
+        [sys.executable, *map(str, argv)],
         cwd=str(ROOT),
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
@@ -115,62 +115,63 @@ def _python(code: str, *args: object) -> str:
         check=False,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"python -c ... {args} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"python {argv} failed:\n{out.stderr[-2000:]}")
     return out.stdout
 
 
+_SCALE_KEYS = ("submit_us", "submit_rate", "decision_us", "dispatch_us", "maxrss_kb")
+
+
 def _scale(contexts: int, per_ctx: int, drain: int) -> dict[str, float]:
-    """Run bench/scale.py and pick its figures out of its report."""
-    text = _python(
-        _RUN_SCALE,
-        "--contexts",
-        contexts,
-        "--jobs-per-context",
-        per_ctx,
-        "--drain",
-        drain,
-    )
-    patterns = {
-        "submit_us": r"submit: ([\d.]+) us/job",
-        "submit_rate": r"= ([\d,]+) submits/s",
-        "decision_us": r"decision \(.*\): ([\d.]+) us",
-        "dispatch_us": r"dispatch path \(.*\): ([\d.]+) us/job",
-        "maxrss_kb": r"MAXRSS_KB (\d+)",
-    }
-    got: dict[str, float] = {}
-    for key, pattern in patterns.items():
-        m = re.search(pattern, text)
-        if m is None:
-            raise RuntimeError(f"bench/scale.py's report has no {key!r} ({pattern}):\n{text}")
-        got[key] = float(m.group(1).replace(",", ""))
-    return got
+    """Run bench/scale.py with ``--json`` and take its figures.
+
+    Raises:
+        RuntimeError: the script failed or its JSON lacks a figure.
+    """
+    with tempfile.TemporaryDirectory(prefix="npud-bench-scale-") as tmp:
+        path = Path(tmp) / "scale.json"
+        _python(
+            "bench/scale.py",
+            "--contexts",
+            contexts,
+            "--jobs-per-context",
+            per_ctx,
+            "--drain",
+            drain,
+            "--json",
+            path,
+        )
+        report = json.loads(path.read_text())
+    try:
+        return {key: float(report[key]) for key in _SCALE_KEYS}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"bench/scale.py's JSON lacks a figure: {exc!r}\n{report}") from exc
 
 
 def run(quick: bool) -> BenchResult:
     """Measure P6 (see the module docstring).
 
     Raises:
-        RuntimeError: bench/scale.py failed or its report changed shape.
+        RuntimeError: bench/scale.py failed or its JSON lacks a figure.
     """
-    contexts, per_ctx, batch = (100, 200, 100) if quick else (1000, 100, 100)
+    contexts, per_ctx, batch = (50, 200, 100) if quick else (1000, 100, 100)
     result = BenchResult("P6", "scale: 1,000 contexts, 100,000 queued jobs")
-    # bench/scale.py needs >= 20,000 READY jobs for its decision rounds
-    full = (21, 1000, 500) if quick else (1000, 100, 20_000)
-    small = None if quick else (25, 1000, 2000)
+    full = (50, 100, 500) if quick else (1000, 100, 20_000)
+    small = (5, 200, 200) if quick else (25, 1000, 2000)
     result.params = {
         "scale_py": {"contexts": full[0], "jobs_per_context": full[1]},
         "batch": {"contexts": contexts, "jobs_per_context": per_ctx, "batch": batch},
     }
     big = _scale(*full)
-    base = _scale(*small) if small is not None else None
-    batched: dict[str, Any] = json.loads(_python(_RUN_BATCH, contexts, per_ctx, batch))
+    base = _scale(*small)
+    batched: dict[str, Any] = json.loads(_python("-c", _RUN_BATCH, contexts, per_ctx, batch))
     result.add(
         Metric(
             "decision cost",
             big["decision_us"],
             "us",
-            None if base is None else base["decision_us"],
-            "" if small is None else f"{small[0]} contexts x {small[1]} jobs",
+            base["decision_us"],
+            f"{small[0]} contexts x {small[1]} jobs",
             f"<= {DECISION_GOAL_US:.0f} us",
             big["decision_us"] <= DECISION_GOAL_US,
         )
@@ -202,8 +203,8 @@ def run(quick: bool) -> BenchResult:
             "dispatch path per job",
             big["dispatch_us"],
             "us",
-            None if base is None else base["dispatch_us"],
-            "" if small is None else f"{small[0]} contexts",
+            base["dispatch_us"],
+            f"{small[0]} contexts",
         )
     )
     result.add(
