@@ -1,19 +1,18 @@
 """bench/decode.py's leg collector: a decoder that fails, dies or hangs is reported, not awaited.
 
-Each test starts real child processes (the ``spawn`` context decode.py uses) that behave like a
+Each test starts real child processes (from the fork server decode.py uses) that behave like a
 decoder in one way; the collector must come back with a report for every one of them.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 from typing import Any
 
 import pytest
 
-from bench.decode import _Leg
+from bench.decode import _Leg, _processes
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,7 @@ def _hangs(out: Any, name: str) -> None:
 
 
 def _leg(targets: dict[str, Any]) -> _Leg:
-    ctx = mp.get_context("spawn")
+    ctx = _processes()
     out = ctx.Queue()
     procs = {name: ctx.Process(target=fn, args=(out, name)) for name, fn in targets.items()}
     for proc in procs.values():
