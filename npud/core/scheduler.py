@@ -277,20 +277,26 @@ class Scheduler:
         self._pump()
 
     def close_context(
-        self, ctx: Context, grace_s: float, on_closed: Callable[[Context], None]
+        self,
+        ctx: Context,
+        grace_s: float,
+        on_closed: Callable[[Context], None],
+        reason: str = "",
     ) -> None:
         """Close ``ctx``: cancel what is queued, drain or abort what runs, release everything.
 
         Jobs not yet on the device end CANCELLED at once. Running jobs may finish within
         ``grace_s`` seconds; after that they are cancelled (aborted on the device where
-        possible). When the last device completion of the context has arrived, its buffer
-        references are released (``residency.release_context``), the scheduler forgets it and
-        ``on_closed(ctx)`` runs. A second close of a closing context does nothing.
+        possible). Every cancelled job's error says its context was closed and, when given,
+        why (``reason``: "npud is shutting down", "session ended", ...). When the last device
+        completion of the context has arrived, its buffer references are released
+        (``residency.release_context``), the scheduler forgets it and ``on_closed(ctx)`` runs.
+        A second close of a closing context does nothing.
         """
         if ctx.state is not ContextState.OPEN:
             return
         ctx.state = ContextState.CLOSING
-        reason = "its context was closed"
+        reason = f"its context was closed: {reason}" if reason else "its context was closed"
         for job in sorted(ctx.jobs.values(), key=lambda j: -j.seq):
             if not job.on_device:
                 self._finish(job, JobState.CANCELLED, JobError(Cancelled, reason))
@@ -301,18 +307,18 @@ class Scheduler:
                 self.cancel(job, reason)
         elif running:
             timer = self._clock.call_at(
-                self._clock.now() + grace_s, partial(self._grace_expired, ctx)
+                self._clock.now() + grace_s, partial(self._grace_expired, ctx, reason)
             )
         self._closers[ctx.id] = (on_closed, timer)
         if ctx.on_device == 0:
             self._finalize(ctx)
         self._pump()
 
-    def _grace_expired(self, ctx: Context) -> None:
+    def _grace_expired(self, ctx: Context, reason: str) -> None:
         if ctx.state is not ContextState.CLOSING:
             return
         for job in list(ctx.jobs.values()):
-            self.cancel(job, "its context was closed and the grace period ran out")
+            self.cancel(job, f"{reason}, and the grace period ran out")
 
     def _finalize(self, ctx: Context) -> None:
         ctx.state = ContextState.CLOSED

@@ -398,6 +398,8 @@ class Core:
         (default ``limits.close_grace_s``) to finish before they are aborted, and every
         buffer reference is released once the device has reported back. The context
         disappears from every listing and statistic then, and ``on_closed`` runs.
+        ``reason`` is the DESTROYED event's reason and is named in the error of every job
+        the close cancels.
 
         Closing a context that is already closing only adds nothing.
 
@@ -426,10 +428,15 @@ class Core:
             if on_closed is not None:
                 on_closed(closed)
 
-        entry.scheduler.close_context(ctx, grace, _closed)
+        entry.scheduler.close_context(ctx, grace, _closed, reason)
 
     def close_all(self, *, grace_s: float | None = None, reason: str = "npud is stopping") -> None:
-        """Close every context (daemon shutdown): see :meth:`destroy_context`."""
+        """Close every context (daemon shutdown): see :meth:`destroy_context`.
+
+        ``reason`` goes to every context's DESTROYED event and into the error of every job
+        this cancels ("its context was closed: npud is stopping"), queued jobs at once and
+        running ones once ``grace_s`` has run out.
+        """
         for ctx in list(self._contexts.values()):
             if ctx.open:
                 self.destroy_context(ctx.owner, ctx.id, grace_s=grace_s, reason=reason)

@@ -46,7 +46,7 @@ from npud.devices.base import Device, DeviceHealth
 from npud.errors import ConfigError, NpudError, Unavailable
 from npud.log import get_logger
 
-SHUTDOWN_REASON = "npud is shutting down: queued jobs are cancelled"
+SHUTDOWN_REASON = "npud is shutting down"
 
 
 def _group_id(name: str | None) -> int | None:
@@ -299,18 +299,13 @@ class Daemon:
         await self.server.set_serving(False)
         if self.identity is not None:
             await self.identity.stop()
-        cancelled = 0
-        for entry in core.devices():
-            for ctx in core.contexts(SYSTEM, all_users=True):
-                if ctx.device != entry.name:
-                    continue
-                for job in sorted(ctx.jobs.values(), key=lambda j: -j.seq):
-                    if not job.on_device and not job.done:
-                        entry.scheduler.cancel(job, SHUTDOWN_REASON)
-                        cancelled += 1
-        running = sum(c.on_device for c in core.contexts(SYSTEM, all_users=True))
-        self.log.info("npud.draining", cancelled=cancelled, running=running)
-        core.close_all(grace_s=s.shutdown_grace_s, reason="npud is shutting down")
+        contexts = core.contexts(SYSTEM, all_users=True)
+        running = sum(c.on_device for c in contexts)
+        queued = max(0, sum(len(c.jobs) for c in contexts) - running)
+        self.log.info("npud.draining", cancelled=queued, running=running)
+        # close_all cancels queued jobs at once and running ones after the grace, each with
+        # SHUTDOWN_REASON in its error ("its context was closed: npud is shutting down").
+        core.close_all(grace_s=s.shutdown_grace_s, reason=SHUTDOWN_REASON)
         if core.contexts(SYSTEM, all_users=True):
             # Contexts close when their running jobs have ended (or were aborted after the
             # grace); allow the device a moment beyond the grace to report the aborts.

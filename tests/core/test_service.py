@@ -139,6 +139,45 @@ def test_closing_aborts_running_jobs_after_the_grace_period() -> None:
     _assert_no_trace(bed, ctx.id)
 
 
+def test_close_all_names_its_reason_in_every_cancelled_job_and_context_event() -> None:
+    """close_all's reason reaches queued jobs at once, running ones after the grace, and the
+    DESTROYED events, so the daemon needs no cancel loop of its own to say why."""
+    bed = make_bed()
+    seen: list[Event] = []
+    bed.core.subscribe(seen.append)
+    ctx = bed.context()
+    other = bed.context(BOB)
+    running, queued = bed.burn(ctx, bed.queue(ctx), 0.2, n=2, timeout_s=1.0)
+    [bobs] = bed.burn(other, bed.queue(other, owner=BOB), 0.01, owner=BOB)
+    bed.clock.advance(0.001)
+    bed.core.close_all(grace_s=0.05, reason="npud is shutting down")
+    assert queued.state is JobState.CANCELLED
+    assert queued.error is not None
+    assert queued.error.message == "its context was closed: npud is shutting down"
+    assert running.state is JobState.RUNNING  # it has the grace to finish
+    bed.run()
+    assert running.state is JobState.CANCELLED
+    assert running.error is not None
+    assert running.error.message.startswith(
+        "its context was closed: npud is shutting down, and the grace period ran out"
+    )
+    assert bobs.state is JobState.COMPLETED  # finished within the grace
+    destroyed = [e for e in seen if isinstance(e, ContextEvent) and e.change == "destroyed"]
+    assert {e.context_id for e in destroyed} == {ctx.id, other.id}
+    assert {e.reason for e in destroyed} == {"npud is shutting down"}
+    assert bed.core.contexts(ROOT, all_users=True) == []
+
+
+def test_destroying_a_context_says_why_in_its_jobs_errors() -> None:
+    """A queued job cancelled by DestroyContext carries the destroy reason in its error."""
+    bed = make_bed()
+    ctx = bed.context()
+    _, queued = bed.burn(ctx, bed.queue(ctx), 0.01, n=2)
+    bed.core.destroy_context(ALICE, ctx.id, reason="its client's session ended")
+    assert queued.error is not None
+    assert queued.error.message == "its context was closed: its client's session ended"
+
+
 def test_submit_validates_buffers_ranges_and_batches() -> None:
     """Unknown queues/buffers are NotFound; empty batches and bad ranges InvalidArgument."""
     bed = make_bed()
