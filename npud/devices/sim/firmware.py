@@ -79,7 +79,7 @@ class FirmwareStatistics:
     lanes: int
     buffers: int
     in_flight: int
-    completed: int
+    replied: int
     cancelled: int
 
 
@@ -111,7 +111,7 @@ class Firmware:
         self._send_lock = threading.Lock()
         self._inflight: dict[int, LaneJob] = {}
         self._inflight_lock = threading.Lock()
-        self._completed = self._cancelled = 0
+        self._replied = self._cancelled = 0
         n = profile.engines if lanes is None else max(1, lanes)
         self._queues: list[queue.SimpleQueue[LaneJob | None]] = [
             queue.SimpleQueue() for _ in range(n)
@@ -181,7 +181,7 @@ class Firmware:
         """A snapshot of the counters."""
         with self._inflight_lock:
             return FirmwareStatistics(
-                self.lanes, len(self.buffers), len(self._inflight), self._completed, self._cancelled
+                self.lanes, len(self.buffers), len(self._inflight), self._replied, self._cancelled
             )
 
     # ---- lane threads -----------------------------------------------------------------
@@ -191,7 +191,7 @@ class Firmware:
             done = self.run(job)
             with self._inflight_lock:
                 self._inflight.pop(job.msg.token, None)
-                self._completed += 1
+                self._replied += 1
                 self._cancelled += done.status is CompletionStatus.ABORTED
             del job  # let go of the buffers before replying (an unmapped one closes now)
             if self._broken.is_set():

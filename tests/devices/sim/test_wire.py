@@ -29,18 +29,34 @@ U64 = st.integers(min_value=0, max_value=2**64 - 1)
     offset=U64,
     size=U64,
     slots=st.lists(st.tuples(U64, st.booleans()), max_size=40),
+    engine=st.integers(min_value=0, max_value=2**16 - 1),
+    flags=st.integers(min_value=0, max_value=255),
 )
 def test_run_round_trips(
-    token: int, command: int, offset: int, size: int, slots: list[tuple[int, bool]]
+    token: int,
+    command: int,
+    offset: int,
+    size: int,
+    slots: list[tuple[int, bool]],
+    engine: int,
+    flags: int,
 ) -> None:
     """Every field of a run message comes back as sent, bindings in slot order."""
     handles = tuple(h for h, _ in slots)
     writable = tuple(w for _, w in slots)
     data = encode_run(
-        token, command=command, offset=offset, size=size, bindings=handles, writable=writable
+        token,
+        command=command,
+        offset=offset,
+        size=size,
+        bindings=handles,
+        writable=writable,
+        engine=engine,
+        flags=flags,
     )
     assert data[:1] == RUN
-    assert decode_run(data) == RunMessage(token, command, offset, size, handles, writable)
+    expected = RunMessage(token, command, offset, size, handles, writable, engine, flags)
+    assert decode_run(data) == expected
 
 
 @settings(max_examples=60)
@@ -87,5 +103,7 @@ def test_values_that_do_not_fit_are_refused() -> None:
         encode_run(1, command=-2, offset=0, size=16, bindings=[], writable=[])
     with pytest.raises(WireError):
         encode_run(1, command=2, offset=0, size=16, bindings=[3], writable=[])
+    with pytest.raises(WireError):
+        encode_run(1, command=2, offset=0, size=16, bindings=[], writable=[], engine=1 << 16)
     with pytest.raises(WireError):
         encode_done(DoneMessage(-1, CompletionStatus.OK, None, 0.0, 0.0, 0, 0))
