@@ -276,7 +276,38 @@ class Core:
             raise NotFound(f"no device {device.name!r} to replace")
         if old.scheduler.lost is None:
             raise FailedPrecondition(f"device {device.name} is not lost; nothing to replace")
-        reason = f"device {device.name} was lost: {old.scheduler.lost}"
+        self._close_lost_contexts(old)
+        del self._devices[device.name]
+        return self.add_device(
+            device,
+            policy=policy or old.scheduler.policy,
+            state_dir=state_dir,
+            budgets=budgets,
+            sram_policy=sram_policy,
+        )
+
+    def lose_device(self, name: str, reason: str) -> None:
+        """The device ``name`` is gone (its node was removed): treat it as lost now.
+
+        Its jobs end FAILED with DeviceLost (as when the device reports the loss itself; a
+        second call, or a device that already reported it, fails nothing twice), and its
+        contexts are closed at once, as :meth:`replace_device` would close them. The entry
+        stays, with health LOST, until :meth:`replace_device` serves a new device under the
+        name. The caller closes the device.
+
+        Raises:
+            NotFound: no device of that name is registered.
+        """
+        entry = self.device(name)
+        # The scheduler's own loss path (what the device's loss listener calls): fail the
+        # device's jobs, clear its queues, publish the LOST event.
+        entry.scheduler._on_device_lost(reason)
+        self._close_lost_contexts(entry)
+
+    def _close_lost_contexts(self, old: DeviceEntry) -> None:
+        """Close every context of the lost device ``old``, including those it will never
+        report back for."""
+        reason = f"device {old.name} was lost: {old.scheduler.lost}"
         for ctx_id in list(old.contexts):
             ctx = self._contexts.get(ctx_id)
             if ctx is not None and ctx.open:
@@ -295,14 +326,6 @@ class Core:
             self.events.publish(
                 ContextEvent(self.now(), old.name, ctx_id, ctx.owner.uid, Change.DESTROYED, reason)
             )
-        del self._devices[device.name]
-        return self.add_device(
-            device,
-            policy=policy or old.scheduler.policy,
-            state_dir=state_dir,
-            budgets=budgets,
-            sram_policy=sram_policy,
-        )
 
     # ------------------------------------------------------------------ contexts
 
