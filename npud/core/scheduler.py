@@ -118,9 +118,10 @@ class EngineStatistics:
     index: int
     in_flight: int
     latency_in_flight: int
-    busy_s: float
-    utilisation: float  # busy time over the scheduler's lifetime
-    recent_utilisation: float  # busy time over the last ``share_window_s``
+    busy_s: float  # device time of the jobs that have finished on it
+    utilisation: float  # busy time (finished + running) over the scheduler's lifetime
+    recent_utilisation: float  # busy time (finished + running) over the last ``share_window_s``
+    running_s: float = 0.0  # how long the job it runs now has been running (0: idle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class _Engine:
     load_s: float = 0.0
     busy_s: float = 0.0
     recent: deque[tuple[float, float]] = field(default_factory=deque)  # (finished, run)
+    head_since: float | None = None  # when the head of ``inflight`` started running
 
 
 @dataclass(slots=True, eq=False)
@@ -524,10 +526,11 @@ class Scheduler:
         return work / len(self._engines) + soonest
 
     def _remaining(self, engine: _Engine, now: float) -> float:
+        """The engine's in-flight work not yet done: charged work minus the head's progress."""
         if not engine.inflight:
             return 0.0
-        head = engine.inflight[0]
-        elapsed = now - head.started_at if head.started_at is not None else 0.0
+        since = engine.head_since
+        elapsed = now - since if since is not None else 0.0
         return max(0.0, engine.load_s - elapsed)
 
     def _check_device(self) -> None:
@@ -1130,6 +1133,7 @@ class Scheduler:
 
     def _start(self, job: Job, engine: _Engine) -> None:
         now = self._clock.now()
+        engine.head_since = now
         if not job.done:
             job.started_at = now
         timeout = job.timeout_s or self.policy.timeout_for(job.sched_class)
@@ -1140,6 +1144,7 @@ class Scheduler:
         was_head = bool(engine.inflight) and engine.inflight[0] is job
         if was_head:
             engine.inflight.popleft()
+            engine.head_since = None
         else:
             with contextlib.suppress(ValueError):
                 engine.inflight.remove(job)
@@ -1328,6 +1333,28 @@ class Scheduler:
 
     # ------------------------------------------------------------------ statistics
 
+    # ---- Why utilisation counts the job that is still running ---------------------------
+    #
+    # An engine's busy time grows when a job finishes (by its measured time). Counted that
+    # way alone, an engine running a 600 s job reads 0 % for ten minutes, then 100 % of a
+    # window it was not busy in: npuctl showed core0 at 0.0 % while it was fully occupied.
+    # So the busy time over a window is the finished jobs' run time that falls inside the
+    # window (a run that began before the window counts only from its start) plus the time
+    # the job at the head of the engine's FIFO has been running, clipped to the window. The
+    # head is the only job an engine executes; jobs queued behind it are not busy time.
+    # ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _running_s(engine: _Engine, now: float) -> float:
+        if engine.head_since is None or not engine.inflight:
+            return 0.0
+        return max(0.0, now - engine.head_since)
+
+    def _busy_in_window(self, engine: _Engine, now: float, running: float) -> float:
+        start = now - self.policy.share_window_s
+        busy = sum(min(run, max(0.0, finished - start)) for finished, run in engine.recent)
+        return busy + min(running, now - start)
+
     def shares(self) -> Mapping[SchedClass, float]:
         """Each class's share of device time over the recent window (sums to 1, or all 0)."""
         total = sum(self._usage.values())
@@ -1345,14 +1372,16 @@ class Scheduler:
         for e in self._engines:
             while e.recent and e.recent[0][0] < now - window:
                 e.recent.popleft()
+            running = self._running_s(e, now)
             engines.append(
                 EngineStatistics(
                     index=e.index,
                     in_flight=len(e.inflight),
                     latency_in_flight=e.latency,
                     busy_s=e.busy_s,
-                    utilisation=min(1.0, e.busy_s / life),
-                    recent_utilisation=min(1.0, sum(r for _, r in e.recent) / window),
+                    utilisation=min(1.0, (e.busy_s + running) / life),
+                    recent_utilisation=min(1.0, self._busy_in_window(e, now, running) / window),
+                    running_s=running,
                 )
             )
         classes = tuple(
