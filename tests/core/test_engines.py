@@ -53,3 +53,54 @@ def test_recent_utilisation_counts_only_the_part_of_a_run_inside_the_window() ->
     bed.clock.advance(window / 4)
     after = bed.scheduler.statistics().engines[1]
     assert after.recent_utilisation == pytest.approx(0.75, abs=0.01)
+
+
+def test_a_latency_job_lands_on_the_engine_that_frees_up_first() -> None:
+    """Three engines busy with jobs ending at different times: a latency job goes to the one
+    whose remaining work is smallest (engine 0, started first), not the one with the least
+    work charged (engine 1) nor the next in a rotation."""
+    bed = make_bed()
+    ctx = bed.context()
+    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    for engine, seconds in ((0, 0.030), (1, 0.010), (2, 0.050)):
+        bed.scheduler.estimator.set_prior(f"busy{engine}", seconds)
+    bed.burn(ctx, busy, 0.030, engine=0, kind="busy0")  # ends at ~30 ms
+    bed.clock.advance(0.025)
+    bed.burn(ctx, busy, 0.010, engine=1, kind="busy1")  # ends at ~35 ms
+    bed.burn(ctx, busy, 0.050, engine=2, kind="busy2")  # ends at ~75 ms
+    bed.clock.advance(0.001)
+    lat = bed.queue(ctx, SchedClass.LATENCY)
+    [probe] = bed.burn(ctx, lat, 0.001, kind="probe")
+    assert probe.engine == 0
+    bed.run()
+    assert probe.state is JobState.COMPLETED
+    assert probe.queue_wait_s is not None
+    assert probe.queue_wait_s < 0.006  # waited for engine 0's last ~4 ms, not engine 1's 9
+
+
+def test_two_short_jobs_in_flight_beat_one_long_one() -> None:
+    """An engine with two short jobs queued frees up before one running a long job: the
+    remaining work decides, not how many jobs are in flight."""
+    bed = make_bed()
+    ctx = bed.context()
+    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    bed.scheduler.estimator.set_prior("short", 0.002)
+    bed.scheduler.estimator.set_prior("long", 0.050)
+    bed.burn(ctx, busy, 0.002, engine=0, kind="short", n=2)
+    bed.burn(ctx, busy, 0.050, engine=1, kind="long")
+    bed.burn(ctx, busy, 0.050, engine=2, kind="long")
+    [probe] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.001, kind="probe")
+    assert probe.engine == 0
+
+
+def test_an_idle_engine_is_chosen_before_any_busy_one() -> None:
+    """With one engine idle, a job goes there even if a busy engine is about to free up."""
+    bed = make_bed()
+    ctx = bed.context()
+    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    for engine, seconds in ((0, 0.030), (2, 0.0011)):
+        bed.scheduler.estimator.set_prior(f"busy{engine}", seconds)
+        bed.burn(ctx, busy, seconds, engine=engine, kind=f"busy{engine}")
+    bed.clock.advance(0.001)
+    [probe] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.001, kind="probe")
+    assert probe.engine == 1
