@@ -76,6 +76,9 @@ class SchedulerPolicy:
         resident_lookahead: how many equally ranked ready jobs are compared to prefer one whose
             buffers are already resident.
         ema_alpha: the weight of a new sample in the per-kind duration average.
+        model_cap: admission (time slice, deadlines) uses a kind's measured average but at
+            most this multiple of the device's modelled average, where the device models it
+            (see :mod:`npud.core.estimates`).
         history: finished jobs kept per context for listing.
     """
 
@@ -93,6 +96,7 @@ class SchedulerPolicy:
     resident_lookahead: int = 4
     ema_alpha: float = 0.2
     history: int = 256
+    model_cap: float = 2.0
 
     def __post_init__(self) -> None:
         if sum(self.min_share.get(c, 0.0) for c in CLASS_ORDER) >= 1.0:
@@ -106,6 +110,8 @@ class SchedulerPolicy:
             raise InvalidArgument("share_window_s must be > 0 and latency_window_s >= 0")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise InvalidArgument(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if not self.model_cap >= 1.0:
+            raise InvalidArgument(f"model_cap must be >= 1, got {self.model_cap}")
 
     def timeout_for(self, sched_class: SchedClass) -> float:
         """The watchdog timeout of a class (jobs may set a shorter or longer one)."""

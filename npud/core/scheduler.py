@@ -194,7 +194,9 @@ class Scheduler:
         self._residency = residency
         self.policy = policy or SchedulerPolicy()
         self._events = events or EventBus()
-        self.estimator = estimator or DurationEstimator(self.policy.ema_alpha)
+        self.estimator = estimator or DurationEstimator(
+            self.policy.ema_alpha, model_cap=self.policy.model_cap
+        )
         caps = device.capabilities
         self._caps = caps
         self._engines = [_Engine(i) for i in range(max(1, len(caps.engines)))]
@@ -345,9 +347,24 @@ class Scheduler:
     # ------------------------------------------------------------------ admission
 
     def estimate(self, job: Job) -> float | None:
-        """The expected device time of ``job``: its kind's average, else the client's hint."""
+        """The expected device time of ``job``: its kind's average, else the client's hint.
+
+        What fair-share charging and the per-engine in-flight work use.
+        """
         est = self.estimator.estimate(job.kind)
         return est if est is not None else job.estimate_s
+
+    def admission_estimate(self, job: Job) -> float | None:
+        """The duration admission control (time slice, deadlines) holds ``job`` to: its kind's
+        measured average capped by the device's model (``DurationEstimator.admission``), else
+        the client's hint."""
+        est = self.estimator.admission_s(job.kind)
+        return est if est is not None else job.estimate_s
+
+    def _basis(self, job: Job) -> str:
+        """What :meth:`admission_estimate` was based on, for an error message."""
+        adm = self.estimator.admission(job.kind)
+        return "your estimate_s" if adm is None else adm.describe()
 
     def submit(self, ctx: Context, jobs: Sequence[Job]) -> None:
         """Admit a batch of jobs, all or nothing, and schedule them.
@@ -439,7 +456,7 @@ class Scheduler:
         if not self._fifo and self.policy.time_slice_s is not None:
             for job in jobs:
                 if job.queue.sched_class is not SchedClass.LATENCY:
-                    self._check_slice(job, job.queue.sched_class, self.estimate(job))
+                    self._check_slice(job, job.queue.sched_class, self.admission_estimate(job))
         if any_deadline:
             self._check_deadlines(jobs)
 
@@ -447,7 +464,7 @@ class Scheduler:
         now = self._clock.now()
         # latency jobs of this batch with deadlines, for the EDF work ahead of each other
         batch_edf = [
-            (j.deadline, self.estimate(j) or 0.0, id(j))
+            (j.deadline, self.admission_estimate(j) or 0.0, id(j))
             for j in jobs
             if j.deadline is not None and j.sched_class is SchedClass.LATENCY
         ]
@@ -458,7 +475,7 @@ class Scheduler:
                 raise DeadlineInfeasible(
                     f"the deadline {job.deadline:.6f} s has already passed (now {now:.6f} s)"
                 )
-            est = self.estimate(job)
+            est = self.admission_estimate(job)
             if est is None:
                 continue
             backlog = 0.0
@@ -467,9 +484,9 @@ class Scheduler:
                 backlog = self._backlog(job) + ahead / len(self._engines)
             if now + backlog + est > job.deadline:
                 raise DeadlineInfeasible(
-                    f"a {job.kind or 'job'} job takes about {est * 1e3:.3f} ms (measured "
-                    f"average) and about {backlog * 1e3:.3f} ms of work is ahead of it, but its "
-                    f"deadline is {(job.deadline - now) * 1e3:.3f} ms away"
+                    f"a {job.kind or 'job'} job takes about {est * 1e3:.3f} ms "
+                    f"({self._basis(job)}) and about {backlog * 1e3:.3f} ms of work is ahead of "
+                    f"it, but its deadline is {(job.deadline - now) * 1e3:.3f} ms away"
                 )
 
     def _check_slice(self, job: Job, cls: SchedClass, est: float | None) -> None:
@@ -480,8 +497,9 @@ class Scheduler:
             return
         chunks = math.ceil(est / slice_s)
         raise TimeSliceExceeded(
-            f"a {cls} job of kind {job.kind or '(none)'!r} is estimated at {est * 1e3:.2f} ms, "
-            f"over the {slice_s * 1e3:.2f} ms time slice: split it into at least {chunks} "
+            f"a {cls} job of kind {job.kind or '(none)'!r} is estimated at {est * 1e3:.2f} ms "
+            f"({self._basis(job)}), over the {slice_s * 1e3:.2f} ms time slice: split it "
+            f"into at least {chunks} "
             "chunks, each its own job (a LATENCY job is never refused for its length)"
         )
 
@@ -520,7 +538,7 @@ class Scheduler:
         for entry in self._lat:
             other = entry[3]
             if other.state is JobState.READY and entry[0] <= deadline:
-                work += self.estimate(other) or 0.0
+                work += self.admission_estimate(other) or 0.0
         now = self._clock.now()
         soonest = min(self._remaining(e, now) for e in self._engines)
         return work / len(self._engines) + soonest
@@ -922,19 +940,17 @@ class Scheduler:
             self._ready[cls] -= 1
             self._decisions += 1
             est = self.estimate(job)
-            if (
-                self.policy.reject_late
-                and job.deadline is not None
-                and est is not None
-                and now + est > job.deadline
-            ):
+            late = None
+            if self.policy.reject_late and job.deadline is not None:
+                late = self.admission_estimate(job)
+            if late is not None and job.deadline is not None and now + late > job.deadline:
                 self._refund(job)
                 self._finish(
                     job,
                     JobState.REJECTED,
                     JobError(
                         DeadlineInfeasible,
-                        f"when its turn came at {now:.6f} s it needed about {est * 1e3:.3f} ms "
+                        f"when its turn came at {now:.6f} s it needed about {late * 1e3:.3f} ms "
                         f"more, past its deadline {job.deadline:.6f} s: rejected before it ran",
                     ),
                 )
