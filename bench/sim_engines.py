@@ -5,11 +5,13 @@ that, one executor served every engine, so a small job on engine 1 waited in the
 process for a big job on engine 0 to finish computing, though the two engines are independent
 cores (``docs/benchmarks.md``, P5: decode steps 136 ms p99 on the device for a 13.5 ms p50).
 
-This script opens the sim (process mode) three ways, side by side, and measures the same
+This script opens the sim (process mode) four ways, side by side, and measures the same
 thing on each in alternating rounds, so host load hits all alike:
 
 * **serial**: ``firmware_lanes=1``, one executor for every engine, BLAS threads uncapped: the
   device process as it was (the baseline);
+* **serial, BLAS 1 thread**: the same with BLAS capped at one thread (separates what the cap
+  buys from what the executors buy);
 * **per-engine, BLAS uncapped**: one executor per engine, each BLAS call free to use every
   core (shows what capping BLAS threads buys when engines are busy at once);
 * **per-engine**: the default: one executor per engine, BLAS capped at ``cpus // engines``.
@@ -23,7 +25,7 @@ jobs per second engine 0 got through meanwhile.
 
 Usage::
 
-    python -m bench.sim_engines            # about a minute on 2 cores
+    python -m bench.sim_engines            # about three minutes on 2 cores
     python -m bench.sim_engines --quick    # a smoke run
 """
 
@@ -203,6 +205,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     variants = [
         Variant("serial (before)", 1, cpus),
+        Variant("serial, BLAS 1 thread", 1, 1),
         Variant("per-engine, BLAS uncapped", None, cpus),
         Variant("per-engine (after)", None, None),
     ]
