@@ -18,6 +18,7 @@ from npud.core.job import Job, JobError, JobInfo, JobState
 from npud.core.owner import Owner
 from npud.core.policy import SchedClass
 from npud.core.queue import Queue
+from npud.core.residency import ResidencyStatistics
 from npud.core.service import Core, DeviceReport
 from npud.devices.base import BufferUse, Device, DeviceHealth, MemoryTier
 from npud.errors import InvalidArgument
@@ -314,6 +315,52 @@ def job_to_wire(job: Job, now: float) -> job_pb2.Job:
     return job_info_to_wire(job.statistics(), now)
 
 
+def residency_to_wire(res: ResidencyStatistics) -> stats_pb2.ResidencyStats:
+    """A ResidencyStats message: every counter of core's residency snapshot, with the bytes
+    moved per tier and the bytes uploaded per buffer usage."""
+    by_usage = res.uploaded_by_usage
+    tiers = [t.tier for t in res.tiers]
+    return stats_pb2.ResidencyStats(
+        buffers=res.buffers,
+        persistent_buffers=res.persistent,
+        warm_buffers=res.warm_pool_buffers,
+        evictions=res.evictions,
+        spilled_bytes=sum(res.spilled_bytes.values()),
+        restored_bytes=sum(res.restored_bytes.values()),
+        uploaded_bytes=sum(res.uploaded_bytes.values()),
+        uploaded_weight_bytes=by_usage.get(Usage.WEIGHTS, 0),
+        attaches=res.attaches,
+        hits=res.hits,
+        misses=res.misses,
+        holds=res.holds,
+        drops=res.drops,
+        spills=res.spills,
+        forgotten=res.forgotten,
+        restores=res.restores,
+        promotions=res.promotions,
+        demotions=res.demotions,
+        dedups=res.dedups,
+        quota_refusals=res.quota_refusals,
+        warm_bytes=res.warm_pool_bytes,
+        dormant_registrations=res.dormant_registrations,
+        recycled=res.recycled,
+        traffic=[
+            stats_pb2.TierTraffic(
+                tier=_TIER_TO_WIRE[tier],
+                uploaded_bytes=res.uploaded_bytes.get(tier, 0),
+                spilled_bytes=res.spilled_bytes.get(tier, 0),
+                restored_bytes=res.restored_bytes.get(tier, 0),
+                migrated_bytes=res.migrated_bytes.get(tier, 0),
+            )
+            for tier in tiers
+        ],
+        uploaded_by_usage=[
+            stats_pb2.UsageBytes(usage=_USAGE_TO_WIRE[usage], bytes=by_usage.get(usage, 0))
+            for usage in _USAGE_TO_WIRE
+        ],
+    )
+
+
 def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb2.DeviceStats:
     """A DeviceStats message from core's device report."""
     sched = report.scheduler
@@ -359,14 +406,7 @@ def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb
             stats_pb2.StateCount(state=_STATE_TO_WIRE[JobState(name)], count=count)
             for name, count in sorted(sched.ended.items())
         ],
-        residency=stats_pb2.ResidencyStats(
-            buffers=res.buffers,
-            persistent_buffers=res.persistent,
-            warm_buffers=res.warm_pool_buffers,
-            evictions=res.evictions,
-            spilled_bytes=sum(res.spilled_bytes.values()),
-            restored_bytes=sum(res.restored_bytes.values()),
-        ),
+        residency=residency_to_wire(res),
         submitted=sched.submitted,
         device_resets=sched.watchdog_resets,
     )

@@ -378,7 +378,8 @@ def classes(items: Sequence[stats_pb2.DeviceStats]) -> Table:
 
 
 def job_states(items: Sequence[stats_pb2.DeviceStats]) -> Table:
-    """Jobs per state since the daemon started, and the residency counters, per device."""
+    """Jobs per state since the daemon started, and the residency counters, per device
+    (UPLOADED: bytes clients wrote; ATTACHES: persistent buffers opened by key instead)."""
     table = _table(
         "Jobs and residency (since start)",
         "DEVICE",
@@ -387,7 +388,9 @@ def job_states(items: Sequence[stats_pb2.DeviceStats]) -> Table:
         "PERSISTENT",
         "WARM",
         "EVICTIONS",
-        right=("BUFFERS", "PERSISTENT", "WARM", "EVICTIONS"),
+        "UPLOADED",
+        "ATTACHES",
+        right=("BUFFERS", "PERSISTENT", "WARM", "EVICTIONS", "UPLOADED", "ATTACHES"),
     )
     for d in items:
         states = ", ".join(
@@ -403,6 +406,8 @@ def job_states(items: Sequence[stats_pb2.DeviceStats]) -> Table:
             str(r.persistent_buffers),
             str(r.warm_buffers),
             str(r.evictions),
+            size(r.uploaded_bytes),
+            str(r.attaches),
         )
     return table
 

@@ -41,10 +41,12 @@ from npud.client.types import (
     Queue,
     Quotas,
     Readback,
+    ResidencyStats,
     SchedulingClass,
     Stats,
     TierMemory,
     TierPreference,
+    TierTraffic,
 )
 
 __all__ = [
@@ -76,10 +78,12 @@ __all__ = [
     "Queue",
     "Quotas",
     "Readback",
+    "ResidencyStats",
     "SchedulingClass",
     "Stats",
     "SubmitStream",
     "TierMemory",
     "TierPreference",
+    "TierTraffic",
     "connect",
 ]

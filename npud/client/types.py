@@ -573,8 +573,103 @@ class ClassStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TierTraffic:
+    """Bytes that entered or left one memory tier since the daemon started."""
+
+    tier: MemoryTier | None
+    uploaded_bytes: int = 0
+    spilled_bytes: int = 0
+    restored_bytes: int = 0
+    migrated_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResidencyStats:
+    """Buffer residency on one device: occupancy now and counters since the daemon started.
+
+    ``uploaded_bytes`` are client writes into buffers (any tier); ``uploaded_by_usage`` splits
+    them by buffer usage (``uploaded_weight_bytes`` is its WEIGHTS entry); ``attaches`` counts
+    persistent buffers opened by key instead of uploaded.
+    """
+
+    buffers: int = 0
+    persistent_buffers: int = 0
+    warm_buffers: int = 0
+    warm_bytes: int = 0
+    evictions: int = 0
+    spilled_bytes: int = 0
+    restored_bytes: int = 0
+    uploaded_bytes: int = 0
+    uploaded_weight_bytes: int = 0
+    attaches: int = 0
+    hits: int = 0
+    misses: int = 0
+    holds: int = 0
+    drops: int = 0
+    spills: int = 0
+    forgotten: int = 0
+    restores: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    dedups: int = 0
+    quota_refusals: int = 0
+    dormant_registrations: int = 0
+    recycled: int = 0
+    traffic: tuple[TierTraffic, ...] = ()
+    uploaded_by_usage: dict[BufferUsage, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, msg: stats_pb2.ResidencyStats) -> ResidencyStats:
+        """Convert a wire ResidencyStats."""
+        by_usage: dict[BufferUsage, int] = {}
+        for entry in msg.uploaded_by_usage:
+            usage = _from_wire(
+                BufferUsage, "BUFFER_USAGE_", types_pb2.BufferUsage.Name(entry.usage)
+            )
+            if usage is not None:
+                by_usage[usage] = entry.bytes
+        return cls(
+            buffers=msg.buffers,
+            persistent_buffers=msg.persistent_buffers,
+            warm_buffers=msg.warm_buffers,
+            warm_bytes=msg.warm_bytes,
+            evictions=msg.evictions,
+            spilled_bytes=msg.spilled_bytes,
+            restored_bytes=msg.restored_bytes,
+            uploaded_bytes=msg.uploaded_bytes,
+            uploaded_weight_bytes=msg.uploaded_weight_bytes,
+            attaches=msg.attaches,
+            hits=msg.hits,
+            misses=msg.misses,
+            holds=msg.holds,
+            drops=msg.drops,
+            spills=msg.spills,
+            forgotten=msg.forgotten,
+            restores=msg.restores,
+            promotions=msg.promotions,
+            demotions=msg.demotions,
+            dedups=msg.dedups,
+            quota_refusals=msg.quota_refusals,
+            dormant_registrations=msg.dormant_registrations,
+            recycled=msg.recycled,
+            traffic=tuple(
+                TierTraffic(
+                    tier_from_wire(t.tier),
+                    t.uploaded_bytes,
+                    t.spilled_bytes,
+                    t.restored_bytes,
+                    t.migrated_bytes,
+                )
+                for t in msg.traffic
+            ),
+            uploaded_by_usage=by_usage,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceStats:
-    """One device's scheduler, engines and memory."""
+    """One device's scheduler, engines and memory (``residency`` holds every residency
+    counter; ``buffers`` .. ``evictions`` repeat its first few for older callers)."""
 
     device: str
     simulated: bool
@@ -592,6 +687,7 @@ class DeviceStats:
     evictions: int = 0
     submitted: int = 0
     device_resets: int = 0
+    residency: ResidencyStats = field(default_factory=ResidencyStats)
 
     @classmethod
     def from_wire(cls, msg: stats_pb2.DeviceStats) -> DeviceStats:
@@ -625,6 +721,7 @@ class DeviceStats:
             evictions=msg.residency.evictions,
             submitted=msg.submitted,
             device_resets=msg.device_resets,
+            residency=ResidencyStats.from_wire(msg.residency),
         )
 
 

@@ -118,6 +118,8 @@ class ResidencyStatistics:
     resident already. ``uploaded_bytes`` are client writes by the tier they landed in (HOST when
     staged while not resident); ``spilled_bytes`` and ``restored_bytes`` are keyed by the device
     tier the bytes left or entered; ``migrated_bytes`` by the destination tier.
+    ``uploaded_by_usage`` is the same client writes by the usage of the buffer written (a
+    process that opens persistent WEIGHTS by key adds nothing to ``Usage.WEIGHTS``).
     """
 
     device: str
@@ -149,6 +151,7 @@ class ResidencyStatistics:
     recycled: int = 0  # buffers that took a spare allocation instead of allocating
     spare_buffers: int = 0  # device allocations parked for reuse (included in used_bytes)
     spare_bytes: int = 0
+    uploaded_by_usage: Mapping[Usage, int] = field(default_factory=dict)  # client writes
 
     def tier(self, tier: MemoryTier) -> TierUsage:
         """The usage of one tier."""
@@ -195,6 +198,7 @@ class _Counters:
     spilled: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     restored: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     migrated: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
+    uploaded_usage: dict[Usage, int] = field(default_factory=lambda: dict.fromkeys(Usage, 0))
 
 
 class ResidencyManager:
@@ -437,6 +441,7 @@ class ResidencyManager:
             raise FailedPrecondition(f"buffer {buf.id} is bound to a running job")
         if n == 0:
             return
+        self._n.uploaded_usage[buf.usage] += n
         if buf.device is not None:
             with _Mapped(self._device, buf) as view:
                 view[offset : offset + n] = data
@@ -754,6 +759,7 @@ class ResidencyManager:
             recycled=n.recycled,
             spare_buffers=sum(len(spares) for spares in self._spares.values()),
             spare_bytes=sum(self._spare_bytes.values()),
+            uploaded_by_usage=dict(n.uploaded_usage),
         )
 
     # ---- internals -------------------------------------------------------------------------

@@ -110,8 +110,71 @@ class StateCount(_message.Message):
 Global___StateCount: _TypeAlias = StateCount  # noqa: Y015
 
 @_typing.final
+class TierTraffic(_message.Message):
+    """TierTraffic is the bytes that entered or left one memory tier since the daemon started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_FIELD_NUMBER: _builtins.int
+    UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
+    SPILLED_BYTES_FIELD_NUMBER: _builtins.int
+    RESTORED_BYTES_FIELD_NUMBER: _builtins.int
+    MIGRATED_BYTES_FIELD_NUMBER: _builtins.int
+    tier: _types_pb2.MemoryTier.ValueType
+    uploaded_bytes: _builtins.int
+    """Client writes that landed in this tier (HOST: staged while the buffer was not resident)."""
+    spilled_bytes: _builtins.int
+    """Bytes evicted out of this device tier and kept in host memory."""
+    restored_bytes: _builtins.int
+    """Bytes brought back into this device tier from host memory or their on-disk copy."""
+    migrated_bytes: _builtins.int
+    """Bytes moved into this device tier from another one (SRAM promotion, demotion to DRAM)."""
+    def __init__(
+        self,
+        *,
+        tier: _types_pb2.MemoryTier.ValueType = ...,
+        uploaded_bytes: _builtins.int = ...,
+        spilled_bytes: _builtins.int = ...,
+        restored_bytes: _builtins.int = ...,
+        migrated_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migrated_bytes", b"migrated_bytes", "restored_bytes", b"restored_bytes", "spilled_bytes", b"spilled_bytes", "tier", b"tier", "uploaded_bytes", b"uploaded_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierTraffic: _TypeAlias = TierTraffic  # noqa: Y015
+
+@_typing.final
+class UsageBytes(_message.Message):
+    """UsageBytes is how many bytes clients wrote into buffers of one usage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USAGE_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    usage: _types_pb2.BufferUsage.ValueType
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        usage: _types_pb2.BufferUsage.ValueType = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageBytes: _TypeAlias = UsageBytes  # noqa: Y015
+
+@_typing.final
 class ResidencyStats(_message.Message):
-    """ResidencyStats summarises buffer residency on one device."""
+    """ResidencyStats summarises buffer residency on one device. Counters run since the daemon
+    started (since the device was re-opened, after a rescan).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -121,6 +184,25 @@ class ResidencyStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _builtins.int
     SPILLED_BYTES_FIELD_NUMBER: _builtins.int
     RESTORED_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOADED_WEIGHT_BYTES_FIELD_NUMBER: _builtins.int
+    ATTACHES_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    DROPS_FIELD_NUMBER: _builtins.int
+    SPILLS_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_FIELD_NUMBER: _builtins.int
+    RESTORES_FIELD_NUMBER: _builtins.int
+    PROMOTIONS_FIELD_NUMBER: _builtins.int
+    DEMOTIONS_FIELD_NUMBER: _builtins.int
+    DEDUPS_FIELD_NUMBER: _builtins.int
+    QUOTA_REFUSALS_FIELD_NUMBER: _builtins.int
+    WARM_BYTES_FIELD_NUMBER: _builtins.int
+    DORMANT_REGISTRATIONS_FIELD_NUMBER: _builtins.int
+    RECYCLED_FIELD_NUMBER: _builtins.int
+    TRAFFIC_FIELD_NUMBER: _builtins.int
+    UPLOADED_BY_USAGE_FIELD_NUMBER: _builtins.int
     buffers: _builtins.int
     persistent_buffers: _builtins.int
     warm_buffers: _builtins.int
@@ -128,6 +210,48 @@ class ResidencyStats(_message.Message):
     evictions: _builtins.int
     spilled_bytes: _builtins.int
     restored_bytes: _builtins.int
+    uploaded_bytes: _builtins.int
+    """Bytes clients wrote into buffers (WriteBuffer chunks, inline command streams), any tier."""
+    uploaded_weight_bytes: _builtins.int
+    """Of uploaded_bytes, those written into WEIGHTS buffers: a process that opens persistent
+    weights by key (OpenPersistentBuffer) instead of writing them adds nothing here.
+    """
+    attaches: _builtins.int
+    """OpenPersistentBuffer calls that attached a context to an existing persistent buffer."""
+    hits: _builtins.int
+    """Buffers of dispatched jobs that were already resident (hits) or had to be placed (misses)."""
+    misses: _builtins.int
+    holds: _builtins.int
+    """Times a job was held because its buffers could not be placed yet."""
+    drops: _builtins.int
+    """Evictions by outcome: contents dropped (scratch, or reloadable from the on-disk copy),
+    spilled to host memory, or forgotten (an unused warm buffer without an on-disk copy is
+    destroyed); restores bring spilled or on-disk contents back onto the device.
+    """
+    spills: _builtins.int
+    forgotten: _builtins.int
+    restores: _builtins.int
+    promotions: _builtins.int
+    """Buffers moved into SRAM (promotions) or out of it to DRAM (demotions)."""
+    demotions: _builtins.int
+    dedups: _builtins.int
+    """Seals whose contents were already registered under the same key (stored once)."""
+    quota_refusals: _builtins.int
+    """Buffer creations refused by a memory quota."""
+    warm_bytes: _builtins.int
+    """Device bytes held by the warm pool (warm_buffers)."""
+    dormant_registrations: _builtins.int
+    """Persistent registrations on disk not opened since the daemon started."""
+    recycled: _builtins.int
+    """Buffers that reused a parked device allocation instead of allocating (inline commands)."""
+    @_builtins.property
+    def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierTraffic]:
+        """Per memory tier: bytes uploaded, spilled, restored and migrated."""
+
+    @_builtins.property
+    def uploaded_by_usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBytes]:
+        """Per buffer usage: bytes clients wrote (sums to uploaded_bytes)."""
+
     def __init__(
         self,
         *,
@@ -137,10 +261,29 @@ class ResidencyStats(_message.Message):
         evictions: _builtins.int = ...,
         spilled_bytes: _builtins.int = ...,
         restored_bytes: _builtins.int = ...,
+        uploaded_bytes: _builtins.int = ...,
+        uploaded_weight_bytes: _builtins.int = ...,
+        attaches: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        holds: _builtins.int = ...,
+        drops: _builtins.int = ...,
+        spills: _builtins.int = ...,
+        forgotten: _builtins.int = ...,
+        restores: _builtins.int = ...,
+        promotions: _builtins.int = ...,
+        demotions: _builtins.int = ...,
+        dedups: _builtins.int = ...,
+        quota_refusals: _builtins.int = ...,
+        warm_bytes: _builtins.int = ...,
+        dormant_registrations: _builtins.int = ...,
+        recycled: _builtins.int = ...,
+        traffic: _abc.Iterable[Global___TierTraffic] | None = ...,
+        uploaded_by_usage: _abc.Iterable[Global___UsageBytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "evictions", b"evictions", "persistent_buffers", b"persistent_buffers", "restored_bytes", b"restored_bytes", "spilled_bytes", b"spilled_bytes", "warm_buffers", b"warm_buffers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attaches", b"attaches", "buffers", b"buffers", "dedups", b"dedups", "demotions", b"demotions", "dormant_registrations", b"dormant_registrations", "drops", b"drops", "evictions", b"evictions", "forgotten", b"forgotten", "hits", b"hits", "holds", b"holds", "misses", b"misses", "persistent_buffers", b"persistent_buffers", "promotions", b"promotions", "quota_refusals", b"quota_refusals", "recycled", b"recycled", "restored_bytes", b"restored_bytes", "restores", b"restores", "spilled_bytes", b"spilled_bytes", "spills", b"spills", "traffic", b"traffic", "uploaded_by_usage", b"uploaded_by_usage", "uploaded_bytes", b"uploaded_bytes", "uploaded_weight_bytes", b"uploaded_weight_bytes", "warm_buffers", b"warm_buffers", "warm_bytes", b"warm_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -138,22 +138,32 @@ def test_jobs_and_buffers_have_the_right_classes(
 def test_second_process_uploads_no_weight_bytes(
     daemon: Path, client: Client, tmp_path: Path
 ) -> None:
-    """A second process running the same model attaches the persistent weights: 0 bytes."""
+    """A second process running the same model attaches the persistent weights: 0 bytes, by
+    the client's count and by the daemon's statistics (uploaded weight bytes unchanged,
+    attaches up by one per weight pack)."""
     model_dir = make_tiny(tmp_path / "fresh", seed=4242)  # weights no earlier test uploaded
-    before = client.stats().devices[0].persistent_buffers
+    before = client.stats().devices[0]
     first = _cli(daemon, model_dir, "shared weights", 8)
     assert first.returncode == 0, first.stderr
-    after_first = client.stats().devices[0].persistent_buffers
+    after_first = client.stats().devices[0]
     second = _cli(daemon, model_dir, "shared weights", 8)
     assert second.returncode == 0, second.stderr
-    after_second = client.stats().devices[0].persistent_buffers
+    after_second = client.stats().devices[0]
     one, two = json.loads(first.stdout), json.loads(second.stdout)
     assert one["weight_packs_uploaded"] == 3
     assert one["weight_bytes_uploaded"] > 1_000_000
     assert two["weight_bytes_uploaded"] == 0
     assert two["weight_packs_reused"] == 3
-    assert after_first == before + 3  # the daemon created three persistent buffers ...
-    assert after_second == after_first  # ... and none for the second process
+    # the daemon created three persistent buffers, and none for the second process
+    assert after_first.persistent_buffers == before.persistent_buffers + 3
+    assert after_second.persistent_buffers == after_first.persistent_buffers
+    # the daemon's own statistics: the first process's weight bytes arrived, the second's not
+    uploaded = after_first.residency.uploaded_weight_bytes - before.residency.uploaded_weight_bytes
+    assert uploaded == one["weight_bytes_uploaded"]
+    assert (
+        after_second.residency.uploaded_weight_bytes == after_first.residency.uploaded_weight_bytes
+    )
+    assert after_second.residency.attaches == after_first.residency.attaches + 3
     assert two["token_ids"] == one["token_ids"]
 
 
