@@ -1,9 +1,12 @@
 """The daemon: wiring config, devices, core, the gRPC server, identity and systemd together.
 
 One asyncio loop runs everything; one TaskGroup owns the long-lived tasks (the systemd
-watchdog, the status line); the gRPC server, the identity server and core's schedulers are
-callback-driven on the same loop. Order of start-up: devices are opened, core is built, the
-gRPC socket and the identity socket are bound, and only then READY=1 is sent.
+watchdog, the status line, the hotplug watcher); the gRPC server, the identity server and
+core's schedulers are callback-driven on the same loop. Order of start-up: the hotplug source
+starts collecting node events (its fd on the loop), devices are opened, core is built, the
+gRPC socket and the identity socket are bound, and only then READY=1 is sent. Hotplug
+(:mod:`npud.daemon.hotplug`) then serves nodes that appear, loses devices whose node goes away
+and re-opens lost devices on every event.
 
 Shutdown
 --------
@@ -39,10 +42,12 @@ from npud.core.job import Job
 from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedulerPolicy
 from npud.core.service import Core, CoreLimits
-from npud.daemon.devices import choose_devices, open_devices
+from npud.daemon.devices import Nodes, SystemNodes, choose_devices, open_devices
+from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
 from npud.daemon.recovery import DeviceRecovery
 from npud.daemon.systemd import Notifier
 from npud.devices.base import Device, DeviceHealth
+from npud.devices.discovery import NodeInfo
 from npud.errors import ConfigError, NpudError, Unavailable
 from npud.log import get_logger
 
@@ -78,11 +83,26 @@ def _socket_in_use(path: Path) -> bool:
 
 
 class Daemon:
-    """One npud process. :meth:`run` returns the exit status."""
+    """One npud process. :meth:`run` returns the exit status.
 
-    def __init__(self, settings: Settings) -> None:
+    ``nodes`` finds and opens device nodes (default: discovery and the accel adapters) and
+    ``hotplug`` is the stream of node events (default: discovery's monitor on the loop); tests
+    pass fakes for both to drive the daemon over fake kernels.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nodes: Nodes | None = None,
+        hotplug: EventSource | None = None,
+    ) -> None:
         self.settings = settings
         self.log = get_logger("npud")
+        self.nodes: Nodes = nodes if nodes is not None else SystemNodes(self.log)
+        self.on_node: dict[str, NodeInfo] = {}  # device name -> the node it was opened on
+        self.hotplug: HotplugWatcher | None = None
+        self._source = hotplug
         self.notifier = Notifier.from_environment()
         self._stop = asyncio.Event()
         self._all_closed = asyncio.Event()
@@ -160,12 +180,32 @@ class Daemon:
             f"{stats.contexts} context(s), {stats.live_jobs} live job(s)"
         )
 
+    def _start_hotplug(self) -> None:
+        """Start collecting node events before enumerating, so no node is missed in between;
+        without netlink (a container, no permission) the daemon runs without hotplug."""
+        source = self._source if self._source is not None else MonitorEvents()
+        try:
+            source.start()
+        except OSError as exc:
+            self.log.warning(
+                "hotplug.unavailable",
+                error=str(exc),
+                detail="nodes are not followed; RescanDevices brings lost devices back",
+            )
+            self._source = None
+            return
+        self._source = source
+
     async def _start(self) -> None:
         s = self.settings
-        choice = choose_devices(s, self.log)
+        self._start_hotplug()
+        choice = choose_devices(s, self.log, self.nodes)
         if choice.simulated:
             self.log.warning("devices.simulated", detail=choice.reason)
         self.devices = open_devices(choice, self.log)
+        self.on_node.update(
+            (d.name, choice.nodes[d.name]) for d in self.devices if d.name in choice.nodes
+        )
         admin_gid = _group_id(s.admin_group)
         sock_gid = _group_id(s.socket_group)
         core = Core(
@@ -212,7 +252,21 @@ class Daemon:
             policy=policy,
             log=self.log,
             on_entry=lambda entry: entry.scheduler.add_hooks(on_end=self._log_job),
+            nodes=self.nodes,
+            on_node=self.on_node,
         )
+        if self._source is not None:
+            self.hotplug = HotplugWatcher(
+                core,
+                s,
+                self.devices,
+                self.on_node,
+                nodes=self.nodes,
+                recovery=self.recovery,
+                policy=policy,
+                log=self.log,
+                on_entry=lambda entry: entry.scheduler.add_hooks(on_end=self._log_job),
+            )
         admin = AdminServicer(
             self.state, fault_injection=s.fault_injection, rescan=self.recovery.rescan
         )
@@ -234,15 +288,23 @@ class Daemon:
             devices=[d.name for d in self.devices],
             simulated=choice.simulated,
             policy=s.policy,
+            hotplug=self._source.name if self._source is not None else None,
             pid=os.getpid(),
         )
 
     # ---- running ----------------------------------------------------------------------------
 
     def _healthy(self) -> bool:
-        """The watchdog's self-check: the loop runs (we are on it) and a device still serves."""
+        """The watchdog's self-check: the loop runs (we are on it) and a device still serves,
+        or every lost device is a node whose return hotplug awaits (an unplugged NPU is not a
+        daemon fault; a dead simulated NPU with nothing else serving is, and a restart cures
+        it)."""
         assert self.core is not None
-        return any(self.core.device_health(d.name) is not DeviceHealth.LOST for d in self.devices)
+        lost = [d for d in self.devices if self.core.device_health(d.name) is DeviceHealth.LOST]
+        if len(lost) < len(self.devices):
+            return True
+        watching = self.hotplug is not None and self.hotplug.running
+        return bool(lost) and watching and all(d.name in self.on_node for d in lost)
 
     async def _status_loop(self) -> None:
         assert self.state is not None
@@ -276,7 +338,12 @@ class Daemon:
                     tasks.create_task(self.notifier.run_watchdog(self._healthy)),
                     tasks.create_task(self._status_loop()),
                 ]
+                watcher = None
+                if self.hotplug is not None and self._source is not None:
+                    watcher = tasks.create_task(self.hotplug.run(self._source))
                 await self._stop.wait()
+                if watcher is not None:  # no device comes or goes while draining
+                    watcher.cancel()
                 await self._shutdown()
                 for task in background:
                     task.cancel()
@@ -321,6 +388,8 @@ class Daemon:
 
     async def _teardown(self) -> None:
         """Close everything that was opened (also after a failed start)."""
+        if self._source is not None:
+            self._source.stop()
         if self.server is not None:
             await self.server.server.stop(grace=None)
         if self.identity is not None:

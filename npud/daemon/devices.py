@@ -7,18 +7,25 @@ the daemon serves the simulated NPU (:class:`npud.devices.sim.SimDevice` in proc
 device process on real time) and says so: a warning in the log, the systemd STATUS line, the
 daemon statistics and ``simulated = true`` on every device record. ``device = "sim"`` asks for
 the simulated NPU only; a ``/dev/...`` path for that node only.
+
+Finding and opening nodes goes through :class:`Nodes` (:class:`SystemNodes` here: discovery and
+the adapters), so the daemon's device handling - start-up, recovery, hotplug - can be driven
+over fake kernels in tests. The daemon remembers which node each real device was opened on
+(:attr:`DeviceChoice.nodes`): recovery finds a lost device's node again by its path, and
+hotplug matches a removed node to the device on it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from npud.config import Settings
 from npud.devices.base import Device
+from npud.devices.discovery import NodeInfo
 from npud.errors import DeviceLost, NpudError, Unsupported
 
 
@@ -29,6 +36,7 @@ class DeviceChoice:
     devices: tuple[Device, ...]
     simulated: bool
     reason: str  # one line for the log and the systemd status
+    nodes: Mapping[str, NodeInfo] = field(default_factory=dict)  # device name -> its node
 
 
 def _make_sim(settings: Settings, name: str = "sim0") -> Device:
@@ -79,22 +87,64 @@ def _open_node(node: Any, log: Any) -> Device | None:
     return device
 
 
-def choose_devices(settings: Settings, log: Any) -> DeviceChoice:
+class Nodes(Protocol):
+    """How the daemon finds NPU nodes and puts an adapter on one."""
+
+    def discover(self) -> list[NodeInfo]:
+        """Every NPU node present now ([] when discovery is unavailable); never raises."""
+        ...
+
+    def open(self, node: NodeInfo) -> Device | None:
+        """A new, unopened adapter for ``node``, or ``None`` when no adapter drives it."""
+        ...
+
+
+class SystemNodes:
+    """The machine's nodes: :mod:`npud.devices.discovery` and the accel adapters."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def discover(self) -> list[NodeInfo]:
+        """Every NPU node discovery finds now (see :func:`_discover`)."""
+        return _discover(self._log)
+
+    def open(self, node: NodeInfo) -> Device | None:
+        """The adapter for ``node`` (see :func:`_open_node`)."""
+        return _open_node(node, self._log)
+
+
+def wanted(settings: Settings, node: NodeInfo) -> bool:
+    """Whether the configuration lets the daemon serve ``node``: ``device = "auto"`` serves
+    every node an adapter drives, a ``/dev/...`` path only that node, ``"sim"`` none."""
+    if settings.device == "auto":
+        return True
+    return settings.device == node.path
+
+
+def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> DeviceChoice:
     """Create (not yet open) the devices the configuration asks for.
+
+    ``nodes`` finds and opens nodes (default: :class:`SystemNodes`).
 
     Raises:
         Unsupported: ``device`` names a node no adapter drives.
     """
     if settings.device == "sim":
         return DeviceChoice((_make_sim(settings),), True, "simulated NPU (device = sim)")
-    nodes = _discover(log)
-    if settings.device != "auto":
-        nodes = [n for n in nodes if str(getattr(n, "path", "")) == settings.device]
-        if not nodes:
-            raise Unsupported(f"device {settings.device}: not found by discovery or unsupported")
-    found = [d for d in (_open_node(n, log) for n in nodes) if d is not None]
+    access = nodes if nodes is not None else SystemNodes(log)
+    found_nodes = [n for n in access.discover() if wanted(settings, n)]
+    if settings.device != "auto" and not found_nodes:
+        raise Unsupported(f"device {settings.device}: not found by discovery or unsupported")
+    found: list[Device] = []
+    on_node: dict[str, NodeInfo] = {}
+    for node in found_nodes:
+        device = access.open(node)
+        if device is not None:
+            found.append(device)
+            on_node[device.name] = node
     if found:
-        return DeviceChoice(tuple(found), False, f"{len(found)} NPU(s) discovered")
+        return DeviceChoice(tuple(found), False, f"{len(found)} NPU(s) discovered", on_node)
     return DeviceChoice(
         (_make_sim(settings),),
         True,
