@@ -300,6 +300,7 @@ def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
         run_s=max(0.0, run),
         engine=-1 if info.engine is None else info.engine,
         age_s=max(0.0, now - info.submitted_at),
+        context_label=info.context_label,
     )
     if info.completion is not None:
         msg.modelled_s = info.completion.modelled_s

@@ -218,7 +218,8 @@ def job_row(j: job_pb2.Job) -> tuple[str, ...]:
 
 
 def live_jobs(items: Sequence[job_pb2.Job]) -> Table:
-    """The narrower jobs table of ``top``: no queue id or modelled time, so ids fit."""
+    """The narrower jobs table of ``top``: no queue id or modelled time, so ids fit; the
+    context is named by its label where it has one."""
     table = _table(
         None,
         "ID",
@@ -235,8 +236,13 @@ def live_jobs(items: Sequence[job_pb2.Job]) -> Table:
     )
     for j in items:
         row = job_row(j)
-        table.add_row(*row[:2], *row[3:9], row[10], row[11])
+        table.add_row(row[0], context_name(j), *row[3:9], row[10], row[11])
     return table
+
+
+def context_name(j: job_pb2.Job) -> str:
+    """How ``top`` names a job's context: its label ("chat-alice"), else its id."""
+    return j.context_label or j.context_id
 
 
 def buffers(items: Sequence[buffer_pb2.Buffer]) -> Table:

@@ -428,6 +428,7 @@ class Job:
     bytes_written: int
     engine: int
     age_s: float
+    context_label: str = ""  # the label its context was created with
 
     @property
     def terminal(self) -> bool:
@@ -453,6 +454,7 @@ class Job:
             bytes_written=msg.bytes_written,
             engine=msg.engine,
             age_s=msg.age_s,
+            context_label=msg.context_label,
         )
 
 

@@ -112,6 +112,7 @@ class JobInfo:
     error: JobError | None
     completion: Completion | None
     discarded: bool
+    context_label: str = ""  # the label of the job's context, for people ("chat-alice")
 
 
 DoneCallback = Callable[["Job"], None]
@@ -138,6 +139,7 @@ class Job:
     timeout_s: float | None = None  # None: the class default of the scheduler's policy
     engine_request: int | None = None
     estimate_s: float | None = None  # the client's hint, used while the kind has no history
+    context_label: str = ""  # its context's label (a context's label never changes)
 
     state: JobState = JobState.QUEUED
     times: dict[JobState, float] = field(default_factory=dict)
@@ -264,4 +266,5 @@ class Job:
             error=self.error,
             completion=self.completion,
             discarded=self.discarded,
+            context_label=self.context_label,
         )

@@ -765,6 +765,7 @@ class Core:
             timeout_s=spec.timeout_s,
             engine_request=spec.engine,
             estimate_s=spec.estimate_s,
+            context_label=ctx.label,
         )
 
     def _dependency(self, ctx: Context, batch: list[Job], ref: JobId | int) -> Job:

@@ -389,6 +389,7 @@ class Job(_message.Message):
     BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
+    CONTEXT_LABEL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     context_id: _builtins.str
     queue_id: _builtins.str
@@ -408,6 +409,10 @@ class Job(_message.Message):
     """The engine it ran on; -1 before dispatch."""
     age_s: _builtins.float
     """Seconds since submission."""
+    context_label: _builtins.str
+    """The label of the job's context (CreateContextRequest.label; empty when it has none), so
+    listings can say "chat-alice" rather than a context id.
+    """
     @_builtins.property
     def error(self) -> _types_pb2.ErrorInfo:
         """Set for FAILED, CANCELLED, TIMED_OUT and REJECTED jobs."""
@@ -430,10 +435,11 @@ class Job(_message.Message):
         bytes_written: _builtins.int = ...,
         engine: _builtins.int = ...,
         age_s: _builtins.float = ...,
+        context_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "bytes_read", b"bytes_read", "bytes_written", b"bytes_written", "context_id", b"context_id", "engine", b"engine", "error", b"error", "job_id", b"job_id", "kind", b"kind", "label", b"label", "modelled_s", b"modelled_s", "queue_id", b"queue_id", "queue_wait_s", b"queue_wait_s", "run_s", b"run_s", "scheduling_class", b"scheduling_class", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "bytes_read", b"bytes_read", "bytes_written", b"bytes_written", "context_id", b"context_id", "context_label", b"context_label", "engine", b"engine", "error", b"error", "job_id", b"job_id", "kind", b"kind", "label", b"label", "modelled_s", b"modelled_s", "queue_id", b"queue_id", "queue_wait_s", b"queue_wait_s", "run_s", b"run_s", "scheduling_class", b"scheduling_class", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from npud import errors
-from npud.cli import units
+from npud.cli import tables, units
 from npud.cli.exit_codes import ExitCode, exit_code_for
 from npud.cli.main import build_parser
 from npud.cli.tables import bar
@@ -147,3 +150,16 @@ def test_parser_accepts_global_options_after_the_verb() -> None:
     assert (args.output, args.socket, args.verb) == ("json", "/x.sock", "ls")
     args = parser.parse_args([])
     assert (args.noun, args.output, args.socket) == (None, "table", None)
+
+
+def test_top_names_a_jobs_context_by_its_label_else_its_id() -> None:
+    """top's jobs table shows the context's label ("chat-alice"); a context without one by id."""
+    labelled = _job("a", types_pb2.JOB_STATE_RUNNING)
+    labelled.context_label = "chat-alice"
+    plain = _job("b", types_pb2.JOB_STATE_QUEUED)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(tables.live_jobs([labelled, plain]))
+    rows = {line.split()[0]: line.split() for line in console.export_text().splitlines() if line}
+    assert rows["a"][1] == "chat-alice"
+    assert rows["b"][1] == "ctx-1"
+    assert tables.context_name(labelled) == "chat-alice"

@@ -1,0 +1,43 @@
+"""Jobs on the wire: the Job message carries its context's label beside its id, field by field
+from core's snapshot through the client's Job."""
+
+from __future__ import annotations
+
+from npud.api.convert import job_to_wire
+from npud.client.types import Job as ClientJob
+from npud.client.types import JobState as ClientState
+from npud.core.policy import SchedClass
+from npud.v1 import job_pb2, types_pb2
+from tests.core.harness import ALICE, make_bed
+
+
+def test_a_job_message_names_its_context_by_id_and_label() -> None:
+    """Job.context_label is the label the context was created with; every field is filled."""
+    bed = make_bed()
+    ctx = bed.core.create_context(ALICE, label="chat-alice")
+    plain = bed.context()
+    [job] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.002, label="step")
+    [other] = bed.burn(plain, bed.queue(plain), 0.001)
+    bed.run()
+    assert job.statistics().context_label == "chat-alice"
+    msg = job_to_wire(job, bed.core.now())
+    assert msg.job_id == job.id
+    assert msg.context_id == ctx.id
+    assert msg.context_label == "chat-alice"
+    assert msg.queue_id == job.queue.id
+    assert msg.state == types_pb2.JOB_STATE_COMPLETED
+    assert msg.kind == job.kind
+    assert msg.label == "step"
+    assert msg.scheduling_class == types_pb2.SCHEDULING_CLASS_LATENCY
+    assert msg.run_s == job.run_s
+    assert msg.queue_wait_s == job.queue_wait_s
+    assert msg.engine == job.engine
+    assert job.completion is not None
+    assert msg.modelled_s == job.completion.modelled_s
+    assert not msg.HasField("error")
+    assert job_to_wire(other, bed.core.now()).context_label == ""
+    client = ClientJob.from_wire(msg)
+    assert client.context_label == "chat-alice"
+    assert client.context_id == ctx.id
+    assert client.state is ClientState.COMPLETED
+    assert "context_label" in {f.name for f in job_pb2.Job.DESCRIPTOR.fields}
