@@ -60,6 +60,9 @@ from npud.devices.sim.wire import (
 
 MAX_MESSAGE = 1 << 16
 LANE_JOIN_S = 2.0  # at exit, how long to let lanes finish an op before leaving without them
+# A command stream shorter than this holds no compute op: the header is 16 bytes, BURN's record
+# 16, and every other op has at least two 32-byte operands (a record of 72 bytes or more).
+COMPUTE_FREE_BELOW = 16 + 72
 
 
 @dataclass(slots=True, eq=False)
@@ -81,6 +84,7 @@ class FirmwareStatistics:
     in_flight: int
     replied: int
     cancelled: int
+    inline: int
 
 
 class Firmware:
@@ -113,12 +117,14 @@ class Firmware:
         self._inflight_lock = threading.Lock()
         self._replied = self._cancelled = 0
         n = profile.engines if lanes is None else max(1, lanes)
+        self._inline = 0
+        self._pending = [0] * n  # per lane: jobs queued or running there
         self._queues: list[queue.SimpleQueue[LaneJob | None]] = [
             queue.SimpleQueue() for _ in range(n)
         ]
         self._threads = [
-            threading.Thread(target=self._lane, args=(q,), name=f"lane{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            threading.Thread(target=self._lane, args=(i,), name=f"lane{i}", daemon=True)
+            for i in range(n)
         ]
         self._broken = threading.Event()  # the reply socket failed: the daemon is gone
         for thread in self._threads:
@@ -147,15 +153,28 @@ class Firmware:
         self.buffers.pop(int(msg["handle"]), None)
 
     def submit(self, msg: RunMessage) -> None:
-        """Resolve a job's buffers now (stream order) and queue it on its engine's lane."""
+        """Resolve a job's buffers now (stream order) and queue it on its engine's lane.
+
+        A job with no compute op (an empty or BURN-only stream) whose lane is idle runs here
+        at once: it takes microseconds, and handing it to the lane thread would cost a thread
+        wake-up (tens of microseconds, most of a null job's round trip).
+        """
         missing = next((h for h in (msg.command, *msg.bindings) if h not in self.buffers), None)
         buffers = None if missing is not None else [self.buffers[h] for h in msg.bindings]
         if buffers is not None:
             buffers.insert(0, self.buffers[msg.command])
         job = LaneJob(msg, buffers, missing)
+        lane = msg.engine % len(self._queues)
         with self._inflight_lock:
-            self._inflight[msg.token] = job
-        self._queues[msg.engine % len(self._queues)].put(job)
+            inline = self._pending[lane] == 0 and msg.size < COMPUTE_FREE_BELOW and not msg.flags
+            if not inline:
+                self._inflight[msg.token] = job
+                self._pending[lane] += 1
+        if inline:
+            self._inline += 1
+            self._reply(self.run(job))
+        else:
+            self._queues[lane].put(job)
 
     def cancel(self, token: int) -> None:
         """Cancel a job still in the device process (no-op once it has replied)."""
@@ -181,26 +200,38 @@ class Firmware:
         """A snapshot of the counters."""
         with self._inflight_lock:
             return FirmwareStatistics(
-                self.lanes, len(self.buffers), len(self._inflight), self._replied, self._cancelled
+                self.lanes,
+                len(self.buffers),
+                len(self._inflight),
+                self._replied,
+                self._cancelled,
+                self._inline,
             )
 
     # ---- lane threads -----------------------------------------------------------------
 
-    def _lane(self, jobs: queue.SimpleQueue[LaneJob | None]) -> None:
+    def _lane(self, lane: int) -> None:
+        jobs = self._queues[lane]
         while (job := jobs.get()) is not None:
             done = self.run(job)
             with self._inflight_lock:
                 self._inflight.pop(job.msg.token, None)
-                self._replied += 1
-                self._cancelled += done.status is CompletionStatus.ABORTED
+                self._pending[lane] -= 1
             del job  # let go of the buffers before replying (an unmapped one closes now)
-            if self._broken.is_set():
-                continue
-            try:
-                with self._send_lock:
-                    self._send(encode_done(done))
-            except OSError:
-                self._broken.set()  # the daemon is gone; the main thread sees EOF too
+            self._reply(done)
+
+    def _reply(self, done: DoneMessage) -> None:
+        """Count and send one reply (from a lane, or the main thread for an inline job)."""
+        with self._inflight_lock:
+            self._replied += 1
+            self._cancelled += done.status is CompletionStatus.ABORTED
+        if self._broken.is_set():
+            return
+        try:
+            with self._send_lock:
+                self._send(encode_done(done))
+        except OSError:
+            self._broken.set()  # the daemon is gone; the main thread sees EOF too
 
     def run(self, job: LaneJob) -> DoneMessage:
         """Execute one job (on its lane's thread) and build its reply."""

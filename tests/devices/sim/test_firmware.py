@@ -187,3 +187,15 @@ def test_a_job_cancelled_mid_way_stops_before_its_next_op() -> None:
     assert outcome.status is CompletionStatus.ABORTED
     assert outcome.error == "cancelled before op 3 (ADD)"
     np.testing.assert_array_equal(np.frombuffer(mem, np.float32), 8.0)
+
+
+def test_a_compute_free_job_runs_at_once_only_on_an_idle_lane(board: Board) -> None:
+    """A BURN-only job skips the lane thread when its lane is idle, never past a queued job."""
+    hung = board.job(Program().burn(0.0), [], engine=0, flags=RUN_HANG)
+    behind = board.job(Program().burn(1.0), [], engine=0)  # lane 0 is busy: queued, in order
+    at_once = board.job(Program().burn(1.0), [], engine=1)  # lane 1 is idle: run inline
+    assert board.reply().token == at_once
+    assert board.firmware.statistics().inline == 1
+    board.firmware.cancel(hung)
+    assert [board.reply().token, board.reply().token] == [hung, behind]
+    assert board.firmware.statistics().inline == 1
