@@ -196,6 +196,7 @@ class HotplugWatcher:
         self._log = log
         self._on_entry = on_entry
         self._pending: dict[str, NodeInfo] = {}  # path -> a wanted node that failed to open
+        self._closed: list[Device] = []  # devices closed on their node's removal, still listed
         self._source = ""
         self._running = False
         self._events = 0
@@ -265,13 +266,14 @@ class HotplugWatcher:
         lost: list[str] = []
         for name in self._served_on(event):
             device = next((d for d in self._devices if d.name == name), None)
-            if device is None:
-                continue
+            if device is None or any(device is d for d in self._closed):
+                continue  # its removal was handled already (a repeated remove/unbind)
             already = self._core.device_health(name) is DeviceHealth.LOST
             reason = f"its node {self._on_node[name].path} was removed ({event.action})"
             self._core.lose_device(name, reason)
             with contextlib.suppress(NpudError, OSError):
                 device.close()  # hold no file of a node that is gone
+            self._closed = [d for d in self._closed if d in self._devices] + [device]
             self._removed += 1
             lost.append(name)
             self._log.warning("device.removed", device=name, reason=reason, was_lost=already)
