@@ -73,14 +73,16 @@ def _decoder(
 ) -> None:
     """One decoder process: wait for ``go``, generate, send back its gaps (or its failure).
 
-    Always reports once on ``out`` as ``(name, report)``: ``gaps`` and ``waits`` of the decode
-    steps that completed, ``steps`` (how many did), and ``error`` (``None`` on success).
+    Always reports once on ``out`` as ``(name, report)``: ``gaps``, ``waits`` (in npud's queue)
+    and ``runs`` (on the device) of the decode steps that completed, ``steps`` (how many did),
+    and ``error`` (``None`` on success).
     """
     from npud.llm.daemon import DaemonBackend
     from npud.llm.generator import Generator
 
     times: list[float] = []
     waits: list[float] = []
+    runs: list[float] = []
     try:
         model = load_model(model_dir)
         backend = DaemonBackend(
@@ -100,17 +102,22 @@ def _decoder(
                     on_token=lambda _id: times.append(backend.now()),
                 )
             finally:
-                waits = [t.queue_wait_s for t in backend.job_times if t.kind.value == "decode"]
+                steps = [t for t in backend.job_times if t.kind.value == "decode"]
+                waits = [t.queue_wait_s for t in steps]
+                runs = [t.run_s for t in steps]
     except Exception as exc:
-        out.put((name, _report(times, waits, _error(exc))))
+        out.put((name, _report(times, waits, runs, _error(exc))))
         return
-    out.put((name, _report(times, waits, None)))
+    out.put((name, _report(times, waits, runs, None)))
 
 
-def _report(times: list[float], waits: list[float], error: str | None) -> dict[str, Any]:
+def _report(
+    times: list[float], waits: list[float], runs: list[float], error: str | None
+) -> dict[str, Any]:
     return {
         "gaps": [b - a for a, b in itertools.pairwise(times)],
         "waits": waits,
+        "runs": runs,
         "steps": max(0, len(times) - 1),  # the first token comes from the prefill
         "error": error,
     }
@@ -129,9 +136,11 @@ def _prefiller(
     """The long-prefill process: back-to-back prefills until ``stop``; reports throughput.
 
     Always reports once on ``out`` as ``(name, report)`` with the prompt tokens prefilled,
-    ``steps`` (the prompts prefilled), the seconds taken and ``error`` (``None`` on success).
+    ``steps`` (the prompts prefilled), the seconds taken, npud's queue wait and device run time
+    of its last chunks, and ``error`` (``None`` on success).
     """
     done_tokens = 0
+    chunks: list[Any] = []
     t0 = time.monotonic()
     try:
         from npud.llm.daemon import DaemonBackend
@@ -145,14 +154,23 @@ def _prefiller(
         with Generator(model, backend) as gen:
             t0 = time.monotonic()
             started.set()
-            while not stop.is_set():
-                gen.generate(prompt, 1, stop_at_eos=False)
-                done_tokens += n_prompt
+            try:
+                while not stop.is_set():
+                    gen.generate(prompt, 1, stop_at_eos=False)
+                    done_tokens += n_prompt
+            finally:
+                chunks = [t for t in backend.job_times if t.kind.value == "prefill"]
     except Exception as exc:
         error: str | None = _error(exc)
     else:
         error = None
-    report = {"tokens": done_tokens, "seconds": time.monotonic() - t0, "error": error}
+    report = {
+        "tokens": done_tokens,
+        "seconds": time.monotonic() - t0,
+        "chunk_waits": [t.queue_wait_s for t in chunks],
+        "chunk_runs": [t.run_s for t in chunks],
+        "error": error,
+    }
     out.put((name, {**report, "steps": done_tokens // n_prompt}))
 
 
@@ -223,7 +241,17 @@ class _Leg:
 
 
 def _dead(error: str) -> dict[str, Any]:
-    return {"gaps": [], "waits": [], "steps": 0, "tokens": 0, "seconds": 0.0, "error": error}
+    return {
+        "gaps": [],
+        "waits": [],
+        "runs": [],
+        "steps": 0,
+        "tokens": 0,
+        "seconds": 0.0,
+        "chunk_waits": [],
+        "chunk_runs": [],
+        "error": error,
+    }
 
 
 def _direct_baseline(model_dir: str, tokens: int) -> list[float]:
@@ -317,6 +345,7 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         daemon.check()
     loaded = [g for n in names for g in leg.reports[n]["gaps"]]
     loaded_waits = [w for n in names for w in leg.reports[n]["waits"]]
+    loaded_runs = [w for n in names for w in leg.reports[n]["runs"]]
     prefill = leg.reports["prefiller"]
     failures = unloaded_leg.failures() + leg.failures()
     p99_loaded, p99_unloaded = _ms(loaded, 0.99), _ms(unloaded, 0.99)
@@ -332,6 +361,11 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         "unloaded_wait_p99_ms": _ms(unloaded_waits, 0.99),
         "loaded_wait_p50_ms": _ms(loaded_waits, 0.5),
         "loaded_wait_p99_ms": _ms(loaded_waits, 0.99),
+        "loaded_run_p50_ms": _ms(loaded_runs, 0.5),
+        "loaded_run_p99_ms": _ms(loaded_runs, 0.99),
+        "prefill_chunk_wait_p50_ms": _ms(prefill["chunk_waits"], 0.5),
+        "prefill_chunk_run_p50_ms": _ms(prefill["chunk_runs"], 0.5),
+        "prefill_chunk_run_p99_ms": _ms(prefill["chunk_runs"], 0.99),
         "p99_ratio": p99_loaded / p99_unloaded if p99_loaded and p99_unloaded else None,
         "samples": len(loaded),
         "prefill_tokens_per_s": (
@@ -412,6 +446,14 @@ def main() -> int:
             f"npud queue wait p50 {_fmt(r['loaded_wait_p50_ms'], 0)} "
             f"p99 {_fmt(r['loaded_wait_p99_ms'], 0)} "
             f"(unloaded p99 {_fmt(r['unloaded_wait_p99_ms'], 0)})",
+            flush=True,
+        )
+        print(
+            f"  {policy} loaded, on the device: decode step p50 {_fmt(r['loaded_run_p50_ms'], 0)} "
+            f"p99 {_fmt(r['loaded_run_p99_ms'], 0)}; prefill chunk p50 "
+            f"{_fmt(r['prefill_chunk_run_p50_ms'], 0)} "
+            f"p99 {_fmt(r['prefill_chunk_run_p99_ms'], 0)} "
+            f"(its npud queue wait p50 {_fmt(r['prefill_chunk_wait_p50_ms'], 0)})",
             flush=True,
         )
         for f in r["failures"]:

@@ -108,6 +108,17 @@ _FIGURES = (
 )
 
 
+_DETAILS = (
+    "loaded_wait_p50_ms",
+    "loaded_run_p50_ms",
+    "loaded_run_p99_ms",
+    "prefill_chunk_wait_p50_ms",
+    "prefill_chunk_run_p50_ms",
+    "prefill_chunk_run_p99_ms",
+)
+"""Figures kept in the JSON and the notes (not the table): where the loaded gap goes."""
+
+
 def _policy_figures(got: dict[str, Any], policy: str) -> dict[str, Any]:
     """One policy's figures from decode.py's JSON (``None`` where it had no samples).
 
@@ -117,6 +128,7 @@ def _policy_figures(got: dict[str, Any], policy: str) -> dict[str, Any]:
     try:
         run = next(p for p in got["policies"] if p["policy"] == policy)
         figures: dict[str, Any] = {k: None if run[k] is None else float(run[k]) for k in _FIGURES}
+        figures.update({k: run.get(k) for k in _DETAILS})
         figures["failures"] = list(run["failures"])
         figures["loaded_gaps_ms"] = [float(g) for g in run["loaded_gaps_ms"]]
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
@@ -303,13 +315,31 @@ def run(quick: bool) -> BenchResult:
     result.notes.append(
         f"bench/decode.py: tiny Llama model, SimDevice process mode; direct = DirectBackend in "
         f"the client's process; daemon figures under the npud and fifo policies, each with its "
-        f"own daemon; {decoders} decoder processes x {tokens} tokens while one process "
+        f"own daemon; {decoders} decoder process(es) x {tokens} tokens while one process "
         f"prefills {prefill}-token prompts back to back; every step asks for a "
         f"{JOB_TIMEOUT_S:g} s watchdog (npud's class defaults, 250/400 ms, are for real "
         f"hardware); median of {reps} runs. The first tokens/s row alternates {rounds} rounds "
         f"of {per_round} tokens between a direct and a daemon generator open side by side (one "
         "decoder, unloaded; tokens / decode time); the second is 1000 / median gap of "
         "decode.py's separate direct and unloaded runs."
+    )
+    detail = {p: {k: _median(runs, k) for k in _DETAILS} for p, runs in by_policy.items()}
+    result.params["loaded_medians"] = detail
+
+    def _f(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    result.notes.append(
+        "Where a loaded gap goes (medians over runs, ms; npud / fifo): decode steps waited in "
+        f"npud's queue p50 {_f(detail['npud']['loaded_wait_p50_ms'])} / "
+        f"{_f(detail['fifo']['loaded_wait_p50_ms'])} and ran on the device p50 "
+        f"{_f(detail['npud']['loaded_run_p50_ms'])} / {_f(detail['fifo']['loaded_run_p50_ms'])}, "
+        f"p99 {_f(detail['npud']['loaded_run_p99_ms'])} / "
+        f"{_f(detail['fifo']['loaded_run_p99_ms'])}; prefill chunks ran p50 "
+        f"{_f(detail['npud']['prefill_chunk_run_p50_ms'])} / "
+        f"{_f(detail['fifo']['prefill_chunk_run_p50_ms'])} after waiting p50 "
+        f"{_f(detail['npud']['prefill_chunk_wait_p50_ms'])} / "
+        f"{_f(detail['fifo']['prefill_chunk_wait_p50_ms'])}."
     )
     if fifo_failures:
         result.notes.append(
