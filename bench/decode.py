@@ -16,7 +16,15 @@ Usage (from the repository root)::
 
     python -m bench.decode [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
                            [--policies npud,fifo] [--job-timeout 10] [--leg-timeout 300]
-                           [--json results.json]
+                           [--depth 2] [--json results.json]
+    python -m bench.decode --compare-depths 1,2 [--rounds 8] [--tokens 32] [--json out.json]
+
+``--depth`` is the decode pipeline depth of every decoder and of the direct baseline (steps kept
+in flight; 1 waits for each id before submitting the next step). ``--compare-depths`` runs only
+the rate comparison: one direct and one daemon generator (npud policy, its own daemon) open side
+by side, at each depth listed, in ``--rounds`` rounds whose order rotates, so every variant sees
+the same host load; it reports decode tokens/s (ids / decode time) and inter-token p50/p99 of
+each, and daemon over direct at each depth.
 
 ``--job-timeout`` is the watchdog timeout every decode step and prefill chunk asks npud for
 (default 10 s). npud's per-class defaults (``--job-timeout 0``: 250 ms for a LATENCY decode
@@ -69,7 +77,14 @@ def _error(exc: BaseException) -> str:
 
 
 def _decoder(
-    model_dir: str, socket: str, tokens: int, job_timeout_s: float, go: Any, out: Any, name: str
+    model_dir: str,
+    socket: str,
+    tokens: int,
+    job_timeout_s: float,
+    go: Any,
+    out: Any,
+    name: str,
+    depth: int = 2,
 ) -> None:
     """One decoder process: wait for ``go``, generate, send back its gaps (or its failure).
 
@@ -88,7 +103,7 @@ def _decoder(
         backend = DaemonBackend(
             socket_path=socket, label="bench/decode", job_timeout_s=job_timeout_s
         )
-        with Generator(model, backend) as gen:
+        with Generator(model, backend, depth=depth) as gen:
             gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
             go.wait()
             backend.job_times.clear()
@@ -254,12 +269,12 @@ def _dead(error: str) -> dict[str, Any]:
     }
 
 
-def _direct_baseline(model_dir: str, tokens: int) -> list[float]:
+def _direct_baseline(model_dir: str, tokens: int, depth: int) -> list[float]:
     from npud.llm.direct import DirectBackend
     from npud.llm.generator import Generator
 
     model = load_model(model_dir)
-    with Generator(model, DirectBackend.on_sim(mode="process")) as gen:
+    with Generator(model, DirectBackend.on_sim(mode="process"), depth=depth) as gen:
         gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)
         result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
     return list(result.stats.inter_token_s)
@@ -294,7 +309,8 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         go = ctx.Event()
         go.set()
         alone = ctx.Process(
-            target=_decoder, args=(model_dir, socket, args.tokens, timeout, go, out, "decoder")
+            target=_decoder,
+            args=(model_dir, socket, args.tokens, timeout, go, out, "decoder", args.depth),
         )
         unloaded_leg = _Leg("unloaded", out, {"decoder": alone}, {})
         alone.start()
@@ -324,7 +340,8 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         }
         for n in names:
             procs[n] = ctx.Process(
-                target=_decoder, args=(model_dir, socket, args.tokens, timeout, go, out, n)
+                target=_decoder,
+                args=(model_dir, socket, args.tokens, timeout, go, out, n, args.depth),
             )
         leg = _Leg("loaded", out, procs, {})
         deadline = time.monotonic() + args.leg_timeout
@@ -376,6 +393,91 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
     }
 
 
+def compare_depths(
+    model_dir: str, socket: str, depths: list[int], rounds: int, tokens: int, job_timeout_s: float
+) -> dict[str, Any]:
+    """Decode rates of direct and daemon generators at each depth, in rotating rounds.
+
+    Why rounds that rotate: on a shared host the load moves by more than the difference being
+    measured between two runs minutes apart. Every variant (backend x depth) is open at once
+    and runs one ``tokens``-id generation per round, the variants' order shifted by one each
+    round, so each sees the same load in aggregate and none always goes first.
+
+    Returns per variant (``direct/d1``, ``daemon/d2``, ...) the inter-token gaps in ms, the
+    decode rate (gaps / their sum) and p50/p99; and ``ratio/dN``, daemon rate over direct.
+    """
+    from npud.llm.daemon import DaemonBackend
+    from npud.llm.direct import DirectBackend
+    from npud.llm.generator import Generator
+
+    model = load_model(model_dir)
+    gens: dict[str, Any] = {}
+    try:
+        for depth in depths:
+            gens[f"direct/d{depth}"] = Generator(
+                model, DirectBackend.on_sim(mode="process"), depth=depth
+            )
+            gens[f"daemon/d{depth}"] = Generator(
+                model,
+                DaemonBackend(
+                    socket_path=socket, label=f"bench/depth{depth}", job_timeout_s=job_timeout_s
+                ),
+                depth=depth,
+            )
+        for gen in gens.values():
+            gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
+        names = list(gens)
+        gaps: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                res = gens[name].generate(DECODE_PROMPT, tokens, stop_at_eos=False)
+                gaps[name] += list(res.stats.inter_token_s)
+    finally:
+        for gen in gens.values():
+            gen.close()
+    out: dict[str, Any] = {}
+    for name, g in gaps.items():
+        out[name] = {
+            "tokens_per_s": len(g) / sum(g),
+            "p50_ms": percentile(g, 0.5) * 1e3,
+            "p99_ms": percentile(g, 0.99) * 1e3,
+            "gaps_ms": [x * 1e3 for x in g],
+        }
+    for depth in depths:
+        d, n = out[f"direct/d{depth}"], out[f"daemon/d{depth}"]
+        out[f"ratio/d{depth}"] = n["tokens_per_s"] / d["tokens_per_s"]
+    return out
+
+
+def _depths_main(args: argparse.Namespace, model_dir: str) -> int:
+    depths = [int(d) for d in args.compare_depths.split(",")]
+    with running_daemon("npud", command=args.npud_cmd) as daemon:
+        got = compare_depths(
+            model_dir, str(daemon.socket), depths, args.rounds, args.tokens, args.job_timeout
+        )
+        daemon.check()
+    print(f"{'variant':<10} {'tok/s':>8} {'p50':>9} {'p99':>9}   daemon / direct")
+    for depth in depths:
+        for backend in ("direct", "daemon"):
+            r = got[f"{backend}/d{depth}"]
+            ratio = f"{got[f'ratio/d{depth}'] * 100:.1f} %" if backend == "daemon" else ""
+            print(
+                f"{backend + '/d' + str(depth):<10} {r['tokens_per_s']:>8.1f} "
+                f"{_fmt(r['p50_ms'], 7)} {_fmt(r['p99_ms'], 7)}   {ratio}",
+                flush=True,
+            )
+    if args.json:
+        results = {
+            "model": model_dir,
+            "rounds": args.rounds,
+            "tokens": args.tokens,
+            "depths": depths,
+            "variants": got,
+        }
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def _fmt(value: float | None, width: int, unit: str = "ms") -> str:
     if value is None:
         return f"{'-':>{width + len(unit)}}"
@@ -406,12 +508,25 @@ def main() -> int:
     )
     parser.add_argument("--npud", default=None, help="the daemon command (default: this python)")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--depth", type=int, default=2, help="decode steps in flight per decoder (default 2)"
+    )
+    parser.add_argument(
+        "--compare-depths",
+        metavar="D1,D2",
+        help="only compare direct and daemon decode rates at these depths (rotating rounds)",
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of --compare-depths")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.job_timeout < 0:
         parser.error("--job-timeout must be >= 0 (0: npud's per-class default)")
+    if args.depth < 1:
+        parser.error("--depth must be >= 1")
     args.npud_cmd = shlex.split(args.npud) if args.npud else NPUD_COMMAND
     model_dir = str(args.model or ensure_default_model())
+    if args.compare_depths:
+        return _depths_main(args, model_dir)
 
     results: dict[str, Any] = {
         "model": model_dir,
@@ -419,10 +534,11 @@ def main() -> int:
         "tokens": args.tokens,
         "prefill_tokens": args.prefill_tokens,
         "job_timeout_s": args.job_timeout,
+        "depth": args.depth,
         "policies": [],
     }
     if not args.skip_direct:
-        gaps = _direct_baseline(model_dir, args.tokens)
+        gaps = _direct_baseline(model_dir, args.tokens, args.depth)
         results["direct"] = {
             "p50_ms": percentile(gaps, 0.5) * 1e3,
             "p99_ms": percentile(gaps, 0.99) * 1e3,

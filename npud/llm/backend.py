@@ -3,7 +3,9 @@
 A backend owns the device-side copies of a :class:`~npud.llm.plan.MemoryPlan`'s buffers and
 runs :class:`~npud.llm.compiler.Step` programs against them in submission order. Submission
 and waiting are split (:meth:`Backend.submit` returns a ticket, :meth:`Backend.wait` blocks on
-it) so that a decode loop can compile step p+1 while step p runs.
+it) so that a decode loop can compile step p+1 while step p runs, and keep several steps in
+flight (see :mod:`npud.llm.generator`); :meth:`Backend.abandon` lets go of steps whose results
+are no longer wanted (submitted past EOS, or behind a failed step).
 
 Implementations: :class:`~npud.llm.direct.DirectBackend` (a Device in this process) and
 :class:`~npud.llm.daemon.DaemonBackend` (the npud daemon through :mod:`npud.client`).
@@ -90,6 +92,18 @@ class Backend(Protocol[TicketT]):
         Raises:
             JobFailed: a step failed on the device (the message carries the device's reason).
             Unavailable: the device or daemon went away meanwhile.
+        """
+        ...
+
+    def abandon(self, tickets: Sequence[TicketT], *, cancel: bool) -> None:
+        """Let go of submitted steps whose results no longer matter; returns when they ended.
+
+        Used by a pipelined decode loop: after EOS (``cancel=False``: the few steps already
+        submitted past it just run out) and after a failed step (``cancel=True``: steps not yet
+        finished are cancelled or aborted where the device allows). Either way every step of
+        ``tickets`` has ended when this returns, so a later :meth:`write` cannot race one, and
+        their results and errors are dropped. Never raises an npud error (the caller is
+        usually already handling one); the tickets must not be waited for afterwards.
         """
         ...
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from npud.errors import InvalidArgument, NpudError, Unavailable
-from npud.llm.generator import Generation, Generator
+from npud.llm.generator import DEFAULT_DEPTH, Generation, Generator
 from npud.llm.model import Model, load_model
 from npud.llm.plan import WeightDType, plan_memory
 from npud.llm.tiny import TINY_SEED, ensure_default_model, make_tiny
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="", help="npud device name (default: the first)")
     run.add_argument(
         "--job-timeout", type=float, default=0.0, help="per-step watchdog, s (0: npud default)"
+    )
+    run.add_argument(
+        "--depth",
+        type=int,
+        default=DEFAULT_DEPTH,
+        help=f"decode steps kept in flight (default {DEFAULT_DEPTH}; 1: no pipelining)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
@@ -122,7 +128,9 @@ def _backend(args: argparse.Namespace) -> Any:
         ) from None
 
 
-def _report(result: Generation, backend_stats: Any, as_json: bool, text: str | None) -> None:
+def _report(
+    result: Generation, backend_stats: Any, as_json: bool, text: str | None, depth: int
+) -> None:
     s = result.stats
     if as_json:
         print(
@@ -135,6 +143,7 @@ def _report(result: Generation, backend_stats: Any, as_json: bool, text: str | N
                     "prompt_tokens": s.prompt_tokens,
                     "generated_tokens": s.generated_tokens,
                     "prefill_chunks": s.prefill_chunks,
+                    "depth": depth,
                     "ttft_s": s.ttft_s,
                     "decode_tokens_per_s": s.decode_tokens_per_s,
                     "itl_p50_s": s.itl_p50_s,
@@ -148,7 +157,7 @@ def _report(result: Generation, backend_stats: Any, as_json: bool, text: str | N
         )
         return
     print()
-    print(f"-- {s.summary()} | stop: {result.stop}")
+    print(f"-- {s.summary()} | stop: {result.stop} | depth {depth}")
     print(
         f"-- {backend_stats.backend}: weights uploaded {backend_stats.weight_bytes_uploaded:,} B "
         f"({backend_stats.weight_packs_uploaded} packs), "
@@ -174,7 +183,12 @@ def _run(args: argparse.Namespace) -> int:
     backend = _backend(args)
     try:
         with Generator(
-            model, backend, max_seq=args.max_seq, chunk=args.chunk, weight_dtype=args.weights
+            model,
+            backend,
+            max_seq=args.max_seq,
+            chunk=args.chunk,
+            weight_dtype=args.weights,
+            depth=args.depth,
         ) as gen:
             if stream and byte_level:
                 sys.stdout.write(args.prompt)
@@ -185,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
             stats = backend.statistics()
     finally:
         backend.close()
-    _report(result, stats, args.json, tok.decode(result.tokens) if byte_level else None)
+    _report(result, stats, args.json, tok.decode(result.tokens) if byte_level else None, args.depth)
     return 0
 
 

@@ -13,7 +13,10 @@ How the model maps onto npud's objects:
 - activations in a SCRATCH buffer;
 - every step over one bidirectional **SubmitStream** with its command stream inline; a step
   that ends in ARGMAX asks for a 4-byte readback of the new id, which comes back in the same
-  message as the job's completion: one round trip per token.
+  message as the job's completion: one round trip per token. Decode steps are pipelined: the
+  generator sends step p+1 before step p's result is back (the LATENCY queue is in order, and
+  step p+1 reads its input id on the device), so npud's per-step round trip overlaps the
+  device's work instead of adding to it.
 
 Racing first users
 ------------------
@@ -26,6 +29,7 @@ harmless, and simpler than waiting for another client's upload.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +45,7 @@ from npud.client import (
     Client,
     JobResult,
     JobSpec,
+    JobState,
     Persistence,
     Readback,
     SchedulingClass,
@@ -94,6 +99,8 @@ def step_error(step: Step, result: JobResult) -> NpudError:
 
 
 JOB_TIMES_KEPT = 4096
+
+_UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,12 +297,7 @@ class DaemonBackend:
         failure: NpudError | None = None
         for step, tag in zip(ticket.steps, ticket.tags, strict=True):
             result = self._stream.result(tag)  # every result is consumed, even after a failure
-            self._completed += 1
-            if result.job is not None:
-                self._busy += result.job.run_s
-                self.job_times.append(
-                    JobTimes(step.kind, result.job.queue_wait_s, result.job.run_s)
-                )
+            self._record(step, result)
             if not result.ok and failure is None:
                 failure = step_error(step, result)
             data = result.readbacks[0] if result.readbacks else None
@@ -304,6 +306,43 @@ class DaemonBackend:
         if data is not None:
             self._read += len(data)
         return data
+
+    def abandon(self, tickets: Sequence[DaemonTicket], *, cancel: bool) -> None:
+        """Let ``tickets`` end and drop their results (npud's job times are still recorded).
+
+        With ``cancel``, every job of this backend's context that has not ended is cancelled
+        first (npud aborts a running one where the device can): one generator per context, so
+        those are exactly the steps in flight. Then each step's result is read off the stream,
+        so none is left to be mistaken for a later step's. Errors are swallowed (the daemon
+        may be the thing that failed): the caller is reporting its own.
+        """
+        if self._stream is None:
+            return
+        if cancel and self.context_id is not None:
+            self._cancel_unfinished(self.context_id)
+        for ticket in tickets:
+            for step, tag in zip(ticket.steps, ticket.tags, strict=True):
+                try:
+                    result = self._stream.result(tag)
+                except NpudError:
+                    continue  # the stream ended: nothing more will arrive
+                self._record(step, result)
+
+    def _cancel_unfinished(self, ctx: str) -> None:
+        try:
+            jobs = self.client.jobs(ctx, states=_UNFINISHED)
+        except NpudError:
+            return
+        for job in jobs:
+            if not job.terminal:
+                with contextlib.suppress(NpudError):  # it may have ended meanwhile
+                    self.client.cancel(ctx, job.job_id)
+
+    def _record(self, step: Step, result: JobResult) -> None:
+        self._completed += 1
+        if result.job is not None:
+            self._busy += result.job.run_s
+            self.job_times.append(JobTimes(step.kind, result.job.queue_wait_s, result.job.run_s))
 
     def now(self) -> float:
         """``time.monotonic()``."""

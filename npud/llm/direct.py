@@ -37,6 +37,7 @@ from npud.devices.base import (
     DeviceBuffer,
     MemoryTier,
     Submission,
+    SubmitToken,
 )
 from npud.errors import (
     DeviceLost,
@@ -64,6 +65,7 @@ class DirectTicket:
     steps: tuple[Step, ...]
     commands: list[DeviceBuffer]
     completions: list[Completion] = field(default_factory=list)
+    tokens: list[SubmitToken] = field(default_factory=list)  # the device's, for abort
     waker: asyncio.Future[None] | None = None
 
     def is_done(self) -> bool:
@@ -240,7 +242,9 @@ class DirectBackend:
                 engine=self.engine,
                 label=step.label,
             )
-            self.device.submit(submission, functools.partial(self._on_done, ticket))
+            ticket.tokens.append(
+                self.device.submit(submission, functools.partial(self._on_done, ticket))
+            )
             self._submitted += 1
         return ticket
 
@@ -294,6 +298,25 @@ class DirectBackend:
         data = self._copy_out(self._buffer(last.buffer).handle, last.offset, last.size)
         self._read += len(data)
         return data
+
+    def abandon(self, tickets: Sequence[DirectTicket], *, cancel: bool) -> None:
+        """Let ``tickets`` end (aborted first when ``cancel``) and drop their results.
+
+        The device runs one engine's jobs in order, so this returns once the last of them has
+        completed; their command buffers go back to the pool. Errors (a lost device, a virtual
+        device gone idle) are swallowed: the caller is reporting its own.
+        """
+        if cancel:
+            for ticket in tickets:
+                for token in ticket.tokens:
+                    with contextlib.suppress(Exception):  # a lost device aborts nothing
+                        self.device.abort(token)
+        for ticket in tickets:
+            with contextlib.suppress(Exception):
+                self._drive(ticket)
+            if ticket.is_done():  # else the device is gone; the buffers may still be in use
+                self._free_commands.extend(ticket.commands)
+                ticket.commands.clear()
 
     def now(self) -> float:
         """The virtual clock's time, else ``time.monotonic()``."""

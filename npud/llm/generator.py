@@ -6,14 +6,21 @@ step's ARGMAX writes the next id after its last position, and the next decode st
 from there. The host reads each id back only to report it (and to stop at EOS), so one round
 trip per token suffices and nothing is uploaded per token.
 
-While step p runs, the host compiles step p+1, which hides the compiler's cost behind the
-device's.
+Decode is pipelined: up to ``depth`` steps (default 2) are in flight at once, and the host
+compiles the next step while the device runs the current one. Step p+1 may be submitted before
+step p's id is known because the id never travels through the host: step p's ARGMAX writes it
+to ``tokens[p+1]`` on the device, and step p+1 EMBEDs it from there, after step p on the same
+in-order queue (one engine's FIFO for the direct backend, an in-order LATENCY queue in npud).
+The host's readback of each id still arrives in order and still decides when to stop; the at
+most ``depth - 1`` steps already submitted past EOS are let run out and their ids dropped
+(see :meth:`Generator.generate` for why that is exact).
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +64,18 @@ class GeneratorStatistics:
     steps: int
     chunk: int  # the prefill chunk now in use
     rechunks: int  # times npud's time slice made the generator halve its chunk
+    depth: int  # decode steps kept in flight
+    discarded: int  # decode steps run past a stop (EOS) or behind a failure, ids dropped
+
+
+DEFAULT_DEPTH = 2
+"""Decode steps in flight by default: one running while the next is already queued behind it."""
+
+
+def _check_depth(depth: int) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InvalidArgument(f"the pipeline depth must be an integer >= 1, got {depth!r}")
+    return depth
 
 
 def _token(readback: bytes | None) -> int:
@@ -80,14 +99,19 @@ class Generator:
         max_seq: int | None = None,
         chunk: int = 16,
         weight_dtype: WeightDType | str = WeightDType.F32,
+        depth: int = DEFAULT_DEPTH,
     ) -> None:
         """Plan ``model``'s memory and prepare ``backend`` (weights uploaded or attached).
 
+        ``depth`` is how many decode steps are kept in flight (1: submit the next step only
+        once the previous id is back; 2 hides one host round trip behind a step's device time).
+
         Raises:
-            InvalidArgument: a bad ``max_seq`` or ``chunk``.
+            InvalidArgument: a bad ``max_seq``, ``chunk`` or ``depth``.
             ResourceExhausted: the device cannot hold the model.
             Unavailable: the device or daemon is gone.
         """
+        self.depth = _check_depth(depth)
         self.model = model
         self.backend = backend
         self.plan: MemoryPlan = plan_memory(
@@ -99,6 +123,7 @@ class Generator:
         self._generated = 0
         self._steps = 0
         self._rechunks = 0
+        self._discarded = 0
         self.chunk = self.plan.chunk  # halved when npud refuses a chunk over its time slice
         backend.prepare(self.plan)
 
@@ -119,21 +144,25 @@ class Generator:
         *,
         stop_at_eos: bool = True,
         on_token: Callable[[int], None] | None = None,
+        depth: int | None = None,
     ) -> Generation:
         """Greedily continue ``prompt`` by up to ``max_new_tokens`` ids.
 
         Each call starts a fresh sequence at position 0 (the KV cache is overwritten in place;
         attention never reads positions beyond the current one, so no clearing is needed).
-        ``on_token`` is called with each id as soon as it is known.
+        ``on_token`` is called with each id as soon as it is known, in order. ``depth``
+        overrides the generator's pipeline depth for this call.
 
         Raises:
             InvalidArgument: an empty prompt, an id outside the vocabulary, a prompt longer
-                than the KV cache, or ``max_new_tokens`` < 1.
-            JobFailed: a step failed on the device.
+                than the KV cache, ``max_new_tokens`` < 1, or a bad ``depth``.
+            JobFailed: a step failed on the device (the first failure is raised; steps in
+                flight behind it are cancelled and have ended when this raises).
             TimeSliceExceeded: npud refused even one-token prefill chunks.
             Unavailable: the device or daemon went away.
         """
         cfg, plan = self.model.config, self.plan
+        depth = self.depth if depth is None else _check_depth(depth)
         if max_new_tokens < 1:
             raise InvalidArgument(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if not prompt:
@@ -156,20 +185,16 @@ class Generator:
         times = [self.backend.now()]
         if on_token is not None:
             on_token(first)
-
-        position = n_prompt  # the position of the newest token, the next step's input
-        upcoming: Step | None = self.compiler.decode(position) if budget > 1 else None
-        while upcoming is not None and tokens[-1] != eos:
-            ticket = self.backend.submit([upcoming])
-            self._steps += 1
-            position += 1
-            more = len(tokens) + 1 < budget
-            upcoming = self.compiler.decode(position) if more else None  # overlaps the device
-            token = _token(self.backend.wait(ticket))
-            tokens.append(token)
-            times.append(self.backend.now())
-            if on_token is not None:
-                on_token(token)
+        if first != eos:
+            self._decode(
+                tokens,
+                times,
+                position=n_prompt,
+                steps=budget - 1,
+                depth=depth,
+                eos=eos,
+                on_token=on_token,
+            )
 
         if eos is not None and tokens[-1] == eos:
             stop = StopReason.EOS
@@ -189,6 +214,61 @@ class Generator:
         self._prompt_tokens += n_prompt
         self._generated += len(tokens)
         return Generation(tuple(prompt), tuple(tokens), stop, stats)
+
+    def _decode(
+        self,
+        tokens: list[int],
+        times: list[float],
+        *,
+        position: int,
+        steps: int,
+        depth: int,
+        eos: int | None,
+        on_token: Callable[[int], None] | None,
+    ) -> None:
+        # Why pipelining is exact: step p reads only device state that earlier steps wrote
+        # (its input id tokens[p], which step p-1's ARGMAX wrote, and KV positions < p) and
+        # the in-order queue runs it after them, so whether the host has seen step p-1's id
+        # when it submits step p changes nothing on the device. The host decides to stop from
+        # the ids as they come back in order; steps already submitted past the stop (at most
+        # depth - 1, only for EOS: the length budget is known up front and never overrun)
+        # run to completion and their ids are dropped. They wrote KV entries and tokens[] at
+        # positions past the end of this sequence, which nothing reads: every generation
+        # rewrites positions from 0 before attending to them, and nothing reuses a cache
+        # across generations. Waiting for them before returning keeps the next prompt's write
+        # from racing a step still in flight.
+        #
+        # Why the failure path cancels: an in-order queue is not poisoned by a failure, so the
+        # step behind a failed one would run on an id the failed step never wrote. Its result
+        # is meaningless; it is cancelled (or aborted) and waited for, and the first failure
+        # is what the caller sees.
+        inflight: deque[Any] = deque()
+        submitted = 0
+        upcoming: Step | None = self.compiler.decode(position) if steps > 0 else None
+        try:
+            while len(tokens) <= steps and tokens[-1] != eos:
+                while upcoming is not None and len(inflight) < depth:
+                    inflight.append(self.backend.submit([upcoming]))
+                    self._steps += 1
+                    submitted += 1
+                    position += 1
+                    # compiled while the device runs what was just submitted
+                    upcoming = self.compiler.decode(position) if submitted < steps else None
+                token = _token(self.backend.wait(inflight.popleft()))
+                tokens.append(token)
+                times.append(self.backend.now())
+                if on_token is not None:
+                    on_token(token)
+        except BaseException:
+            self._abandon(inflight, cancel=True)
+            raise
+        self._abandon(inflight, cancel=False)
+
+    def _abandon(self, inflight: deque[Any], *, cancel: bool) -> None:
+        if inflight:
+            self._discarded += len(inflight)
+            self.backend.abandon(list(inflight), cancel=cancel)
+            inflight.clear()
 
     def _prefill(self, n_prompt: int) -> tuple[int, list[Step]]:
         # Why re-chunk: npud refuses a THROUGHPUT job estimated over its time slice
@@ -219,4 +299,6 @@ class Generator:
             self._steps,
             self.chunk,
             self._rechunks,
+            self.depth,
+            self._discarded,
         )
