@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,6 +155,7 @@ class HotplugStatistics:
     ignored: int  # events that changed nothing (not served, not wanted, no adapter)
     failures: int  # events whose handling failed (logged)
     pending: int  # nodes that failed to open, retried on the next event
+    slowest_close_ms: float  # the longest close of a removed device (it runs on the loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ class HotplugWatcher:
         self._reopened = 0
         self._ignored = 0
         self._failures = 0
+        self._slowest_close_ms = 0.0
 
     @property
     def running(self) -> bool:
@@ -271,12 +274,17 @@ class HotplugWatcher:
             already = self._core.device_health(name) is DeviceHealth.LOST
             reason = f"its node {self._on_node[name].path} was removed ({event.action})"
             self._core.lose_device(name, reason)
+            started = time.monotonic()
             with contextlib.suppress(NpudError, OSError):
                 device.close()  # hold no file of a node that is gone
+            close_ms = round((time.monotonic() - started) * 1e3, 3)
+            self._slowest_close_ms = max(self._slowest_close_ms, close_ms)
             self._closed = [d for d in self._closed if d in self._devices] + [device]
             self._removed += 1
             lost.append(name)
-            self._log.warning("device.removed", device=name, reason=reason, was_lost=already)
+            self._log.warning(
+                "device.removed", device=name, reason=reason, was_lost=already, close_ms=close_ms
+            )
         return tuple(lost)
 
     # -- arrivals ------------------------------------------------------------------------------
@@ -353,4 +361,5 @@ class HotplugWatcher:
             ignored=self._ignored,
             failures=self._failures,
             pending=len(self._pending),
+            slowest_close_ms=self._slowest_close_ms,
         )
