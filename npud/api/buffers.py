@@ -17,7 +17,7 @@ from npud.api.state import ApiState
 from npud.api.status import streaming, unary
 from npud.core.buffers import Persistence
 from npud.core.ids import BufferId, ContextId
-from npud.errors import InvalidArgument
+from npud.errors import InvalidArgument, PermissionDenied
 from npud.v1 import buffer_pb2, buffer_pb2_grpc
 
 
@@ -161,9 +161,17 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     async def ListBuffers(
         self, request: buffer_pb2.ListBuffersRequest, context: Any
     ) -> buffer_pb2.ListBuffersResponse:
-        """The buffers a context holds."""
+        """The buffers a context holds, or those of every context the caller may list."""
         caller = self._state.caller(context)
-        bufs = self._state.core.buffers(caller.owner, ContextId(request.context_id))
+        if request.all and not caller.admin:
+            raise PermissionDenied(
+                f"listing every owner's buffers is for admins; {caller.owner} is not one"
+            )
+        held = self._state.core.held_buffers(
+            caller.owner,
+            ContextId(request.context_id) if request.context_id else None,
+            all_users=request.all,
+        )
         return buffer_pb2.ListBuffersResponse(
-            buffers=[buffer_to_wire(b, request.context_id) for b in bufs]
+            buffers=[buffer_to_wire(b, ctx_id) for ctx_id, b in held]
         )

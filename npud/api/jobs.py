@@ -90,9 +90,12 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def ListQueues(
         self, request: job_pb2.ListQueuesRequest, context: Any
     ) -> job_pb2.ListQueuesResponse:
-        """A context's queues."""
+        """A context's queues, or those of every context the caller may list."""
         caller = self._state.caller(context)
-        queues = self._state.core.queues(caller.owner, ContextId(request.context_id))
+        everyone = _check_all(caller, request.all, "queues")
+        queues = self._state.core.queues(
+            caller.owner, _context_or_none(request.context_id), all_users=everyone
+        )
         return job_pb2.ListQueuesResponse(queues=[queue_to_wire(q) for q in queues])
 
     # ---- submission ---------------------------------------------------------------------
@@ -293,31 +296,34 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         """Cancel (or abort) a job; a finished job is returned unchanged."""
         caller = self._state.caller(context)
         core = self._state.core
-        ctx_id, job_id = ContextId(request.context_id), JobId(request.job_id)
-        core.cancel(caller.owner, ctx_id, job_id)
-        job = core.job(caller.owner, ctx_id, job_id)
+        job = core.job(caller.owner, _context_or_none(request.context_id), JobId(request.job_id))
+        core.cancel(caller.owner, job.context_id, job.id)
         return job_pb2.CancelJobResponse(job=job_to_wire(job, core.now()))
 
     @unary
     async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
-        """One job."""
+        """One job, from its context or from whichever context the caller may reach holds it."""
         caller = self._state.caller(context)
         core = self._state.core
-        job = core.job(caller.owner, ContextId(request.context_id), JobId(request.job_id))
+        job = core.job(caller.owner, _context_or_none(request.context_id), JobId(request.job_id))
         return job_pb2.GetJobResponse(job=job_to_wire(job, core.now()))
 
     @unary
     async def ListJobs(
         self, request: job_pb2.ListJobsRequest, context: Any
     ) -> job_pb2.ListJobsResponse:
-        """A context's live and recent jobs, filtered by queue and state."""
+        """A context's (or every listable context's) live and recent jobs, filtered by queue
+        and state."""
         caller = self._state.caller(context)
         core = self._state.core
+        everyone = _check_all(caller, request.all, "jobs")
         states = {state_from_wire(s) for s in request.states}
         now = core.now()
         jobs = [
             job_to_wire(j, now)
-            for j in core.jobs(caller.owner, ContextId(request.context_id))
+            for j in core.jobs(
+                caller.owner, _context_or_none(request.context_id), all_users=everyone
+            )
             if (not request.queue_id or j.queue_id == request.queue_id)
             and (not states or j.state in states)
         ]
@@ -369,3 +375,21 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 
 
 _STATE_BY_NAME = {s.value: types_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
+
+
+def _context_or_none(context_id: str) -> ContextId | None:
+    """A request's context id; ``None`` (every context the caller may see) when empty."""
+    return ContextId(context_id) if context_id else None
+
+
+def _check_all(caller: Caller, everyone: bool, what: str) -> bool:
+    """Whether a listing covers every owner (``all = true``).
+
+    Raises:
+        PermissionDenied: a non-admin asked for every owner's objects.
+    """
+    if everyone and not caller.admin:
+        raise PermissionDenied(
+            f"listing every owner's {what} is for admins; {caller.owner} is not one"
+        )
+    return everyone

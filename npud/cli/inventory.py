@@ -1,18 +1,19 @@
 """What the caller can see, gathered across contexts and filtered: npuctl's view of the daemon.
 
-The v1 API scopes queues, jobs and buffers to a context (``ListJobs`` needs a context id, so
-does ``GetJob``), which suits applications but not an operator who asks "which jobs are
-running?" or "show me job-1234". So the inventory lists the contexts the caller may see (every
-owner's for an admin) and asks each one. A context that disappears between the two calls (its
-client exited) is skipped, not reported: it is simply no longer there.
+An operator asks "which jobs are running?" or "show me job-1234" without knowing the context.
+The list and lookup rpcs take an empty ``context_id`` to mean every context the caller may
+see (every owner's, for an admin, with ``all = true`` on the lists), so each listing or lookup
+is one rpc whatever the number of contexts. Only ``--context`` asks context by context (an
+unknown one is NOT_FOUND), and ``--device`` adds one ListContexts to learn which contexts live
+on the device, since queues, jobs and buffers name their context, not its device.
 
-Filters the API can apply (job states) are sent with the request; the others (device, class)
-are applied here, so every noun accepts the same flags.
+Filters the API can apply (job states, one queue) are sent with the request; the others
+(device, class, several queues) are applied here, so every noun accepts the same flags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -111,22 +112,35 @@ class Inventory:
         req = context_pb2.GetContextRequest(context_id=context_id)
         return self._conn.call(self._client.context_stub.GetContext, req).context
 
-    def _each_context(
-        self, f: Filters, fetch: Callable[[context_pb2.Context], list[T]]
-    ) -> Iterator[T]:
-        for ctx in self.contexts(f, by_class=False):
-            try:
-                yield from fetch(ctx)
-            except CliError as exc:
-                if exc.code is not ExitCode.NOT_FOUND or f.contexts:
-                    raise
-                # The context ended between ListContexts and this call: it is gone, skip it.
+    def _scoped(
+        self, f: Filters, fetch: Callable[[str], list[T]], owner_ctx: Callable[[T], str]
+    ) -> list[T]:
+        """``fetch(context_id)`` over the contexts ``f`` names, or once with "" (every context
+        the caller may see), then narrowed to ``f.devices``' contexts.
+
+        Raises:
+            CliError: a failed rpc (NOT_FOUND for an unknown ``--context``).
+        """
+        if f.contexts:
+            out: list[T] = []
+            for ctx in self.contexts(f, by_class=False):
+                out.extend(fetch(ctx.context_id))
+            return out
+        items = fetch("")
+        if f.devices:
+            on_device = {c.context_id for c in self.contexts(f, by_class=False)}
+            items = [i for i in items if owner_ctx(i) in on_device]
+        return items
 
     # ---- queues, jobs, buffers -----------------------------------------------------------
 
-    def _queues_of(self, ctx: context_pb2.Context) -> list[job_pb2.Queue]:
-        req = job_pb2.ListQueuesRequest(context_id=ctx.context_id)
+    def _queues_of(self, context_id: str) -> list[job_pb2.Queue]:
+        req = job_pb2.ListQueuesRequest(context_id=context_id, all=self._all(context_id))
         return list(self._conn.call(self._client.job_stub.ListQueues, req).queues)
+
+    def _all(self, context_id: str) -> bool:
+        # every owner's objects for an admin, as ListContexts(all) shows every owner's contexts
+        return not context_id and self._conn.admin
 
     def queues(self, f: Filters = Filters()) -> list[job_pb2.Queue]:
         """Every visible queue, filtered by device, context, class and queue id.
@@ -136,7 +150,7 @@ class Inventory:
         """
         return [
             q
-            for q in self._each_context(f, self._queues_of)
+            for q in self._scoped(f, self._queues_of, lambda q: q.context_id)
             if _keep(f.classes, q.scheduling_class) and _keep(f.queues, q.queue_id)
         ]
 
@@ -147,17 +161,18 @@ class Inventory:
             CliError: a failed rpc (NOT_FOUND for an unknown ``--context``).
         """
 
-        def fetch(ctx: context_pb2.Context) -> list[job_pb2.Job]:
+        def fetch(context_id: str) -> list[job_pb2.Job]:
             req = job_pb2.ListJobsRequest(
-                context_id=ctx.context_id,
+                context_id=context_id,
                 queue_id=f.queues[0] if len(f.queues) == 1 else "",
                 states=[types_pb2.JobState.ValueType(s) for s in f.states],
+                all=self._all(context_id),
             )
             return list(self._conn.call(self._client.job_stub.ListJobs, req).jobs)
 
         return [
             j
-            for j in self._each_context(f, fetch)
+            for j in self._scoped(f, fetch, lambda j: j.context_id)
             if _keep(f.classes, j.scheduling_class) and _keep(f.queues, j.queue_id)
         ]
 
@@ -168,11 +183,11 @@ class Inventory:
             CliError: a failed rpc (NOT_FOUND for an unknown ``--context``).
         """
 
-        def fetch(ctx: context_pb2.Context) -> list[buffer_pb2.Buffer]:
-            req = buffer_pb2.ListBuffersRequest(context_id=ctx.context_id)
+        def fetch(context_id: str) -> list[buffer_pb2.Buffer]:
+            req = buffer_pb2.ListBuffersRequest(context_id=context_id, all=self._all(context_id))
             return list(self._conn.call(self._client.buffer_stub.ListBuffers, req).buffers)
 
-        return list(self._each_context(f, fetch))
+        return self._scoped(f, fetch, lambda b: b.context_id)
 
     # ---- lookups by id -------------------------------------------------------------------
 
@@ -187,29 +202,41 @@ class Inventory:
         Raises:
             CliError: NOT_FOUND when no visible context has it.
         """
-        for q in self._each_context(f, self._queues_of):
+        for q in self._scoped(f, self._queues_of, lambda q: q.context_id):
             if q.queue_id == queue_id:
                 return q
         raise self._not_found("queue", queue_id, f)
 
+    def _get_job(self, context_id: str, job_id: str) -> job_pb2.Job | None:
+        req = job_pb2.GetJobRequest(context_id=context_id, job_id=job_id)
+        try:
+            return self._conn.call(self._client.job_stub.GetJob, req).job
+        except CliError as exc:
+            if exc.code is ExitCode.NOT_FOUND:
+                return None
+            raise
+
+    def _on_devices(self, job: job_pb2.Job, f: Filters) -> bool:
+        if not f.devices:
+            return True
+        return job.context_id in {c.context_id for c in self.contexts(f, by_class=False)}
+
     def find_job(self, job_id: str, f: Filters = Filters()) -> job_pb2.Job:
-        """The job with id ``job_id``, from whichever visible context holds it.
+        """The job with id ``job_id``, from whichever visible context holds it (one GetJob
+        without a context id, or one per ``--context``).
 
         Raises:
             CliError: NOT_FOUND when no visible context has it.
         """
-
-        def fetch(ctx: context_pb2.Context) -> list[job_pb2.Job]:
-            req = job_pb2.GetJobRequest(context_id=ctx.context_id, job_id=job_id)
-            try:
-                return [self._conn.call(self._client.job_stub.GetJob, req).job]
-            except CliError as exc:
-                if exc.code is ExitCode.NOT_FOUND:
-                    return []
-                raise
-
-        for job in self._each_context(f, fetch):
-            return job
+        if f.contexts:
+            for ctx in self.contexts(f, by_class=False):
+                job = self._get_job(ctx.context_id, job_id)
+                if job is not None:
+                    return job
+        else:
+            job = self._get_job("", job_id)
+            if job is not None and self._on_devices(job, f):
+                return job
         raise self._not_found("job", job_id, f)
 
     def find_buffer(self, buffer_id: str, f: Filters = Filters()) -> buffer_pb2.Buffer:
@@ -227,13 +254,22 @@ class Inventory:
         """Cancel a job (queued: at once; running: aborted where the device can).
 
         Returns the job as the daemon reports it after the cancel (a finished job unchanged).
+        Without ``--context`` or ``--device`` that is one CancelJob rpc, the daemon finding
+        the job's context.
 
         Raises:
             CliError: NOT_FOUND when no visible context has it, or a failed rpc.
         """
-        job = self.find_job(job_id, f)
-        req = job_pb2.CancelJobRequest(context_id=job.context_id, job_id=job.job_id)
-        return self._conn.call(self._client.job_stub.CancelJob, req).job
+        context_id = ""
+        if f.contexts or f.devices:
+            context_id = self.find_job(job_id, f).context_id
+        req = job_pb2.CancelJobRequest(context_id=context_id, job_id=job_id)
+        try:
+            return self._conn.call(self._client.job_stub.CancelJob, req).job
+        except CliError as exc:
+            if exc.code is ExitCode.NOT_FOUND and not context_id:
+                raise self._not_found("job", job_id, f) from None
+            raise
 
 
 __all__ = ["Filters", "Inventory"]

@@ -358,9 +358,12 @@ class AsyncClient:
         req = buffer_pb2.ReleaseBufferRequest(context_id=id_of(ctx), buffer_id=id_of(buf))
         await _call(self.buffer_stub.ReleaseBuffer(req, metadata=self._md))
 
-    async def buffers(self, ctx: rq.ContextRef) -> list[Buffer]:
-        """The buffers a context holds."""
-        req = buffer_pb2.ListBuffersRequest(context_id=id_of(ctx))
+    async def buffers(
+        self, ctx: rq.ContextRef | None = None, *, all_owners: bool = False
+    ) -> list[Buffer]:
+        """The buffers a context holds (``ctx`` ``None``: every context of this user, or of
+        every owner with ``all_owners``, admins only; a shared buffer once per holder)."""
+        req = rq.list_buffers(ctx, all_owners)
         resp = await _call(self.buffer_stub.ListBuffers(req, metadata=self._md))
         return [Buffer.from_wire(b) for b in resp.buffers]
 
@@ -393,9 +396,12 @@ class AsyncClient:
         req = job_pb2.DestroyQueueRequest(context_id=id_of(ctx), queue_id=id_of(q))
         await _call(self.job_stub.DestroyQueue(req, metadata=self._md))
 
-    async def queues(self, ctx: rq.ContextRef) -> list[Queue]:
-        """A context's queues."""
-        req = job_pb2.ListQueuesRequest(context_id=id_of(ctx))
+    async def queues(
+        self, ctx: rq.ContextRef | None = None, *, all_owners: bool = False
+    ) -> list[Queue]:
+        """A context's queues (``ctx`` ``None``: every context of this user, or of every
+        owner with ``all_owners``, admins only)."""
+        req = rq.list_queues(ctx, all_owners)
         resp = await _call(self.job_stub.ListQueues(req, metadata=self._md))
         return [Queue.from_wire(q) for q in resp.queues]
 
@@ -414,25 +420,29 @@ class AsyncClient:
         req = job_pb2.WaitJobRequest(context_id=id_of(ctx), job_id=id_of(job), timeout_s=timeout_s)
         return Job.from_wire((await _call(self.job_stub.WaitJob(req, metadata=self._md))).job)
 
-    async def cancel(self, ctx: rq.ContextRef, job: rq.JobRef) -> Job:
-        """Cancel a queued job, or abort a running one where the device can."""
-        req = job_pb2.CancelJobRequest(context_id=id_of(ctx), job_id=id_of(job))
+    async def cancel(self, ctx: rq.ContextRef | None, job: rq.JobRef) -> Job:
+        """Cancel a queued job, or abort a running one where the device can (``ctx`` ``None``:
+        wherever the job is among the contexts this user may reach)."""
+        req = rq.cancel_job(ctx, job)
         return Job.from_wire((await _call(self.job_stub.CancelJob(req, metadata=self._md))).job)
 
-    async def job(self, ctx: rq.ContextRef, job: rq.JobRef) -> Job:
-        """A fresh snapshot of one job."""
-        req = job_pb2.GetJobRequest(context_id=id_of(ctx), job_id=id_of(job))
+    async def job(self, ctx: rq.ContextRef | None, job: rq.JobRef) -> Job:
+        """A fresh snapshot of one job (``ctx`` ``None``: wherever it is among the contexts
+        this user may reach)."""
+        req = rq.get_job(ctx, job)
         return Job.from_wire((await _call(self.job_stub.GetJob(req, metadata=self._md))).job)
 
     async def jobs(
         self,
-        ctx: rq.ContextRef,
+        ctx: rq.ContextRef | None = None,
         *,
         queue: rq.QueueRef | None = None,
         states: Iterable[JobState] = (),
+        all_owners: bool = False,
     ) -> list[Job]:
-        """A context's live and recently finished jobs, optionally filtered."""
-        req = rq.list_jobs(ctx, queue, states)
+        """A context's live and recently finished jobs, optionally filtered (``ctx`` ``None``:
+        every context of this user, or of every owner with ``all_owners``, admins only)."""
+        req = rq.list_jobs(ctx, queue, states, all_owners)
         resp = await _call(self.job_stub.ListJobs(req, metadata=self._md))
         return [Job.from_wire(j) for j in resp.jobs]
 

@@ -143,12 +143,41 @@ def stream_entry(
     )
 
 
+def context_or_all(ctx: ContextRef | None) -> str:
+    """A request's context_id: the context's id, or "" (every context the caller may see)."""
+    return "" if ctx is None else id_of(ctx)
+
+
 def list_jobs(
-    ctx: ContextRef, queue: QueueRef | None, states: Iterable[JobState]
+    ctx: ContextRef | None,
+    queue: QueueRef | None,
+    states: Iterable[JobState],
+    all_owners: bool = False,
 ) -> job_pb2.ListJobsRequest:
-    """ListJobsRequest."""
+    """ListJobsRequest (``ctx`` ``None``: every context of the caller, or every owner's)."""
     return job_pb2.ListJobsRequest(
-        context_id=id_of(ctx),
+        context_id=context_or_all(ctx),
         queue_id="" if queue is None else id_of(queue),
         states=[state_to_wire(s) for s in states],
+        all=all_owners,
     )
+
+
+def list_queues(ctx: ContextRef | None, all_owners: bool = False) -> job_pb2.ListQueuesRequest:
+    """ListQueuesRequest (``ctx`` ``None``: every context of the caller, or every owner's)."""
+    return job_pb2.ListQueuesRequest(context_id=context_or_all(ctx), all=all_owners)
+
+
+def list_buffers(ctx: ContextRef | None, all_owners: bool = False) -> buffer_pb2.ListBuffersRequest:
+    """ListBuffersRequest (``ctx`` ``None``: every context of the caller, or every owner's)."""
+    return buffer_pb2.ListBuffersRequest(context_id=context_or_all(ctx), all=all_owners)
+
+
+def get_job(ctx: ContextRef | None, job: JobRef) -> job_pb2.GetJobRequest:
+    """GetJobRequest (``ctx`` ``None``: look in every context the caller may reach)."""
+    return job_pb2.GetJobRequest(context_id=context_or_all(ctx), job_id=id_of(job))
+
+
+def cancel_job(ctx: ContextRef | None, job: JobRef) -> job_pb2.CancelJobRequest:
+    """CancelJobRequest (``ctx`` ``None``: look in every context the caller may reach)."""
+    return job_pb2.CancelJobRequest(context_id=context_or_all(ctx), job_id=id_of(job))

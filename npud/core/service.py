@@ -408,6 +408,38 @@ class Core:
         everyone = all_users and self.is_admin(owner)
         return [c for c in self._contexts.values() if everyone or owner.owns(c.owner)]
 
+    # ---- Why an absent context id means "every context the caller may see" ---------------
+    #
+    # Queues, jobs and buffers live in contexts, so every listing and lookup took a context
+    # id, and an operator's "which jobs are running?" or "show job-1234" became one call per
+    # context (npuctl fanned out, and its lookups searched context by context). Passing no
+    # context id (``None``) instead scopes a call to the caller's view: listings cover the
+    # caller's OPEN contexts, in creation order, as ListContexts shows them (every owner's
+    # with ``all_users`` for an admin, exactly as ``contexts`` does); a lookup by job id
+    # searches every context the caller could name by id - its own, and for an admin every
+    # one, since an admin may act on any context by id - closing ones included. Job ids are
+    # unique, so the first match is the job. A non-admin can never reach another user's
+    # objects this way, as they cannot by id.
+    # ------------------------------------------------------------------------------------
+
+    def _scope(
+        self, owner: Owner, ctx_id: ContextId | None, *, all_users: bool = False
+    ) -> list[Context]:
+        """The one context named, or every open context ``owner`` may list (see above).
+
+        Raises:
+            NotFound: ``ctx_id`` names no context ``owner`` may see.
+        """
+        if ctx_id:
+            return [self._context(owner, ctx_id)]
+        return [c for c in self.contexts(owner, all_users=all_users) if c.open]
+
+    def _reachable(self, owner: Owner) -> list[Context]:
+        """Every context ``owner`` could name by id (an admin: all of them), closing included."""
+        if self.is_admin(owner):
+            return list(self._contexts.values())
+        return [c for c in self._contexts.values() if owner.owns(c.owner)]
+
     def destroy_context(
         self,
         owner: Owner,
@@ -518,13 +550,20 @@ class Core:
             raise NotFound(f"no queue {queue_id} in context {ctx_id}")
         return queue
 
-    def queues(self, owner: Owner, ctx_id: ContextId) -> list[Queue]:
-        """The queues of a context, in creation order.
+    def queues(
+        self, owner: Owner, ctx_id: ContextId | None, *, all_users: bool = False
+    ) -> list[Queue]:
+        """The queues of a context in creation order; with ``ctx_id`` ``None``, those of every
+        open context ``owner`` may list (every owner's with ``all_users`` for an admin).
 
         Raises:
             NotFound: no such context for ``owner``.
         """
-        return list(self._context(owner, ctx_id).queues.values())
+        return [
+            q
+            for ctx in self._scope(owner, ctx_id, all_users=all_users)
+            for q in ctx.queues.values()
+        ]
 
     def destroy_queue(self, owner: Owner, ctx_id: ContextId, queue_id: QueueId) -> None:
         """Destroy a queue: its live jobs are cancelled (running ones aborted where possible).
@@ -631,6 +670,22 @@ class Core:
         """
         ctx = self._context(owner, ctx_id)
         return self._residency(ctx).buffers(ctx.id)
+
+    def held_buffers(
+        self, owner: Owner, ctx_id: ContextId | None, *, all_users: bool = False
+    ) -> list[tuple[ContextId, Buffer]]:
+        """``(context, buffer)`` for every buffer a context references; with ``ctx_id``
+        ``None``, for every open context ``owner`` may list (a buffer shared by two of them
+        appears once per holder, as each sees it).
+
+        Raises:
+            NotFound: no such context for ``owner``.
+        """
+        return [
+            (ctx.id, buf)
+            for ctx in self._scope(owner, ctx_id, all_users=all_users)
+            for buf in self._residency(ctx).buffers(ctx.id)
+        ]
 
     def write_buffer(
         self,
@@ -803,36 +858,56 @@ class Core:
         else:
             self._user_jobs.pop(uid, None)
 
-    def job(self, owner: Owner, ctx_id: ContextId, job_id: JobId) -> Job:
-        """A live job, or an ended one still in the context's history.
+    def job(self, owner: Owner, ctx_id: ContextId | None, job_id: JobId) -> Job:
+        """A live job, or an ended one still in its context's history; with ``ctx_id``
+        ``None``, found in whichever context ``owner`` may reach holds it.
 
         Raises:
-            NotFound: no such context for ``owner``, or no such job in it.
+            NotFound: no such context for ``owner``, or no such job in it (in any of them).
         """
+        if not ctx_id:
+            for ctx in self._reachable(owner):
+                job = self._find_job(ctx, job_id)
+                if job is not None:
+                    return job
+            raise NotFound(f"no job {job_id} in any context you can see")
         ctx = self._context(owner, ctx_id)
         job = self._find_job(ctx, job_id)
         if job is None:
             raise NotFound(f"no job {job_id} in context {ctx_id}")
         return job
 
-    def jobs(self, owner: Owner, ctx_id: ContextId, *, include_ended: bool = True) -> list[Job]:
-        """A context's live jobs in submission order, then (optionally) its recent history.
+    def jobs(
+        self,
+        owner: Owner,
+        ctx_id: ContextId | None,
+        *,
+        include_ended: bool = True,
+        all_users: bool = False,
+    ) -> list[Job]:
+        """A context's live jobs in submission order, then (optionally) its recent history;
+        with ``ctx_id`` ``None``, the same for every open context ``owner`` may list, context
+        after context (every owner's with ``all_users`` for an admin).
 
         Raises:
             NotFound: no such context for ``owner``.
         """
-        ctx = self._context(owner, ctx_id)
-        live = sorted(ctx.jobs.values(), key=lambda j: j.seq)
-        return [*live, *ctx.history] if include_ended else live
+        out: list[Job] = []
+        for ctx in self._scope(owner, ctx_id, all_users=all_users):
+            out.extend(sorted(ctx.jobs.values(), key=lambda j: j.seq))
+            if include_ended:
+                out.extend(ctx.history)
+        return out
 
-    def cancel(self, owner: Owner, ctx_id: ContextId, job_id: JobId) -> bool:
-        """Cancel a job (see ``Scheduler.cancel``); ``False`` if it had already ended.
+    def cancel(self, owner: Owner, ctx_id: ContextId | None, job_id: JobId) -> bool:
+        """Cancel a job (see ``Scheduler.cancel``); ``False`` if it had already ended. With
+        ``ctx_id`` ``None`` the job is found as :meth:`job` finds it.
 
         Raises:
-            NotFound: no such context for ``owner``, or no such job in it.
+            NotFound: no such context for ``owner``, or no such job in it (in any of them).
         """
-        ctx = self._context(owner, ctx_id)
         job = self.job(owner, ctx_id, job_id)
+        ctx = self._context(owner, job.context_id)
         return self._devices[ctx.device].scheduler.cancel(job)
 
     def wait(self, owner: Owner, ctx_id: ContextId, job_id: JobId, callback: DoneCallback) -> Job:

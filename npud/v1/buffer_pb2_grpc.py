@@ -148,8 +148,11 @@ class BufferServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListBuffers(self, request, context):
-        """ListBuffers returns the buffers a context holds.
-        Returns: OK; NOT_FOUND for an unknown context.
+        """ListBuffers returns the buffers a context holds; with no context_id, those of every open
+        context of the caller (of every owner for an admin with all = true) in one call, a shared
+        buffer once per context holding it (Buffer.context_id says which).
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

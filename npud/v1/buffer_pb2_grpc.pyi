@@ -71,8 +71,11 @@ class BufferServiceStub:
     Returns: OK; NOT_FOUND; FAILED_PRECONDITION while a queued or running job uses it.
     """
     ListBuffers: _grpc.UnaryUnaryMultiCallable[_buffer_pb2.ListBuffersRequest, _buffer_pb2.ListBuffersResponse]
-    """ListBuffers returns the buffers a context holds.
-    Returns: OK; NOT_FOUND for an unknown context.
+    """ListBuffers returns the buffers a context holds; with no context_id, those of every open
+    context of the caller (of every owner for an admin with all = true) in one call, a shared
+    buffer once per context holding it (Buffer.context_id says which).
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin.
     """
 
 @_typing.type_check_only
@@ -118,8 +121,11 @@ class BufferServiceAsyncStub(BufferServiceStub):
     Returns: OK; NOT_FOUND; FAILED_PRECONDITION while a queued or running job uses it.
     """
     ListBuffers: _aio.UnaryUnaryMultiCallable[_buffer_pb2.ListBuffersRequest, _buffer_pb2.ListBuffersResponse]  # type: ignore[assignment]
-    """ListBuffers returns the buffers a context holds.
-    Returns: OK; NOT_FOUND for an unknown context.
+    """ListBuffers returns the buffers a context holds; with no context_id, those of every open
+    context of the caller (of every owner for an admin with all = true) in one call, a shared
+    buffer once per context holding it (Buffer.context_id says which).
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin.
     """
 
 class BufferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -210,8 +216,11 @@ class BufferServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _buffer_pb2.ListBuffersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buffer_pb2.ListBuffersResponse, _abc.Awaitable[_buffer_pb2.ListBuffersResponse]]:
-        """ListBuffers returns the buffers a context holds.
-        Returns: OK; NOT_FOUND for an unknown context.
+        """ListBuffers returns the buffers a context holds; with no context_id, those of every open
+        context of the caller (of every owner for an admin with all = true) in one call, a shared
+        buffer once per context holding it (Buffer.context_id says which).
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin.
         """
 
 def add_BufferServiceServicer_to_server(servicer: BufferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

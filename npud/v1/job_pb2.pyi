@@ -162,15 +162,20 @@ class ListQueuesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
+    """Only this context's queues; empty means every open context of the caller."""
+    all: _builtins.bool
+    """With an empty context_id: every owner's contexts (admin only). Ignored with a context_id."""
     def __init__(
         self,
         *,
         context_id: _builtins.str = ...,
+        all: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_id", b"context_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "context_id", b"context_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,6 +612,7 @@ class CancelJobRequest(_message.Message):
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
+    """The job's context; empty means "look in every context I may reach"."""
     job_id: _builtins.str
     def __init__(
         self,
@@ -693,9 +699,13 @@ class ListJobsRequest(_message.Message):
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
     QUEUE_ID_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
+    """Only this context's jobs; empty means every open context of the caller."""
     queue_id: _builtins.str
     """Only jobs of this queue; empty means all."""
+    all: _builtins.bool
+    """With an empty context_id: every owner's contexts (admin only). Ignored with a context_id."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.JobState.ValueType]:
         """Only jobs in these states; empty means all."""
@@ -706,10 +716,11 @@ class ListJobsRequest(_message.Message):
         context_id: _builtins.str = ...,
         queue_id: _builtins.str = ...,
         states: _abc.Iterable[_types_pb2.JobState.ValueType] | None = ...,
+        all: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_id", b"context_id", "queue_id", b"queue_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "context_id", b"context_id", "queue_id", b"queue_id", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +753,7 @@ class GetJobRequest(_message.Message):
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
+    """The job's context; empty means "look in every context I may reach"."""
     job_id: _builtins.str
     def __init__(
         self,

@@ -111,8 +111,10 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListQueues(self, request, context):
-        """ListQueues returns a context's queues with their depth.
-        Returns: OK; NOT_FOUND for an unknown context.
+        """ListQueues returns a context's queues with their depth; with no context_id, the queues of
+        every open context of the caller (of every owner for an admin with all = true) in one call.
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +155,8 @@ class JobServiceServicer:
 
     def CancelJob(self, request, context):
         """CancelJob cancels a queued job at once, or aborts a running one where the device can.
-        A job already finished is returned unchanged.
+        A job already finished is returned unchanged. With no context_id the job is looked up in
+        every context the caller may reach by id (its own; every context for an admin).
         Returns: OK; NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -171,15 +174,19 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs returns a context's live jobs and its recently finished ones.
-        Returns: OK; NOT_FOUND.
+        """ListJobs returns a context's live jobs and its recently finished ones; with no context_id,
+        those of every open context of the caller (of every owner for an admin with all = true),
+        context after context, in one call.
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin; INVALID_ARGUMENT for an unknown state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """GetJob returns one job.
+        """GetJob returns one job. With no context_id the job is looked up in every context the
+        caller may reach by id (its own; every context for an admin).
         Returns: OK; NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -45,8 +45,10 @@ class JobServiceStub:
     Returns: OK; NOT_FOUND.
     """
     ListQueues: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListQueuesRequest, _job_pb2.ListQueuesResponse]
-    """ListQueues returns a context's queues with their depth.
-    Returns: OK; NOT_FOUND for an unknown context.
+    """ListQueues returns a context's queues with their depth; with no context_id, the queues of
+    every open context of the caller (of every owner for an admin with all = true) in one call.
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin.
     """
     SubmitJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.SubmitJobsRequest, _job_pb2.SubmitJobsResponse]
     """SubmitJobs submits a batch: either every job is admitted or none is.
@@ -71,7 +73,8 @@ class JobServiceStub:
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]
     """CancelJob cancels a queued job at once, or aborts a running one where the device can.
-    A job already finished is returned unchanged.
+    A job already finished is returned unchanged. With no context_id the job is looked up in
+    every context the caller may reach by id (its own; every context for an admin).
     Returns: OK; NOT_FOUND.
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_job_pb2.WatchJobsRequest, _job_pb2.WatchJobsResponse]
@@ -81,11 +84,15 @@ class JobServiceStub:
     non-admin; UNAVAILABLE when the daemon shuts down.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
-    """ListJobs returns a context's live jobs and its recently finished ones.
-    Returns: OK; NOT_FOUND.
+    """ListJobs returns a context's live jobs and its recently finished ones; with no context_id,
+    those of every open context of the caller (of every owner for an admin with all = true),
+    context after context, in one call.
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin; INVALID_ARGUMENT for an unknown state.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]
-    """GetJob returns one job.
+    """GetJob returns one job. With no context_id the job is looked up in every context the
+    caller may reach by id (its own; every context for an admin).
     Returns: OK; NOT_FOUND.
     """
 
@@ -106,8 +113,10 @@ class JobServiceAsyncStub(JobServiceStub):
     Returns: OK; NOT_FOUND.
     """
     ListQueues: _aio.UnaryUnaryMultiCallable[_job_pb2.ListQueuesRequest, _job_pb2.ListQueuesResponse]  # type: ignore[assignment]
-    """ListQueues returns a context's queues with their depth.
-    Returns: OK; NOT_FOUND for an unknown context.
+    """ListQueues returns a context's queues with their depth; with no context_id, the queues of
+    every open context of the caller (of every owner for an admin with all = true) in one call.
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin.
     """
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.SubmitJobsRequest, _job_pb2.SubmitJobsResponse]  # type: ignore[assignment]
     """SubmitJobs submits a batch: either every job is admitted or none is.
@@ -132,7 +141,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]  # type: ignore[assignment]
     """CancelJob cancels a queued job at once, or aborts a running one where the device can.
-    A job already finished is returned unchanged.
+    A job already finished is returned unchanged. With no context_id the job is looked up in
+    every context the caller may reach by id (its own; every context for an admin).
     Returns: OK; NOT_FOUND.
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_job_pb2.WatchJobsRequest, _job_pb2.WatchJobsResponse]  # type: ignore[assignment]
@@ -142,11 +152,15 @@ class JobServiceAsyncStub(JobServiceStub):
     non-admin; UNAVAILABLE when the daemon shuts down.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs returns a context's live jobs and its recently finished ones.
-    Returns: OK; NOT_FOUND.
+    """ListJobs returns a context's live jobs and its recently finished ones; with no context_id,
+    those of every open context of the caller (of every owner for an admin with all = true),
+    context after context, in one call.
+    Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+    non-admin; INVALID_ARGUMENT for an unknown state.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]  # type: ignore[assignment]
-    """GetJob returns one job.
+    """GetJob returns one job. With no context_id the job is looked up in every context the
+    caller may reach by id (its own; every context for an admin).
     Returns: OK; NOT_FOUND.
     """
 
@@ -182,8 +196,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.ListQueuesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.ListQueuesResponse, _abc.Awaitable[_job_pb2.ListQueuesResponse]]:
-        """ListQueues returns a context's queues with their depth.
-        Returns: OK; NOT_FOUND for an unknown context.
+        """ListQueues returns a context's queues with their depth; with no context_id, the queues of
+        every open context of the caller (of every owner for an admin with all = true) in one call.
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin.
         """
 
     @_abc_1.abstractmethod
@@ -232,7 +248,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.CancelJobResponse, _abc.Awaitable[_job_pb2.CancelJobResponse]]:
         """CancelJob cancels a queued job at once, or aborts a running one where the device can.
-        A job already finished is returned unchanged.
+        A job already finished is returned unchanged. With no context_id the job is looked up in
+        every context the caller may reach by id (its own; every context for an admin).
         Returns: OK; NOT_FOUND.
         """
 
@@ -254,8 +271,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.ListJobsResponse, _abc.Awaitable[_job_pb2.ListJobsResponse]]:
-        """ListJobs returns a context's live jobs and its recently finished ones.
-        Returns: OK; NOT_FOUND.
+        """ListJobs returns a context's live jobs and its recently finished ones; with no context_id,
+        those of every open context of the caller (of every owner for an admin with all = true),
+        context after context, in one call.
+        Returns: OK; NOT_FOUND for an unknown context; PERMISSION_DENIED for all = true from a
+        non-admin; INVALID_ARGUMENT for an unknown state.
         """
 
     @_abc_1.abstractmethod
@@ -264,7 +284,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.GetJobResponse, _abc.Awaitable[_job_pb2.GetJobResponse]]:
-        """GetJob returns one job.
+        """GetJob returns one job. With no context_id the job is looked up in every context the
+        caller may reach by id (its own; every context for an admin).
         Returns: OK; NOT_FOUND.
         """
 

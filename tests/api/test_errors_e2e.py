@@ -474,11 +474,13 @@ import json, os, sys
 # import everything first: the interpreter's own files may not be readable by nobody
 import grpc
 from npud.client.identity import handshake
-from npud.v1 import context_pb2, context_pb2_grpc
+from npud.v1 import context_pb2, context_pb2_grpc, job_pb2, job_pb2_grpc
 os.setgid(65534); os.setgroups([]); os.setuid(65534)
-sock, foreign = sys.argv[1], sys.argv[2]
+sock, foreign, foreign_job = sys.argv[1], sys.argv[2], sys.argv[3]
 md = (("npud-token", handshake(sock).token),)
-stub = context_pb2_grpc.ContextServiceStub(grpc.insecure_channel("unix:" + sock))
+channel = grpc.insecure_channel("unix:" + sock)
+stub = context_pb2_grpc.ContextServiceStub(channel)
+jobs = job_pb2_grpc.JobServiceStub(channel)
 out = {}
 def code(name, fn):
     try:
@@ -486,6 +488,11 @@ def code(name, fn):
     except grpc.RpcError as e:
         out[name] = [e.code().name, e.details()]
 code("list_all", lambda: stub.ListContexts(context_pb2.ListContextsRequest(all=True), metadata=md))
+out["jobs_mine"] = len(jobs.ListJobs(job_pb2.ListJobsRequest(), metadata=md).jobs)
+code("jobs_all", lambda: jobs.ListJobs(job_pb2.ListJobsRequest(all=True), metadata=md))
+code("foreign_job", lambda: jobs.GetJob(job_pb2.GetJobRequest(job_id=foreign_job), metadata=md))
+code("cancel_foreign", lambda: jobs.CancelJob(
+    job_pb2.CancelJobRequest(job_id=foreign_job), metadata=md))
 code("foreign", lambda: stub.GetContext(
     context_pb2.GetContextRequest(context_id=foreign), metadata=md))
 code("big_quota", lambda: stub.CreateContext(context_pb2.CreateContextRequest(
@@ -495,13 +502,14 @@ print(json.dumps(out))
 
 
 def test_other_user_is_isolated_and_not_admin(s: Stubs, daemon: DaemonProcess) -> None:
-    """Identity comes from SO_PEERCRED: another uid sees root's context as NOT_FOUND and may
-    neither list everyone's contexts nor raise quotas (PERMISSION_DENIED)."""
+    """Identity comes from SO_PEERCRED: another uid sees root's context and jobs as NOT_FOUND
+    (by id, and by job id without a context) and may neither list everyone's contexts or jobs
+    nor raise quotas (PERMISSION_DENIED)."""
     if os.getuid() != 0:
         pytest.fail("this check needs root to run a client as another uid")
     before = _snapshot(s)
     result = subprocess.run(
-        [sys.executable, "-c", NOBODY, str(daemon.socket), s.ctx],
+        [sys.executable, "-c", NOBODY, str(daemon.socket), s.ctx, s.busy_job],
         capture_output=True,
         text=True,
         check=False,
@@ -513,6 +521,12 @@ def test_other_user_is_isolated_and_not_admin(s: Stubs, daemon: DaemonProcess) -
     assert out["list_all"][0] == "PERMISSION_DENIED"
     assert "admin" in out["list_all"][1]
     assert out["foreign"][0] == "NOT_FOUND"
+    # without a context id: only its own (no) jobs; another user's job is not there to find
+    assert out["jobs_mine"] == 0
+    assert out["jobs_all"][0] == "PERMISSION_DENIED"
+    assert "admin" in out["jobs_all"][1]
+    assert out["foreign_job"][0] == "NOT_FOUND"
+    assert out["cancel_foreign"][0] == "NOT_FOUND"
     assert out["big_quota"][0] == "PERMISSION_DENIED"
     assert "max_queues" in out["big_quota"][1]
     assert _snapshot(s) == before

@@ -248,6 +248,48 @@ def test_cancel_queue_full_and_watch(npu: npud.client.Client) -> None:
     npu.destroy_context(ctx)
 
 
+def test_one_call_lists_and_finds_across_contexts(daemon: DaemonProcess) -> None:
+    """With no context, jobs/queues/buffers list every context of the caller in one rpc each
+    (equal to the per-context lists concatenated), job() and cancel() find a job by id alone,
+    and each job names its context's label."""
+    with npud.client.connect(daemon.socket) as npu:
+        a = npu.create_context(label="chat-alice")
+        b = npu.create_context(label="chat-bob")
+        qa = npu.create_queue(a, SchedulingClass.LATENCY)
+        qb = npu.create_queue(b, depth_limit=4)
+        npu.create_buffer(a, 4096)
+        npu.create_buffer(b, 128)
+        done = npu.wait(a, npu.submit(a, JobSpec(qa, Program().burn(0.001).encode())))
+        burn = Program().burn(0.3).encode()
+        slow = npu.submit(b, JobSpec(qb, burn, timeout_s=5.0))
+        queued = npu.submit(b, JobSpec(qb, burn, timeout_s=5.0))
+        mine = {a.context_id, b.context_id}
+        jobs = [j for j in npu.jobs() if j.context_id in mine]
+        per_context = [*npu.jobs(a), *npu.jobs(b)]
+        assert [j.job_id for j in jobs] == [j.job_id for j in per_context]
+        assert {j.context_label for j in jobs} == {"chat-alice", "chat-bob"}
+        queues = [q.queue_id for q in npu.queues() if q.context_id in mine]
+        assert queues == [qa.queue_id, qb.queue_id]
+        buffers = [
+            (x.context_id, x.size)
+            for x in npu.buffers()
+            if x.context_id in mine and x.usage is BufferUsage.SCRATCH  # not inline commands
+        ]
+        assert buffers == [(a.context_id, 4096), (b.context_id, 128)]
+        found = npu.job(None, done)
+        assert (found.context_id, found.context_label) == (a.context_id, "chat-alice")
+        cancelled = npu.cancel(None, queued)
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.context_id == b.context_id
+        with pytest.raises(NotFound):
+            npu.job(None, "job-0000000000000000")
+        everyone = {j.job_id for j in npu.jobs(all_owners=True)}  # root is an admin
+        assert {j.job_id for j in jobs} <= everyone
+        npu.wait(b, slow)
+        npu.destroy_context(a)
+        npu.destroy_context(b)
+
+
 def test_stats_and_events(npu: npud.client.Client) -> None:
     """GetStats mirrors core's counters; the event stream yields stats and context events."""
     events = npu.events(interval_s=0.2)
