@@ -151,6 +151,7 @@ def test_a_lost_simulated_npu_comes_back_on_the_next_event(tmp_path: Path) -> No
             [sim] = daemon.devices
             sim.lose("lost for the test")  # type: ignore[attr-defined]
             assert (await npu.device("sim0")).health is DeviceHealth.LOST
+            assert not daemon._healthy()  # nothing serves, and no node will bring it back
             vgem = accel_node(5, driver="vgem")
             source.put(
                 NodeEvent(
@@ -174,5 +175,36 @@ def test_a_lost_simulated_npu_comes_back_on_the_next_event(tmp_path: Path) -> No
                 lambda: daemon.hotplug is not None and daemon.hotplug.statistics().events == 2
             )
             assert [d.name for d in await npu.devices()] == ["sim0"]
+
+    asyncio.run(scenario())
+
+
+def test_the_only_npu_unplugged_keeps_the_daemon_up_and_healthy(tmp_path: Path) -> None:
+    """With its only NPU unplugged the daemon keeps answering and its watchdog self-check
+    holds (the node's return is awaited, no restart is wanted); the node's return serves it."""
+    machine, source = FakeMachine(), QueuedEvents()
+    node = accel_node(0, "ivpu")
+    machine.plug(node)
+
+    async def scenario() -> None:
+        async with (
+            serving(settings_for(tmp_path), machine, source) as daemon,
+            npud.client.aio.connect(daemon.settings.socket) as npu,
+        ):
+            assert [d.name for d in await npu.devices()] == ["accel0"]  # no sim beside it
+            source.put(machine.unplug(node))
+            await until(
+                lambda: daemon.hotplug is not None and daemon.hotplug.statistics().removed == 1
+            )
+            assert (await npu.device("accel0")).health is DeviceHealth.LOST
+            assert daemon._healthy()
+            assert await npu.version()
+            source.put(machine.plug(node))
+            await until(
+                lambda: daemon.hotplug is not None and daemon.hotplug.statistics().reopened == 1
+            )
+            out = await _add_on(npu, "accel0")
+            np.testing.assert_array_equal(out, np.arange(N, dtype=np.float32) + 0.5)
+            assert daemon._healthy()
 
     asyncio.run(scenario())
