@@ -97,3 +97,22 @@ def test_unreachable_daemon_is_reported(
     err = capsys.readouterr().err
     assert "Unavailable" in err
     assert "is npud running?" in err
+
+
+@pytest.mark.parametrize("depth", ["1", "3"])
+def test_depth_option_keeps_the_ids(
+    tiny_dir: Path, reference: ReferenceLlama, capsys: pytest.CaptureFixture[str], depth: str
+) -> None:
+    """--depth sets the decode pipeline depth (reported in --json) without changing the ids."""
+    args = ["run", "--direct", "--model", str(tiny_dir), "--prompt", "deep", "--no-eos"]
+    assert main([*args, "--max-tokens", "6", "--depth", depth, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["depth"] == int(depth)
+    assert out["token_ids"] == reference.generate(ByteTokenizer().encode("deep"), 6)
+
+
+def test_bad_depth_exits_2(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--depth 0 is a bad argument: status 2 and a message naming the depth."""
+    args = ["run", "--direct", "--model", str(tiny_dir), "--prompt", "x", "--depth", "0"]
+    assert main(args) == 2
+    assert "depth" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,14 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from npud.client import BufferUsage, Client, JobState, Persistence, SchedulingClass, connect
-from npud.llm.daemon import KEY_PREFIX, DaemonBackend
-from npud.llm.generator import Generator
+from npud.errors import JobTimedOut
+from npud.isa import Program
+from npud.llm.compiler import Step, StepKind
+from npud.llm.daemon import KEY_PREFIX, DaemonBackend, DaemonTicket
+from npud.llm.generator import Generator, StopReason
 from npud.llm.model import Model
 from npud.llm.tiny import make_tiny
 from npud.llm.tokenizer import ByteTokenizer
@@ -93,16 +97,102 @@ def _cli(
 
 
 @pytest.mark.parametrize("text", ["Hello, npud!", LONG])
+@pytest.mark.parametrize("depth", [1, 2])
 def test_tokens_through_the_daemon_match_the_reference(
-    daemon: Path, tiny_model: Model, reference: ReferenceLlama, text: str
+    daemon: Path, tiny_model: Model, reference: ReferenceLlama, text: str, depth: int
 ) -> None:
-    """Generation through npud equals the numpy reference, token for token."""
+    """Generation through npud equals the numpy reference, token for token, with each step
+    waited for (depth 1) or pipelined on the submit stream (depth 2), for 20 ids and for 2."""
     prompt = TOK.encode(text)
-    with Generator(tiny_model, DaemonBackend(socket_path=daemon), max_seq=128) as gen:
+    backend = DaemonBackend(socket_path=daemon)
+    with Generator(tiny_model, backend, max_seq=128, depth=depth) as gen:
         result = gen.generate(prompt, 20, stop_at_eos=False)
+        short = gen.generate(prompt, 2, stop_at_eos=False)
+        stats = backend.statistics()
     assert list(result.tokens) == reference.generate(prompt, 20)
+    assert list(short.tokens) == reference.generate(prompt, 2)
     assert result.stats.ttft_s > 0
     assert len(result.stats.inter_token_s) == 19
+    assert stats.steps_submitted == stats.steps_completed
+    assert gen.statistics().discarded == 0
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_eos_through_the_daemon_drops_the_steps_past_it(
+    daemon: Path, client: Client, tiny_model: Model, reference: ReferenceLlama, depth: int
+) -> None:
+    """Through npud, generation stops at EOS with the reference's ids; the depth - 1 steps
+    pipelined past it have completed (none left running) when generate returns, and the next
+    sequence on the same context is exact."""
+    prompt = TOK.encode("Hello, npud!")
+    expected = reference.generate(prompt, 8)
+    eos = expected[4]
+    config = dataclasses.replace(tiny_model.config, eos_token_id=eos)
+    backend = DaemonBackend(client)
+    with Generator(Model(config, tiny_model.tensors), backend, max_seq=64, depth=depth) as gen:
+        result = gen.generate(prompt, 20)
+        assert backend.context_id is not None
+        decode = [j for j in client.jobs(backend.context_id) if j.kind == "decode"]
+        again = gen.generate(TOK.encode(LONG), 6, stop_at_eos=False)
+    assert list(result.tokens) == expected[: expected.index(eos) + 1]
+    assert result.stop is StopReason.EOS
+    assert len(decode) == len(result.tokens) - 1 + depth - 1
+    assert {j.state for j in decode} == {JobState.COMPLETED}
+    assert gen.statistics().discarded == depth - 1
+    assert list(again.tokens) == reference.generate(TOK.encode(LONG), 6)
+
+
+class _Watchdogged(DaemonBackend):
+    """A daemon backend whose decode steps ``fail_at`` and ``fail_at + 1`` are 5 s BURNs: the
+    first with a 0.3 s watchdog (it times out), the second with a generous one (it would run
+    its 5 s unless cancelled)."""
+
+    def __init__(self, client: Client, fail_at: int) -> None:
+        super().__init__(client)
+        self.fail_at = fail_at
+        self.decode_steps = 0
+
+    def submit(self, steps: Sequence[Step]) -> DaemonTicket:
+        if len(steps) != 1 or steps[0].kind is not StepKind.DECODE:
+            return super().submit(steps)
+        self.decode_steps += 1
+        n = self.decode_steps - self.fail_at
+        if n not in (0, 1):
+            return super().submit(steps)
+        burn = dataclasses.replace(steps[0], command=Program().burn(5.0).encode())
+        self.job_timeout_s = 0.3 if n == 0 else 30.0
+        try:
+            return super().submit([burn])
+        finally:
+            self.job_timeout_s = 0.0
+
+
+def test_watchdog_on_a_step_cancels_the_one_in_flight_behind_it(
+    daemon: Path, client: Client, tiny_model: Model, reference: ReferenceLlama
+) -> None:
+    """A decode step npud's watchdog kills while the next step is in flight raises that
+    step's JobTimedOut; the step behind it is cancelled (not left to run out its 5 s), no job
+    of the context is left unfinished, and the same generator then runs a sequence exactly."""
+    backend = _Watchdogged(client, fail_at=3)
+    prompt = TOK.encode("Hello, npud!")
+    with Generator(tiny_model, backend, max_seq=64, depth=2) as gen:
+        failed_at = len(prompt) + 2  # the third decode step's input position
+        with pytest.raises(JobTimedOut, match=f"decode@{failed_at}: JobTimedOut"):
+            gen.generate(prompt, 10, stop_at_eos=False)
+        assert backend.context_id is not None
+        decode = [j for j in client.jobs(backend.context_id) if j.kind == "decode"]
+        stats = backend.statistics()
+        assert stats.steps_submitted == stats.steps_completed
+        assert gen.statistics().discarded == 1
+        again = gen.generate(prompt, 5, stop_at_eos=False)
+    states = [j.state for j in sorted(decode, key=lambda j: int(j.label.split("@")[1]))]
+    assert states == [
+        JobState.COMPLETED,
+        JobState.COMPLETED,
+        JobState.TIMED_OUT,
+        JobState.CANCELLED,
+    ]
+    assert list(again.tokens) == reference.generate(prompt, 5)
 
 
 def test_jobs_and_buffers_have_the_right_classes(

@@ -38,13 +38,15 @@ def generator(tiny_model: Model) -> Iterator[Generator]:
 
 
 @pytest.mark.parametrize("text", PROMPTS)
-@pytest.mark.parametrize("max_new", [1, 24])
+@pytest.mark.parametrize("max_new", [1, 2, 24])
+@pytest.mark.parametrize("depth", [1, 2])
 def test_tokens_match_the_reference(
-    generator: Generator, reference: ReferenceLlama, text: str, max_new: int
+    generator: Generator, reference: ReferenceLlama, text: str, max_new: int, depth: int
 ) -> None:
-    """Greedy ids equal the numpy reference's, token for token, across chunk boundaries."""
+    """Greedy ids equal the numpy reference's, token for token, across chunk boundaries,
+    whether each decode step waits for the previous id (depth 1) or is pipelined (depth 2)."""
     prompt = TOK.encode(text)
-    result = generator.generate(prompt, max_new, stop_at_eos=False)
+    result = generator.generate(prompt, max_new, stop_at_eos=False, depth=depth)
     assert list(result.tokens) == reference.generate(prompt, max_new)
     assert result.stop is StopReason.LENGTH
     assert result.stats.prefill_chunks == -(-len(prompt) // 16)
@@ -57,12 +59,18 @@ def test_tokens_match_the_reference(
     prompt=st.lists(st.integers(0, 257), min_size=1, max_size=40),
     chunk=st.integers(1, 16),
     max_new=st.integers(1, 8),
+    depth=st.integers(1, 4),
 )
 def test_any_prompt_and_chunking_match_the_reference(
-    tiny_model: Model, reference: ReferenceLlama, prompt: list[int], chunk: int, max_new: int
+    tiny_model: Model,
+    reference: ReferenceLlama,
+    prompt: list[int],
+    chunk: int,
+    max_new: int,
+    depth: int,
 ) -> None:
-    """For any prompt ids and any chunk size, the generated ids equal the reference's."""
-    with Generator(tiny_model, DirectBackend.on_sim(), max_seq=64, chunk=chunk) as gen:
+    """For any prompt ids, chunk size and pipeline depth, the ids equal the reference's."""
+    with Generator(tiny_model, DirectBackend.on_sim(), max_seq=64, chunk=chunk, depth=depth) as gen:
         result = gen.generate(prompt, max_new, stop_at_eos=False)
     assert list(result.tokens) == reference.generate(prompt, max_new)
 
@@ -101,25 +109,55 @@ def test_figures_are_the_modelled_device_times(generator: Generator) -> None:
     assert stats.decode_tokens_per_s == pytest.approx(11 / stats.decode_s)
 
 
-def test_stops_at_eos(tiny_model: Model, reference: ReferenceLlama) -> None:
-    """Generation stops after the model's EOS id (included in the output) when asked to."""
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_stops_at_eos(tiny_model: Model, reference: ReferenceLlama, depth: int) -> None:
+    """Generation stops after the model's EOS id (included in the output) when asked to; the
+    depth - 1 steps pipelined past it are dropped, run out before generate returns, and leave
+    the next sequence on the same buffers exact."""
     prompt = TOK.encode(PROMPTS[1])
     expected = reference.generate(prompt, 6)
     eos = expected[3]
     config = dataclasses.replace(tiny_model.config, eos_token_id=eos)
     model = Model(config, tiny_model.tensors)
-    with Generator(model, DirectBackend.on_sim(), max_seq=64) as gen:
+    with Generator(model, DirectBackend.on_sim(), max_seq=64, depth=depth) as gen:
         result = gen.generate(prompt, 20)
-    cut = expected.index(eos) + 1
-    assert list(result.tokens) == expected[:cut]
+        cut = expected.index(eos) + 1
+        assert list(result.tokens) == expected[:cut]
+        assert result.stop is StopReason.EOS
+        assert gen.statistics().discarded == depth - 1
+        backend = gen.backend.statistics()
+        assert backend.steps_submitted == backend.steps_completed
+        other = TOK.encode(PROMPTS[2])
+        again = gen.generate(other, 10, stop_at_eos=False)
+        assert list(again.tokens) == reference.generate(other, 10)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_eos_from_the_prefill_submits_no_decode_step(
+    tiny_model: Model, reference: ReferenceLlama, depth: int
+) -> None:
+    """When the prefill's id is EOS, generation ends there: no decode step is submitted."""
+    prompt = TOK.encode(PROMPTS[1])
+    config = dataclasses.replace(tiny_model.config, eos_token_id=reference.generate(prompt, 1)[0])
+    with Generator(Model(config, tiny_model.tensors), DirectBackend.on_sim(), depth=depth) as gen:
+        result = gen.generate(prompt, 20)
     assert result.stop is StopReason.EOS
+    assert len(result.tokens) == 1
+    assert gen.statistics().steps == 1  # the one prefill chunk
+    assert gen.statistics().discarded == 0
 
 
-def test_stops_when_the_cache_is_full(tiny_model: Model, reference: ReferenceLlama) -> None:
-    """A generation that would overrun the KV cache ends early with CONTEXT, still exact."""
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_stops_when_the_cache_is_full(
+    tiny_model: Model, reference: ReferenceLlama, depth: int
+) -> None:
+    """A generation that would overrun the KV cache ends early with CONTEXT, still exact, and
+    the pipeline never submits a step past the cache (nothing to discard)."""
     prompt = TOK.encode("fourteen byte")  # 14 tokens
-    with Generator(tiny_model, DirectBackend.on_sim(), max_seq=20, chunk=8) as gen:
+    with Generator(tiny_model, DirectBackend.on_sim(), max_seq=20, chunk=8, depth=depth) as gen:
         result = gen.generate(prompt, 30, stop_at_eos=False)
+    assert gen.statistics().discarded == 0
+    assert gen.statistics().steps == 2 + len(result.tokens) - 1  # 2 prefill chunks
     assert result.stop is StopReason.CONTEXT
     assert len(result.tokens) == 20 + 1 - len(prompt)
     assert list(result.tokens) == reference.generate(prompt, len(result.tokens))
