@@ -236,6 +236,7 @@ class HotplugWatcher:
         )
         removed: tuple[str, ...] = ()
         added: tuple[str, ...] = ()
+        failed = False
         try:
             if event.action in DEPARTURES:
                 removed = self._departed(event)
@@ -243,11 +244,12 @@ class HotplugWatcher:
                 added = self._arrived(event)
             added += self._retry_pending(exclude=event)
         except Exception as exc:  # one bad event must not end hotplug for the daemon
+            failed = True
             self._failures += 1
             self._log.exception("hotplug.event_failed", action=event.action, error=str(exc))
         report = await self._recovery.rescan(exclude=removed)
         self._reopened += len(report.reopened)
-        if not (added or removed or report.reopened):
+        if not (failed or added or removed or report.reopened):
             self._ignored += 1
         return Outcome(added, removed, report.reopened)
 
