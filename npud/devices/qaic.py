@@ -55,7 +55,7 @@ from npud.errors import DeviceError, DeviceLost, InvalidArgument
 
 TO_DEVICE = 1
 FROM_DEVICE = 2
-WAIT_SLICE_MS = 500
+WAIT_SLICE_MS = 50  # bounds how long close() holds the loop joining the waiter (see ethosu)
 
 
 class QaicDevice(BlockingWaitDevice):
