@@ -404,7 +404,9 @@ def compare_depths(
     round, so each sees the same load in aggregate and none always goes first.
 
     Returns per variant (``direct/d1``, ``daemon/d2``, ...) the inter-token gaps in ms, the
-    decode rate (gaps / their sum) and p50/p99; and ``ratio/dN``, daemon rate over direct.
+    decode rate (gaps / their sum), p50/p99 and, for the daemon, npud's median run time of a
+    step (what the gap would be without any per-step overhead); and ``ratio/dN``, daemon rate
+    over direct.
     """
     from npud.llm.daemon import DaemonBackend
     from npud.llm.direct import DirectBackend
@@ -428,10 +430,16 @@ def compare_depths(
             gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)  # warm: weights, stream, caches
         names = list(gens)
         gaps: dict[str, list[float]] = {n: [] for n in names}
+        runs: dict[str, list[float]] = {n: [] for n in names}  # npud's run time per step
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
+                backend = gens[name].backend
+                if isinstance(backend, DaemonBackend):
+                    backend.job_times.clear()
                 res = gens[name].generate(DECODE_PROMPT, tokens, stop_at_eos=False)
                 gaps[name] += list(res.stats.inter_token_s)
+                if isinstance(backend, DaemonBackend):
+                    runs[name] += [t.run_s for t in backend.job_times if t.kind.value == "decode"]
     finally:
         for gen in gens.values():
             gen.close()
@@ -442,6 +450,8 @@ def compare_depths(
             "p50_ms": percentile(g, 0.5) * 1e3,
             "p99_ms": percentile(g, 0.99) * 1e3,
             "gaps_ms": [x * 1e3 for x in g],
+            # npud's own run time of a decode step (device dispatch to completion), daemon only
+            "run_p50_ms": percentile(runs[name], 0.5) * 1e3 if runs[name] else None,
         }
     for depth in depths:
         d, n = out[f"direct/d{depth}"], out[f"daemon/d{depth}"]
@@ -456,14 +466,17 @@ def _depths_main(args: argparse.Namespace, model_dir: str) -> int:
             model_dir, str(daemon.socket), depths, args.rounds, args.tokens, args.job_timeout
         )
         daemon.check()
-    print(f"{'variant':<10} {'tok/s':>8} {'p50':>9} {'p99':>9}   daemon / direct")
+    print(
+        f"{'variant':<10} {'tok/s':>8} {'p50':>9} {'p99':>9} {'npud run p50':>13}   daemon / direct"
+    )
     for depth in depths:
         for backend in ("direct", "daemon"):
             r = got[f"{backend}/d{depth}"]
             ratio = f"{got[f'ratio/d{depth}'] * 100:.1f} %" if backend == "daemon" else ""
             print(
                 f"{backend + '/d' + str(depth):<10} {r['tokens_per_s']:>8.1f} "
-                f"{_fmt(r['p50_ms'], 7)} {_fmt(r['p99_ms'], 7)}   {ratio}",
+                f"{_fmt(r['p50_ms'], 7)} {_fmt(r['p99_ms'], 7)} {_fmt(r['run_p50_ms'], 11)}   "
+                f"{ratio}",
                 flush=True,
             )
     if args.json:

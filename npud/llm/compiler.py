@@ -31,6 +31,7 @@ from npud.errors import InvalidArgument
 from npud.isa import DType, Program, Tensor
 from npud.llm.config import ModelConfig
 from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan
+from npud.llm.template import DecodeTemplate
 
 
 class StepKind(enum.StrEnum):
@@ -86,12 +87,13 @@ class Step:
 class Compiler:
     """Builds :class:`Step` programs for one model and memory plan (pure; no device needed)."""
 
-    __slots__ = ("_validated", "config", "plan")
+    __slots__ = ("_decode_template", "_validated", "config", "plan")
 
     def __init__(self, config: ModelConfig, plan: MemoryPlan) -> None:
         self.config = config
         self.plan = plan
         self._validated: set[tuple[int, bool]] = set()
+        self._decode_template: DecodeTemplate | None = None
 
     def _w(self, name: str) -> Tensor:
         placed = self.plan.weights[name]
@@ -134,7 +136,23 @@ class Compiler:
             InvalidArgument: the step does not fit the plan (too many tokens, or positions past
                 the KV cache length).
         """
-        cfg, plan = self.config, self.plan
+        self._check(start_pos, n_tokens)
+        prog, readback = self._program(start_pos, n_tokens, emit_token=emit_token)
+        # Why validate only the first step of each shape: positions enter a program only as
+        # start_pos parameters and token offsets, both bounds-checked above, so once a
+        # (n_tokens, emit_token) shape passed the decoder every other position would too;
+        # skipping the decoder makes a decode step ~10x cheaper to compile.
+        shape = (n_tokens, emit_token)
+        command = prog.encode(validate=shape not in self._validated)
+        self._validated.add(shape)
+        if kind is StepKind.DECODE:
+            tag = "decode"
+        else:
+            tag = f"prefill/{self.plan.chunk if chunk is None else chunk}"
+        return Step(kind, start_pos, n_tokens, command, self._bindings(), readback, tag)
+
+    def _check(self, start_pos: int, n_tokens: int) -> None:
+        plan = self.plan
         if not 0 < n_tokens <= plan.chunk:
             raise InvalidArgument(f"a step holds 1..{plan.chunk} tokens, got {n_tokens}")
         end = start_pos + n_tokens
@@ -142,6 +160,12 @@ class Compiler:
             raise InvalidArgument(
                 f"positions {start_pos}..{end - 1} do not fit the KV cache of {plan.max_seq}"
             )
+
+    def _program(
+        self, start_pos: int, n_tokens: int, *, emit_token: bool
+    ) -> tuple[Program, Readback | None]:
+        cfg, plan = self.config, self.plan
+        end = start_pos + n_tokens
         n, s = n_tokens, plan.scratch
         scratch = plan.slot(SCRATCH)
 
@@ -208,18 +232,7 @@ class Compiler:
             out_id = Tensor(plan.slot(TOKENS), end * 4, (1,), DType.I32)
             prog.argmax(out=out_id, x=act("logits", 1))
             readback = Readback(TOKENS, end * 4, 4)
-        # Why validate only the first step of each shape: positions enter a program only as
-        # start_pos parameters and token offsets, both bounds-checked above, so once a
-        # (n_tokens, emit_token) shape passed the decoder every other position would too;
-        # skipping the decoder makes a decode step ~10x cheaper to compile.
-        shape = (n, emit_token)
-        command = prog.encode(validate=shape not in self._validated)
-        self._validated.add(shape)
-        if kind is StepKind.DECODE:
-            tag = "decode"
-        else:
-            tag = f"prefill/{self.plan.chunk if chunk is None else chunk}"
-        return Step(kind, start_pos, n, command, self._bindings(), readback, tag)
+        return prog, readback
 
     def prefill(
         self, prompt_len: int, *, start_pos: int = 0, chunk: int | None = None
@@ -250,7 +263,27 @@ class Compiler:
     def decode(self, position: int) -> Step:
         """The decode step for the token at ``position`` (read from ``tokens[position]``).
 
+        The first decode step is compiled (and validated) in full and kept as a
+        :class:`~npud.llm.template.DecodeTemplate`; later ones are that template patched to
+        their position, the same bytes a full compile would give.
+
         Raises:
             InvalidArgument: ``position`` is past the KV cache.
         """
-        return self.step(position, 1, emit_token=True, kind=StepKind.DECODE)
+        self._check(position, 1)
+        template = self._decode_template
+        if template is None:
+            prog, _ = self._program(position, 1, emit_token=True)
+            template = DecodeTemplate(
+                prog.instructions, prog.encode(validate=True), position, self.plan.slot(TOKENS)
+            )
+            self._decode_template = template
+        return Step(
+            StepKind.DECODE,
+            position,
+            1,
+            template.at(position),
+            self._bindings(),
+            Readback(TOKENS, (position + 1) * 4, 4),
+            "decode",
+        )
