@@ -147,6 +147,7 @@ class JobServiceServicer:
     def WaitJob(self, request, context):
         """WaitJob waits until the job reaches a terminal state or the timeout passes, and returns it
         as it is then (a job still running after the timeout is returned as it is, not as an error).
+        With no context_id the job is looked up as GetJob does.
         Returns: OK; NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

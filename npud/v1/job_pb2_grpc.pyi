@@ -69,6 +69,7 @@ class JobServiceStub:
     WaitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]
     """WaitJob waits until the job reaches a terminal state or the timeout passes, and returns it
     as it is then (a job still running after the timeout is returned as it is, not as an error).
+    With no context_id the job is looked up as GetJob does.
     Returns: OK; NOT_FOUND.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]
@@ -137,6 +138,7 @@ class JobServiceAsyncStub(JobServiceStub):
     WaitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]  # type: ignore[assignment]
     """WaitJob waits until the job reaches a terminal state or the timeout passes, and returns it
     as it is then (a job still running after the timeout is returned as it is, not as an error).
+    With no context_id the job is looked up as GetJob does.
     Returns: OK; NOT_FOUND.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]  # type: ignore[assignment]
@@ -238,6 +240,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_pb2.WaitJobResponse, _abc.Awaitable[_job_pb2.WaitJobResponse]]:
         """WaitJob waits until the job reaches a terminal state or the timeout passes, and returns it
         as it is then (a job still running after the timeout is returned as it is, not as an error).
+        With no context_id the job is looked up as GetJob does.
         Returns: OK; NOT_FOUND.
         """
 
