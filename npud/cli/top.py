@@ -254,8 +254,12 @@ class Keyboard:
 # ---- the view -------------------------------------------------------------------------------
 
 
-def _drain(inbox: queue.SimpleQueue[object], model: TopModel, wait_s: float) -> bool:
-    """Apply every waiting message; returns False once the stream has ended.
+def _drain(
+    inbox: queue.SimpleQueue[object], model: TopModel, wait_s: float, max_snapshots: int = 0
+) -> bool:
+    """Apply every waiting message (stopping at ``max_snapshots`` snapshots when non-zero, so
+    ``-n N`` shows exactly N however many arrived meanwhile); returns False once the stream has
+    ended.
 
     Raises:
         CliError: the stream failed.
@@ -271,6 +275,8 @@ def _drain(inbox: queue.SimpleQueue[object], model: TopModel, wait_s: float) -> 
             raise item
         assert isinstance(item, stats_pb2.StreamEventsResponse)
         model.apply(item, time.monotonic())
+        if max_snapshots and model.snapshots >= max_snapshots:
+            return True
         try:
             item = inbox.get_nowait()
         except queue.Empty:
@@ -362,7 +368,7 @@ def run_top(
                 key = keys.read(_TICK_S)
                 if key in ("q", "Q"):
                     break
-                alive = _drain(inbox, model, 0.0 if keys.interactive else _TICK_S)
+                alive = _drain(inbox, model, 0.0 if keys.interactive else _TICK_S, iterations)
                 live.update(model.render(console.size.height, time.monotonic()), refresh=True)
                 if not alive:
                     raise CliError("npud ended the event stream", ExitCode.CANNOT_CONNECT)
