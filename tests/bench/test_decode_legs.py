@@ -1,13 +1,18 @@
-"""bench/decode.py's leg collector: a decoder that fails, dies or hangs is reported, not awaited.
+"""bench/decode.py: a decoder that fails, dies or hangs is reported, not awaited.
 
-Each test starts real child processes (from the fork server decode.py uses) that behave like a
-decoder in one way; the collector must come back with a report for every one of them.
+The collector tests start real child processes (from the fork server decode.py uses) that
+behave like a decoder in one way; the collector must come back with a report for every one of
+them. The last test runs decode.py against a real daemon with a watchdog no step can meet.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +20,8 @@ import pytest
 from bench.decode import _Leg, _processes
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _reports(out: Any, name: str) -> None:
@@ -73,3 +80,51 @@ def test_a_hung_process_is_stopped_at_the_deadline() -> None:
     assert leg.procs["decoder 1"].exitcode is not None
     (failure,) = leg.failures()
     assert "timeout" in failure["error"]
+
+
+def test_decode_py_reports_timed_out_processes_and_finishes(tmp_path: Path) -> None:
+    """With a watchdog no step can meet, every process reports JobTimedOut and the run ends."""
+    out = tmp_path / "decode.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.decode",
+            "--decoders",
+            "2",
+            "--tokens",
+            "4",
+            "--prefill-tokens",
+            "32",
+            "--policies",
+            "fifo",
+            "--skip-direct",
+            "--job-timeout",
+            "0.00001",
+            "--leg-timeout",
+            "120",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (fifo,) = json.loads(out.read_text())["policies"]
+    assert fifo["complete"] is False
+    roles = {(f["leg"], f["role"]) for f in fifo["failures"]}
+    assert roles == {
+        ("unloaded", "decoder"),
+        ("loaded", "prefiller"),
+        ("loaded", "decoder 1"),
+        ("loaded", "decoder 2"),
+    }
+    for failure in fifo["failures"]:
+        assert failure["error"].startswith("JobTimedOut"), failure
+        assert failure["steps"] == 0
+    assert fifo["loaded_p99_ms"] is None
+    assert "FAILED after 0 steps: JobTimedOut" in proc.stdout
