@@ -26,7 +26,7 @@ run then (measured one after the other, the ratio swung between 2.4 and 4.1 from
 Prints p50, p99 and their ratio (npud / echo). ``--profile FILE`` runs the daemon under
 cProfile. Usage::
 
-    .venv/bin/python bench/overhead.py [--n 2000] [--warmup 200] [--block 50] [--profile FILE]
+    .venv/bin/python -m bench.overhead [--n 2000] [--warmup 200] [--block 50] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -238,42 +237,6 @@ async def _interleaved(
         return out
 
 
-def _start_npud(tmp: Path, profile: str | None) -> tuple[subprocess.Popen[bytes], Path]:
-    sock = tmp / "npud.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp / "notify"))
-    notify.settimeout(60)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUD_")}
-    env.update(
-        NOTIFY_SOCKET=str(tmp / "notify"),
-        NPUD_CONFIG="/dev/null",
-        NPUD_LOG_LEVEL="warning",
-        PYTHONPATH=str(ROOT),
-    )
-    # cProfile of the daemon process (written when it exits on SIGTERM)
-    prof = ["-m", "cProfile", "-o", profile] if profile else []
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            *prof,
-            "-m",
-            "npud.daemon",
-            "--device",
-            "sim",
-            "--socket",
-            str(sock),
-            "--state-dir",
-            str(tmp / "state"),
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    while b"READY=1" not in notify.recv(4096):
-        pass
-    notify.close()
-    return proc, sock
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -285,23 +248,31 @@ def main() -> None:
     if args.echo_server:
         asyncio.run(_echo_server(args.echo_server))
         return
+    # The benchmarks' one daemon launcher (imported here, not at the top: P1 runs this file as
+    # a plain script for its echo server, where the ``bench`` package is not importable).
+    from bench.daemon import NPUD_COMMAND, running_daemon
+
     tmp = Path(tempfile.mkdtemp(prefix="npud-overhead-"))
     echo_path = str(tmp / "echo.sock")
     echo = subprocess.Popen(
         [sys.executable, __file__, "--echo-server", echo_path], stdout=subprocess.PIPE
     )
-    daemon, sock = _start_npud(tmp, args.profile)
+    # cProfile of the daemon process (written when it exits on SIGTERM)
+    command = (
+        (sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "npud.daemon")
+        if args.profile
+        else NPUD_COMMAND
+    )
     try:
-        assert echo.stdout is not None
-        echo.stdout.readline()
-        samples = asyncio.run(
-            _interleaved(echo_path, str(sock), args.n, args.warmup, max(1, args.block))
-        )
+        with running_daemon(env={"NPUD_LOG_LEVEL": "warning"}, command=command) as daemon:
+            assert echo.stdout is not None
+            echo.stdout.readline()
+            samples = asyncio.run(
+                _interleaved(echo_path, str(daemon.socket), args.n, args.warmup, max(1, args.block))
+            )
     finally:
         echo.send_signal(signal.SIGTERM)
-        daemon.send_signal(signal.SIGTERM)
         echo.wait(10)
-        daemon.wait(30)
         if echo.stdout is not None:
             echo.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
