@@ -10,7 +10,7 @@ from typing import Any
 from npud.api.convert import device_to_wire
 from npud.api.state import ApiState, EventFeed
 from npud.api.status import streaming, unary
-from npud.core.events import DeviceEvent
+from npud.core.events import DEVICE_ADDED, DeviceEvent
 from npud.core.service import DeviceEntry
 from npud.devices.base import DeviceHealth
 from npud.v1 import device_pb2, device_pb2_grpc
@@ -64,9 +64,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                 if not isinstance(event, DeviceEvent):
                     continue
                 entry = core.device(event.device)
-                change = (
-                    device_pb2.DEVICE_CHANGE_REMOVED
-                    if event.health is DeviceHealth.LOST
-                    else device_pb2.DEVICE_CHANGE_CHANGED
-                )
+                if event.health is DeviceHealth.LOST:
+                    change = device_pb2.DEVICE_CHANGE_REMOVED
+                elif event.reason == DEVICE_ADDED:  # hot-plugged, or back after recovery
+                    change = device_pb2.DEVICE_CHANGE_ADDED
+                else:
+                    change = device_pb2.DEVICE_CHANGE_CHANGED
                 yield device_pb2.WatchDevicesResponse(change=change, device=self._device(entry))

@@ -70,13 +70,16 @@ class QueueEvent:
 
 @dataclass(frozen=True, slots=True)
 class DeviceEvent:
-    """A device was added, changed health, or was lost."""
+    """A device was added (``reason == DEVICE_ADDED``), changed health, or was lost."""
 
     time: float
     device: str
     health: DeviceHealth
     reason: str = ""
 
+
+DEVICE_ADDED = "added"
+"""The ``reason`` of the :class:`DeviceEvent` published when a device starts being served."""
 
 Event = JobEvent | ContextEvent | QueueEvent | DeviceEvent
 Subscriber = Callable[[Event], None]

@@ -27,6 +27,7 @@ from npud.clock import Clock
 from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
 from npud.core.context import Context, ContextQuotas, ContextState, ContextStatistics
 from npud.core.events import (
+    DEVICE_ADDED,
     Change,
     ContextEvent,
     DeviceEvent,
@@ -227,7 +228,7 @@ class Core:
         entry = DeviceEntry(device.name, device, scheduler, residency)
         scheduler.add_hooks(on_end=self._job_ended)
         self._devices[device.name] = entry
-        self.events.publish(DeviceEvent(self.now(), device.name, device.health(), "added"))
+        self.events.publish(DeviceEvent(self.now(), device.name, device.health(), DEVICE_ADDED))
         return entry
 
     def device(self, name: str | None = None) -> DeviceEntry:

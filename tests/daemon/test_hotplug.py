@@ -17,6 +17,7 @@ import pytest
 
 import npud.client.aio
 from npud.client import Access, Bind, DeviceEvent, DeviceHealth, JobSpec, JobState
+from npud.client.types import Change
 from npud.daemon.hotplug import QueuedEvents
 from npud.devices.discovery import NodeEvent
 from npud.errors import DeviceLost, NotFound
@@ -84,6 +85,7 @@ def test_plug_serve_unplug_mid_job_and_back(tmp_path: Path) -> None:
             # (a) the node appears: served as a new device
             source.put(machine.plug(node))
             await until(lambda: _seen(seen, "accel0", DeviceHealth.OK))
+            assert any(e.device.name == "accel0" and e.change is Change.ADDED for e in seen)
             listed = {d.name: d for d in await npu.devices()}
             assert set(listed) == {"sim0", "accel0"}
             assert listed["accel0"].driver == "rocket"
