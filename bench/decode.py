@@ -4,7 +4,9 @@ For each scheduling policy (``npud`` and ``fifo``) the benchmark starts its own 
 simulated NPU (process mode, real time) and measures decode inter-token latency:
 
 1. unloaded: one decoder alone;
-2. loaded: ``--decoders`` concurrent decoders (separate processes, separate contexts) while
+2. decoders alone: the ``--decoders`` decoders of the loaded leg, without the prefill, so that
+   the loaded leg can be read as the prefill's effect apart from the decoders' own contention;
+3. loaded: ``--decoders`` concurrent decoders (separate processes, separate contexts) while
    another process in its own context runs long prefills back to back (a ``--prefill-tokens``
    prompt in 16-token THROUGHPUT chunks, all submitted at once, as a client would).
 
@@ -319,10 +321,30 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         unloaded = unloaded_leg.reports["decoder"]["gaps"]
         unloaded_waits = unloaded_leg.reports["decoder"]["waits"]
 
+        # Decoders alone: the same N decoders without the prefill. Against this the loaded leg
+        # measures what the prefill (the load under test) does to decode, apart from what the
+        # decoders do to each other by sharing the host's CPUs with the simulated device.
+        out = ctx.Queue()
+        go = ctx.Event()
+        go.set()
+        names = [f"decoder {i + 1}" for i in range(args.decoders)]
+        alone_procs = {
+            n: ctx.Process(
+                target=_decoder,
+                args=(model_dir, socket, args.tokens, timeout, go, out, n, args.depth),
+            )
+            for n in names
+        }
+        decoders_leg = _Leg("decoders", out, alone_procs, {})
+        for proc in alone_procs.values():
+            proc.start()
+        decoders_leg.collect(names, time.monotonic() + args.leg_timeout)
+        decoders_leg.join()
+        decoders_only = [g for n in names for g in decoders_leg.reports[n]["gaps"]]
+
         # Loaded: N decoders while another context runs long prefills back to back.
         out = ctx.Queue()
         go, started, stop = ctx.Event(), ctx.Event(), ctx.Event()
-        names = [f"decoder {i + 1}" for i in range(args.decoders)]
         procs = {
             "prefiller": ctx.Process(
                 target=_prefiller,
@@ -364,8 +386,9 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
     loaded_waits = [w for n in names for w in leg.reports[n]["waits"]]
     loaded_runs = [w for n in names for w in leg.reports[n]["runs"]]
     prefill = leg.reports["prefiller"]
-    failures = unloaded_leg.failures() + leg.failures()
+    failures = unloaded_leg.failures() + decoders_leg.failures() + leg.failures()
     p99_loaded, p99_unloaded = _ms(loaded, 0.99), _ms(unloaded, 0.99)
+    p99_decoders = _ms(decoders_only, 0.99)
     return {
         "policy": policy,
         "complete": not failures,
@@ -383,7 +406,12 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
         "prefill_chunk_wait_p50_ms": _ms(prefill["chunk_waits"], 0.5),
         "prefill_chunk_run_p50_ms": _ms(prefill["chunk_runs"], 0.5),
         "prefill_chunk_run_p99_ms": _ms(prefill["chunk_runs"], 0.99),
+        "decoders_p50_ms": _ms(decoders_only, 0.5),
+        "decoders_p99_ms": p99_decoders,
         "p99_ratio": p99_loaded / p99_unloaded if p99_loaded and p99_unloaded else None,
+        "p99_ratio_vs_decoders": (
+            p99_loaded / p99_decoders if p99_loaded and p99_decoders else None
+        ),
         "samples": len(loaded),
         "prefill_tokens_per_s": (
             prefill["tokens"] / prefill["seconds"] if prefill["seconds"] > 0 else 0.0
@@ -576,6 +604,12 @@ def main() -> int:
             f"p99 {_fmt(r['loaded_wait_p99_ms'], 0)} "
             f"(unloaded p99 {_fmt(r['unloaded_wait_p99_ms'], 0)})",
             flush=True,
+        )
+        vs = r["p99_ratio_vs_decoders"]
+        print(
+            f"  {policy} the same {args.decoders} decoders without the prefill: p50 "
+            f"{_fmt(r['decoders_p50_ms'], 0)} p99 {_fmt(r['decoders_p99_ms'], 0)}; loaded p99 / "
+            f"that p99 = {'-' if vs is None else f'{vs:.2f}'}"
         )
         print(
             f"  {policy} loaded, on the device: decode step p50 {_fmt(r['loaded_run_p50_ms'], 0)} "

@@ -119,6 +119,8 @@ def test_decode_py_reports_timed_out_processes_and_finishes(tmp_path: Path) -> N
     roles = {(f["leg"], f["role"]) for f in fifo["failures"]}
     assert roles == {
         ("unloaded", "decoder"),
+        ("decoders", "decoder 1"),
+        ("decoders", "decoder 2"),
         ("loaded", "prefiller"),
         ("loaded", "decoder 1"),
         ("loaded", "decoder 2"),
