@@ -17,15 +17,15 @@ hotplug matches a removed node to the device on it.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from npud.config import Settings
+from npud.devices.accel_adapters import adapter_for
 from npud.devices.base import Device
-from npud.devices.discovery import NodeInfo
+from npud.devices.discovery import NodeInfo, enumerate_nodes
 from npud.errors import DeviceLost, NpudError, Unsupported
 
 
@@ -46,43 +46,26 @@ def _make_sim(settings: Settings, name: str = "sim0") -> Device:
     return device
 
 
-def _discover(log: Any) -> list[Any]:
-    """Nodes found by discovery, or [] when discovery is unavailable (logged)."""
+def _discover(log: Any) -> list[NodeInfo]:
+    """Nodes found by discovery, or [] when it fails (logged)."""
     try:
-        discovery = importlib.import_module("npud.devices.discovery")
-    except ImportError:
-        log.info("devices.discovery_unavailable", detail="npud.devices.discovery not installed")
-        return []
-    finder: Callable[[], Any] | None = getattr(discovery, "enumerate_nodes", None) or getattr(
-        discovery, "discover", None
-    )
-    if finder is None:
-        log.info("devices.discovery_unavailable", detail="no enumerate function")
-        return []
-    try:
-        return list(finder())
+        return enumerate_nodes()
     except (OSError, NpudError) as exc:
         log.warning("devices.discovery_failed", error=str(exc))
         return []
 
 
-def _open_node(node: Any, log: Any) -> Device | None:
+def _open_node(node: NodeInfo, log: Any) -> Device | None:
     """An adapter for a discovered node, or None when no adapter drives it (logged)."""
-    path = str(getattr(node, "path", node))
-    driver = getattr(node, "driver", None) or ""
-    try:
-        from npud.devices.accel_adapters import adapter_for
-    except ImportError as exc:  # the kernel ABI layer (cffi) is not installed
-        log.warning("devices.no_adapter", node=path, driver=driver, detail=str(exc))
-        return None
+    driver = node.driver or ""
     cls = adapter_for(driver)
     if cls is None:
-        log.warning("devices.no_adapter", node=path, driver=driver or "unknown")
+        log.warning("devices.no_adapter", node=node.path, driver=driver or "unknown")
         return None
     try:
-        device: Device = cls(path, name=Path(path).name)
+        device: Device = cls(node.path, name=Path(node.path).name)
     except (NpudError, OSError, TypeError) as exc:
-        log.warning("devices.adapter_failed", node=path, driver=driver, error=str(exc))
+        log.warning("devices.adapter_failed", node=node.path, driver=driver, error=str(exc))
         return None
     return device
 
