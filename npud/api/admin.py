@@ -177,7 +177,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             still_lost=report.still_lost,
             failures=report.failures,
             devices=[
-                device_to_wire(e.device, core.device_health(e.name), core.device_report(e.name))
+                device_to_wire(
+                    e.device, core.device_health(e.name), core.device_report(e.name), node=e.node
+                )
                 for e in core.devices()
             ],
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
 from npud.core.context import Context
 from npud.core.distribution import Distribution
+from npud.core.events import DEVICE_ADDED, DeviceEvent
 from npud.core.events import ContextEvent as CoreContextEvent
 from npud.core.job import Job, JobError, JobInfo, JobState
 from npud.core.owner import Owner
@@ -167,10 +168,21 @@ def distribution_to_wire(d: Distribution) -> types_pb2.Distribution:
     )
 
 
+def device_change_to_wire(event: DeviceEvent) -> device_pb2.DeviceChange.ValueType:
+    """What a device event means to a watcher: REMOVED when lost, ADDED when the device starts
+    being served (hot-plugged, or back after recovery), CHANGED otherwise."""
+    if event.health is DeviceHealth.LOST:
+        return device_pb2.DEVICE_CHANGE_REMOVED
+    if event.reason == DEVICE_ADDED:
+        return device_pb2.DEVICE_CHANGE_ADDED
+    return device_pb2.DEVICE_CHANGE_CHANGED
+
+
 def device_to_wire(
-    device: Device, health: DeviceHealth, report: DeviceReport | None = None
+    device: Device, health: DeviceHealth, report: DeviceReport | None = None, *, node: str = ""
 ) -> device_pb2.Device:
-    """A Device message from the device's capabilities (and, if given, its usage)."""
+    """A Device message from the device's capabilities (and, if given, its usage); ``node``
+    is the device node it was opened on ("" for the simulated NPU)."""
     caps = device.capabilities
     util = {}
     used: Mapping[MemoryTier, int] = {}
@@ -203,7 +215,7 @@ def device_to_wire(
         has_preemption=caps.has_preemption,
         simulated=caps.simulated,
         health=_HEALTH_TO_WIRE[health],
-        node=str(getattr(device, "node", "") or ""),
+        node=node,
     )
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from npud.api.convert import device_to_wire
+from npud.api.convert import device_change_to_wire, device_to_wire
 from npud.api.state import ApiState, EventFeed
 from npud.api.status import streaming, unary
-from npud.core.events import DEVICE_ADDED, DeviceEvent
+from npud.core.events import DeviceEvent
 from npud.core.service import DeviceEntry
-from npud.devices.base import DeviceHealth
 from npud.v1 import device_pb2, device_pb2_grpc
 
 
@@ -25,7 +24,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def _device(self, entry: DeviceEntry) -> device_pb2.Device:
         core = self._state.core
         return device_to_wire(
-            entry.device, core.device_health(entry.name), core.device_report(entry.name)
+            entry.device,
+            core.device_health(entry.name),
+            core.device_report(entry.name),
+            node=entry.node,
         )
 
     @unary
@@ -64,10 +66,5 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                 if not isinstance(event, DeviceEvent):
                     continue
                 entry = core.device(event.device)
-                if event.health is DeviceHealth.LOST:
-                    change = device_pb2.DEVICE_CHANGE_REMOVED
-                elif event.reason == DEVICE_ADDED:  # hot-plugged, or back after recovery
-                    change = device_pb2.DEVICE_CHANGE_ADDED
-                else:
-                    change = device_pb2.DEVICE_CHANGE_CHANGED
+                change = device_change_to_wire(event)
                 yield device_pb2.WatchDevicesResponse(change=change, device=self._device(entry))

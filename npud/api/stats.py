@@ -8,12 +8,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from npud.api.convert import context_event_to_wire, device_stats_to_wire, device_to_wire
+from npud.api.convert import (
+    context_event_to_wire,
+    device_change_to_wire,
+    device_stats_to_wire,
+    device_to_wire,
+)
 from npud.api.jobs import JobServicer
 from npud.api.state import ApiState, EventFeed
 from npud.api.status import streaming, unary
 from npud.core.events import ContextEvent, DeviceEvent, JobEvent
-from npud.devices.base import DeviceHealth
 from npud.errors import InvalidArgument, NotFound, PermissionDenied
 from npud.v1 import device_pb2, stats_pb2, stats_pb2_grpc
 
@@ -96,15 +100,13 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
                         entry = core.device(event.device)
                     except NotFound:
                         continue
-                    change = (
-                        device_pb2.DEVICE_CHANGE_REMOVED
-                        if event.health is DeviceHealth.LOST
-                        else device_pb2.DEVICE_CHANGE_CHANGED
-                    )
+                    change = device_change_to_wire(event)
                     yield stats_pb2.StreamEventsResponse(
                         device=device_pb2.WatchDevicesResponse(
                             change=change,
-                            device=device_to_wire(entry.device, core.device_health(entry.name)),
+                            device=device_to_wire(
+                                entry.device, core.device_health(entry.name), node=entry.node
+                            ),
                         )
                     )
 

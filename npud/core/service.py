@@ -124,6 +124,7 @@ class DeviceEntry:
     scheduler: Scheduler
     residency: ResidencyManager
     contexts: set[ContextId] = field(default_factory=set)
+    node: str = ""  # the device node it was opened on ("" for the simulated NPU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,7 @@ class Core:
         budgets: dict[MemoryTier, int] | None = None,
         state_dir: Path | None = None,
         sram_policy: bool = True,
+        node: str = "",
     ) -> DeviceEntry:
         """Serve an opened device: build its residency manager (unless given) and scheduler.
 
@@ -225,7 +227,7 @@ class Core:
                 device, self._clock, budgets=budgets, state_dir=state_dir, sram_policy=sram_policy
             )
         scheduler = Scheduler(device, self._clock, residency, policy=policy, events=self.events)
-        entry = DeviceEntry(device.name, device, scheduler, residency)
+        entry = DeviceEntry(device.name, device, scheduler, residency, node=node)
         scheduler.add_hooks(on_end=self._job_ended)
         self._devices[device.name] = entry
         self.events.publish(DeviceEvent(self.now(), device.name, device.health(), DEVICE_ADDED))
@@ -259,6 +261,7 @@ class Core:
         state_dir: Path | None = None,
         budgets: dict[MemoryTier, int] | None = None,
         sram_policy: bool = True,
+        node: str = "",
     ) -> DeviceEntry:
         """Serve a freshly opened ``device`` in place of the lost device of the same name.
 
@@ -285,6 +288,7 @@ class Core:
             state_dir=state_dir,
             budgets=budgets,
             sram_policy=sram_policy,
+            node=node or old.node,
         )
 
     def lose_device(self, name: str, reason: str) -> None:

@@ -225,7 +225,10 @@ class Daemon:
                 state_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"state_dir: cannot create {state_dir}: {exc}") from exc
-            entry = core.add_device(device, policy=policy, state_dir=state_dir)
+            node = self.on_node.get(device.name)
+            entry = core.add_device(
+                device, policy=policy, state_dir=state_dir, node=node.path if node else ""
+            )
             entry.scheduler.add_hooks(on_end=self._log_job)
         self.core = core
         tokens = TokenRegistry(admin_gid=admin_gid)

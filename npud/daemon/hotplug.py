@@ -334,7 +334,9 @@ class HotplugWatcher:
             self._log.warning("device.open_failed", device=device.name, error=str(exc))
             return None
         self._pending.pop(node.path, None)
-        entry = self._core.add_device(device, policy=self._policy, state_dir=state_dir)
+        entry = self._core.add_device(
+            device, policy=self._policy, state_dir=state_dir, node=node.path
+        )
         if self._on_entry is not None:
             self._on_entry(entry)
         self._devices.append(device)

@@ -107,7 +107,10 @@ class DeviceRecovery:
                 self._log.warning("device.reopen_failed", device=old.name, error=str(exc))
                 continue
             entry = self._core.replace_device(
-                fresh, policy=self._policy, state_dir=self._state_dir(fresh.name)
+                fresh,
+                policy=self._policy,
+                state_dir=self._state_dir(fresh.name),
+                node=node.path if node is not None else "",
             )
             if self._on_entry is not None:
                 self._on_entry(entry)

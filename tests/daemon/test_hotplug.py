@@ -89,6 +89,8 @@ def test_plug_serve_unplug_mid_job_and_back(tmp_path: Path) -> None:
             listed = {d.name: d for d in await npu.devices()}
             assert set(listed) == {"sim0", "accel0"}
             assert listed["accel0"].driver == "rocket"
+            assert listed["accel0"].node == "/dev/accel/accel0"
+            assert listed["sim0"].node == ""  # the simulated NPU has no node
             assert not listed["accel0"].simulated
             out = await _add_on(npu, "accel0")
             np.testing.assert_array_equal(out, np.arange(N, dtype=np.float32) + 0.5)
