@@ -12,7 +12,6 @@ current value); this module does not reword them.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,6 +101,20 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseExceptio
     raise AssertionError("unreachable: context.abort() raises")  # pragma: no cover
 
 
+async def _fail(context: Any, rpc: str, exc: Exception) -> NoReturn:
+    """End an rpc for an exception its servicer let escape (called from an ``except``).
+
+    grpc.aio's own abort passes through; an npud error becomes its status through the table;
+    anything else is a bug, logged with its traceback and ended INTERNAL saying so.
+    """
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if not isinstance(exc, errors.NpudError):
+        _log.exception("rpc %s failed unexpectedly", rpc)
+        exc = errors.NpudError(f"internal error in {rpc}: {exc!r}")
+    await abort(context, exc)
+
+
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]
 StreamHandler = Callable[[Any, Any, Any], AsyncIterator[Any]]
 
@@ -117,13 +130,8 @@ def unary(fn: Handler) -> Handler:
     async def wrapper(self: Any, request: Any, context: Any) -> Any:
         try:
             return await fn(self, request, context)
-        except errors.NpudError as exc:
-            await abort(context, exc)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
         except Exception as exc:
-            _log.exception("rpc %s failed unexpectedly", fn.__name__)
-            await abort(context, errors.NpudError(f"internal error in {fn.__name__}: {exc!r}"))
+            await _fail(context, fn.__name__, exc)
 
     return wrapper
 
@@ -136,12 +144,7 @@ def streaming(fn: StreamHandler) -> StreamHandler:
         try:
             async for item in fn(self, request, context):
                 yield item
-        except errors.NpudError as exc:
-            await abort(context, exc)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
         except Exception as exc:
-            _log.exception("rpc %s failed unexpectedly", fn.__name__)
-            await abort(context, errors.NpudError(f"internal error in {fn.__name__}: {exc!r}"))
+            await _fail(context, fn.__name__, exc)
 
     return wrapper
