@@ -85,6 +85,8 @@ class Settings(BaseModel):
     socket_group: str | None = None
     device: str = "auto"  # "auto" (discovery, sim if none), "sim", or a device node path
     sim_profile: str = "rk3588"
+    # The simulated board runs this many times slower than its profile (1: as modelled).
+    sim_slowdown: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     state_dir: Path = Field(default_factory=default_state_dir)
     policy: Literal["npud", "fifo"] = "npud"
     admin_group: str | None = None

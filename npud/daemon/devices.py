@@ -42,8 +42,14 @@ class DeviceChoice:
 def _make_sim(settings: Settings, name: str = "sim0") -> Device:
     from npud.devices.sim import SimDevice
 
-    device: Device = SimDevice(settings.sim_profile, mode="process", name=name)
+    device: Device = SimDevice(
+        settings.sim_profile, mode="process", name=name, slowdown=settings.sim_slowdown
+    )
     return device
+
+
+def _slowdown_note(settings: Settings) -> str:
+    return "" if settings.sim_slowdown == 1 else f", slowed down x{settings.sim_slowdown:g}"
 
 
 def _discover(log: Any) -> list[NodeInfo]:
@@ -114,7 +120,12 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
         Unsupported: ``device`` names a node no adapter drives.
     """
     if settings.device == "sim":
-        return DeviceChoice((_make_sim(settings),), True, "simulated NPU (device = sim)")
+        return DeviceChoice(
+            (_make_sim(settings),),
+            True,
+            f"simulated NPU (device = sim, profile {settings.sim_profile}"
+            f"{_slowdown_note(settings)})",
+        )
     access = nodes if nodes is not None else SystemNodes(log)
     found_nodes = [n for n in access.discover() if wanted(settings, n)]
     if settings.device != "auto" and not found_nodes:
@@ -132,7 +143,8 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
         (_make_sim(settings),),
         True,
         "no NPU found: serving the SIMULATED NPU "
-        f"(profile {settings.sim_profile}); jobs run on a model, not on hardware",
+        f"(profile {settings.sim_profile}{_slowdown_note(settings)}); jobs run on a model, "
+        "not on hardware",
     )
 
 

@@ -111,27 +111,30 @@ class DirectBackend:
         self._owned = False  # device (and loop) created by on_sim(): closed with the backend
 
     @classmethod
-    def on_sim(cls, *, mode: str = "virtual", profile: str = "rk3588") -> DirectBackend:
+    def on_sim(
+        cls, *, mode: str = "virtual", profile: str = "rk3588", slowdown: float = 1.0
+    ) -> DirectBackend:
         """A direct backend on a fresh simulated NPU that it owns (and closes in :meth:`close`).
 
         ``mode="virtual"`` runs on a new :class:`VirtualClock` (modelled, deterministic
         times); ``mode="process"`` starts the device process on a private event loop (real
-        times).
+        times). ``slowdown`` models the board that many times slower (see
+        :class:`~npud.devices.sim.SimDevice`).
 
         Raises:
-            InvalidArgument: unknown mode or profile.
+            InvalidArgument: unknown mode or profile, or a bad slowdown.
             DeviceLost: the device process could not start.
         """
         from npud.devices.sim import SimDevice
 
         if mode == "virtual":
             clock = VirtualClock()
-            device = SimDevice(profile, clock=clock, mode="virtual")
+            device = SimDevice(profile, clock=clock, mode="virtual", slowdown=slowdown)
             device.open()
             backend = cls(device, clock=clock)
         elif mode == "process":
             loop = asyncio.new_event_loop()
-            device = SimDevice(profile, mode="process")
+            device = SimDevice(profile, mode="process", slowdown=slowdown)
 
             async def _open() -> None:  # the device process registers its pipe on the loop
                 device.open()

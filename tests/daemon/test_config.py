@@ -102,3 +102,22 @@ def test_daemon_exits_nonzero_naming_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "shutdown_grace_s" in result.stderr
     assert "greater than or equal to 0" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "fast"])
+def test_sim_slowdown_must_be_a_positive_finite_number(value: str) -> None:
+    """NPUD_SIM_SLOWDOWN that is not a finite number above 0 is refused, naming the field."""
+    with pytest.raises(ConfigError, match="sim_slowdown"):
+        load_settings(None, env={"NPUD_SIM_SLOWDOWN": value})
+
+
+def test_sim_slowdown_reaches_the_simulated_device() -> None:
+    """The daemon's simulated NPU models its profile slowed down by sim_slowdown, and says so."""
+    from npud.daemon.devices import choose_devices
+
+    settings = load_settings(None, env={"NPUD_SIM_SLOWDOWN": "300", "NPUD_DEVICE": "sim"})
+    choice = choose_devices(settings, log=None)
+    (device,) = choice.devices
+    assert device.slowdown == 300.0  # type: ignore[attr-defined]
+    assert "slowed down x300" in device.capabilities.description
+    assert "slowed down x300" in choice.reason

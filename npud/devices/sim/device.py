@@ -60,7 +60,7 @@ from npud.devices.base import (
 from npud.devices.sim.cost import estimate
 from npud.devices.sim.executor import JobCancelled, decode_job, execute
 from npud.devices.sim.memory import BufferMemory, SimBuffer, TierPool, round_up
-from npud.devices.sim.profiles import BoardProfile, get_profile
+from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
 from npud.errors import (
     DeviceError,
     DeviceLost,
@@ -168,6 +168,7 @@ class SimDevice:
         dram_capacity: int | None = None,
         firmware_lanes: int | None = None,
         firmware_blas_threads: int | None = None,
+        slowdown: float = 1.0,
     ) -> None:
         """Create a closed device; call :meth:`open` before use.
 
@@ -186,13 +187,19 @@ class SimDevice:
                 at a time, the serial baseline of ``bench/sim_engines.py``.
             firmware_blas_threads: process mode: BLAS threads per executor (default
                 ``max(1, cpus // lanes)``).
+            slowdown: model a board this many times slower than ``profile`` (see
+                :func:`~npud.devices.sim.profiles.slowed`): every job's modelled time is
+                multiplied by it, so in process mode a job holds its engine that much longer
+                in real time. 1 (the default) is the profile as it is.
 
         Raises:
-            InvalidArgument: unknown profile name or mode.
+            InvalidArgument: unknown profile name or mode, or a slowdown that is not a finite
+                number above 0.
         """
         if mode not in ("virtual", "process"):
             raise InvalidArgument(f"unknown sim mode {mode!r} (expected 'virtual' or 'process')")
-        self._profile = get_profile(profile)
+        self._profile = slowed(get_profile(profile), slowdown)
+        self._slowdown = slowdown
         self._mode: Mode = mode
         self._name = name
         self._default_clock = clock is None
@@ -272,6 +279,11 @@ class SimDevice:
         return self._profile
 
     @property
+    def slowdown(self) -> float:
+        """How many times slower than its named profile the modelled board runs (1: as is)."""
+        return self._slowdown
+
+    @property
     def clock(self) -> Clock:
         """The clock the device completes jobs on."""
         return self._clock
@@ -317,6 +329,7 @@ class SimDevice:
                 engines=self._profile.engines,
                 lanes=self._firmware_lanes,
                 blas_threads=self._firmware_blas_threads,
+                slowdown=self._slowdown,
             )
             host.start()
             self._host = host

@@ -1,11 +1,11 @@
 """The simulated NPU's device process: the "firmware" that executes jobs off the daemon.
 
 Started by :class:`npud.devices.sim.host.FirmwareHost` as ``python -m
-npud.devices.sim.firmware --cmd-fd N --reply-fd M --profile NAME --lanes L``. It maps each
-buffer's memfd as it is announced, runs each job it is sent (decode, cost, execute: the same
-:func:`~npud.devices.sim.device.run_job` the in-process mode uses) and replies with the
-outcome. It exits when told to or when the daemon's end of the command socket closes, so it
-never outlives the daemon.
+npud.devices.sim.firmware --cmd-fd N --reply-fd M --profile NAME --lanes L --slowdown F``.
+It maps each buffer's memfd as it is announced, runs each job it is sent (decode, cost,
+execute: the same :func:`~npud.devices.sim.device.run_job` the in-process mode uses) and
+replies with the outcome. It exits when told to or when the daemon's end of the command
+socket closes, so it never outlives the daemon.
 
 Engines compute in parallel
 ---------------------------
@@ -48,7 +48,7 @@ from typing import Any
 
 from npud.devices.base import CompletionStatus, MemoryTier
 from npud.devices.sim.device import JobOutcome, run_job
-from npud.devices.sim.profiles import BoardProfile, get_profile
+from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
 from npud.devices.sim.wire import (
     RUN,
     RUN_HANG,
@@ -313,12 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--profile", required=True)
     parser.add_argument("--lanes", type=int, default=None, help="executors (default: per engine)")
+    parser.add_argument(
+        "--slowdown", type=float, default=1.0, help="model the profile this many times slower"
+    )
     args = parser.parse_args(argv)
     cmd = socket.socket(fileno=args.cmd_fd)
     reply = socket.socket(fileno=args.reply_fd)
     stopped = True
     try:
-        stopped = serve(cmd, reply, get_profile(args.profile), args.lanes)
+        stopped = serve(cmd, reply, slowed(get_profile(args.profile), args.slowdown), args.lanes)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon went away: so do we
     finally:

@@ -75,6 +75,7 @@ class FirmwareHost:
         engines: int,
         lanes: int | None = None,
         blas_threads: int | None = None,
+        slowdown: float = 1.0,
     ) -> None:
         """Describe the device process to start (:meth:`start` starts it).
 
@@ -86,8 +87,12 @@ class FirmwareHost:
             lanes: executor threads in the device process; default one per engine, 1 runs
                 every engine's jobs one at a time (the serial baseline).
             blas_threads: BLAS threads per executor; default ``max(1, cpus // lanes)``.
+            slowdown: the device process models the profile this many times slower
+                (:func:`~npud.devices.sim.profiles.slowed`), so the modelled times it
+                reports match the daemon side's.
         """
         self._profile = profile
+        self._slowdown = slowdown
         self._on_reply = on_reply
         self._on_exit = on_exit
         self._lanes = engines if lanes is None else max(1, lanes)
@@ -140,6 +145,8 @@ class FirmwareHost:
             self._profile,
             "--lanes",
             str(self._lanes),
+            "--slowdown",
+            repr(self._slowdown),
         ]
         try:
             self._proc = subprocess.Popen(

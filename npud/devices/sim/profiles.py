@@ -9,7 +9,8 @@ and wherever no public figure exists the value is an assumption, marked as such 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from npud.errors import InvalidArgument
 from npud.isa import DType
@@ -98,6 +99,33 @@ STRIX_POINT = BoardProfile(
 
 PROFILES: dict[str, BoardProfile] = {p.name: p for p in (RK3588, LUNAR_LAKE, STRIX_POINT)}
 """Every built-in profile by name."""
+
+
+def slowed(profile: BoardProfile, factor: float) -> BoardProfile:
+    """The same board ``factor`` times slower: every modelled duration is ``factor`` times longer.
+
+    Peak rates and bandwidths are divided by ``factor`` and the launch overhead multiplied by
+    it, so the cost model's ratios (SRAM against DRAM, int8 against f32) are unchanged. On real
+    time this is how the simulated NPU stands in for a board running a larger model than the
+    host can compute in time: the tiny test model's jobs keep the schedule they would have on a
+    model ``factor`` times bigger, while the host only computes the tiny one. Capacities are
+    not scaled. ``factor`` 1 returns ``profile`` itself.
+
+    Raises:
+        InvalidArgument: ``factor`` is not a finite number above 0.
+    """
+    if not (math.isfinite(factor) and factor > 0):
+        raise InvalidArgument(f"a board slowdown must be a finite number above 0, got {factor!r}")
+    if factor == 1:
+        return profile
+    return replace(
+        profile,
+        description=f"{profile.description}, slowed down x{factor:g}",
+        peak_ops_per_s={d: r / factor for d, r in profile.peak_ops_per_s.items()},
+        dram_bandwidth=profile.dram_bandwidth / factor,
+        sram_bandwidth=profile.sram_bandwidth / factor,
+        launch_overhead_s=profile.launch_overhead_s * factor,
+    )
 
 
 def get_profile(profile: BoardProfile | str) -> BoardProfile:
