@@ -123,7 +123,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(rounds):
             eligible(False)
-            cls = choose([SchedClass.THROUGHPUT, SchedClass.BACKGROUND])
+            cls, _by_share = choose([SchedClass.THROUGHPUT, SchedClass.BACKGROUND])
             assert cls is not None
             job = pop(cls)
             assert job is not None

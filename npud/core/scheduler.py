@@ -786,11 +786,15 @@ class Scheduler:
             or now - self._last_latency <= self.policy.latency_window_s
         )
 
-    def _can_take(self, engine: _Engine, cls: SchedClass, shallow: bool) -> bool:
+    def _can_take(
+        self, engine: _Engine, cls: SchedClass, shallow: bool, idle_only: bool = False
+    ) -> bool:
         if self._fifo:
             return len(engine.inflight) < self.policy.fifo_credits
         if cls is SchedClass.LATENCY:
             return engine.latency < self.policy.latency_credits
+        if idle_only:
+            return not engine.inflight
         if shallow:
             return engine.other == 0
         return len(engine.inflight) < self.policy.deep_credits
@@ -806,7 +810,17 @@ class Scheduler:
     # * shallow: while latency work is ready, running, or was seen within
     #   ``latency_window_s``, an engine holds at most ONE throughput/background job (plus up to
     #   ``latency_credits`` latency jobs). A decode step that arrives then waits for at most
-    #   the one throughput job already on its engine, never a queue of them.
+    #   the one throughput job already on its engine, never a queue of them. More than that:
+    #   in shallow mode a throughput/background job starts only on an IDLE engine, unless its
+    #   class is below its minimum share (see below). Queued behind a running decode step, it
+    #   would take that engine from whichever decode step becomes ready next - the next step
+    #   of the same decoder, typically - and when the decoders already keep every engine busy,
+    #   the throughput job would get an engine for every job it has while the decode steps
+    #   queue behind it: in effect the FIFO the policy exists to avoid (measured: four decode
+    #   loops on three engines with a prefill beside them decoded at the same rate under
+    #   ``npud`` as under ``fifo``). Waiting for an idle engine costs throughput work nothing
+    #   the classes do not already promise: it is guaranteed its minimum share, and it gets
+    #   every engine that latency work leaves idle.
     # * deep: when only throughput work exists, each engine holds up to ``deep_credits`` jobs,
     #   so the device never idles between completions and the scheduler's reaction time does
     #   not cost throughput.
@@ -888,10 +902,11 @@ class Scheduler:
     # to each other, so the decay factor applied to all of them cancels out.
     # ------------------------------------------------------------------------------------
 
-    def _choose_class(self, eligible: list[SchedClass]) -> SchedClass | None:
-        """The class to serve next, or ``None`` when the best one has no credit now."""
+    def _choose_class(self, eligible: list[SchedClass]) -> tuple[SchedClass | None, bool]:
+        """The class to serve next (``None`` when the best one has no credit now), and whether
+        it was chosen because it is below its minimum share."""
         if self._fifo:
-            return eligible[0]
+            return eligible[0], False
         usage = self._usage
         total = usage[SchedClass.LATENCY] + usage[SchedClass.THROUGHPUT]
         total += usage[SchedClass.BACKGROUND]
@@ -903,14 +918,14 @@ class Scheduler:
                 if gap > worst_gap:
                     worst, worst_gap = cls, gap
             if worst is not None:
-                return worst
+                return worst, True
         # Strict order otherwise: a class with READY work but no credit blocks the classes
         # below it (a throughput job slipped onto an engine now would sit in front of the
         # next latency job in the device's FIFO).
         for cls in CLASS_ORDER:
             if self._ready[cls] > 0:
-                return cls if cls in eligible else None
-        return None
+                return (cls if cls in eligible else None), False
+        return None, False
 
     def _charge_class(self, cls: SchedClass, seconds: float) -> None:
         now = self._clock.now()
@@ -930,8 +945,13 @@ class Scheduler:
             eligible = self._eligible(shallow)
             if not eligible:
                 return
-            cls = self._choose_class(eligible)
+            cls, by_share = self._choose_class(eligible)
             if cls is None:
+                return
+            # shallow mode: work other than latency waits for an idle engine unless it is
+            # owed its minimum share (see "Why credits, and why recalls")
+            idle_only = shallow and cls is not SchedClass.LATENCY and not by_share
+            if idle_only and all(e.inflight for e in self._engines):
                 return
             job = self._pop(cls)
             if job is None:
@@ -955,7 +975,7 @@ class Scheduler:
                     ),
                 )
                 continue
-            engine = self._choose_engine(job, cls, shallow)
+            engine = self._choose_engine(job, cls, shallow, idle_only)
             if engine is None:
                 self._hold(job)
                 continue
@@ -1089,15 +1109,17 @@ class Scheduler:
     # that overran its estimate counts as about to finish, which is the best guess there is.
     # ------------------------------------------------------------------------------------
 
-    def _choose_engine(self, job: Job, cls: SchedClass, shallow: bool) -> _Engine | None:
+    def _choose_engine(
+        self, job: Job, cls: SchedClass, shallow: bool, idle_only: bool = False
+    ) -> _Engine | None:
         if job.engine_request is not None:
             engine = self._engines[job.engine_request]
-            return engine if self._can_take(engine, cls, shallow) else None
+            return engine if self._can_take(engine, cls, shallow, idle_only) else None
         best: _Engine | None = None
         best_key = (0.0, 0)
         now = -1.0
         for engine in self._engines:
-            if not self._can_take(engine, cls, shallow):
+            if not self._can_take(engine, cls, shallow, idle_only):
                 continue
             if not engine.inflight:
                 return engine  # idle: nothing can start sooner
