@@ -1,23 +1,40 @@
 """Decode latency under a long prefill: npud's policy against FIFO (issue 9, "must show" 3).
 
 For each scheduling policy (``npud`` and ``fifo``) the benchmark starts its own daemon on the
-simulated NPU (process mode, real time) and measures decode inter-token latency:
+simulated NPU (process mode, real time) and measures decode inter-token latency in three legs:
 
-1. unloaded: one decoder alone;
-2. decoders alone: the ``--decoders`` decoders of the loaded leg, without the prefill, so that
-   the loaded leg can be read as the prefill's effect apart from the decoders' own contention;
-3. loaded: ``--decoders`` concurrent decoders (separate processes, separate contexts) while
-   another process in its own context runs long prefills back to back (a ``--prefill-tokens``
-   prompt in 16-token THROUGHPUT chunks, all submitted at once, as a client would).
+1. one: one decoder alone;
+2. unloaded: ``--decoders`` concurrent decoders (separate processes, separate contexts);
+3. loaded: the same decoders while another process in its own context runs long prefills
+   back to back (a ``--prefill-tokens`` prompt in 16-token THROUGHPUT chunks, all submitted
+   at once, as a client would).
 
-It reports each policy's decode inter-token p50/p99, loaded p99 over unloaded p99, and the
-prefill throughput achieved meanwhile; plus, as a baseline without any daemon, one decoder on
-the direct backend (the same simulated device in process mode, in the client's own process).
+The must-show figure is the loaded inter-token p99 over the unloaded p99: what the prefill (the
+load) does to the decoders. The one-decoder leg is reported beside it (loaded p99 over one
+decoder's p99): it also carries what the decoders do to each other, which on a board with
+fewer engines than decoders is arithmetic, not policy (four decode loops on three engines make
+a step wait for another decoder's step about one time in four).
+
+Legs and policies run in ``--rounds`` rounds whose order rotates, all daemons up at once, and
+the gaps of each leg are pooled over the rounds, so no leg always sees the quietest host.
+
+The board is ``--profile`` (default rk3588: three engines) slowed down ``--slowdown`` times
+(default 300): the tiny demo model's decode step, ~0.1 ms of modelled time on rk3588, then holds
+its engine ~30 ms, what a ~0.5B-parameter f16 model's step costs at rk3588's DRAM bandwidth.
+Why: the simulated device computes on the host's CPUs, and at the model's own speed the
+benchmark measured the 2-core host (four decoder processes, the daemon and the device's numpy
+work competing for the CPU) rather than the scheduler. Slowed down, every job holds its engine
+for its modelled time while the host computes the tiny model in a fraction of it, so engines
+are the contended resource, as on a real NPU. ``--slowdown 1`` measures the unslowed model.
+
+It also reports, as a baseline without any daemon, one decoder on the direct backend (the same
+simulated board in process mode, in the client's own process).
 
 Usage (from the repository root)::
 
-    python -m bench.decode [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
-                           [--policies npud,fifo] [--job-timeout 10] [--leg-timeout 300]
+    python -m bench.decode [--model DIR] [--decoders 4] [--tokens 128] [--prefill-tokens 240]
+                           [--policies npud,fifo] [--rounds 3] [--profile rk3588]
+                           [--slowdown 300] [--job-timeout 10] [--leg-timeout 300]
                            [--depth 2] [--json results.json]
     python -m bench.decode --compare-depths 1,2 [--rounds 8] [--tokens 32] [--json out.json]
 
@@ -39,7 +56,8 @@ A decoder or prefiller that fails (a job timed out or failed, the daemon went aw
 died) does not stop the run: its error and the number of decode steps it completed are reported
 (in the ``failures`` of its policy in the JSON, and on stdout), the figures come from the steps
 that completed, and the run goes on to the next leg. A leg whose processes have not all
-reported within ``--leg-timeout`` seconds has the rest stopped and reported as failed too.
+reported within ``--leg-timeout`` seconds has the rest stopped and reported as failed too
+(the ``leg`` of a failure is ``one``, ``unloaded`` or ``loaded``).
 
 The daemon is started by ``bench/daemon.py`` (``python -m npud.daemon --device sim`` on a
 private socket, with ``NPUD_POLICY``); ``--npud CMD`` overrides the command. Each decoder uses a
@@ -49,6 +67,7 @@ short prompt and generates ``--tokens`` ids without stopping at EOS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
@@ -56,6 +75,7 @@ import queue
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +91,9 @@ JOB_TIMEOUT_S = 10.0
 LEG_TIMEOUT_S = 300.0
 """Default time a leg's processes get to report before the rest are stopped."""
 PREFILL_START_S = 120.0
+PROFILE = "rk3588"
+SLOWDOWN = 300.0
+ROUNDS = 3
 """How long the prefiller gets to load the model and start its first prompt."""
 
 
@@ -271,12 +294,20 @@ def _dead(error: str) -> dict[str, Any]:
     }
 
 
-def _direct_baseline(model_dir: str, tokens: int, depth: int) -> list[float]:
+def _device_env(args: argparse.Namespace) -> dict[str, str]:
+    """The daemon's simulated board: the profile and its slowdown."""
+    return {"NPUD_SIM_PROFILE": args.profile, "NPUD_SIM_SLOWDOWN": repr(args.slowdown)}
+
+
+def _direct_baseline(
+    model_dir: str, tokens: int, depth: int, profile: str, slowdown: float
+) -> list[float]:
     from npud.llm.direct import DirectBackend
     from npud.llm.generator import Generator
 
     model = load_model(model_dir)
-    with Generator(model, DirectBackend.on_sim(mode="process"), depth=depth) as gen:
+    backend = DirectBackend.on_sim(mode="process", profile=profile, slowdown=slowdown)
+    with Generator(model, backend, depth=depth) as gen:
         gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)
         result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
     return list(result.stats.inter_token_s)
@@ -301,74 +332,39 @@ def _processes() -> Any:
     return ctx
 
 
-def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
-    ctx = _processes()
-    timeout = args.job_timeout
-    with running_daemon(policy, command=args.npud_cmd) as daemon:
-        socket = str(daemon.socket)
-        # Unloaded: one decoder alone.
-        out = ctx.Queue()
-        go = ctx.Event()
-        go.set()
-        alone = ctx.Process(
-            target=_decoder,
-            args=(model_dir, socket, args.tokens, timeout, go, out, "decoder", args.depth),
+def _start_leg(
+    ctx: Any, leg: str, socket: str, args: argparse.Namespace, model_dir: str
+) -> tuple[_Leg, list[str]]:
+    """Start the processes of ``leg`` (``one``, ``unloaded`` or ``loaded``), let them run and
+    collect their reports; returns the leg and its decoders' names."""
+    out = ctx.Queue()
+    go, started, stop = ctx.Event(), ctx.Event(), ctx.Event()
+    names = ["decoder"] if leg == "one" else [f"decoder {i + 1}" for i in range(args.decoders)]
+    procs: dict[str, Any] = {}
+    if leg == "loaded":
+        procs["prefiller"] = ctx.Process(
+            target=_prefiller,
+            args=(
+                model_dir,
+                socket,
+                args.prefill_tokens,
+                args.job_timeout,
+                started,
+                stop,
+                out,
+                "prefiller",
+            ),
         )
-        unloaded_leg = _Leg("unloaded", out, {"decoder": alone}, {})
-        alone.start()
-        unloaded_leg.collect(["decoder"], time.monotonic() + args.leg_timeout)
-        unloaded_leg.join()
-        unloaded = unloaded_leg.reports["decoder"]["gaps"]
-        unloaded_waits = unloaded_leg.reports["decoder"]["waits"]
-
-        # Decoders alone: the same N decoders without the prefill. Against this the loaded leg
-        # measures what the prefill (the load under test) does to decode, apart from what the
-        # decoders do to each other by sharing the host's CPUs with the simulated device.
-        out = ctx.Queue()
-        go = ctx.Event()
-        go.set()
-        names = [f"decoder {i + 1}" for i in range(args.decoders)]
-        alone_procs = {
-            n: ctx.Process(
-                target=_decoder,
-                args=(model_dir, socket, args.tokens, timeout, go, out, n, args.depth),
-            )
-            for n in names
-        }
-        decoders_leg = _Leg("decoders", out, alone_procs, {})
-        for proc in alone_procs.values():
-            proc.start()
-        decoders_leg.collect(names, time.monotonic() + args.leg_timeout)
-        decoders_leg.join()
-        decoders_only = [g for n in names for g in decoders_leg.reports[n]["gaps"]]
-
-        # Loaded: N decoders while another context runs long prefills back to back.
-        out = ctx.Queue()
-        go, started, stop = ctx.Event(), ctx.Event(), ctx.Event()
-        procs = {
-            "prefiller": ctx.Process(
-                target=_prefiller,
-                args=(
-                    model_dir,
-                    socket,
-                    args.prefill_tokens,
-                    timeout,
-                    started,
-                    stop,
-                    out,
-                    "prefiller",
-                ),
-            )
-        }
-        for n in names:
-            procs[n] = ctx.Process(
-                target=_decoder,
-                args=(model_dir, socket, args.tokens, timeout, go, out, n, args.depth),
-            )
-        leg = _Leg("loaded", out, procs, {})
-        deadline = time.monotonic() + args.leg_timeout
-        for proc in procs.values():
-            proc.start()
+    for n in names:
+        procs[n] = ctx.Process(
+            target=_decoder,
+            args=(model_dir, socket, args.tokens, args.job_timeout, go, out, n, args.depth),
+        )
+    run = _Leg(leg, out, procs, {})
+    deadline = time.monotonic() + args.leg_timeout
+    for proc in procs.values():
+        proc.start()
+    if leg == "loaded":
         # the decoders start once the prefiller runs - or has given up (it reports then)
         start_by = time.monotonic() + PREFILL_START_S
         while not started.wait(0.5) and procs["prefiller"].exitcode is None:
@@ -376,48 +372,123 @@ def _run_policy(policy: str, args: argparse.Namespace, model_dir: str) -> dict[s
                 break
         if started.is_set():
             time.sleep(0.5)  # let the first long prefill's chunks queue up
-        go.set()
-        leg.collect(names, deadline)
+    go.set()
+    run.collect(names, deadline)
+    if leg == "loaded":
         stop.set()
-        leg.collect(["prefiller"], max(deadline, time.monotonic() + 60.0))
-        leg.join()
-        daemon.check()
-    loaded = [g for n in names for g in leg.reports[n]["gaps"]]
-    loaded_waits = [w for n in names for w in leg.reports[n]["waits"]]
-    loaded_runs = [w for n in names for w in leg.reports[n]["runs"]]
-    prefill = leg.reports["prefiller"]
-    failures = unloaded_leg.failures() + decoders_leg.failures() + leg.failures()
-    p99_loaded, p99_unloaded = _ms(loaded, 0.99), _ms(unloaded, 0.99)
-    p99_decoders = _ms(decoders_only, 0.99)
+        run.collect(["prefiller"], max(deadline, time.monotonic() + 60.0))
+    run.join()
+    return run, names
+
+
+@dataclass(slots=True, eq=False)
+class _Pooled:
+    """What the runs of one leg under one policy measured, pooled over the rounds."""
+
+    gaps: list[float]
+    waits: list[float]
+    runs: list[float]
+    failures: list[dict[str, Any]]
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    chunk_waits: list[float] | None = None
+    chunk_runs: list[float] | None = None
+
+    def add(self, run: _Leg, names: list[str]) -> None:
+        """Pool one run of the leg."""
+        for n in names:
+            self.gaps += run.reports[n]["gaps"]
+            self.waits += run.reports[n]["waits"]
+            self.runs += run.reports[n]["runs"]
+        self.failures += run.failures()
+        prefill = run.reports.get("prefiller")
+        if prefill is not None:
+            self.prefill_tokens += prefill["tokens"]
+            self.prefill_seconds += prefill["seconds"]
+            self.chunk_waits = (self.chunk_waits or []) + prefill["chunk_waits"]
+            self.chunk_runs = (self.chunk_runs or []) + prefill["chunk_runs"]
+
+
+LEGS = ("one", "unloaded", "loaded")
+"""The legs of a round: one decoder alone; the decoders without the prefill; both together."""
+
+
+def _rotated(items: Sequence[str], r: int) -> list[str]:
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def _run_rounds(
+    args: argparse.Namespace, model_dir: str, policies: list[str]
+) -> dict[str, dict[str, _Pooled]]:
+    """Every leg under every policy, ``args.rounds`` times over, in rotating order.
+
+    Why rounds that rotate, on daemons that all stay up: on a shared host the load moves by
+    more than the difference being measured between two legs minutes apart. Each policy has
+    its own daemon, started once; every round runs each policy's legs, the policies' and the
+    legs' order shifted by one each round, so every (policy, leg) sees the same host in
+    aggregate and none always goes first. The gaps of a leg are pooled over the rounds.
+    """
+    ctx = _processes()
+    pooled = {p: {leg: _Pooled([], [], [], []) for leg in LEGS} for p in policies}
+    with contextlib.ExitStack() as stack:
+        daemons = {
+            p: stack.enter_context(running_daemon(p, command=args.npud_cmd, env=_device_env(args)))
+            for p in policies
+        }
+        for r in range(args.rounds):
+            for policy in _rotated(policies, r):
+                for leg in _rotated(LEGS, r):
+                    run, names = _start_leg(ctx, leg, str(daemons[policy].socket), args, model_dir)
+                    pooled[policy][leg].add(run, names)
+                    daemons[policy].check()
+                    print(
+                        f"  round {r + 1}/{args.rounds} {policy:<5} {leg:<8} "
+                        f"p99 {_fmt(_ms(_gaps(run, names), 0.99), 0)}",
+                        flush=True,
+                    )
+    return pooled
+
+
+def _gaps(run: _Leg, names: list[str]) -> list[float]:
+    return [g for n in names for g in run.reports[n]["gaps"]]
+
+
+def _policy_figures(policy: str, legs: dict[str, _Pooled]) -> dict[str, Any]:
+    """One policy's figures (``None`` where a leg had no samples)."""
+    one, unloaded, loaded = legs["one"], legs["unloaded"], legs["loaded"]
+    failures = one.failures + unloaded.failures + loaded.failures
+    p99_loaded = _ms(loaded.gaps, 0.99)
+    p99_unloaded = _ms(unloaded.gaps, 0.99)
+    p99_one = _ms(one.gaps, 0.99)
     return {
         "policy": policy,
         "complete": not failures,
         "failures": failures,
-        "unloaded_p50_ms": _ms(unloaded, 0.5),
+        "one_p50_ms": _ms(one.gaps, 0.5),
+        "one_p99_ms": p99_one,
+        "unloaded_p50_ms": _ms(unloaded.gaps, 0.5),
         "unloaded_p99_ms": p99_unloaded,
-        "loaded_p50_ms": _ms(loaded, 0.5),
+        "loaded_p50_ms": _ms(loaded.gaps, 0.5),
         "loaded_p99_ms": p99_loaded,
-        "loaded_max_ms": max(loaded) * 1e3 if loaded else None,
-        "unloaded_wait_p99_ms": _ms(unloaded_waits, 0.99),
-        "loaded_wait_p50_ms": _ms(loaded_waits, 0.5),
-        "loaded_wait_p99_ms": _ms(loaded_waits, 0.99),
-        "loaded_run_p50_ms": _ms(loaded_runs, 0.5),
-        "loaded_run_p99_ms": _ms(loaded_runs, 0.99),
-        "prefill_chunk_wait_p50_ms": _ms(prefill["chunk_waits"], 0.5),
-        "prefill_chunk_run_p50_ms": _ms(prefill["chunk_runs"], 0.5),
-        "prefill_chunk_run_p99_ms": _ms(prefill["chunk_runs"], 0.99),
-        "decoders_p50_ms": _ms(decoders_only, 0.5),
-        "decoders_p99_ms": p99_decoders,
+        "loaded_max_ms": max(loaded.gaps) * 1e3 if loaded.gaps else None,
+        "unloaded_wait_p99_ms": _ms(unloaded.waits, 0.99),
+        "loaded_wait_p50_ms": _ms(loaded.waits, 0.5),
+        "loaded_wait_p99_ms": _ms(loaded.waits, 0.99),
+        "loaded_run_p50_ms": _ms(loaded.runs, 0.5),
+        "loaded_run_p99_ms": _ms(loaded.runs, 0.99),
+        "prefill_chunk_wait_p50_ms": _ms(loaded.chunk_waits or [], 0.5),
+        "prefill_chunk_run_p50_ms": _ms(loaded.chunk_runs or [], 0.5),
+        "prefill_chunk_run_p99_ms": _ms(loaded.chunk_runs or [], 0.99),
         "p99_ratio": p99_loaded / p99_unloaded if p99_loaded and p99_unloaded else None,
-        "p99_ratio_vs_decoders": (
-            p99_loaded / p99_decoders if p99_loaded and p99_decoders else None
-        ),
-        "samples": len(loaded),
+        "p99_ratio_vs_one": p99_loaded / p99_one if p99_loaded and p99_one else None,
+        "samples": len(loaded.gaps),
         "prefill_tokens_per_s": (
-            prefill["tokens"] / prefill["seconds"] if prefill["seconds"] > 0 else 0.0
+            loaded.prefill_tokens / loaded.prefill_seconds if loaded.prefill_seconds > 0 else 0.0
         ),
-        "unloaded_gaps_ms": [g * 1e3 for g in unloaded],
-        "loaded_gaps_ms": [g * 1e3 for g in loaded],
+        "one_gaps_ms": [g * 1e3 for g in one.gaps],
+        "unloaded_gaps_ms": [g * 1e3 for g in unloaded.gaps],
+        "loaded_gaps_ms": [g * 1e3 for g in loaded.gaps],
     }
 
 
@@ -530,7 +601,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model directory (default: the tiny model)")
     parser.add_argument("--decoders", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prefill-tokens", type=int, default=240)
     parser.add_argument("--policies", default="npud,fifo")
     parser.add_argument(
@@ -557,13 +628,32 @@ def main() -> int:
         metavar="D1,D2",
         help="only compare direct and daemon decode rates at these depths (rotating rounds)",
     )
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of --compare-depths")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"rounds of legs (default {ROUNDS}), or of --compare-depths (default 8)",
+    )
+    parser.add_argument(
+        "--profile", default=PROFILE, help=f"simulated board profile (default {PROFILE})"
+    )
+    parser.add_argument(
+        "--slowdown",
+        type=float,
+        default=SLOWDOWN,
+        help=f"run the simulated board this many times slower (default {SLOWDOWN:g})",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.job_timeout < 0:
         parser.error("--job-timeout must be >= 0 (0: npud's per-class default)")
     if args.depth < 1:
         parser.error("--depth must be >= 1")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.decoders < 1 or args.tokens < 2:
+        parser.error("--decoders must be >= 1 and --tokens >= 2")
+    args.rounds = args.rounds or (8 if args.compare_depths else ROUNDS)
     args.npud_cmd = shlex.split(args.npud) if args.npud else NPUD_COMMAND
     model_dir = str(args.model or ensure_default_model())
     if args.compare_depths:
@@ -576,10 +666,13 @@ def main() -> int:
         "prefill_tokens": args.prefill_tokens,
         "job_timeout_s": args.job_timeout,
         "depth": args.depth,
+        "rounds": args.rounds,
+        "profile": args.profile,
+        "slowdown": args.slowdown,
         "policies": [],
     }
     if not args.skip_direct:
-        gaps = _direct_baseline(model_dir, args.tokens, args.depth)
+        gaps = _direct_baseline(model_dir, args.tokens, args.depth, args.profile, args.slowdown)
         results["direct"] = {
             "p50_ms": percentile(gaps, 0.5) * 1e3,
             "p99_ms": percentile(gaps, 0.99) * 1e3,
@@ -588,28 +681,35 @@ def main() -> int:
             f"direct (no daemon, sim process mode): inter-token p50 "
             f"{results['direct']['p50_ms']:.2f} ms  p99 {results['direct']['p99_ms']:.2f} ms"
         )
+    policies = args.policies.split(",")
     print(
-        f"{'policy':<6} {'unloaded p50':>12} {'p99':>8} {'loaded p50':>11} {'p99':>8} "
-        f"{'max':>8} {'p99 x':>6} {'prefill tok/s':>14}"
+        f"{args.rounds} round(s); each: per policy, one decoder alone, {args.decoders} decoders "
+        f"alone (unloaded), {args.decoders} decoders + prefill (loaded); board {args.profile} "
+        f"slowed down x{args.slowdown:g}",
+        flush=True,
     )
-    for policy in args.policies.split(","):
-        r = _run_policy(policy, args, model_dir)
+    pooled = _run_rounds(args, model_dir, policies)
+    print(
+        f"{'policy':<6} {'one p99':>9} {'unloaded p50':>12} {'p99':>8} {'loaded p50':>11} "
+        f"{'p99':>8} {'max':>8} {'p99 x':>6} {'prefill tok/s':>14}"
+    )
+    for policy in policies:
+        r = _policy_figures(policy, pooled[policy])
         results["policies"].append(r)
         ratio = "-" if r["p99_ratio"] is None else f"{r['p99_ratio']:.2f}"
         print(
-            f"{policy:<6} {_fmt(r['unloaded_p50_ms'], 10)} {_fmt(r['unloaded_p99_ms'], 6)} "
-            f"{_fmt(r['loaded_p50_ms'], 9)} {_fmt(r['loaded_p99_ms'], 6)} "
-            f"{_fmt(r['loaded_max_ms'], 6)} {ratio:>6} {r['prefill_tokens_per_s']:>14.1f}   "
-            f"npud queue wait p50 {_fmt(r['loaded_wait_p50_ms'], 0)} "
-            f"p99 {_fmt(r['loaded_wait_p99_ms'], 0)} "
-            f"(unloaded p99 {_fmt(r['unloaded_wait_p99_ms'], 0)})",
+            f"{policy:<6} {_fmt(r['one_p99_ms'], 7)} {_fmt(r['unloaded_p50_ms'], 10)} "
+            f"{_fmt(r['unloaded_p99_ms'], 6)} {_fmt(r['loaded_p50_ms'], 9)} "
+            f"{_fmt(r['loaded_p99_ms'], 6)} {_fmt(r['loaded_max_ms'], 6)} {ratio:>6} "
+            f"{r['prefill_tokens_per_s']:>14.1f}",
             flush=True,
         )
-        vs = r["p99_ratio_vs_decoders"]
+        vs = r["p99_ratio_vs_one"]
         print(
-            f"  {policy} the same {args.decoders} decoders without the prefill: p50 "
-            f"{_fmt(r['decoders_p50_ms'], 0)} p99 {_fmt(r['decoders_p99_ms'], 0)}; loaded p99 / "
-            f"that p99 = {'-' if vs is None else f'{vs:.2f}'}"
+            f"  {policy} loaded p99 / one decoder's p99 = {'-' if vs is None else f'{vs:.2f}'}; "
+            f"decode queue wait in npud p50 {_fmt(r['loaded_wait_p50_ms'], 0)} "
+            f"p99 {_fmt(r['loaded_wait_p99_ms'], 0)} "
+            f"(unloaded p99 {_fmt(r['unloaded_wait_p99_ms'], 0)})"
         )
         print(
             f"  {policy} loaded, on the device: decode step p50 {_fmt(r['loaded_run_p50_ms'], 0)} "

@@ -1,24 +1,26 @@
-"""P5 decode: the LLM workload through npud vs in-process, and decode under a prefill flood.
+"""P5 decode: the LLM workload through npud vs in-process, and decode beside a long prefill.
 
 Wraps ``bench/decode.py`` (the LLM engineer's script), run as a subprocess with ``--json``. It
-runs the tiny Llama model's greedy decode:
+runs the tiny Llama model's greedy decode on the simulated NPU slowed down so that engines, not
+the host's CPUs, are the contended resource (see decode.py), under the ``npud`` and ``fifo``
+policies, each with its own daemon, in rotating rounds of three legs: one decoder alone;
+``decoders`` concurrent decoder processes (unloaded); the same decoders while another process
+runs long prefills back to back (THROUGHPUT chunks) in its own context (loaded).
 
-* direct: one decoder on the DirectBackend, the simulated NPU in process mode inside the
-  client's own process (no daemon): the baseline for what npud costs a decoder;
-* under the ``npud`` policy, with its own daemon: one decoder alone (unloaded), then
-  ``decoders`` concurrent decoder processes while another process runs long prefills back to
-  back (THROUGHPUT chunks) in its own context.
+It runs decode.py on two boards. On ``rk3588`` (three engines) four decode loops already keep
+every engine busy, so the prefill's share comes out of decode and the policy decides how much:
+the must-show figure (loaded p99 within 1.2x of the unloaded p99 under npud) and the comparison
+with fifo come from there. On ``lunar-lake`` (six engines) the decoders and the prefill fit
+side by side: there the loaded p99 is also compared with one decoder alone.
 
-Figures taken from its report: decode tokens/s through the daemon against direct (steady-state
-rate from the median inter-token gap, ``1000 / p50 ms``), the loaded inter-token p99 against the
-unloaded p99 under the npud policy, and the same loaded p99 (and npud's own decode queue wait)
-against the ``fifo`` policy's in the same run; the prefill rate achieved meanwhile.
+Figures: decode tokens/s through the daemon against direct (interleaved rounds, the board
+unslowed: what npud's path costs per token); the loaded inter-token p99 against the unloaded
+p99 and against fifo's; the median gap and the prefill rate under both policies.
 
 decode.py reports a decoder or prefiller that failed (its error and the steps it completed)
-instead of waiting for it. Under ``fifo`` that is a finding about the baseline (a decode step
-queued behind prefill chunks can run past even a generous watchdog on a loaded host): it is
-named in the notes and beside the fifo figure, which then comes from the steps that completed.
-Under ``npud`` it is a failure to run.
+instead of waiting for it. Under ``fifo`` that is a finding about the baseline: it is named in
+the notes and beside the fifo figure, which then comes from the steps that completed. Under
+``npud`` it is a failure to run.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,11 @@ from bench.results import BenchResult, Metric
 
 RATE_GOAL = 0.97
 JOB_TIMEOUT_S = 10.0  # decode.py's default watchdog per step, stated here for the notes
-REPS = 3
 P99_GOAL = 1.2
+DECODERS = 4
+ROUNDS = 3
+SLOWDOWN = 300.0
+BOARDS = ("rk3588", "lunar-lake")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -100,8 +105,11 @@ def _decode(args: list[str], timeout_s: float) -> dict[str, Any]:
 
 
 _FIGURES = (
+    "one_p50_ms",
+    "one_p99_ms",
     "unloaded_p50_ms",
     "unloaded_p99_ms",
+    "loaded_p50_ms",
     "loaded_p99_ms",
     "loaded_wait_p99_ms",
     "prefill_tokens_per_s",
@@ -134,11 +142,6 @@ def _policy_figures(got: dict[str, Any], policy: str) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
         raise RuntimeError(f"bench/decode.py's JSON lacks a {policy} figure: {exc!r}") from exc
     return figures
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r[key] is not None]
-    return statistics.median(values) if values else None
 
 
 def _failure_text(failures: list[dict[str, Any]]) -> str:
@@ -178,6 +181,65 @@ def _interleaved_rates(socket: str, rounds: int, tokens: int) -> dict[str, list[
     return gaps
 
 
+@dataclass(frozen=True, slots=True)
+class _Board:
+    """One decode.py run: its board and the figures of each policy."""
+
+    profile: str
+    direct: dict[str, float]
+    npud: dict[str, Any]
+    fifo: dict[str, Any]
+
+
+def _run_board(profile: str, quick: bool) -> _Board:
+    decoders, tokens, prefill, rounds = (1, 8, 32, 1) if quick else (DECODERS, 128, 240, ROUNDS)
+    got = _decode(
+        [
+            "--decoders",
+            str(decoders),
+            "--tokens",
+            str(tokens),
+            "--prefill-tokens",
+            str(prefill),
+            "--rounds",
+            str(rounds),
+            "--profile",
+            profile,
+            "--slowdown",
+            str(SLOWDOWN),
+            "--policies",
+            "npud,fifo",
+            "--job-timeout",
+            str(JOB_TIMEOUT_S),
+            "--leg-timeout",
+            "60" if quick else "240",
+        ],
+        timeout_s=240 if quick else 1200,
+    )
+    try:
+        direct = {
+            "p50_ms": float(got["direct"]["p50_ms"]),
+            "p99_ms": float(got["direct"]["p99_ms"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"bench/decode.py's JSON lacks the direct figures: {exc!r}") from exc
+    npud, fifo = _policy_figures(got, "npud"), _policy_figures(got, "fifo")
+    if npud["failures"]:
+        raise RuntimeError(
+            f"decoders failed under the npud policy on {profile}: {_failure_text(npud['failures'])}"
+        )
+    if any(npud[k] is None for k in _FIGURES):
+        raise RuntimeError(
+            f"bench/decode.py gave no samples for an npud figure on {profile}: {npud}"
+        )
+    return _Board(profile, direct, npud, fifo)
+
+
+def boards_for(quick: bool) -> tuple[str, ...]:
+    """The boards a run measures: both, or only rk3588 in quick mode (it proves P5 runs)."""
+    return BOARDS[:1] if quick else BOARDS
+
+
 def run(quick: bool) -> BenchResult:
     """Measure P5 through bench/decode.py (see the module docstring).
 
@@ -185,62 +247,26 @@ def run(quick: bool) -> BenchResult:
         RuntimeError: bench/decode.py failed, its JSON lacks a figure, or a decoder or the
             prefiller failed under the npud policy.
     """
-    decoders, tokens, prefill = (1, 8, 32) if quick else (4, 64, 240)
-    result = BenchResult("P5", "decode: LLM through npud vs in-process, under a prefill flood")
-    result.params = {"decoders": decoders, "tokens": tokens, "prefill_tokens": prefill}
-    # Why repetitions: each decode.py run measures direct and daemon minutes apart, and on a
-    # shared 2-core machine the load moves in between; the median over runs of each figure is
-    # what the ratios are taken from (every run's figures are kept in the JSON).
-    reps = 1 if quick else REPS
-    direct_runs: list[dict[str, float]] = []
-    by_policy: dict[str, list[dict[str, Any]]] = {"npud": [], "fifo": []}
-    for _ in range(reps):
-        got = _decode(
-            [
-                "--decoders",
-                str(decoders),
-                "--tokens",
-                str(tokens),
-                "--prefill-tokens",
-                str(prefill),
-                "--policies",
-                "npud,fifo",
-                "--job-timeout",
-                str(JOB_TIMEOUT_S),
-                "--leg-timeout",
-                "60" if quick else "240",
-            ],
-            timeout_s=180 if quick else 900,
-        )
-        try:
-            direct_runs.append(
-                {"p50_ms": float(got["direct"]["p50_ms"]), "p99_ms": float(got["direct"]["p99_ms"])}
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RuntimeError(f"bench/decode.py's JSON lacks the direct figures: {exc!r}") from exc
-        for policy, runs in by_policy.items():
-            runs.append(_policy_figures(got, policy))
-    npud_failures = [f for r in by_policy["npud"] for f in r["failures"]]
-    if npud_failures:
-        raise RuntimeError(f"decoders failed under the npud policy: {_failure_text(npud_failures)}")
-    npud = {k: _median(by_policy["npud"], k) for k in _FIGURES}
-    fifo = {k: _median(by_policy["fifo"], k) for k in _FIGURES}
-    if any(npud[k] is None for k in _FIGURES):
-        raise RuntimeError(f"bench/decode.py gave no samples for an npud figure: {npud}")
-    direct_p50 = statistics.median(r["p50_ms"] for r in direct_runs)
-    direct_p99 = statistics.median(r["p99_ms"] for r in direct_runs)
-    fifo_failures = [f for r in by_policy["fifo"] for f in r["failures"]]
-    fifo_label = "fifo policy"
-    if fifo_failures:
-        fifo_label += f"; {len(fifo_failures)} of its processes failed, see notes"
+    result = BenchResult("P5", "decode: LLM through npud vs in-process, beside a long prefill")
+    decoders = 1 if quick else DECODERS
+    boards = [_run_board(profile, quick) for profile in boards_for(quick)]
+    result.params = {
+        "decoders": decoders,
+        "slowdown": SLOWDOWN,
+        "boards": [
+            {"profile": b.profile, "direct": b.direct, "npud": b.npud, "fifo": b.fifo}
+            for b in boards
+        ],
+    }
     rounds, per_round = (2, 6) if quick else (8, 32)
     with running_daemon("npud") as d:
         gaps = _interleaved_rates(str(d.socket), rounds, per_round)
     daemon_rate = len(gaps["daemon"]) / sum(gaps["daemon"])
     direct_rate = len(gaps["direct"]) / sum(gaps["direct"])
     result.samples = {f"{k}_gap_ms": [g * 1e3 for g in v] for k, v in gaps.items()}
-    for policy, runs in by_policy.items():
-        result.samples[f"{policy}_loaded_gap_ms"] = [g for r in runs for g in r["loaded_gaps_ms"]]
+    for b in boards:
+        for policy, fig in (("npud", b.npud), ("fifo", b.fifo)):
+            result.samples[f"{b.profile}_{policy}_loaded_gap_ms"] = fig["loaded_gaps_ms"]
     result.add(
         Metric(
             "decode tokens/s via daemon",
@@ -252,114 +278,106 @@ def run(quick: bool) -> BenchResult:
             daemon_rate >= RATE_GOAL * direct_rate,
         )
     )
-    result.add(
-        Metric(
-            "decode tokens/s, decode.py medians",
-            1000.0 / npud["unloaded_p50_ms"],
-            "tok/s",
-            1000.0 / direct_p50,
-            "direct in-process",
-        )
-    )
     loaded = f"{decoders} decoder{'s' if decoders != 1 else ''} + prefill"
-    result.add(
-        Metric(
-            f"inter-token p99, {loaded}",
-            npud["loaded_p99_ms"],
-            "ms",
-            npud["unloaded_p99_ms"],
-            "unloaded",
-            f"<= {P99_GOAL}x unloaded",
-            npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"],
-        )
-    )
-    if npud.get("decoders_p99_ms"):
-        # The prefill's own effect: the same decoders with and without it (the unloaded figure
-        # above also carries the decoders' contention with each other for the host's CPUs).
+    for b in boards:
+        npud, fifo = b.npud, b.fifo
+        fifo_label = "fifo policy"
+        if fifo["failures"]:
+            fifo_label += f"; {len(fifo['failures'])} of its processes failed, see notes"
         result.add(
             Metric(
-                f"inter-token p99, {loaded}, vs the decoders alone",
+                f"{b.profile}: inter-token p99, {loaded}",
                 npud["loaded_p99_ms"],
                 "ms",
-                npud["decoders_p99_ms"],
-                f"{decoders} decoders, no prefill",
+                npud["unloaded_p99_ms"],
+                f"the {decoders} decoder(s) without the prefill",
                 f"<= {P99_GOAL}x",
-                npud["loaded_p99_ms"] <= P99_GOAL * npud["decoders_p99_ms"],
+                npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"],
             )
         )
-    if fifo["loaded_p99_ms"] is not None:
         result.add(
             Metric(
-                f"inter-token p99 vs fifo, {loaded}",
+                f"{b.profile}: inter-token p99, {loaded}, vs one decoder alone",
                 npud["loaded_p99_ms"],
                 "ms",
-                fifo["loaded_p99_ms"],
-                fifo_label,
+                npud["one_p99_ms"],
+                "one decoder alone",
             )
         )
-    if fifo["loaded_wait_p99_ms"] is not None:
+        if fifo["loaded_p99_ms"] is not None:
+            result.add(
+                Metric(
+                    f"{b.profile}: inter-token p99 vs fifo, {loaded}",
+                    npud["loaded_p99_ms"],
+                    "ms",
+                    fifo["loaded_p99_ms"],
+                    fifo_label,
+                )
+            )
+        if fifo["loaded_p50_ms"] is not None:
+            result.add(
+                Metric(
+                    f"{b.profile}: inter-token p50 vs fifo, {loaded}",
+                    npud["loaded_p50_ms"],
+                    "ms",
+                    fifo["loaded_p50_ms"],
+                    fifo_label,
+                )
+            )
         result.add(
             Metric(
-                "decode queue wait p99, loaded, vs fifo",
-                npud["loaded_wait_p99_ms"],
-                "ms",
-                fifo["loaded_wait_p99_ms"],
-                fifo_label,
+                f"{b.profile}: prefill rate beside the decoders",
+                npud["prefill_tokens_per_s"],
+                "tok/s",
+                fifo["prefill_tokens_per_s"],
+                "fifo policy" if fifo["prefill_tokens_per_s"] is not None else "",
             )
         )
-    result.add(
-        Metric(
-            "direct inter-token p99 vs daemon unloaded",
-            npud["unloaded_p99_ms"],
-            "ms",
-            direct_p99,
-            "direct in-process",
+        result.add(
+            Metric(
+                f"{b.profile}: one decoder's p99, daemon vs direct",
+                npud["one_p99_ms"],
+                "ms",
+                b.direct["p99_ms"],
+                "direct in-process",
+            )
         )
+        result.notes.append(_where_it_goes(b))
+        if fifo["failures"]:
+            result.notes.append(
+                f"{b.profile}: under fifo {len(fifo['failures'])} process(es) failed and the fifo "
+                f"figures come from the steps that completed before: "
+                f"{_failure_text(fifo['failures'])}."
+            )
+        if fifo["loaded_p99_ms"] is None:
+            result.notes.append(
+                f"{b.profile}: under fifo no decode step completed under load: no fifo figure."
+            )
+    result.notes.insert(
+        0,
+        f"bench/decode.py: tiny Llama model, SimDevice process mode slowed down x{SLOWDOWN:g} "
+        f"(a decode step holds its engine ~30 ms); each policy with its own daemon; per board, "
+        f"{ROUNDS if not quick else 1} rotating round(s) of three legs: one decoder alone, "
+        f"{decoders} decoder process(es) (unloaded), the same with one process prefilling "
+        f"240-token prompts back to back (loaded); every step asks for a {JOB_TIMEOUT_S:g} s "
+        "watchdog (npud's class defaults, 250/400 ms, are for real hardware). On rk3588 the "
+        "decoders alone keep all three engines busy (one decoder's p99 is not a bound there); "
+        f"on lunar-lake they fit. The first row alternates {rounds} rounds of {per_round} tokens "
+        "between a direct and a daemon generator open side by side on the unslowed board.",
     )
-    result.add(
-        Metric(
-            "prefill rate under decode load",
-            npud["prefill_tokens_per_s"],
-            "tok/s",
-            fifo["prefill_tokens_per_s"],
-            "fifo policy" if fifo["prefill_tokens_per_s"] is not None else "",
-        )
-    )
-    result.params["runs"] = {"direct": direct_runs, **by_policy}
-    result.notes.append(
-        f"bench/decode.py: tiny Llama model, SimDevice process mode; direct = DirectBackend in "
-        f"the client's process; daemon figures under the npud and fifo policies, each with its "
-        f"own daemon; {decoders} decoder process(es) x {tokens} tokens while one process "
-        f"prefills {prefill}-token prompts back to back; every step asks for a "
-        f"{JOB_TIMEOUT_S:g} s watchdog (npud's class defaults, 250/400 ms, are for real "
-        f"hardware); median of {reps} runs. The first tokens/s row alternates {rounds} rounds "
-        f"of {per_round} tokens between a direct and a daemon generator open side by side (one "
-        "decoder, unloaded; tokens / decode time); the second is 1000 / median gap of "
-        "decode.py's separate direct and unloaded runs."
-    )
-    detail = {p: {k: _median(runs, k) for k in _DETAILS} for p, runs in by_policy.items()}
-    result.params["loaded_medians"] = detail
+    return result
 
+
+def _where_it_goes(b: _Board) -> str:
     def _f(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    result.notes.append(
-        "Where a loaded gap goes (medians over runs, ms; npud / fifo): decode steps waited in "
-        f"npud's queue p50 {_f(detail['npud']['loaded_wait_p50_ms'])} / "
-        f"{_f(detail['fifo']['loaded_wait_p50_ms'])} and ran on the device p50 "
-        f"{_f(detail['npud']['loaded_run_p50_ms'])} / {_f(detail['fifo']['loaded_run_p50_ms'])}, "
-        f"p99 {_f(detail['npud']['loaded_run_p99_ms'])} / "
-        f"{_f(detail['fifo']['loaded_run_p99_ms'])}; prefill chunks ran p50 "
-        f"{_f(detail['npud']['prefill_chunk_run_p50_ms'])} / "
-        f"{_f(detail['fifo']['prefill_chunk_run_p50_ms'])} after waiting p50 "
-        f"{_f(detail['npud']['prefill_chunk_wait_p50_ms'])} / "
-        f"{_f(detail['fifo']['prefill_chunk_wait_p50_ms'])}."
+    n, f = b.npud, b.fifo
+    return (
+        f"{b.profile}, where a loaded gap goes (ms; npud / fifo): decode steps waited in npud's "
+        f"queue p50 {_f(n['loaded_wait_p50_ms'])} / {_f(f['loaded_wait_p50_ms'])} and ran on "
+        f"the device p50 {_f(n['loaded_run_p50_ms'])} / {_f(f['loaded_run_p50_ms'])}, p99 "
+        f"{_f(n['loaded_run_p99_ms'])} / {_f(f['loaded_run_p99_ms'])}; prefill chunks ran p50 "
+        f"{_f(n['prefill_chunk_run_p50_ms'])} / {_f(f['prefill_chunk_run_p50_ms'])} after "
+        f"waiting p50 {_f(n['prefill_chunk_wait_p50_ms'])} / {_f(f['prefill_chunk_wait_p50_ms'])}."
     )
-    if fifo_failures:
-        result.notes.append(
-            f"Under fifo, {len(fifo_failures)} process(es) failed over {reps} run(s) and the fifo "
-            f"figures come from the steps that completed before: {_failure_text(fifo_failures)}."
-        )
-    if fifo["loaded_p99_ms"] is None:
-        result.notes.append("Under fifo no decode step completed under load: no fifo figure.")
-    return result

@@ -23,8 +23,10 @@ _SERIES = {
     "fifo_wait_ms": ("fifo policy (raw driver order)", "tab:red"),
     "daemon_gap_ms": ("through the daemon", "tab:blue"),
     "direct_gap_ms": ("direct in-process (no daemon)", "tab:green"),
-    "npud_loaded_gap_ms": ("decoders + prefill flood, npud policy", "tab:purple"),
-    "fifo_loaded_gap_ms": ("decoders + prefill flood, fifo policy", "tab:red"),
+    "rk3588_npud_loaded_gap_ms": ("rk3588: 4 decoders + prefill, npud policy", "tab:purple"),
+    "rk3588_fifo_loaded_gap_ms": ("rk3588: 4 decoders + prefill, fifo policy", "tab:red"),
+    "lunar-lake_npud_loaded_gap_ms": ("lunar-lake: 4 decoders + prefill, npud", "tab:olive"),
+    "lunar-lake_fifo_loaded_gap_ms": ("lunar-lake: 4 decoders + prefill, fifo", "tab:orange"),
 }
 
 _PLOTS = {
@@ -37,7 +39,7 @@ _PLOTS = {
     ),
     "P5": (
         "bench-p5-decode.png",
-        "P5: inter-token gap: one decoder unloaded; decoders under a prefill flood",
+        "P5: inter-token gap: one decoder (unslowed); decoders beside a prefill (slowed)",
         "inter-token gap (ms, log scale)",
         True,
     ),

@@ -99,6 +99,8 @@ def test_decode_py_reports_timed_out_processes_and_finishes(tmp_path: Path) -> N
             "--policies",
             "fifo",
             "--skip-direct",
+            "--rounds",
+            "1",
             "--job-timeout",
             "0.00001",
             "--leg-timeout",
@@ -118,9 +120,9 @@ def test_decode_py_reports_timed_out_processes_and_finishes(tmp_path: Path) -> N
     assert fifo["complete"] is False
     roles = {(f["leg"], f["role"]) for f in fifo["failures"]}
     assert roles == {
-        ("unloaded", "decoder"),
-        ("decoders", "decoder 1"),
-        ("decoders", "decoder 2"),
+        ("one", "decoder"),
+        ("unloaded", "decoder 1"),
+        ("unloaded", "decoder 2"),
         ("loaded", "prefiller"),
         ("loaded", "decoder 1"),
         ("loaded", "decoder 2"),

@@ -22,9 +22,11 @@ def _policy(name: str, failures: list[dict[str, Any]], loaded_p99: float | None)
         "policy": name,
         "complete": not failures,
         "failures": failures,
+        "one_p50_ms": 9.0,
+        "one_p99_ms": 18.0,
         "unloaded_p50_ms": 10.0,
         "unloaded_p99_ms": 20.0,
-        "loaded_p50_ms": 30.0,
+        "loaded_p50_ms": 30.0 if loaded_p99 is not None else None,
         "loaded_p99_ms": loaded_p99,
         "loaded_wait_p50_ms": 5.0,
         "loaded_wait_p99_ms": 9.0 if loaded_p99 is not None else None,
@@ -43,7 +45,8 @@ TIMED_OUT = {"leg": "loaded", "role": "decoder 2", "error": "JobTimedOut: decode
 
 @pytest.fixture
 def canned(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """decode.py answers with ``canned["policies"]``; the interleaved rounds with fixed gaps."""
+    """decode.py answers with ``canned["policies"]`` (for every board); the interleaved rounds
+    with fixed gaps."""
     state: dict[str, Any] = {"policies": []}
 
     def fake_decode(args: list[str], timeout_s: float) -> dict[str, Any]:
@@ -67,12 +70,13 @@ def test_fifo_failures_are_reported_beside_the_fifo_figure(canned: dict[str, Any
     canned["policies"] = [_policy("npud", [], 50.0), _policy("fifo", [TIMED_OUT], 80.0)]
     result = p5_decode.run(quick=True)
     by_name = {m.name: m for m in result.metrics}
-    vs_fifo = by_name["inter-token p99 vs fifo, 1 decoder + prefill"]
-    assert (vs_fifo.value, vs_fifo.baseline) == (50.0, 80.0)
-    assert "1 of its processes failed" in vs_fifo.baseline_label
+    for board in p5_decode.boards_for(quick=True):
+        vs_fifo = by_name[f"{board}: inter-token p99 vs fifo, 1 decoder + prefill"]
+        assert (vs_fifo.value, vs_fifo.baseline) == (50.0, 80.0)
+        assert "1 of its processes failed" in vs_fifo.baseline_label
+        assert result.samples[f"{board}_fifo_loaded_gap_ms"] == [30.0, 31.0]
     notes = " ".join(result.notes)
     assert "decoder 2 after 7 steps: JobTimedOut: decode@14" in notes
-    assert result.samples["fifo_loaded_gap_ms"] == [30.0, 31.0]
 
 
 def test_no_fifo_figure_when_no_fifo_step_completed(canned: dict[str, Any]) -> None:
@@ -81,7 +85,7 @@ def test_no_fifo_figure_when_no_fifo_step_completed(canned: dict[str, Any]) -> N
     result = p5_decode.run(quick=True)
     names = [m.name for m in result.metrics]
     assert not any("vs fifo" in n for n in names)
-    assert "inter-token p99, 1 decoder + prefill" in names
+    assert "rk3588: inter-token p99, 1 decoder + prefill" in names
     assert any("no decode step completed under load" in n for n in result.notes)
 
 
