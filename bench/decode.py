@@ -18,23 +18,28 @@ a step wait for another decoder's step about one time in four).
 Legs and policies run in ``--rounds`` rounds whose order rotates, all daemons up at once, and
 the gaps of each leg are pooled over the rounds, so no leg always sees the quietest host.
 
-The board is ``--profile`` (default rk3588: three engines) slowed down ``--slowdown`` times
-(default 300): the tiny demo model's decode step, ~0.1 ms of modelled time on rk3588, then holds
-its engine ~30 ms, what a ~0.5B-parameter f16 model's step costs at rk3588's DRAM bandwidth.
+The board is ``--profile`` (default rk3588: three engines) slowed down until the tiny demo
+model's decode step is modelled at ``--step-ms`` (default 100 ms; ``--slowdown F`` sets the
+factor instead). On rk3588 the step is ~0.09 ms of modelled time, so the factor is ~1100, and a
+100 ms step is what a ~1.7B-parameter f16 model's step costs at rk3588's 34 GB/s (10 tokens/s,
+the speed of a small LLM on such a board).
 Why: the simulated device computes on the host's CPUs, and at the model's own speed the
 benchmark measured the 2-core host (four decoder processes, the daemon and the device's numpy
 work competing for the CPU) rather than the scheduler. Slowed down, every job holds its engine
 for its modelled time while the host computes the tiny model in a fraction of it, so engines
 are the contended resource, as on a real NPU. ``--slowdown 1`` measures the unslowed model.
+Setting the step time rather than the factor gives every board the same scene: a faster board
+(lunar-lake's step is a third of rk3588's) stands for a bigger model, not a faster decode.
 
 It also reports, as a baseline without any daemon, one decoder on the direct backend (the same
 simulated board in process mode, in the client's own process).
 
 Usage (from the repository root)::
 
-    python -m bench.decode [--model DIR] [--decoders 4] [--tokens 128] [--prefill-tokens 240]
+    python -m bench.decode [--model DIR] [--decoders 4] [--tokens 64] [--prefill-tokens 240]
                            [--policies npud,fifo] [--rounds 3] [--profile rk3588]
-                           [--slowdown 300] [--job-timeout 10] [--leg-timeout 300]
+                           [--step-ms 100 | --slowdown F] [--job-timeout 10]
+                           [--leg-timeout 300]
                            [--depth 2] [--json results.json]
     python -m bench.decode --compare-depths 1,2 [--rounds 8] [--tokens 32] [--json out.json]
 
@@ -92,7 +97,7 @@ LEG_TIMEOUT_S = 300.0
 """Default time a leg's processes get to report before the rest are stopped."""
 PREFILL_START_S = 120.0
 PROFILE = "rk3588"
-SLOWDOWN = 300.0
+STEP_MS = 100.0
 ROUNDS = 3
 """How long the prefiller gets to load the model and start its first prompt."""
 
@@ -292,6 +297,22 @@ def _dead(error: str) -> dict[str, Any]:
         "chunk_runs": [],
         "error": error,
     }
+
+
+def _modelled_step_s(model_dir: str, profile: str) -> float:
+    """The board's modelled time of one decode step of the model, unslowed.
+
+    Measured, not computed: a short greedy decode on the direct backend in virtual mode, whose
+    clock advances by exactly the modelled time of each job; the median inter-token gap is the
+    step's modelled time.
+    """
+    from npud.llm.direct import DirectBackend
+    from npud.llm.generator import Generator
+
+    model = load_model(model_dir)
+    with Generator(model, DirectBackend.on_sim(mode="virtual", profile=profile)) as gen:
+        result = gen.generate(DECODE_PROMPT, 6, stop_at_eos=False)
+    return percentile(list(result.stats.inter_token_s), 0.5)
 
 
 def _device_env(args: argparse.Namespace) -> dict[str, str]:
@@ -601,7 +622,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model directory (default: the tiny model)")
     parser.add_argument("--decoders", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prefill-tokens", type=int, default=240)
     parser.add_argument("--policies", default="npud,fifo")
     parser.add_argument(
@@ -638,10 +659,17 @@ def main() -> int:
         "--profile", default=PROFILE, help=f"simulated board profile (default {PROFILE})"
     )
     parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=STEP_MS,
+        help=f"slow the board down until a decode step is modelled at this many ms "
+        f"(default {STEP_MS:g})",
+    )
+    parser.add_argument(
         "--slowdown",
         type=float,
-        default=SLOWDOWN,
-        help=f"run the simulated board this many times slower (default {SLOWDOWN:g})",
+        default=None,
+        help="run the simulated board this many times slower (overrides --step-ms; 1: as is)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -654,10 +682,17 @@ def main() -> int:
     if args.decoders < 1 or args.tokens < 2:
         parser.error("--decoders must be >= 1 and --tokens >= 2")
     args.rounds = args.rounds or (8 if args.compare_depths else ROUNDS)
+    if args.slowdown is not None and not args.slowdown > 0:
+        parser.error("--slowdown must be > 0")
+    if not args.step_ms > 0:
+        parser.error("--step-ms must be > 0")
     args.npud_cmd = shlex.split(args.npud) if args.npud else NPUD_COMMAND
     model_dir = str(args.model or ensure_default_model())
     if args.compare_depths:
         return _depths_main(args, model_dir)
+    modelled_step = _modelled_step_s(model_dir, args.profile)
+    if args.slowdown is None:
+        args.slowdown = round(args.step_ms / 1e3 / modelled_step, 1)
 
     results: dict[str, Any] = {
         "model": model_dir,
@@ -669,6 +704,8 @@ def main() -> int:
         "rounds": args.rounds,
         "profile": args.profile,
         "slowdown": args.slowdown,
+        "modelled_step_ms": modelled_step * 1e3,
+        "slowed_step_ms": modelled_step * args.slowdown * 1e3,
         "policies": [],
     }
     if not args.skip_direct:
@@ -685,7 +722,8 @@ def main() -> int:
     print(
         f"{args.rounds} round(s); each: per policy, one decoder alone, {args.decoders} decoders "
         f"alone (unloaded), {args.decoders} decoders + prefill (loaded); board {args.profile} "
-        f"slowed down x{args.slowdown:g}",
+        f"slowed down x{args.slowdown:g} (a decode step: {modelled_step * 1e3:.3f} ms modelled, "
+        f"{modelled_step * args.slowdown * 1e3:.1f} ms slowed)",
         flush=True,
     )
     pooled = _run_rounds(args, model_dir, policies)

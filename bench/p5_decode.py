@@ -44,7 +44,7 @@ JOB_TIMEOUT_S = 10.0  # decode.py's default watchdog per step, stated here for t
 P99_GOAL = 1.2
 DECODERS = 4
 ROUNDS = 3
-SLOWDOWN = 300.0
+STEP_MS = 100.0
 BOARDS = ("rk3588", "lunar-lake")
 
 
@@ -186,13 +186,14 @@ class _Board:
     """One decode.py run: its board and the figures of each policy."""
 
     profile: str
+    slowdown: float
     direct: dict[str, float]
     npud: dict[str, Any]
     fifo: dict[str, Any]
 
 
 def _run_board(profile: str, quick: bool) -> _Board:
-    decoders, tokens, prefill, rounds = (1, 8, 32, 1) if quick else (DECODERS, 128, 240, ROUNDS)
+    decoders, tokens, prefill, rounds = (1, 8, 32, 1) if quick else (DECODERS, 64, 240, ROUNDS)
     got = _decode(
         [
             "--decoders",
@@ -205,8 +206,8 @@ def _run_board(profile: str, quick: bool) -> _Board:
             str(rounds),
             "--profile",
             profile,
-            "--slowdown",
-            str(SLOWDOWN),
+            "--step-ms",
+            str(STEP_MS),
             "--policies",
             "npud,fifo",
             "--job-timeout",
@@ -232,7 +233,7 @@ def _run_board(profile: str, quick: bool) -> _Board:
         raise RuntimeError(
             f"bench/decode.py gave no samples for an npud figure on {profile}: {npud}"
         )
-    return _Board(profile, direct, npud, fifo)
+    return _Board(profile, float(got.get("slowdown", 0.0)), direct, npud, fifo)
 
 
 def boards_for(quick: bool) -> tuple[str, ...]:
@@ -252,7 +253,7 @@ def run(quick: bool) -> BenchResult:
     boards = [_run_board(profile, quick) for profile in boards_for(quick)]
     result.params = {
         "decoders": decoders,
-        "slowdown": SLOWDOWN,
+        "step_ms": STEP_MS,
         "boards": [
             {"profile": b.profile, "direct": b.direct, "npud": b.npud, "fifo": b.fifo}
             for b in boards
@@ -355,8 +356,10 @@ def run(quick: bool) -> BenchResult:
             )
     result.notes.insert(
         0,
-        f"bench/decode.py: tiny Llama model, SimDevice process mode slowed down x{SLOWDOWN:g} "
-        f"(a decode step holds its engine ~30 ms); each policy with its own daemon; per board, "
+        f"bench/decode.py: tiny Llama model, SimDevice process mode, each board slowed down "
+        f"until a decode step holds its engine {STEP_MS:g} ms ("
+        + ", ".join(f"{b.profile} x{b.slowdown:g}" for b in boards)
+        + "); each policy with its own daemon; per board, "
         f"{ROUNDS if not quick else 1} rotating round(s) of three legs: one decoder alone, "
         f"{decoders} decoder process(es) (unloaded), the same with one process prefilling "
         f"240-token prompts back to back (loaded); every step asks for a {JOB_TIMEOUT_S:g} s "
