@@ -10,10 +10,12 @@ simulated NPU (process mode, real time) and measures decode inter-token latency 
    at once, as a client would).
 
 The must-show figure is the loaded inter-token p99 over the unloaded p99: what the prefill (the
-load) does to the decoders. The one-decoder leg is reported beside it (loaded p99 over one
-decoder's p99): it also carries what the decoders do to each other, which on a board with
-fewer engines than decoders is arithmetic, not policy (four decode loops on three engines make
-a step wait for another decoder's step about one time in four).
+load) does to the decoders. It is a stable figure where the decoders and the prefill fit the
+board's engines (lunar-lake); with more decode loops than engines (4 on rk3588) both legs' p99
+lie between one and two decode steps, wherever the engines' phases put them. The one-decoder
+leg is reported beside it (loaded p99 over one decoder's p99): it also carries what the
+decoders do to each other, which on a board with fewer engines than decoders is arithmetic, not
+policy (a step may wait for another decoder's step).
 
 Legs and policies run in ``--rounds`` rounds whose order rotates, all daemons up at once, and
 the gaps of each leg are pooled over the rounds, so no leg always sees the quietest host.

@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.daemon import ROOT, running_daemon
 from bench.results import BenchResult, Metric
+from npud.devices.sim.profiles import get_profile
 
 RATE_GOAL = 0.97
 JOB_TIMEOUT_S = 10.0  # decode.py's default watchdog per step, stated here for the notes
@@ -285,6 +286,15 @@ def run(quick: bool) -> BenchResult:
         fifo_label = "fifo policy"
         if fifo["failures"]:
             fifo_label += f"; {len(fifo['failures'])} of its processes failed, see notes"
+        # Why the goal is judged only where the decoders and the prefill fit the engines: with
+        # more decode loops than engines (4 on rk3588's 3), the decoders alone already make a
+        # step wait for another decoder's step, so gaps run from one to two steps in both legs
+        # and where each leg's p99 lands in that band depends on how the engines' start times
+        # happened to be staggered (docs/benchmarks.md, P5). There the ratio is reported, and
+        # the loaded p99 is compared with its arithmetic bound, two decode steps, instead.
+        engines = get_profile(b.profile).engines
+        fits = engines >= decoders + 1
+        ratio_ok = npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"]
         result.add(
             Metric(
                 f"{b.profile}: inter-token p99, {loaded}",
@@ -292,10 +302,20 @@ def run(quick: bool) -> BenchResult:
                 "ms",
                 npud["unloaded_p99_ms"],
                 f"the {decoders} decoder(s) without the prefill",
-                f"<= {P99_GOAL}x",
-                npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"],
+                f"<= {P99_GOAL}x" if fits else "",
+                ratio_ok if fits else None,
             )
         )
+        if not fits:
+            result.add(
+                Metric(
+                    f"{b.profile}: inter-token p99, {loaded}, vs two decode steps",
+                    npud["loaded_p99_ms"],
+                    "ms",
+                    2 * npud["one_p50_ms"],
+                    f"2 x one decoder's median gap ({decoders} loops on {engines} engines)",
+                )
+            )
         result.add(
             Metric(
                 f"{b.profile}: inter-token p99, {loaded}, vs one decoder alone",
