@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npud.errors import ConfigError
 
@@ -75,6 +75,32 @@ class Quotas(BaseModel):
     queue_depth_limit: int = Field(default=256, gt=0)
 
 
+class Scheduling(BaseModel):
+    """The ``npud`` policy's knobs an operator may turn (``[scheduler]``; ignored by ``fifo``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Guaranteed share of device time over a decaying window, per class: what prefill and batch
+    # work get while decode keeps every engine busy.
+    throughput_min_share: float = Field(default=0.10, ge=0, lt=1)
+    background_min_share: float = Field(default=0.05, ge=0, lt=1)
+    # The longest estimated THROUGHPUT/BACKGROUND job admitted, ms (0: no limit). A longer one
+    # is refused with TimeSliceExceeded naming how many chunks to split it into.
+    time_slice_ms: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    # After the last LATENCY job, how long the engines keep shallow queues, seconds.
+    latency_window_s: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _shares_below_one(self) -> Scheduling:
+        total = self.throughput_min_share + self.background_min_share
+        if total >= 1.0:
+            raise ValueError(
+                f"throughput_min_share + background_min_share = {total:g}; they must add up to "
+                "less than 1 so that the class order still decides something"
+            )
+        return self
+
+
 class Settings(BaseModel):
     """Every setting of the daemon, with its default (see systemd/npud.toml.example)."""
 
@@ -98,6 +124,7 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     quotas: Quotas = Field(default_factory=Quotas)
+    scheduler: Scheduling = Field(default_factory=Scheduling)
 
     @field_validator("socket_mode", mode="before")
     @classmethod

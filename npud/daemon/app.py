@@ -40,7 +40,7 @@ from npud.core.events import Change, ContextEvent, Event
 from npud.core.ids import ContextId
 from npud.core.job import Job
 from npud.core.owner import SYSTEM
-from npud.core.policy import PolicyKind, SchedulerPolicy
+from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.core.service import Core, CoreLimits
 from npud.daemon.devices import Nodes, SystemNodes, choose_devices, open_devices
 from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
@@ -80,6 +80,25 @@ def _socket_in_use(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def scheduler_policy(settings: Settings) -> SchedulerPolicy:
+    """The scheduling policy every device gets: ``policy`` and the ``[scheduler]`` knobs.
+
+    Everything the settings do not name keeps :class:`SchedulerPolicy`'s default. The shares
+    were checked when the settings were loaded, so this does not raise for loaded settings.
+    """
+    knobs = settings.scheduler
+    return SchedulerPolicy(
+        kind=PolicyKind(settings.policy),
+        min_share={
+            SchedClass.LATENCY: 0.0,
+            SchedClass.THROUGHPUT: knobs.throughput_min_share,
+            SchedClass.BACKGROUND: knobs.background_min_share,
+        },
+        time_slice_s=knobs.time_slice_ms / 1e3 if knobs.time_slice_ms > 0 else None,
+        latency_window_s=knobs.latency_window_s,
+    )
 
 
 class Daemon:
@@ -218,7 +237,7 @@ class Daemon:
                 close_grace_s=s.close_grace_s,
             ),
         )
-        policy = SchedulerPolicy(kind=PolicyKind(s.policy))
+        policy = scheduler_policy(s)
         for device in self.devices:
             state_dir = s.state_dir / device.name
             try:

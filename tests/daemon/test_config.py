@@ -121,3 +121,38 @@ def test_sim_slowdown_reaches_the_simulated_device() -> None:
     assert device.slowdown == 300.0  # type: ignore[attr-defined]
     assert "slowed down x300" in device.capabilities.description
     assert "slowed down x300" in choice.reason
+
+
+def test_example_file_lists_every_scheduler_knob() -> None:
+    """Every [scheduler] field is in npud.toml.example, at its default."""
+    example = ROOT / "systemd" / "npud.toml.example"
+    text = example.read_text()
+    for name in type(Settings().scheduler).model_fields:
+        assert name in text, f"scheduler.{name} missing from npud.toml.example"
+
+
+def test_min_shares_that_leave_no_room_for_the_class_order_are_refused(tmp_path: Path) -> None:
+    """Shares adding up to 1 or more are a ConfigError naming both knobs and their sum."""
+    cfg = tmp_path / "npud.toml"
+    cfg.write_text("[scheduler]\nthroughput_min_share = 0.7\nbackground_min_share = 0.3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    text = str(info.value)
+    assert "throughput_min_share + background_min_share = 1" in text
+    assert "scheduler" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("THROUGHPUT_MIN_SHARE", "-0.1"),
+        ("THROUGHPUT_MIN_SHARE", "1"),
+        ("TIME_SLICE_MS", "-5"),
+        ("TIME_SLICE_MS", "nan"),
+        ("LATENCY_WINDOW_S", "inf"),
+    ],
+)
+def test_a_bad_scheduler_knob_is_named(name: str, value: str) -> None:
+    """A negative, too large or non-finite knob is refused, naming scheduler.<knob>."""
+    with pytest.raises(ConfigError, match=f"scheduler.{name.lower()}"):
+        load_settings(None, env={f"NPUD_SCHEDULER__{name}": value})
