@@ -39,13 +39,18 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     assert s.device == "auto"
 
 
-def test_invalid_field_names_field_and_reason(tmp_path: Path) -> None:
-    """A bad value raises ConfigError naming the field, the reason and the value."""
+def _refused(tmp_path: Path, toml: str) -> str:
+    """The ConfigError message loading ``toml`` gives (fails the test if it loads)."""
     cfg = tmp_path / "npud.toml"
-    cfg.write_text('policy = "random"\n[quotas]\nmax_queues = -1\n')
+    cfg.write_text(toml)
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, env={})
-    text = str(info.value)
+    return str(info.value)
+
+
+def test_invalid_field_names_field_and_reason(tmp_path: Path) -> None:
+    """A bad value raises ConfigError naming the field, the reason and the value."""
+    text = _refused(tmp_path, 'policy = "random"\n[quotas]\nmax_queues = -1\n')
     assert "policy" in text
     assert "'random'" in text
     assert "quotas.max_queues" in text
@@ -133,11 +138,9 @@ def test_example_file_lists_every_scheduler_knob() -> None:
 
 def test_min_shares_that_leave_no_room_for_the_class_order_are_refused(tmp_path: Path) -> None:
     """Shares adding up to 1 or more are a ConfigError naming both knobs and their sum."""
-    cfg = tmp_path / "npud.toml"
-    cfg.write_text("[scheduler]\nthroughput_min_share = 0.7\nbackground_min_share = 0.3\n")
-    with pytest.raises(ConfigError) as info:
-        load_settings(cfg, env={})
-    text = str(info.value)
+    text = _refused(
+        tmp_path, "[scheduler]\nthroughput_min_share = 0.7\nbackground_min_share = 0.3\n"
+    )
     assert "throughput_min_share + background_min_share = 1" in text
     assert "scheduler" in text
 
