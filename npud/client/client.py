@@ -137,6 +137,10 @@ class SubmitStream:
         if self._early:
             tag = next(iter(self._early))
             return tag, self._early.pop(tag)
+        return self._receive()
+
+    def _receive(self) -> tuple[int, JobResult]:
+        """The next result off the stream itself (never one already set aside)."""
         try:
             msg = next(self._responses)
         except StopIteration:
@@ -148,11 +152,21 @@ class SubmitStream:
         return msg.tag, job_result_from_wire(msg)
 
     def result(self, tag: int) -> JobResult:
-        """Wait for the job submitted with ``tag``."""
+        """Wait for the job submitted with ``tag``; results for other tags that arrive
+        meanwhile are set aside for their own :meth:`result` (or :meth:`next_result`).
+
+        Raises:
+            Unavailable: the stream ended before ``tag``'s result came.
+        """
         if tag in self._early:
             return self._early.pop(tag)
         while True:
-            got, res = self.next_result()
+            # Why _receive and not next_result: next_result hands back a set-aside result
+            # first, so with any set aside (a refused job answers at once, before the jobs
+            # submitted ahead of it finish) this loop took one out, put it back and took the
+            # next, forever, without reading the stream again: a client waiting for an
+            # admitted job behind refused ones spun until killed.
+            got, res = self._receive()
             if got == tag:
                 return res
             self._early[got] = res
