@@ -33,6 +33,12 @@ are the contended resource, as on a real NPU. ``--slowdown 1`` measures the unsl
 Setting the step time rather than the factor gives every board the same scene: a faster board
 (lunar-lake's step is a third of rk3588's) stands for a bigger model, not a faster decode.
 
+The daemons' time slice is set to two decode steps (``--time-slice-ms``; 0 keeps npud's 100 ms).
+npud's default is meant for hardware whose decode steps take a few tens of ms; at 100 ms steps a
+prefill chunk of even one token costs about a step (it reads every weight, as a step does), so a
+100 ms slice refused every chunk size on strix-point once the estimates had settled, and on
+rk3588 and lunar-lake it admitted only 4-token chunks, at the edge of the limit.
+
 It also reports, as a baseline without any daemon, one decoder on the direct backend (the same
 simulated board in process mode, in the client's own process).
 
@@ -100,6 +106,8 @@ LEG_TIMEOUT_S = 300.0
 PREFILL_START_S = 120.0
 PROFILE = "rk3588"
 STEP_MS = 100.0
+DEFAULT_SLICE_MS = 100.0
+"""npud's own time slice (``SchedulerPolicy.time_slice_s``), kept when two steps are shorter."""
 ROUNDS = 3
 """How long the prefiller gets to load the model and start its first prompt."""
 
@@ -318,8 +326,11 @@ def _modelled_step_s(model_dir: str, profile: str) -> float:
 
 
 def _device_env(args: argparse.Namespace) -> dict[str, str]:
-    """The daemon's simulated board: the profile and its slowdown."""
-    return {"NPUD_SIM_PROFILE": args.profile, "NPUD_SIM_SLOWDOWN": repr(args.slowdown)}
+    """The daemon's simulated board (profile, slowdown) and its time slice, if one is set."""
+    env = {"NPUD_SIM_PROFILE": args.profile, "NPUD_SIM_SLOWDOWN": repr(args.slowdown)}
+    if getattr(args, "time_slice_ms", None):
+        env["NPUD_SCHEDULER__TIME_SLICE_MS"] = repr(args.time_slice_ms)
+    return env
 
 
 def _direct_baseline(
@@ -673,6 +684,13 @@ def main() -> int:
         default=None,
         help="run the simulated board this many times slower (overrides --step-ms; 1: as is)",
     )
+    parser.add_argument(
+        "--time-slice-ms",
+        type=float,
+        default=None,
+        help="npud's time slice for the daemons, ms (default: 2 decode steps when that is "
+        "over npud's own 100 ms; 0: npud's own)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.job_timeout < 0:
@@ -695,6 +713,9 @@ def main() -> int:
     modelled_step = _modelled_step_s(model_dir, args.profile)
     if args.slowdown is None:
         args.slowdown = round(args.step_ms / 1e3 / modelled_step, 1)
+    if args.time_slice_ms is None:  # two steps, never below npud's own default (0: that)
+        two_steps_ms = 2 * modelled_step * args.slowdown * 1e3
+        args.time_slice_ms = two_steps_ms if two_steps_ms > DEFAULT_SLICE_MS else 0.0
 
     results: dict[str, Any] = {
         "model": model_dir,
@@ -706,6 +727,7 @@ def main() -> int:
         "rounds": args.rounds,
         "profile": args.profile,
         "slowdown": args.slowdown,
+        "time_slice_ms": args.time_slice_ms or None,
         "modelled_step_ms": modelled_step * 1e3,
         "slowed_step_ms": modelled_step * args.slowdown * 1e3,
         "policies": [],
@@ -725,7 +747,8 @@ def main() -> int:
         f"{args.rounds} round(s); each: per policy, one decoder alone, {args.decoders} decoders "
         f"alone (unloaded), {args.decoders} decoders + prefill (loaded); board {args.profile} "
         f"slowed down x{args.slowdown:g} (a decode step: {modelled_step * 1e3:.3f} ms modelled, "
-        f"{modelled_step * args.slowdown * 1e3:.1f} ms slowed)",
+        f"{modelled_step * args.slowdown * 1e3:.1f} ms slowed); npud time slice "
+        f"{f'{args.time_slice_ms:.0f} ms' if args.time_slice_ms else 'its default'}",
         flush=True,
     )
     pooled = _run_rounds(args, model_dir, policies)
