@@ -89,7 +89,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +328,7 @@ def _modelled_step_s(model_dir: str, profile: str) -> float:
 def _device_env(args: argparse.Namespace) -> dict[str, str]:
     """The daemon's simulated board (profile, slowdown) and its time slice, if one is set."""
     env = {"NPUD_SIM_PROFILE": args.profile, "NPUD_SIM_SLOWDOWN": repr(args.slowdown)}
-    if getattr(args, "time_slice_ms", None):
+    if args.time_slice_ms:
         env["NPUD_SCHEDULER__TIME_SLICE_MS"] = repr(args.time_slice_ms)
     return env
 
@@ -419,14 +419,14 @@ def _start_leg(
 class _Pooled:
     """What the runs of one leg under one policy measured, pooled over the rounds."""
 
-    gaps: list[float]
-    waits: list[float]
-    runs: list[float]
-    failures: list[dict[str, Any]]
+    gaps: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
-    chunk_waits: list[float] | None = None
-    chunk_runs: list[float] | None = None
+    chunk_waits: list[float] = field(default_factory=list)
+    chunk_runs: list[float] = field(default_factory=list)
 
     def add(self, run: _Leg, names: list[str]) -> None:
         """Pool one run of the leg."""
@@ -439,8 +439,8 @@ class _Pooled:
         if prefill is not None:
             self.prefill_tokens += prefill["tokens"]
             self.prefill_seconds += prefill["seconds"]
-            self.chunk_waits = (self.chunk_waits or []) + prefill["chunk_waits"]
-            self.chunk_runs = (self.chunk_runs or []) + prefill["chunk_runs"]
+            self.chunk_waits += prefill["chunk_waits"]
+            self.chunk_runs += prefill["chunk_runs"]
 
 
 LEGS = ("one", "unloaded", "loaded")
@@ -464,7 +464,7 @@ def _run_rounds(
     aggregate and none always goes first. The gaps of a leg are pooled over the rounds.
     """
     ctx = _processes()
-    pooled = {p: {leg: _Pooled([], [], [], []) for leg in LEGS} for p in policies}
+    pooled = {p: {leg: _Pooled() for leg in LEGS} for p in policies}
     with contextlib.ExitStack() as stack:
         daemons = {
             p: stack.enter_context(running_daemon(p, command=args.npud_cmd, env=_device_env(args)))
@@ -511,9 +511,9 @@ def _policy_figures(policy: str, legs: dict[str, _Pooled]) -> dict[str, Any]:
         "loaded_wait_p99_ms": _ms(loaded.waits, 0.99),
         "loaded_run_p50_ms": _ms(loaded.runs, 0.5),
         "loaded_run_p99_ms": _ms(loaded.runs, 0.99),
-        "prefill_chunk_wait_p50_ms": _ms(loaded.chunk_waits or [], 0.5),
-        "prefill_chunk_run_p50_ms": _ms(loaded.chunk_runs or [], 0.5),
-        "prefill_chunk_run_p99_ms": _ms(loaded.chunk_runs or [], 0.99),
+        "prefill_chunk_wait_p50_ms": _ms(loaded.chunk_waits, 0.5),
+        "prefill_chunk_run_p50_ms": _ms(loaded.chunk_runs, 0.5),
+        "prefill_chunk_run_p99_ms": _ms(loaded.chunk_runs, 0.99),
         "p99_ratio": p99_loaded / p99_unloaded if p99_loaded and p99_unloaded else None,
         "p99_ratio_vs_one": p99_loaded / p99_one if p99_loaded and p99_one else None,
         "samples": len(loaded.gaps),

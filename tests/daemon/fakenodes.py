@@ -22,12 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+import npud.client.aio
+from npud.client import Access, Bind, JobSpec, JobState
 from npud.config import Settings
 from npud.daemon.app import Daemon
 from npud.daemon.hotplug import QueuedEvents
 from npud.daemon.systemd import Notifier
 from npud.devices.base import Device
 from npud.devices.discovery import NodeEvent, NodeInfo
+from npud.isa import Program, T
 from tests.devices.accel_harness import make
 from tests.devices.fakekernel.base import FakeDevice
 from tests.devices.fakekernel.firmware import IsaFirmware
@@ -164,3 +169,30 @@ async def serving(
         daemon.request_stop("test")
         assert await asyncio.wait_for(task, 60) == 0
         machine.stop()
+
+
+ADD_N = 64
+"""Elements of the ADD job :func:`add_on` runs."""
+
+
+async def add_on(
+    npu: npud.client.aio.AsyncClient, device: str, b: float, label: str
+) -> tuple[JobState, np.ndarray, np.ndarray]:
+    """Run out = a + b on ``device`` in a context of its own (destroyed after), ``a`` being
+    ``arange(ADD_N)`` and ``b`` the constant ``b``; returns the job's end state, ``a`` and
+    ``out``."""
+    ctx = await npu.create_context(device, label=label)
+    q = await npu.create_queue(ctx)
+    a = np.arange(ADD_N, dtype=np.float32)
+    bufs = []
+    for data in (a, np.full(ADD_N, b, dtype=np.float32), np.zeros(ADD_N, dtype=np.float32)):
+        buf = await npu.create_buffer(ctx, ADD_N * 4)
+        await npu.write_buffer(ctx, buf, data.tobytes())
+        bufs.append(buf)
+    n = ADD_N
+    program = Program().add(out=T(2, 0, (n,)), a=T(0, 0, (n,)), b=T(1, 0, (n,))).encode()
+    spec = JobSpec(q, program, (Bind(bufs[0]), Bind(bufs[1]), Bind(bufs[2], Access.WRITE)))
+    done = await npu.wait(ctx, await npu.submit(ctx, spec), timeout_s=30)
+    out = np.frombuffer(await npu.read_buffer(ctx, bufs[2]), dtype=np.float32)
+    await npu.destroy_context(ctx)
+    return done.state, a, out

@@ -16,21 +16,25 @@ import numpy as np
 import pytest
 
 import npud.client.aio
-from npud.client import Access, Bind, DeviceEvent, DeviceHealth, JobSpec, JobState
+from npud.client import DeviceEvent, DeviceHealth, JobSpec, JobState
 from npud.client.types import Change
 from npud.daemon.hotplug import QueuedEvents
 from npud.devices.discovery import NodeEvent
 from npud.errors import DeviceLost, NotFound
-from npud.isa import Program, T
-from tests.daemon.fakenodes import FakeMachine, accel_node, serving, settings_for, until
+from npud.isa import Program
+from tests.daemon.fakenodes import (
+    ADD_N,
+    FakeMachine,
+    accel_node,
+    add_on,
+    serving,
+    settings_for,
+    until,
+)
 
 pytestmark = pytest.mark.slow
 
-N = 64
-
-
-def _add_program() -> bytes:
-    return Program().add(out=T(2, 0, (N,)), a=T(0, 0, (N,)), b=T(1, 0, (N,))).encode()
+N = ADD_N
 
 
 def _burn(seconds: float) -> bytes:
@@ -39,20 +43,8 @@ def _burn(seconds: float) -> bytes:
 
 async def _add_on(npu: npud.client.aio.AsyncClient, device: str) -> np.ndarray:
     """Run out = a + b on ``device`` and return out."""
-    ctx = await npu.create_context(device, label=f"add-{device}")
-    q = await npu.create_queue(ctx)
-    a = np.arange(N, dtype=np.float32)
-    bufs = []
-    for data in (a, np.full(N, 0.5, dtype=np.float32), np.zeros(N, dtype=np.float32)):
-        buf = await npu.create_buffer(ctx, N * 4)
-        await npu.write_buffer(ctx, buf, data.tobytes())
-        bufs.append(buf)
-    spec = JobSpec(q, _add_program(), (Bind(bufs[0]), Bind(bufs[1]), Bind(bufs[2], Access.WRITE)))
-    job = await npu.submit(ctx, spec)
-    done = await npu.wait(ctx, job, timeout_s=30)
-    assert done.state is JobState.COMPLETED, done.error
-    out = np.frombuffer(await npu.read_buffer(ctx, bufs[2]), dtype=np.float32)
-    await npu.destroy_context(ctx)
+    state, _a, out = await add_on(npu, device, 0.5, f"add-{device}")
+    assert state is JobState.COMPLETED
     return out
 
 

@@ -78,3 +78,12 @@ def assert_back(daemon: DaemonProcess, client: npud.client.Client, base: Baselin
     now = Baseline(contexts, buffers, fds)
     assert now == base, f"daemon did not return to its baseline: {now} != {base}"
     return now
+
+
+def difference(after: Baseline, base: Baseline) -> dict[str, int]:
+    """What is held now beyond ``base``, per resource (for the figures file)."""
+    return {
+        "contexts": after.contexts - base.contexts,
+        "buffers": after.buffers - base.buffers,
+        "fds": after.fds - base.fds,
+    }

@@ -33,7 +33,7 @@ from npud.isa import Program
 from npud.v1 import buffer_pb2, job_pb2
 from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import NOBODY, OTHER, Actor, record, rss_bytes
-from tests.reliability.leaks import Baseline, assert_back
+from tests.reliability.leaks import Baseline, assert_back, difference
 
 pytestmark = pytest.mark.slow
 
@@ -345,11 +345,4 @@ def test_huge_and_extreme_inputs_are_bounded(
     setup.a.close()
     setup.b.close()
     after = assert_back(shared, root, base)
-    record(
-        "leaks_after_fuzz",
-        {
-            "contexts": after.contexts - base.contexts,
-            "buffers": after.buffers - base.buffers,
-            "fds": after.fds - base.fds,
-        },
-    )
+    record("leaks_after_fuzz", difference(after, base))

@@ -17,37 +17,31 @@ import numpy as np
 import pytest
 
 import npud.client.aio
-from npud.client import Access, Bind, DeviceHealth, JobSpec, JobState, SchedulingClass
+from npud.client import DeviceHealth, JobSpec, JobState, SchedulingClass
 from npud.core.ids import ContextId
 from npud.core.owner import SYSTEM
 from npud.daemon.hotplug import QueuedEvents
 from npud.errors import DeviceLost, NotFound
-from npud.isa import Program, T
-from tests.daemon.fakenodes import FakeMachine, accel_node, serving, settings_for, until
+from npud.isa import Program
+from tests.daemon.fakenodes import (
+    FakeMachine,
+    accel_node,
+    add_on,
+    serving,
+    settings_for,
+    until,
+)
 from tests.reliability.harness import FIGURES, record
 
 pytestmark = pytest.mark.slow
 
-N = 64
 DRIVERS = ("rocket", "ivpu", "amdxdna", "ethosu", "qaic")
 
 
 async def _add(npu: npud.client.aio.AsyncClient, device: str) -> bool:
     """out = a + b on ``device``; whether the result is right."""
-    ctx = await npu.create_context(device, label=f"check-{device}")
-    q = await npu.create_queue(ctx)
-    a = np.arange(N, dtype=np.float32)
-    bufs = []
-    for data in (a, np.full(N, 2.0, dtype=np.float32), np.zeros(N, dtype=np.float32)):
-        buf = await npu.create_buffer(ctx, N * 4)
-        await npu.write_buffer(ctx, buf, data.tobytes())
-        bufs.append(buf)
-    program = Program().add(out=T(2, 0, (N,)), a=T(0, 0, (N,)), b=T(1, 0, (N,))).encode()
-    spec = JobSpec(q, program, (Bind(bufs[0]), Bind(bufs[1]), Bind(bufs[2], Access.WRITE)))
-    done = await npu.wait(ctx, await npu.submit(ctx, spec), timeout_s=30)
-    out = np.frombuffer(await npu.read_buffer(ctx, bufs[2]), dtype=np.float32)
-    await npu.destroy_context(ctx)
-    return done.state is JobState.COMPLETED and bool(np.array_equal(out, a + 2.0))
+    state, a, out = await add_on(npu, device, 2.0, f"check-{device}")
+    return state is JobState.COMPLETED and bool(np.array_equal(out, a + 2.0))
 
 
 async def _bystander(

@@ -14,7 +14,7 @@ from npud.client import JobSpec, JobState, SchedulingClass
 from npud.isa import Program
 from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import record
-from tests.reliability.leaks import Baseline, assert_back
+from tests.reliability.leaks import Baseline, assert_back, difference
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +88,4 @@ def test_clients_times_jobs_of_mixed_classes_each_complete_exactly_once(
     record("load_jobs_lost", CLIENTS * JOBS - len(finished))
     record("load_seconds", round(elapsed, 1))
     after = assert_back(shared, root, base)
-    record(
-        "leaks_after_load",
-        {
-            "contexts": after.contexts - base.contexts,
-            "buffers": after.buffers - base.buffers,
-            "fds": after.fds - base.fds,
-        },
-    )
+    record("leaks_after_load", difference(after, base))
