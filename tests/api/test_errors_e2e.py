@@ -475,6 +475,7 @@ import json, os, sys
 import grpc
 from npud.client.identity import handshake
 from npud.v1 import context_pb2, context_pb2_grpc, job_pb2, job_pb2_grpc
+grpc.insecure_channel("unix:/nonexistent").close()  # grpc loads its channel modules lazily
 os.setgid(65534); os.setgroups([]); os.setuid(65534)
 sock, foreign, foreign_job = sys.argv[1], sys.argv[2], sys.argv[3]
 md = (("npud-token", handshake(sock).token),)

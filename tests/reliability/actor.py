@@ -157,6 +157,10 @@ def main() -> None:
     parser.add_argument("--groups", type=int, nargs="*", default=[])
     parser.add_argument("socket")
     ns = parser.parse_args()
+    # grpc imports its channel modules only when the first channel is made; make (and close)
+    # one now, while the interpreter's files are still readable: a checkout in a directory only
+    # root may enter (mktemp -d) is unreadable to the user we become.
+    grpc.insecure_channel("unix:/nonexistent").close()
     os.setgroups(ns.groups)
     os.setgid(ns.gid)
     os.setuid(ns.uid)
