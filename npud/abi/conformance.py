@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npud.abi import amdxdna, drm, ethosu, ivpu, qaic, rocket, vgem
+from npud.abi import amdxdna, drm, ethosu, etnaviv, ivpu, qaic, rocket, vgem
 from npud.abi.header import Header
 from npud.abi.ioc import decode
 
@@ -45,6 +45,7 @@ HEADERS: tuple[Header, ...] = (
     amdxdna.HEADER,
     ethosu.HEADER,
     qaic.HEADER,
+    etnaviv.HEADER,
 )
 """Every header npud declares, in probe order."""
 

@@ -55,12 +55,21 @@ def test_every_declaration_matches_the_kernel_headers(
     kernel_version: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Zero mismatches over every struct, field, ioctl and constant of all seven headers."""
+    """Zero mismatches over every struct, field, ioctl and constant of all eight headers."""
     report = conformance.compare(facts, kernel, kernel_version=kernel_version)
     with capsys.disabled():  # the count is part of the result: show it in every run
         print("\n" + report.summary())
     assert report.ok, report.summary()
-    assert set(report.per_header) == {"drm", "vgem", "rocket", "ivpu", "amdxdna", "ethosu", "qaic"}
+    assert set(report.per_header) == {
+        "drm",
+        "vgem",
+        "rocket",
+        "ivpu",
+        "amdxdna",
+        "ethosu",
+        "qaic",
+        "etnaviv",
+    }
     kinds = {f.key.split(" ", 1)[0] for f in facts}
     assert kinds == {"sizeof", "alignof", "offsetof", "signed", "ioctl", "const"}
     assert report.checked == len(facts) > 1500
