@@ -22,6 +22,8 @@ from npud.abi.header import HeaderBuilder
 from npud.abi.ioc import Direction
 
 ETNA_MAX_PIPES = 4
+ETNAVIV_PARAM_SOFTPIN_START_ADDR = 0x1B
+"""GET_PARAM: the first GPU virtual address userspace may pin BOs at (``~0``: no softpin)."""
 
 _CDEF = """
 struct drm_etnaviv_timespec {
@@ -200,6 +202,7 @@ class Cmd(enum.IntEnum):
 
 _b = HeaderBuilder("etnaviv", "drm/etnaviv_drm.h", _CDEF)
 _b.constant("ETNA_MAX_PIPES", ETNA_MAX_PIPES)
+_b.constant("ETNAVIV_PARAM_SOFTPIN_START_ADDR", ETNAVIV_PARAM_SOFTPIN_START_ADDR)
 _b.constants(Param, "ETNAVIV_PARAM_GPU_")
 _b.constants(BoFlag, "ETNA_BO_")
 _b.constant("ETNA_BO_CACHE_MASK", ETNA_BO_CACHE_MASK)

@@ -1,7 +1,8 @@
-"""Which adapter drives which accel node: the DRM driver name (``DRM_IOCTL_VERSION``) -> class.
+"""Which adapter drives which NPU node: the DRM driver name (``DRM_IOCTL_VERSION``) -> class.
 
 Discovery (``npud/devices/discovery.py``) reports each node's driver name; the daemon picks the
-adapter here and constructs it with the node path, e.g. ``IvpuDevice("/dev/accel/accel0")``.
+adapter here and constructs it with the node path, e.g. ``IvpuDevice("/dev/accel/accel0")``;
+etnaviv and rknpu are DRM render nodes (``/dev/dri/renderD*``), the rest accel nodes.
 amdxdna additionally needs its program (``cu_configs``) and qaic an ``activate`` hook; see
 ``docs/drivers.md``.
 """
@@ -11,12 +12,23 @@ from __future__ import annotations
 from npud.devices.accel import AccelDevice
 from npud.devices.amdxdna import AmdxdnaDevice
 from npud.devices.ethosu import EthosuDevice
+from npud.devices.etnaviv import EtnavivDevice
 from npud.devices.ivpu import IvpuDevice
 from npud.devices.qaic import QaicDevice
+from npud.devices.rknpu import RknpuDevice
 from npud.devices.rocket import RocketDevice
 
 ADAPTERS: dict[str, type[AccelDevice]] = {
-    cls.driver: cls for cls in (RocketDevice, IvpuDevice, AmdxdnaDevice, EthosuDevice, QaicDevice)
+    cls.driver: cls
+    for cls in (
+        RocketDevice,
+        IvpuDevice,
+        AmdxdnaDevice,
+        EthosuDevice,
+        QaicDevice,
+        EtnavivDevice,
+        RknpuDevice,
+    )
 }
 """DRM driver name -> adapter class (``"intel_vpu"`` -> :class:`IvpuDevice`, ...)."""
 

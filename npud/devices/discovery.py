@@ -5,7 +5,8 @@ npud serves two kinds of device nodes:
 - **accel nodes** (``/dev/accel/accelN``, subsystem ``accel``): every drivers/accel NPU (ivpu,
   amdxdna, rocket, ethosu, qaic, ...);
 - **NPU render nodes** (``/dev/dri/renderD*``, subsystem ``drm``, ``DEVTYPE=drm_minor``) of
-  drivers that expose an NPU through DRM rather than accel: etnaviv (Vivante NPUs) by default;
+  drivers that expose an NPU through DRM rather than accel: etnaviv (Vivante NPUs) and
+  Rockchip's vendor rknpu by default;
   callers can widen the set (tests add ``vgem``).
 
 :func:`enumerate_nodes` lists them with pyudev (which reads sysfs through libudev, and adds
@@ -37,8 +38,10 @@ from typing import Any
 
 from npud.abi.drmfile import DrmFile
 
-NPU_RENDER_DRIVERS: frozenset[str] = frozenset({"etnaviv"})
-"""DRM drivers whose render nodes are NPUs (the rest of /dev/dri is GPUs and displays)."""
+NPU_RENDER_DRIVERS: frozenset[str] = frozenset({"etnaviv", "rknpu"})
+"""DRM drivers whose render nodes are NPUs (the rest of /dev/dri is GPUs and displays): etnaviv
+(Vivante NPU cores; its adapter serves only those, not the GPU beside them) and Rockchip's
+vendor rknpu."""
 
 NETLINK_KOBJECT_UEVENT = 15
 _KERNEL_UEVENT_GROUP = 1

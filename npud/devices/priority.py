@@ -15,6 +15,9 @@ rocket    one level (every fd runs at the fixed        nowhere: ordering happens
           DRM_SCHED_PRIORITY_NORMAL)
 ethosu    one level                                    nowhere
 qaic      one level (no priority in the UAPI)          nowhere
+etnaviv   one level (no priority in the UAPI)          nowhere
+rknpu     one level (``rknpu_submit.priority`` exists  ``rknpu_submit.priority`` = 0
+          but the driver's job queues never read it)
 ========  ==========================================  ================================
 
 ivpu's ``DRM_IVPU_JOB_PRIORITY_DEFAULT`` (0) is never used: it lets the driver pick, which is
@@ -129,8 +132,12 @@ def single_level(driver: str) -> PriorityMap:
 ROCKET = single_level("rocket")
 ETHOSU = single_level("ethosu")
 QAIC = single_level("qaic")
+ETNAVIV = single_level("etnaviv")
+RKNPU = single_level("rknpu")
 
-MAPS: dict[str, PriorityMap] = {m.driver: m for m in (IVPU, AMDXDNA, ROCKET, ETHOSU, QAIC)}
+MAPS: dict[str, PriorityMap] = {
+    m.driver: m for m in (IVPU, AMDXDNA, ROCKET, ETHOSU, QAIC, ETNAVIV, RKNPU)
+}
 
 
 # Why these class -> level choices

@@ -16,20 +16,28 @@ from typing import Any
 from npud.devices.accel import AccelDevice, KernelFile
 from npud.devices.amdxdna import AmdxdnaDevice
 from npud.devices.ethosu import EthosuDevice
+from npud.devices.etnaviv import EtnavivDevice
 from npud.devices.ivpu import IvpuDevice
 from npud.devices.qaic import QaicDevice
+from npud.devices.rknpu import RknpuDevice
 from npud.devices.rocket import RocketDevice
 from tests.devices.contract import DeviceUnderTest
 from tests.devices.fakekernel.amdxdna import FakeAmdxdna
 from tests.devices.fakekernel.base import FakeDevice
 from tests.devices.fakekernel.ethosu import FakeEthosu
+from tests.devices.fakekernel.etnaviv import FakeEtnaviv
 from tests.devices.fakekernel.firmware import IsaFirmware
 from tests.devices.fakekernel.ivpu import FakeIvpu
 from tests.devices.fakekernel.qaic import FakeQaic
+from tests.devices.fakekernel.rknpu import FakeRknpu
 from tests.devices.fakekernel.rocket import FakeRocket
 
-# Drivers whose UAPI reports a per-job status (so a failed job completes ERROR).
-REPORTS_JOB_ERRORS = {"intel_vpu", "amdxdna_accel_driver"}
+# Drivers whose UAPI reports a per-job status (so a failed job completes ERROR). rknpu's is the
+# blocking SUBMIT's outcome: a job the NPU never finishes times out in the driver.
+REPORTS_JOB_ERRORS = {"intel_vpu", "amdxdna_accel_driver", "rknpu"}
+
+ACCEL_DRIVERS = ("rocket", "ivpu", "amdxdna", "ethosu", "qaic", "etnaviv", "rknpu")
+"""Every adapter with a fake kernel, as ``make`` names them."""
 
 PDI = (b"\x00PDI" * 64, 0)  # a stand-in program image for amdxdna contexts
 
@@ -59,6 +67,16 @@ def make(driver: str, **fake_kwargs: Any) -> tuple[FakeDevice, Callable[..., Acc
         qfake = FakeQaic(**fake_kwargs)
         return qfake, lambda **kw: QaicDevice(
             qfake.open, activate=_qaic_activate(qfake), command_input=True, **kw
+        )
+    if driver == "etnaviv":
+        efake = FakeEtnaviv(**fake_kwargs)
+        return efake, lambda **kw: EtnavivDevice(efake.open, **kw)
+    if driver == "rknpu":
+        rfake = FakeRknpu(**fake_kwargs)
+        # The stand-in firmware finds a job's buffers in the binding table; the timeout is the
+        # driver's own, which ends a job the firmware failed (its interrupt never matches).
+        return rfake, lambda **kw: RknpuDevice(
+            rfake.open, describe_bindings=True, **{"timeout_ms": 300, **kw}
         )
     raise ValueError(driver)
 

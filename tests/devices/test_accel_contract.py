@@ -1,9 +1,10 @@
-"""The device contract suite, run against rocket, ivpu, amdxdna, ethosu and qaic on fake kernels.
+"""The device contract suite, run against every accel and NPU render-node adapter on fake kernels.
 
 The suite's tests are imported from ``test_contract`` and collected here with this module's
 ``dut`` fixture, so every generic test runs against every accel adapter. Two tests depend on a
 job failing *with a reason*: real kernels report at most a status code (ivpu's firmware job
-status, amdxdna's ERT state), and rocket, ethosu and qaic report nothing at all. Those two are
+status, amdxdna's ERT state, rknpu's SUBMIT outcome), and rocket, ethosu, qaic and etnaviv
+report nothing at all. Those two are
 restated below with the assertions each UAPI can support.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from npud.devices.base import DeviceHealth
-from tests.devices.accel_harness import REPORTS_JOB_ERRORS, factory
+from tests.devices.accel_harness import ACCEL_DRIVERS, REPORTS_JOB_ERRORS, factory
 from tests.devices.contract import (
     AdapterFactory,
     DeviceUnderTest,
@@ -38,7 +39,7 @@ from tests.devices.test_contract import (
     test_zero_size_buffer_is_invalid,
 )
 
-ACCEL = [pytest.param(factory(d), id=d) for d in ("rocket", "ivpu", "amdxdna", "ethosu", "qaic")]
+ACCEL = [pytest.param(factory(d), id=d) for d in ACCEL_DRIVERS]
 
 __all__ = [
     "test_abort_queued_and_running",

@@ -25,9 +25,10 @@ def test_amdxdna_levels_are_qos_priorities_most_urgent_first() -> None:
     assert priority.AMDXDNA.values == (0x100, 0x180, 0x200, 0x280)
 
 
-@pytest.mark.parametrize("driver", ["rocket", "ethosu", "qaic"])
+@pytest.mark.parametrize("driver", ["rocket", "ethosu", "qaic", "etnaviv", "rknpu"])
 def test_drivers_without_priority_have_one_level(driver: str) -> None:
-    """rocket, ethosu and qaic offer one level: ordering happens in npud."""
+    """rocket, ethosu, qaic, etnaviv and rknpu offer one level: ordering happens in npud
+    (rknpu's submit has a priority field, but its job queues never read it)."""
     assert priority.MAPS[driver].levels == 1
     assert priority.level_for_class(priority.LATENCY, 1) == 0
     assert priority.level_for_class(priority.BACKGROUND, 1) == 0
@@ -117,9 +118,11 @@ def test_every_driver_has_an_adapter_and_a_priority_map() -> None:
         ("amdxdna", "amdxdna"),
         ("ethosu", "ethosu"),
         ("qaic", "qaic"),
+        ("etnaviv", "etnaviv"),
+        ("rknpu", "rknpu"),
     ]:
         cls = adapter_for(module)
         assert cls is not None
         assert name in cls.__module__
         assert priority.MAPS[name].driver == name
-    assert adapter_for("etnaviv") is None
+    assert adapter_for("vc4") is None
