@@ -1244,6 +1244,7 @@ class Scheduler:
         now = self._clock.now()
         engine.busy_s += run
         engine.recent.append((now, run))
+        self._forget_before(engine, now - self.policy.share_window_s)
         ctx = self._contexts.get(job.context_id)
         if ctx is not None:
             ctx.device_time_s += run
@@ -1406,9 +1407,20 @@ class Scheduler:
             return 0.0
         return max(0.0, now - engine.head_since)
 
+    @staticmethod
+    def _forget_before(engine: _Engine, start: float) -> None:
+        # Runs are pruned as they are recorded, so the list holds one window's runs whether or
+        # not anyone reads statistics(); statistics() itself only reads.
+        while engine.recent and engine.recent[0][0] < start:
+            engine.recent.popleft()
+
     def _busy_in_window(self, engine: _Engine, now: float, running: float) -> float:
         start = now - self.policy.share_window_s
-        busy = sum(min(run, max(0.0, finished - start)) for finished, run in engine.recent)
+        busy = sum(
+            min(run, max(0.0, finished - start))
+            for finished, run in engine.recent
+            if finished >= start
+        )
         return busy + min(running, now - start)
 
     def shares(self) -> Mapping[SchedClass, float]:
@@ -1426,8 +1438,6 @@ class Scheduler:
         window = self.policy.share_window_s
         engines = []
         for e in self._engines:
-            while e.recent and e.recent[0][0] < now - window:
-                e.recent.popleft()
             running = self._running_s(e, now)
             engines.append(
                 EngineStatistics(

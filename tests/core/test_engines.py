@@ -104,3 +104,20 @@ def test_an_idle_engine_is_chosen_before_any_busy_one() -> None:
     bed.clock.advance(0.001)
     [probe] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.001, kind="probe")
     assert probe.engine == 1
+
+
+def test_the_record_of_recent_runs_is_bounded_without_anyone_reading_statistics() -> None:
+    """A Core that nobody asks for statistics (no daemon status loop) keeps only one window of
+    finished runs per engine: runs are forgotten as new ones are recorded, so a long-lived
+    scheduler's memory does not grow with the number of jobs it has run."""
+    bed = make_bed()
+    window = bed.scheduler.policy.share_window_s
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedClass.LATENCY)
+    step = window / 8
+    for _ in range(80):  # ten windows of jobs, one every eighth of a window
+        bed.burn(ctx, queue, step / 4, engine=0)
+        bed.clock.advance(step)
+    recent = bed.scheduler._engines[0].recent
+    assert 0 < len(recent) <= 9
+    assert recent[-1][0] - recent[0][0] <= window
