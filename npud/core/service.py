@@ -837,7 +837,7 @@ class Core:
             return batch[ref]
         job = self._find_job(ctx, ref)
         if job is None:
-            raise InvalidArgument(
+            raise NotFound(
                 f"dependency {ref} is not a job of context {ctx.id}: jobs may only depend on "
                 "jobs of their own context"
             )

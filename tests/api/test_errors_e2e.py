@@ -119,12 +119,13 @@ def s(daemon: DaemonProcess) -> Iterator[Stubs]:
         ),
         metadata=md,
     )
-    # one long job occupies the depth-1 queue and binds st.buf for the whole module
+    # one long job occupies the depth-1 queue and binds st.buf for the whole module; it is
+    # cancelled at teardown, so it must outlast the module however slow the machine is
     busy = job_pb2.JobSpec(
         queue_id=st.queue,
-        command_inline=Program().burn(3.0).encode(),
+        command_inline=Program().burn(600.0).encode(),
         bindings=[job_pb2.Binding(buffer_id=st.buf, access=types_pb2.BUFFER_ACCESS_READ)],
-        timeout_s=30.0,
+        timeout_s=1200.0,
     )
     st.busy_job = (
         st.jobs.SubmitJobs(job_pb2.SubmitJobsRequest(context_id=st.ctx, jobs=[busy]), metadata=md)
@@ -269,6 +270,24 @@ def test_not_found(s: Stubs) -> None:
         "q-00",
         lambda: s.jobs.SubmitJobs(_job(s, queue_id="q-00", command_inline=NULL), metadata=md),
     )
+
+
+def test_an_unknown_dependency_is_not_found(s: Stubs) -> None:
+    """A job that depends on a job id its context does not have is NOT_FOUND naming the id,
+    as job.proto promises, and nothing of the batch is admitted."""
+    queue = s.lat_queue
+    before = s.jobs.ListJobs(job_pb2.ListJobsRequest(context_id=s.ctx), metadata=s.md)
+    _expect(
+        s,
+        Code.NOT_FOUND,
+        "job-0000dead",
+        lambda: s.jobs.SubmitJobs(
+            _job(s, queue_id=queue, command_inline=NULL, depends_on=["job-0000dead"]),
+            metadata=s.md,
+        ),
+    )
+    after = s.jobs.ListJobs(job_pb2.ListJobsRequest(context_id=s.ctx), metadata=s.md)
+    assert len(after.jobs) == len(before.jobs)
 
 
 def test_invalid_arguments(s: Stubs) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from npud.core.job import JobState
 from npud.core.policy import SchedClass
-from npud.errors import Cancelled, InvalidArgument
+from npud.errors import Cancelled, InvalidArgument, NotFound
 from tests.core.harness import ALICE, BOB, make_bed
 
 
@@ -76,15 +76,16 @@ def test_a_dependency_cycle_is_rejected_and_nothing_is_admitted() -> None:
     assert bed.scheduler.statistics().submitted == 0
 
 
-def test_a_dependency_on_another_contexts_job_is_rejected() -> None:
-    """Jobs may depend only on jobs of their own context, even of the same owner."""
+def test_a_dependency_on_another_contexts_job_is_not_found() -> None:
+    """Jobs may depend only on jobs of their own context, even of the same owner: another
+    context's job id is unknown to this context (NotFound), as any other unknown id."""
     bed = make_bed()
     mine, other, bobs = bed.context(), bed.context(), bed.context(BOB)
     [foreign] = bed.burn(other, bed.queue(other), 0.001)
     [bob_job] = bed.burn(bobs, bed.queue(bobs, owner=BOB), 0.001, owner=BOB)
     queue = bed.queue(mine)
     for dep in (foreign.id, bob_job.id):
-        with pytest.raises(InvalidArgument, match="not a job of context"):
+        with pytest.raises(NotFound, match="not a job of context"):
             bed.burn(mine, queue, 0.001, depends_on=(dep,))
     assert not mine.jobs
 
