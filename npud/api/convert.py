@@ -157,7 +157,12 @@ def access_from_wire(value: int, field: str) -> BufferUse:
 def owner_to_wire(owner: Owner, *, admin: bool) -> context_pb2.Owner:
     """An Owner message."""
     return context_pb2.Owner(
-        uid=owner.uid, gid=owner.gid, pid=owner.pid, name=owner.name or "", admin=admin
+        uid=owner.uid,
+        gid=owner.gid,
+        pid=owner.pid,
+        name=owner.name or "",
+        admin=admin,
+        tenant=owner.tenant or "",
     )
 
 

@@ -120,6 +120,17 @@ class TokenRegistry:
                 if not mine:
                     del self._by_uid[owner.uid]
 
+    def rebind(self, token: str, owner: Owner) -> None:
+        """Make live ``token`` stand for ``owner`` from now on (a session joining a tenant:
+        same uid, so the per-user table is unchanged).
+
+        Raises:
+            KeyError: ``token`` is not live.
+        """
+        old = self._owners[token]
+        assert old.uid == owner.uid, "a token keeps its kernel-verified uid"
+        self._owners[token] = owner
+
     def owner(self, token: str) -> Owner | None:
         """The owner of ``token``, or None."""
         return self._owners.get(token)

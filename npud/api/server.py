@@ -24,6 +24,7 @@ from npud.api.jobs import JobServicer
 from npud.api.state import ApiState
 from npud.api.stats import StatsServicer
 from npud.api.system import SystemServicer
+from npud.api.tenants import TenantServicer, TenantTable
 from npud.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -39,6 +40,8 @@ from npud.v1 import (
     stats_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 
 SERVICE_NAMES: tuple[str, ...] = (
@@ -49,6 +52,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
 )
 """Every npud service's full name ("npud.v1.JobService", ...)."""
 
@@ -75,10 +79,17 @@ class Server:
             await self.health.set(name, status)
 
 
-def build_server(state: ApiState, address: str, *, admin: AdminServicer | None = None) -> Server:
+def build_server(
+    state: ApiState,
+    address: str,
+    *,
+    admin: AdminServicer | None = None,
+    tenants: TenantTable | None = None,
+) -> Server:
     """A grpc.aio server bound to ``address`` (e.g. ``unix:/run/npud/npud.sock``), not started.
 
-    ``admin`` is the daemon's AdminService (default: no fault injection, no rescan).
+    ``admin`` is the daemon's AdminService (default: no fault injection, no rescan);
+    ``tenants`` its tenant table (default: a fresh one).
 
     Raises:
         RuntimeError: the address cannot be bound (grpc's own error).
@@ -99,6 +110,9 @@ def build_server(state: ApiState, address: str, *, admin: AdminServicer | None =
     job_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
     stats_pb2_grpc.add_StatsServiceServicer_to_server(stats, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin or AdminServicer(state), server)
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(
+        TenantServicer(state, tenants if tenants is not None else TenantTable()), server
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

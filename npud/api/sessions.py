@@ -93,6 +93,10 @@ class SessionTable:
                 if not owned:
                     del self._contexts[token]
 
+    def holds_contexts(self, token: str) -> bool:
+        """Whether contexts created with ``token`` are alive."""
+        return bool(self._contexts.get(token))
+
     def is_open(self, token: str) -> bool:
         """Whether ``token`` has a live Session stream."""
         return token in self._open

@@ -92,7 +92,9 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
                     if msg is not None:
                         yield stats_pb2.StreamEventsResponse(job=msg)
                 elif isinstance(event, ContextEvent):
-                    mine = event.owner_uid == caller.owner.uid or (request.all and caller.admin)
+                    mine = (event.owner_uid, event.tenant) == caller.owner.account or (
+                        request.all and caller.admin
+                    )
                     if mine:
                         yield stats_pb2.StreamEventsResponse(context=context_event_to_wire(event))
                 elif isinstance(event, DeviceEvent):

@@ -29,7 +29,7 @@ import grpc.aio
 from npud.client import requests as rq
 from npud.client.client import channel_target
 from npud.client.errors import from_rpc_error
-from npud.client.identity import TOKEN_KEY, Identity, handshake_async
+from npud.client.identity import TOKEN_KEY, Identity, handshake_async, tenant_credential
 from npud.client.types import (
     Buffer,
     BufferUsage,
@@ -68,6 +68,8 @@ from npud.v1 import (
     stats_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -168,8 +170,10 @@ class AsyncSubmitStream:
 class AsyncClient:
     """A connection to npud on asyncio. Use :func:`connect` to make one."""
 
-    def __init__(self, socket_path: Path | str | None = None) -> None:
+    def __init__(self, socket_path: Path | str | None = None, *, tenant: str | None = None) -> None:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self._tenant_credential = tenant
+        self.tenant = ""  # the tenant joined ("" when acting as the user)
         self.identity: Identity | None = None
         self.owner: Owner | None = None
         self.session_grace_s = 0.0
@@ -178,10 +182,12 @@ class AsyncClient:
         self._session: Any = None
 
     async def open(self, *, session: bool = True) -> Self:
-        """Handshake, open the channel and (unless ``session=False``) the session.
+        """Handshake, open the channel, join the tenant (see the sync :class:`Client`) and
+        (unless ``session=False``) open the session.
 
         Raises:
             Unavailable: npud is not running at the socket, or refuses us.
+            Unauthenticated: the tenant credential is unknown to the daemon.
         """
         self.identity = await handshake_async(self.socket_path)
         self._md = ((TOKEN_KEY, self.identity.token),)
@@ -193,6 +199,16 @@ class AsyncClient:
         self.buffer_stub = buffer_pb2_grpc.BufferServiceStub(ch)
         self.job_stub = job_pb2_grpc.JobServiceStub(ch)
         self.stats_stub = stats_pb2_grpc.StatsServiceStub(ch)
+        self.tenant_stub = tenant_pb2_grpc.TenantServiceStub(ch)
+        try:
+            credential = tenant_credential(self._tenant_credential)
+            if credential is not None:
+                req = tenant_pb2.JoinTenantRequest(credential=credential)
+                joined = await _call(self.tenant_stub.JoinTenant(req, metadata=self._md))
+                self.tenant = joined.tenant.name
+        except BaseException:
+            await self.close()
+            raise
         if session:
             try:
                 self._session = self.context_stub.Session(metadata=self._md)
@@ -479,8 +495,8 @@ class AsyncClient:
 class _Connect:
     """``await connect()`` or ``async with connect() as npu``."""
 
-    def __init__(self, socket_path: Path | str | None, session: bool) -> None:
-        self._client = AsyncClient(socket_path)
+    def __init__(self, socket_path: Path | str | None, session: bool, tenant: str | None) -> None:
+        self._client = AsyncClient(socket_path, tenant=tenant)
         self._session = session
 
     def __await__(self) -> Any:
@@ -493,13 +509,17 @@ class _Connect:
         await self._client.close()
 
 
-def connect(socket_path: Path | str | None = None, *, session: bool = True) -> _Connect:
-    """Connect to npud on asyncio: ``async with npud.client.aio.connect() as npu: ...``.
+def connect(
+    socket_path: Path | str | None = None, *, session: bool = True, tenant: str | None = None
+) -> _Connect:
+    """Connect to npud on asyncio: ``async with npud.client.aio.connect() as npu: ...``
+    (as the tenant whose credential is ``tenant`` or in the environment, if any).
 
     Raises:
         Unavailable: npud is not running at the socket, or refuses us.
+        Unauthenticated: the tenant credential is unknown to the daemon.
     """
-    return _Connect(socket_path, session)
+    return _Connect(socket_path, session, tenant)
 
 
 __all__ = ["AsyncClient", "AsyncSubmitStream", "connect"]

@@ -38,7 +38,7 @@ import grpc
 
 from npud.client import requests as rq
 from npud.client.errors import from_rpc_error
-from npud.client.identity import TOKEN_KEY, Identity, handshake
+from npud.client.identity import TOKEN_KEY, Identity, handshake, tenant_credential
 from npud.client.types import (
     Buffer,
     BufferUsage,
@@ -77,6 +77,8 @@ from npud.v1 import (
     stats_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -192,12 +194,20 @@ class SubmitStream:
 class Client:
     """A connection to npud (see the module docstring). Use :func:`connect` to make one."""
 
-    def __init__(self, socket_path: Path | str | None = None, *, session: bool = True) -> None:
-        """Connect: identity handshake, channel, and (unless ``session=False``) a session.
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        *,
+        session: bool = True,
+        tenant: str | None = None,
+    ) -> None:
+        """Connect: identity handshake, channel, the tenant (``tenant``, a credential, or the
+        one :func:`~npud.client.identity.tenant_credential` finds in the environment) and
+        (unless ``session=False``) a session.
 
         Raises:
             Unavailable: npud is not running at the socket, or refuses us.
-            Unauthenticated: the identity handshake failed.
+            Unauthenticated: the identity handshake failed, or the tenant credential is unknown.
         """
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.identity: Identity = handshake(self.socket_path)
@@ -209,16 +219,26 @@ class Client:
         self.buffer_stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
         self.job_stub = job_pb2_grpc.JobServiceStub(self._channel)
         self.stats_stub = stats_pb2_grpc.StatsServiceStub(self._channel)
+        self.tenant_stub = tenant_pb2_grpc.TenantServiceStub(self._channel)
+        self.tenant = ""  # the tenant joined ("" when acting as the user)
         self._session_stop = threading.Event()
         self._session: Any = None
         self.owner: Owner | None = None
         self.session_grace_s = 0.0
-        if session:
-            try:
+        try:
+            credential = tenant_credential(tenant)
+            if credential is not None:
+                joined = _call(
+                    lambda: self.tenant_stub.JoinTenant(
+                        tenant_pb2.JoinTenantRequest(credential=credential), metadata=self._md
+                    )
+                )
+                self.tenant = joined.tenant.name
+            if session:
                 self._open_session()
-            except BaseException:
-                self._channel.close()
-                raise
+        except BaseException:
+            self._channel.close()
+            raise
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -522,15 +542,19 @@ class Client:
                 yield event
 
 
-def connect(socket_path: Path | str | None = None, *, session: bool = True) -> Client:
-    """Connect to npud (``$NPUD_SOCKET`` or the default socket unless given).
+def connect(
+    socket_path: Path | str | None = None, *, session: bool = True, tenant: str | None = None
+) -> Client:
+    """Connect to npud (``$NPUD_SOCKET`` or the default socket unless given), as the tenant
+    whose credential is ``tenant`` or in the environment (``$NPUD_TENANT_FILE``), if any.
 
     Use as a context manager: ``with npud.client.connect() as npu: ...``.
 
     Raises:
         Unavailable: npud is not running at the socket, or refuses us.
+        Unauthenticated: the tenant credential is unknown to the daemon.
     """
-    return Client(socket_path, session=session)
+    return Client(socket_path, session=session, tenant=tenant)
 
 
 __all__ = ["Client", "NpudError", "SubmitStream", "connect"]

@@ -4,12 +4,18 @@ Before its first rpc a client connects to the identity socket beside the gRPC so
 daemon reads the kernel's record of who connected (``SO_PEERCRED``) and answers one JSON line
 with a session token. Every rpc then carries the token as ``npud-token`` metadata. This module
 does the handshake, synchronously or on an asyncio loop.
+
+A process that should act as a *tenant* (an account inside its uid, e.g. a Kubernetes pod's
+allocation; see docs/kubernetes.md) joins it with the tenant's credential right after the
+handshake; :func:`tenant_credential` finds that credential: the argument, else
+``$NPUD_TENANT_CREDENTIAL``, else the first line of the file ``$NPUD_TENANT_FILE`` names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,8 @@ from npud.config import identity_socket_for
 from npud.errors import Unauthenticated, Unavailable
 
 TOKEN_KEY: Final = "npud-token"  # noqa: S105 - a metadata key, not a secret
+TENANT_CREDENTIAL_ENV: Final = "NPUD_TENANT_CREDENTIAL"
+TENANT_FILE_ENV: Final = "NPUD_TENANT_FILE"
 _MAX_REPLY: Final = 4096
 
 
@@ -95,3 +103,29 @@ async def handshake_async(socket_path: Path | str, *, timeout_s: float = 5.0) ->
             "(is npud running, and may you open its socket?)"
         ) from exc
     return _parse(raw, path)
+
+
+def tenant_credential(explicit: str | None = None) -> str | None:
+    """The tenant credential this process should join with, or None (act as its user).
+
+    Raises:
+        Unauthenticated: ``$NPUD_TENANT_FILE`` names a file that cannot be read or is empty.
+    """
+    if explicit:
+        return explicit.strip()
+    value = os.environ.get(TENANT_CREDENTIAL_ENV, "").strip()
+    if value:
+        return value
+    path = os.environ.get(TENANT_FILE_ENV, "")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise Unauthenticated(
+            f"${TENANT_FILE_ENV} names {path}, which cannot be read: {exc.strerror or exc}"
+        ) from exc
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise Unauthenticated(f"${TENANT_FILE_ENV} names {path}, which is empty")
+    return lines[0].strip()

@@ -275,11 +275,12 @@ class Owner:
     pid: int
     name: str
     admin: bool
+    tenant: str = ""  # the tenant the caller acts as ("" for a plain user)
 
     @classmethod
     def from_wire(cls, msg: context_pb2.Owner) -> Owner:
         """Convert a wire Owner."""
-        return cls(msg.uid, msg.gid, msg.pid, msg.name, msg.admin)
+        return cls(msg.uid, msg.gid, msg.pid, msg.name, msg.admin, msg.tenant)
 
 
 @dataclass(frozen=True, slots=True)

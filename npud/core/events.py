@@ -55,6 +55,7 @@ class ContextEvent:
     owner_uid: int
     change: Change
     reason: str = ""
+    tenant: str | None = None  # the owner's tenant (see npud.core.owner), None for a user
 
 
 @dataclass(frozen=True, slots=True)

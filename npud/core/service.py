@@ -48,7 +48,7 @@ from npud.core.ids import (
     new_queue_id,
 )
 from npud.core.job import DoneCallback, Job
-from npud.core.owner import Owner
+from npud.core.owner import Account, Owner
 from npud.core.policy import SchedClass, SchedulerPolicy
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyManager, ResidencyStatistics
@@ -178,8 +178,8 @@ class Core:
         self.events = events or EventBus()
         self._devices: dict[str, DeviceEntry] = {}
         self._contexts: dict[ContextId, Context] = {}
-        self._user_contexts: dict[int, int] = {}
-        self._user_jobs: dict[int, int] = {}
+        self._user_contexts: dict[Account, int] = {}  # per user, or per tenant
+        self._user_jobs: dict[Account, int] = {}
 
     # ------------------------------------------------------------------ time, identity
 
@@ -323,13 +323,21 @@ class Core:
             if ctx is None:
                 continue
             ctx.state = ContextState.CLOSED
-            left = self._user_contexts.get(ctx.owner.uid, 1) - 1
+            left = self._user_contexts.get(ctx.owner.account, 1) - 1
             if left > 0:
-                self._user_contexts[ctx.owner.uid] = left
+                self._user_contexts[ctx.owner.account] = left
             else:
-                self._user_contexts.pop(ctx.owner.uid, None)
+                self._user_contexts.pop(ctx.owner.account, None)
             self.events.publish(
-                ContextEvent(self.now(), old.name, ctx_id, ctx.owner.uid, Change.DESTROYED, reason)
+                ContextEvent(
+                    self.now(),
+                    old.name,
+                    ctx_id,
+                    ctx.owner.uid,
+                    Change.DESTROYED,
+                    reason,
+                    tenant=ctx.owner.tenant,
+                )
             )
 
     # ------------------------------------------------------------------ contexts
@@ -373,12 +381,15 @@ class Core:
         quotas = quotas or ContextQuotas()
         if quotas.max_queued_jobs < 1 or quotas.max_queues < 1:
             raise InvalidArgument("max_queued_jobs and max_queues must be at least 1")
-        have = self._user_contexts.get(owner.uid, 0)
-        if have >= self.limits.max_contexts_per_user:
-            raise QuotaExceeded(
-                f"{owner} holds {have} contexts; the limit per user is "
-                f"{self.limits.max_contexts_per_user}"
-            )
+        have = self._user_contexts.get(owner.account, 0)
+        limit = (
+            owner.quota.max_contexts
+            if owner.quota is not None
+            else self.limits.max_contexts_per_user
+        )
+        if have >= limit:
+            per = "tenant" if owner.tenant is not None else "user"
+            raise QuotaExceeded(f"{owner} holds {have} contexts; the limit per {per} is {limit}")
         ctx = Context(
             id=new_context_id(),
             owner=owner,
@@ -394,9 +405,11 @@ class Core:
             entry.residency.set_quota(ctx.id, quotas.memory_bytes)
         self._contexts[ctx.id] = ctx
         entry.contexts.add(ctx.id)
-        self._user_contexts[owner.uid] = have + 1
+        self._user_contexts[owner.account] = have + 1
         self.events.publish(
-            ContextEvent(self.now(), entry.name, ctx.id, owner.uid, Change.CREATED, label)
+            ContextEvent(
+                self.now(), entry.name, ctx.id, owner.uid, Change.CREATED, label, owner.tenant
+            )
         )
         return ctx
 
@@ -475,14 +488,20 @@ class Core:
         def _closed(closed: Context) -> None:
             self._contexts.pop(closed.id, None)
             entry.contexts.discard(closed.id)
-            left = self._user_contexts.get(closed.owner.uid, 1) - 1
+            left = self._user_contexts.get(closed.owner.account, 1) - 1
             if left > 0:
-                self._user_contexts[closed.owner.uid] = left
+                self._user_contexts[closed.owner.account] = left
             else:
-                self._user_contexts.pop(closed.owner.uid, None)
+                self._user_contexts.pop(closed.owner.account, None)
             self.events.publish(
                 ContextEvent(
-                    self.now(), entry.name, closed.id, closed.owner.uid, Change.DESTROYED, reason
+                    self.now(),
+                    entry.name,
+                    closed.id,
+                    closed.owner.uid,
+                    Change.DESTROYED,
+                    reason,
+                    closed.owner.tenant,
                 )
             )
             if on_closed is not None:
@@ -619,23 +638,27 @@ class Core:
         ctx.buffers[buf.id] = buf
         return buf
 
-    def user_memory(self, uid: int) -> int:
-        """Bytes charged to every context of user ``uid`` (shared buffers once per context)."""
+    def user_memory(self, uid: int, tenant: str | None = None) -> int:
+        """Bytes charged to every context of user ``uid`` (of its ``tenant`` when given; shared
+        buffers once per context)."""
         total = 0
         for ctx in self._contexts.values():
-            if ctx.owner.uid == uid:
+            if ctx.owner.account == (uid, tenant):
                 total += self._residency(ctx).context_usage(ctx.id)
         return total
 
     def _charge_user(self, owner: Owner, size: int) -> None:
-        limit = self.limits.max_memory_bytes_per_user
+        if owner.quota is not None:
+            limit, per = owner.quota.memory_bytes, "tenant"
+        else:
+            limit, per = self.limits.max_memory_bytes_per_user, "user"
         if limit is None:
             return
-        used = self.user_memory(owner.uid)
+        used = self.user_memory(owner.uid, owner.tenant)
         if used + size > limit:
             raise QuotaExceeded(
                 f"{owner} holds {used} bytes of buffers over all its contexts and {size} more "
-                f"were requested; the limit per user is {limit} bytes"
+                f"were requested; the limit per {per} is {limit} bytes"
             )
 
     def open_persistent(self, owner: Owner, ctx_id: ContextId, key: str) -> Buffer:
@@ -778,18 +801,22 @@ class Core:
         ctx = self._open_context(owner, ctx_id)
         if not specs:
             raise InvalidArgument("a submission needs at least one job")
-        have = self._user_jobs.get(ctx.owner.uid, 0)
-        if have + len(specs) > self.limits.max_live_jobs_per_user:
+        account = ctx.owner.account
+        have = self._user_jobs.get(account, 0)
+        quota = ctx.owner.quota
+        limit = quota.max_live_jobs if quota is not None else self.limits.max_live_jobs_per_user
+        if have + len(specs) > limit:
+            per = "tenant" if quota is not None else "user"
             raise QuotaExceeded(
                 f"{ctx.owner} has {have} live jobs and the batch adds {len(specs)}; the limit "
-                f"per user is {self.limits.max_live_jobs_per_user}"
+                f"per {per} is {limit}"
             )
         residency = self._residency(ctx)
         jobs = [self._build(ctx, residency, spec) for spec in specs]
         for job, spec in zip(jobs, specs, strict=True):
             job.depends_on = tuple(self._dependency(ctx, jobs, d) for d in spec.depends_on)
         self._devices[ctx.device].scheduler.submit(ctx, jobs)
-        self._user_jobs[ctx.owner.uid] = self._user_jobs.get(ctx.owner.uid, 0) + len(jobs)
+        self._user_jobs[account] = self._user_jobs.get(account, 0) + len(jobs)
         return jobs
 
     def _build(self, ctx: Context, residency: ResidencyManager, spec: JobSpec) -> Job:
@@ -856,12 +883,12 @@ class Core:
         ctx = self._contexts.get(job.context_id)
         if ctx is None:
             return
-        uid = ctx.owner.uid
-        left = self._user_jobs.get(uid, 1) - 1
+        account = ctx.owner.account
+        left = self._user_jobs.get(account, 1) - 1
         if left > 0:
-            self._user_jobs[uid] = left
+            self._user_jobs[account] = left
         else:
-            self._user_jobs.pop(uid, None)
+            self._user_jobs.pop(account, None)
 
     def job(self, owner: Owner, ctx_id: ContextId | None, job_id: JobId) -> Job:
         """A live job, or an ended one still in its context's history; with ``ctx_id``

@@ -33,6 +33,7 @@ from npud.api.identity import IdentityServer, TokenRegistry
 from npud.api.server import Server, build_server
 from npud.api.sessions import SessionTable
 from npud.api.state import ApiState, Defaults
+from npud.api.tenants import TenantTable
 from npud.clock import MonotonicClock
 from npud.config import Settings
 from npud.core.context import ContextState
@@ -131,6 +132,7 @@ class Daemon:
         self.identity: IdentityServer | None = None
         self.state: ApiState | None = None
         self.recovery: DeviceRecovery | None = None
+        self.tenants = TenantTable()
         self._bound = False  # whether the socket files are ours to remove
 
     # ---- start-up -------------------------------------------------------------------------
@@ -292,7 +294,9 @@ class Daemon:
         admin = AdminServicer(
             self.state, fault_injection=s.fault_injection, rescan=self.recovery.rescan
         )
-        self.server = build_server(self.state, f"unix:{s.socket}", admin=admin)
+        self.server = build_server(
+            self.state, f"unix:{s.socket}", admin=admin, tenants=self.tenants
+        )
         await self.server.server.start()
         os.chmod(s.socket, s.socket_mode)
         if sock_gid is not None:

@@ -57,11 +57,14 @@ class Owner(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ADMIN_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     gid: _builtins.int
     pid: _builtins.int
     name: _builtins.str
     admin: _builtins.bool
+    tenant: _builtins.str
+    """The tenant the owner acted as (see TenantService); empty for a plain user."""
     def __init__(
         self,
         *,
@@ -70,10 +73,11 @@ class Owner(_message.Message):
         pid: _builtins.int = ...,
         name: _builtins.str = ...,
         admin: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "gid", b"gid", "name", b"name", "pid", b"pid", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "gid", b"gid", "name", b"name", "pid", b"pid", "tenant", b"tenant", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
