@@ -1,4 +1,4 @@
-"""A fake machine for the daemon: accel nodes backed by the fake kernels, plugged and unplugged
+"""A fake machine for the daemon: NPU nodes backed by the fake kernels, plugged and unplugged
 by the test, and an in-process daemon that serves them.
 
 :class:`FakeMachine` is the daemon's :class:`~npud.daemon.devices.Nodes`: ``discover`` lists the
@@ -51,6 +51,26 @@ def accel_node(index: int, driver: str = "rocket") -> NodeInfo:
         major=ACCEL_MAJOR,
         minor=index,
         sys_path=f"{parent}/accel/accel{index}",
+        parent=parent,
+    )
+
+
+DRM_MAJOR = 226
+
+
+def render_node(index: int, driver: str) -> NodeInfo:
+    """The NodeInfo discovery reports for ``/dev/dri/renderD<128 + index>`` of a platform NPU
+    driven through DRM (etnaviv, rknpu)."""
+    minor = 128 + index
+    parent = f"/sys/devices/platform/fde4{index:04x}.npu"
+    return NodeInfo(
+        path=f"/dev/dri/renderD{minor}",
+        subsystem="drm",
+        driver=driver,
+        bus_id=f"platform-fde4{index:04x}.npu",
+        major=DRM_MAJOR,
+        minor=minor,
+        sys_path=f"{parent}/drm/renderD{minor}",
         parent=parent,
     )
 
