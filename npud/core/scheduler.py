@@ -318,6 +318,17 @@ class Scheduler:
             self._finalize(ctx)
         self._pump()
 
+    def end_grace(self, ctx: Context, reason: str) -> None:
+        """Abort now what a closing ``ctx`` still runs, as if its grace period had run out
+        (a second SIGTERM during the drain). An open or closed context is left alone."""
+        if ctx.state is not ContextState.CLOSING:
+            return
+        on_closed, timer = self._closers.get(ctx.id, (None, None))
+        if timer is not None and on_closed is not None:
+            timer.cancel()
+            self._closers[ctx.id] = (on_closed, None)
+        self._grace_expired(ctx, reason)
+
     def _grace_expired(self, ctx: Context, reason: str) -> None:
         if ctx.state is not ContextState.CLOSING:
             return

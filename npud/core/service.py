@@ -520,6 +520,15 @@ class Core:
             if ctx.open:
                 self.destroy_context(ctx.owner, ctx.id, grace_s=grace_s, reason=reason)
 
+    def end_grace(self, *, reason: str = "npud is stopping") -> None:
+        """Abort now every running job of every closing context instead of waiting out the
+        grace :meth:`close_all` gave them (the daemon's forced stop). Their errors say the
+        context was closed for ``reason`` and that the grace period ran out."""
+        for ctx in list(self._contexts.values()):
+            if ctx.state is ContextState.CLOSING:
+                entry = self._devices[ctx.device]
+                entry.scheduler.end_grace(ctx, f"its context was closed: {reason}")
+
     # ------------------------------------------------------------------ queues
 
     def create_queue(

@@ -15,6 +15,7 @@ get UNAVAILABLE, health says NOT_SERVING, the identity socket closes), queued jo
 CANCELLED with the reason "npud is shutting down", running jobs get ``shutdown_grace_s`` to
 finish (then they are aborted), every context is closed and its buffers released, the gRPC
 server stops, the devices are closed, the socket files are removed, and the process exits 0.
+A second SIGTERM or SIGINT during the drain forces it: running jobs are aborted at once.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Daemon:
         self.notifier = Notifier.from_environment()
         self._stop = asyncio.Event()
         self._all_closed = asyncio.Event()
+        self._force = asyncio.Event()
         self.devices: list[Device] = []
         self.core: Core | None = None
         self.server: Server | None = None
@@ -342,10 +344,14 @@ class Daemon:
                 self.notifier.status(line)
 
     def request_stop(self, signame: str) -> None:
-        """Begin the shutdown (signal handler)."""
+        """Begin the shutdown (signal handler); a second signal during the drain forces it:
+        running jobs are aborted at once instead of being given ``shutdown_grace_s``."""
         if not self._stop.is_set():
             self.log.info("npud.stopping", signal=signame)
-        self._stop.set()
+            self._stop.set()
+        elif not self._force.is_set():
+            self.log.warning("npud.forcing_stop", signal=signame)
+            self._force.set()
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain, and return the exit status (0).
@@ -399,11 +405,15 @@ class Daemon:
         # close_all cancels queued jobs at once and running ones after the grace, each with
         # SHUTDOWN_REASON in its error ("its context was closed: npud is shutting down").
         core.close_all(grace_s=s.shutdown_grace_s, reason=SHUTDOWN_REASON)
-        if core.contexts(SYSTEM, all_users=True):
-            # Contexts close when their running jobs have ended (or were aborted after the
-            # grace); allow the device a moment beyond the grace to report the aborts.
+        # Contexts close when their running jobs have ended (or were aborted after the
+        # grace); allow the device a moment beyond the grace to report the aborts. A second
+        # signal ends the grace now.
+        if core.contexts(SYSTEM, all_users=True) and await self._closed_or_forced(
+            s.shutdown_grace_s + 2.0
+        ):
+            core.end_grace(reason=SHUTDOWN_REASON)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), s.shutdown_grace_s + 2.0)
+                await asyncio.wait_for(self._all_closed.wait(), 2.0)
         left = [
             c.id for c in core.contexts(SYSTEM, all_users=True) if c.state != ContextState.CLOSED
         ]
@@ -411,6 +421,18 @@ class Daemon:
             self.log.warning("npud.contexts_left_open", contexts=left)
         state.sessions.close_all()
         await self.server.server.stop(grace=0.5)
+
+    async def _closed_or_forced(self, timeout_s: float) -> bool:
+        """Wait until every context has closed, the stop is forced or ``timeout_s`` passes;
+        True when it was forced while contexts were still open."""
+        closed = asyncio.ensure_future(self._all_closed.wait())
+        forced = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait({closed, forced}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            closed.cancel()
+            forced.cancel()
+        return self._force.is_set() and not self._all_closed.is_set()
 
     async def _teardown(self) -> None:
         """Close everything that was opened (also after a failed start)."""

@@ -215,3 +215,37 @@ def test_watchdog_pings_then_sigterm_drains(tmp_path: Path) -> None:
         assert any(m.startswith(b"STOPPING=1") for m in d.messages) or d.receive(1) is not None
     finally:
         d.stop(signal.SIGKILL)
+
+
+def test_a_second_sigterm_during_the_drain_aborts_running_jobs_and_exits(tmp_path: Path) -> None:
+    """The first SIGTERM gives a running job the shutdown grace (here 300 s); a second one
+    forces the stop: the job ends CANCELLED saying the grace ran out, and npud exits 0 long
+    before the grace would have ended."""
+    d = start_daemon(tmp_path / "d", env={"NPUD_SHUTDOWN_GRACE_S": "300"})
+    try:
+        with npud.client.connect(d.socket) as npu:
+            ctx = npu.create_context(label="force")
+            q = npu.create_queue(ctx, SchedulingClass.THROUGHPUT)
+            [job] = npu.submit_many(
+                ctx, [JobSpec(q, Program().burn(600.0).encode(), timeout_s=900.0)]
+            )
+            watch = npu.watch_jobs(ctx)
+            if npu.job(ctx, job).state is not JobState.RUNNING:
+                for ev in watch:
+                    if ev.job_id == job.job_id and ev.state is JobState.RUNNING:
+                        break
+            watch.close()  # type: ignore[attr-defined]
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not d.log_events("npud.draining") and time.monotonic() < deadline:
+            d.receive(0.2)
+        assert d.log_events("npud.draining"), d.log()
+        assert d.proc.poll() is None  # draining: the job has 300 s to finish
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(120) == 0, d.log()
+        assert d.log_events("npud.forcing_stop")
+        [rec] = [e for e in d.log_events("job.finished") if e["job"] == job.job_id]
+        assert rec["outcome"] == "cancelled"
+        assert "grace period ran out" in rec["error"]
+    finally:
+        d.stop(signal.SIGKILL)
