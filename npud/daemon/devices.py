@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from npud.config import Settings
-from npud.devices.accel_adapters import adapter_for
+from npud.devices.accel_adapters import ADAPTERS, adapter_for
 from npud.devices.base import Device
 from npud.devices.discovery import NodeInfo, enumerate_nodes
 from npud.errors import DeviceLost, NpudError, Unsupported
@@ -117,7 +117,8 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
     ``nodes`` finds and opens nodes (default: :class:`SystemNodes`).
 
     Raises:
-        Unsupported: ``device`` names a node no adapter drives.
+        Unsupported: ``device`` names a node discovery does not find, or one no adapter drives
+            or can be set up for (the message names the node and its driver).
     """
     if settings.device == "sim":
         return DeviceChoice(
@@ -139,12 +140,28 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
             on_node[device.name] = node
     if found:
         return DeviceChoice(tuple(found), False, f"{len(found)} NPU(s) discovered", on_node)
+    if settings.device != "auto":
+        raise Unsupported(_unserved(found_nodes[0]))
     return DeviceChoice(
         (_make_sim(settings),),
         True,
         "no NPU found: serving the SIMULATED NPU "
         f"(profile {settings.sim_profile}{_slowdown_note(settings)}); jobs run on a model, "
         "not on hardware",
+    )
+
+
+def _unserved(node: NodeInfo) -> str:
+    """Why a node named with ``device`` cannot be served, for the start-up error."""
+    driver = node.driver or "unknown"
+    if adapter_for(node.driver or "") is None:
+        return (
+            f"device {node.path}: its driver {driver!r} has no npud adapter (npud drives "
+            f'{", ".join(sorted(ADAPTERS))}); use device = "sim" or "auto"'
+        )
+    return (
+        f"device {node.path}: the {driver} adapter could not be set up for it; the "
+        "devices.adapter_failed log line says why"
     )
 
 
