@@ -25,12 +25,21 @@ is correct whatever order a device evaluates an op's elements in.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from npud.errors import InvalidArgument
 from npud.isa import DType, Program, Tensor
 from npud.llm.config import ModelConfig
-from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan
+from npud.llm.plan import (
+    KV,
+    SCRATCH,
+    TOKENS,
+    BufferKind,
+    MemoryPlan,
+    ScratchLayout,
+    scratch_layout,
+)
 from npud.llm.template import DecodeTemplate
 
 
@@ -84,26 +93,63 @@ class Step:
         return f"prefill[{self.start_pos}:{self.start_pos + self.n_tokens}]"
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One sequence's part of a step: its buffers' binding slots, positions and scratch rows."""
+
+    tokens: int  # binding slot of the sequence's ids
+    kv: int  # binding slot of its KV cache
+    start: int  # position of its first token in this step
+    n: int  # tokens of it in this step
+    first: int  # its first row in the step's scratch activations
+
+
+DECODE_SCRATCH = "scratch.decode"
+"""The binding name of the activations of a batched decode step (a buffer of its own, so a
+prefill chunk of another sequence can run beside it)."""
+
+
+def row_buffers(row: int) -> tuple[str, str]:
+    """The binding names of row ``row``'s ids and KV cache in a batched decode step."""
+    return f"{TOKENS}#{row}", f"{KV}#{row}"
+
+
+def batch_bindings(plan: MemoryPlan, rows: int) -> tuple[tuple[str, Access], ...]:
+    """The bindings of a decode step over ``rows`` sequences, in slot order: the decode scratch,
+    the weight packs, then each row's ids and KV cache."""
+    out: list[tuple[str, Access]] = [(DECODE_SCRATCH, Access.READWRITE)]
+    out += [(spec.name, Access.READ) for spec in plan.buffers if spec.kind is BufferKind.WEIGHTS]
+    for row in range(rows):
+        out += [(name, Access.READWRITE) for name in row_buffers(row)]
+    return tuple(out)
+
+
+def decode_scratch(config: ModelConfig, rows: int) -> ScratchLayout:
+    """The activations of a decode step over up to ``rows`` sequences."""
+    return scratch_layout(config, rows, head_rows=rows)
+
+
 class Compiler:
     """Builds :class:`Step` programs for one model and memory plan (pure; no device needed)."""
 
-    __slots__ = ("_decode_template", "_validated", "config", "plan")
+    __slots__ = ("_batch_templates", "_decode_template", "_validated", "config", "plan")
 
     def __init__(self, config: ModelConfig, plan: MemoryPlan) -> None:
         self.config = config
         self.plan = plan
         self._validated: set[tuple[int, bool]] = set()
         self._decode_template: DecodeTemplate | None = None
+        self._batch_templates: dict[tuple[int, int], DecodeTemplate] = {}
 
-    def _w(self, name: str) -> Tensor:
+    def _w(self, name: str, slots: dict[str, int] | None = None) -> Tensor:
         placed = self.plan.weights[name]
-        return placed.ref(self.plan.slot(placed.buffer))
+        return placed.ref(self.plan.slot(placed.buffer) if slots is None else slots[placed.buffer])
 
-    def _kv(self, layer: int, which: int) -> Tensor:
+    def _kv(self, layer: int, which: int, slot: int) -> Tensor:
         cfg = self.config
         offset = (2 * layer + which) * self.plan.kv_bytes
         shape = (cfg.num_key_value_heads, self.plan.max_seq, cfg.head_dim)
-        return Tensor(self.plan.slot(KV), offset, shape, DType.F32)
+        return Tensor(slot, offset, shape, DType.F32)
 
     def _bindings(self) -> tuple[tuple[str, Access], ...]:
         access = {
@@ -164,75 +210,105 @@ class Compiler:
     def _program(
         self, start_pos: int, n_tokens: int, *, emit_token: bool
     ) -> tuple[Program, Readback | None]:
-        cfg, plan = self.config, self.plan
-        end = start_pos + n_tokens
-        n, s = n_tokens, plan.scratch
-        scratch = plan.slot(SCRATCH)
+        plan = self.plan
+        row = _Row(plan.slot(TOKENS), plan.slot(KV), start_pos, n_tokens, 0)
+        slots = {spec.name: index for index, spec in enumerate(plan.buffers)}
+        prog = self._rows_program(
+            (row,), plan.scratch, slots, scratch_name=SCRATCH, emit=emit_token
+        )
+        readback = Readback(TOKENS, (start_pos + n_tokens) * 4, 4) if emit_token else None
+        return prog, readback
 
-        def act(name: str, rows: int = n, row: int = 0) -> Tensor:
-            return s.ref(scratch, name, rows, row=row)
+    def _rows_program(
+        self,
+        rows: Sequence[_Row],
+        s: ScratchLayout,
+        slots: dict[str, int],
+        *,
+        scratch_name: str,
+        emit: bool,
+    ) -> Program:
+        # Row-wise ops (norms, projections, residual adds, the MLP) run over every row of the
+        # step at once; the position-dependent ones (EMBED of the input ids, ROPE, KV_WRITE,
+        # ATTENTION, ARGMAX into the ids) run per row, on that row's own buffers. One row of
+        # n tokens is a prefill chunk or a decode step; n rows of one token each are a decode
+        # step batched over n sequences.
+        cfg = self.config
+        total = sum(r.n for r in rows)
+        scratch = slots[scratch_name]
+
+        def act(name: str, n: int = total, row: int = 0) -> Tensor:
+            return s.ref(scratch, name, n, row=row)
 
         prog = Program()
-        ids = Tensor(plan.slot(TOKENS), start_pos * 4, (n,), DType.I32)
-        prog.embed(out=act("x0"), table=self._w("model.embed_tokens.weight"), ids=ids)
+        embed = self._w("model.embed_tokens.weight", slots)
+        for r in rows:
+            ids = Tensor(r.tokens, r.start * 4, (r.n,), DType.I32)
+            prog.embed(out=act("x0", r.n, r.first), table=embed, ids=ids)
         x, x_next = "x0", "x1"
         eps = cfg.rms_norm_eps
         for layer in range(cfg.num_hidden_layers):
             p = f"model.layers.{layer}."
-            prog.rmsnorm(out=act("h"), x=act(x), w=self._w(p + "input_layernorm.weight"), eps=eps)
+            w_in = self._w(p + "input_layernorm.weight", slots)
+            prog.rmsnorm(out=act("h"), x=act(x), w=w_in, eps=eps)
             for proj, out in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
-                w = self._w(f"{p}self_attn.{proj}.weight")
+                w = self._w(f"{p}self_attn.{proj}.weight", slots)
                 prog.matmul(out=act(out), a=act("h"), b=w, transpose_b=True)
-            for src, dst, heads in (
-                ("q", "q_rot", cfg.num_attention_heads),
-                ("k", "k_rot", cfg.num_key_value_heads),
-            ):
-                prog.rope(
-                    out=act(dst),
-                    x=act(src),
-                    n_heads=heads,
+            for r in rows:
+                for src, dst, heads in (
+                    ("q", "q_rot", cfg.num_attention_heads),
+                    ("k", "k_rot", cfg.num_key_value_heads),
+                ):
+                    prog.rope(
+                        out=act(dst, r.n, r.first),
+                        x=act(src, r.n, r.first),
+                        n_heads=heads,
+                        head_dim=cfg.head_dim,
+                        start_pos=r.start,
+                        theta=cfg.rope_theta,
+                    )
+                k_cache, v_cache = self._kv(layer, 0, r.kv), self._kv(layer, 1, r.kv)
+                prog.kv_write(cache=k_cache, src=act("k_rot", r.n, r.first), start_pos=r.start)
+                prog.kv_write(cache=v_cache, src=act("v", r.n, r.first), start_pos=r.start)
+                prog.attention(
+                    out=act("attn", r.n, r.first),
+                    q=act("q_rot", r.n, r.first),
+                    k_cache=k_cache,
+                    v_cache=v_cache,
+                    n_heads=cfg.num_attention_heads,
+                    n_kv_heads=cfg.num_key_value_heads,
                     head_dim=cfg.head_dim,
-                    start_pos=start_pos,
-                    theta=cfg.rope_theta,
+                    start_pos=r.start,
                 )
-            k_cache, v_cache = self._kv(layer, 0), self._kv(layer, 1)
-            prog.kv_write(cache=k_cache, src=act("k_rot"), start_pos=start_pos)
-            prog.kv_write(cache=v_cache, src=act("v"), start_pos=start_pos)
-            prog.attention(
-                out=act("attn"),
-                q=act("q_rot"),
-                k_cache=k_cache,
-                v_cache=v_cache,
-                n_heads=cfg.num_attention_heads,
-                n_kv_heads=cfg.num_key_value_heads,
-                head_dim=cfg.head_dim,
-                start_pos=start_pos,
-            )
-            wo = self._w(p + "self_attn.o_proj.weight")
+            wo = self._w(p + "self_attn.o_proj.weight", slots)
             prog.matmul(out=act("proj"), a=act("attn"), b=wo, transpose_b=True)
             prog.add(out=act(x_next), a=act(x), b=act("proj"))
             x, x_next = x_next, x
-            w_post = self._w(p + "post_attention_layernorm.weight")
+            w_post = self._w(p + "post_attention_layernorm.weight", slots)
             prog.rmsnorm(out=act("h"), x=act(x), w=w_post, eps=eps)
             for proj, out in (("gate_proj", "gate"), ("up_proj", "up")):
-                w = self._w(f"{p}mlp.{proj}.weight")
+                w = self._w(f"{p}mlp.{proj}.weight", slots)
                 prog.matmul(out=act(out), a=act("h"), b=w, transpose_b=True)
             prog.silu(out=act("act"), x=act("gate"))
             prog.mul(out=act("mlp"), a=act("act"), b=act("up"))
-            wd = self._w(p + "mlp.down_proj.weight")
+            wd = self._w(p + "mlp.down_proj.weight", slots)
             prog.matmul(out=act("proj"), a=act("mlp"), b=wd, transpose_b=True)
             prog.add(out=act(x_next), a=act(x), b=act("proj"))
             x, x_next = x_next, x
-        readback = None
-        if emit_token:
-            last = act(x, rows=1, row=n - 1)
-            prog.rmsnorm(out=act("final", 1), x=last, w=self._w("model.norm.weight"), eps=eps)
-            head = self._w("lm_head.weight")
-            prog.matmul(out=act("logits", 1), a=act("final", 1), b=head, transpose_b=True)
-            out_id = Tensor(plan.slot(TOKENS), end * 4, (1,), DType.I32)
-            prog.argmax(out=out_id, x=act("logits", 1))
-            readback = Readback(TOKENS, end * 4, 4)
-        return prog, readback
+        if emit:
+            # The head runs on each row's last token: one row of n tokens (a prefill chunk or
+            # a decode step) or n rows of one token each (a batched decode step), so the last
+            # tokens are consecutive scratch rows in both cases.
+            heads = len(rows)
+            last = act(x, heads, rows[0].first + rows[0].n - 1)
+            w_norm = self._w("model.norm.weight", slots)
+            prog.rmsnorm(out=act("final", heads), x=last, w=w_norm, eps=eps)
+            head = self._w("lm_head.weight", slots)
+            prog.matmul(out=act("logits", heads), a=act("final", heads), b=head, transpose_b=True)
+            for index, r in enumerate(rows):
+                out_id = Tensor(r.tokens, (r.start + r.n) * 4, (1,), DType.I32)
+                prog.argmax(out=out_id, x=act("logits", 1, index))
+        return prog
 
     def prefill(
         self, prompt_len: int, *, start_pos: int = 0, chunk: int | None = None
@@ -285,5 +361,64 @@ class Compiler:
             template.at(position),
             self._bindings(),
             Readback(TOKENS, (position + 1) * 4, 4),
+            "decode",
+        )
+
+    def decode_batch(self, positions: Sequence[int], *, max_rows: int) -> Step:
+        """One decode step over ``len(positions)`` sequences, as ONE job.
+
+        Row ``r`` reads its input id from ``tokens#r[positions[r]]``, writes its keys and
+        values into ``kv#r`` at that position and its next id (ARGMAX) into
+        ``tokens#r[positions[r] + 1]``; the logits of row ``r`` are row ``r`` of the decode
+        scratch's ``logits``. Row-wise work (projections, norms, MLP) runs over all rows at
+        once and reads each weight once; the simulated NPU's kernels give each row the same
+        bits as a step of that sequence alone. Bindings: :func:`batch_bindings`. The program of
+        each row count is compiled once and patched to the positions afterwards.
+
+        Args:
+            positions: each row's position (the ids and caches are each row's own buffers, so
+                two rows may be at the same position).
+            max_rows: the rows the decode scratch buffer was sized for
+                (:func:`decode_scratch`); at most the KV cache length.
+
+        Raises:
+            InvalidArgument: no rows, more than ``max_rows``, or a position past the cache.
+        """
+        rows = len(positions)
+        if not 0 < rows <= max_rows:
+            raise InvalidArgument(f"a batched decode step holds 1..{max_rows} rows, got {rows}")
+        if max_rows > self.plan.max_seq:
+            raise InvalidArgument(f"{max_rows} rows exceed the KV cache length {self.plan.max_seq}")
+        for position in positions:
+            self._check(position, 1)
+        template = self._batch_templates.get((rows, max_rows))
+        if template is None:
+            bindings = batch_bindings(self.plan, rows)
+            slots = {name: index for index, (name, _) in enumerate(bindings)}
+            # compiled with every row at a distinct position, which tells the template which
+            # row each position field belongs to
+            synthetic = list(range(rows))
+            prog = self._rows_program(
+                [
+                    _Row(slots[row_buffers(r)[0]], slots[row_buffers(r)[1]], r, 1, r)
+                    for r in synthetic
+                ],
+                decode_scratch(self.config, max_rows),
+                slots,
+                scratch_name=DECODE_SCRATCH,
+                emit=True,
+            )
+            tokens_slots = [slots[row_buffers(r)[0]] for r in synthetic]
+            template = DecodeTemplate(
+                prog.instructions, prog.encode(validate=True), synthetic, tokens_slots
+            )
+            self._batch_templates[rows, max_rows] = template
+        return Step(
+            StepKind.DECODE,
+            min(positions),
+            rows,
+            template.at(positions),
+            batch_bindings(self.plan, rows),
+            None,
             "decode",
         )

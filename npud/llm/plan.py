@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from npud.errors import InvalidArgument
 from npud.isa import DType, Tensor
+from npud.llm.config import ModelConfig
 from npud.llm.model import Model
 from npud.llm.weights import layer_tensor_names
 
@@ -204,6 +205,37 @@ class PlanStatistics:
     scratch_bytes: int
 
 
+def scratch_layout(cfg: ModelConfig, rows: int, *, head_rows: int) -> ScratchLayout:
+    """Offsets of the activations of a step over ``rows`` tokens, ``head_rows`` of which go
+    through the final norm and the output head (1 for a prefill chunk, every row for a decode
+    step batched over sequences)."""
+    widths = {
+        "x0": cfg.hidden_size,  # the residual stream, ping-ponged between x0 and x1
+        "x1": cfg.hidden_size,
+        "h": cfg.hidden_size,  # normalised input of attention / MLP
+        "q": cfg.q_width,
+        "k": cfg.kv_width,
+        "v": cfg.kv_width,
+        "q_rot": cfg.q_width,
+        "k_rot": cfg.kv_width,
+        "attn": cfg.q_width,
+        "proj": cfg.hidden_size,  # o_proj / down_proj output, added to the residual
+        "gate": cfg.intermediate_size,
+        "up": cfg.intermediate_size,
+        "act": cfg.intermediate_size,
+        "mlp": cfg.intermediate_size,
+        "final": cfg.hidden_size,
+        "logits": cfg.vocab_size,
+    }
+    offsets: dict[str, int] = {}
+    cursor = 0
+    for name, width in widths.items():
+        n = head_rows if name in ("final", "logits") else rows
+        offsets[name] = cursor
+        cursor = _align(cursor + n * width * 4)
+    return ScratchLayout(rows, offsets, widths, cursor)
+
+
 TOKENS, KV, SCRATCH, GLOBAL = "tokens", "kv", "scratch", "weights.global"
 
 
@@ -259,31 +291,7 @@ def plan_memory(
     if cfg.tie_word_embeddings:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
 
-    widths = {
-        "x0": cfg.hidden_size,  # the residual stream, ping-ponged between x0 and x1
-        "x1": cfg.hidden_size,
-        "h": cfg.hidden_size,  # normalised input of attention / MLP
-        "q": cfg.q_width,
-        "k": cfg.kv_width,
-        "v": cfg.kv_width,
-        "q_rot": cfg.q_width,
-        "k_rot": cfg.kv_width,
-        "attn": cfg.q_width,
-        "proj": cfg.hidden_size,  # o_proj / down_proj output, added to the residual
-        "gate": cfg.intermediate_size,
-        "up": cfg.intermediate_size,
-        "act": cfg.intermediate_size,
-        "mlp": cfg.intermediate_size,
-        "final": cfg.hidden_size,
-        "logits": cfg.vocab_size,
-    }
-    offsets: dict[str, int] = {}
-    cursor = 0
-    for name, width in widths.items():
-        rows = 1 if name in ("final", "logits") else chunk
-        offsets[name] = cursor
-        cursor = _align(cursor + rows * width * 4)
-    scratch = ScratchLayout(chunk, offsets, widths, cursor)
+    scratch = scratch_layout(cfg, chunk, head_rows=1)
 
     kv_bytes = cfg.num_key_value_heads * seq * cfg.head_dim * 4
     buffers = [

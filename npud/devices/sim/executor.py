@@ -5,6 +5,11 @@ computes in float32 and only then writes its output, cast to the output dtype; s
 output overlaps an input still sees the input as it was. Floating-point exceptions (overflow
 in an f16 cast, ``exp`` of a large number) follow IEEE rules silently, as on the hardware.
 The only data-dependent fault is an EMBED id outside the table, which fails the job.
+
+The kernels are batch-invariant: a row of an op over M rows (MATMUL, RMSNORM, the elementwise
+ops, EMBED, ARGMAX) is computed with the same arithmetic in the same order whatever M is and
+whichever rows sit beside it, so a decode step batched over several sequences gives each of
+them the bits it would get alone (``tests/devices/test_sim_batch_invariance.py``).
 """
 
 from __future__ import annotations
@@ -65,8 +70,17 @@ class _Machine:
 
 
 def _matmul(m: _Machine, ins: Instruction) -> None:
+    # Why one matrix-vector product per row: a GEMM over M rows is blocked and vectorised
+    # according to M, so a row's result can round differently with other rows beside it, and
+    # a near-tie between two logits can flip. A decode step batched over sequences must give
+    # each sequence exactly what it gets alone, so each output row is one GEMV of the same
+    # shape, whatever M is: the same arithmetic in the same order for that row.
     a, b = m.load(ins.operand("a")), m.load(ins.operand("b"))
-    m.store(ins.operand("out"), a @ (b.T if ins.params.transpose_b else b))
+    w = b if ins.params.transpose_b else b.T  # [N, K]
+    out = np.empty((a.shape[0], w.shape[0]), dtype=np.float32)
+    for row in range(a.shape[0]):
+        out[row] = w @ a[row]
+    m.store(ins.operand("out"), out)
 
 
 def _add(m: _Machine, ins: Instruction) -> None:
@@ -78,9 +92,15 @@ def _mul(m: _Machine, ins: Instruction) -> None:
 
 
 def _rmsnorm(m: _Machine, ins: Instruction) -> None:
+    # Row by row for the same reason as MATMUL: each row's mean is one reduction of one row.
     x, w = m.load(ins.operand("x")), m.load(ins.operand("w"))
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    m.store(ins.operand("out"), x / np.sqrt(ms + np.float32(ins.params.eps)) * w)
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    eps = np.float32(ins.params.eps)
+    for row in range(rows.shape[0]):
+        v = rows[row]
+        out[row] = v / np.sqrt(np.mean(v * v) + eps) * w
+    m.store(ins.operand("out"), out)
 
 
 def _rope(m: _Machine, ins: Instruction) -> None:

@@ -1,0 +1,784 @@
+"""Continuous batching: many sequences share one model on npud, one decode job per step.
+
+A :class:`Batcher` serves concurrent generation requests from one model through npud's asyncio
+client. Each sequence has its own device state (its ``tokens`` ids and its KV cache, two STATE
+buffers created when it is admitted and released when it leaves); the weights are the model's
+content-keyed PERSISTENT buffers, shared with every other user of the model.
+
+Work goes to npud as ordinary jobs in one context:
+
+- **decode**: one job per step over every sequence that is decoding (up to ``max_batch``
+  rows, :meth:`~npud.llm.compiler.Compiler.decode_batch`), on an in-order LATENCY queue. Each
+  row reads its input id from its own ``tokens`` buffer, writes its KV entries and its next id
+  there; the weights are read once per step for all rows. Sequences join and leave between
+  steps: a step's rows are chosen when it is submitted. Steps are pipelined (``depth`` in
+  flight) as in :mod:`npud.llm.generator`, and exact for the same reason: a row reads only
+  what earlier steps of the same in-order queue wrote on the device.
+- **prefill**: a new sequence's prompt in chunks, one prefill lane per service tier, each an
+  in-order queue with its own scratch buffer so that a chunk runs beside a decode step: the
+  interactive tier's chunks in the THROUGHPUT class, the batch tier's in the BACKGROUND class
+  (npud runs them only when nothing else is ready, or to keep their minimum share). With
+  ``priorities=False`` every request shares one THROUGHPUT lane, first come first served.
+
+Isolation between users
+-----------------------
+A lane keeps one chunk in flight and picks the next one round-robin over the users who have a
+prompt waiting, so one user's long prompt costs another user's prompt at most one chunk per
+turn, whatever its length. Admission to the decode batch (a "slot") is bounded per user
+(``max_per_user``), and the batch tier may not take the last ``reserved_interactive`` slots, so
+a flood from one user or tier cannot take the batch from the others. Requests beyond the slots
+wait (at most ``max_waiting``, then :class:`~npud.errors.QueueFull`).
+
+Sampling
+--------
+Greedy rows take the device's ARGMAX, which the next step reads on the device. A row with a
+sampler reads back its logits, the host picks the id and writes it where ARGMAX put its own;
+while such a row decodes, steps are not pipelined (depth 1), since the next step must read the
+host's id.
+
+One event loop owns the batcher's state (the loop task plus the coroutines of the requests):
+no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from npud import errors
+from npud.client import (
+    Access as ClientAccess,
+)
+from npud.client import (
+    Bind,
+    BufferUsage,
+    JobResult,
+    JobSpec,
+    JobState,
+    Persistence,
+    Readback,
+    SchedulingClass,
+)
+from npud.client import Buffer as ClientBuffer
+from npud.client.aio import AsyncClient, AsyncSubmitStream
+from npud.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    JobFailed,
+    NotFound,
+    NpudError,
+    QueueFull,
+    TimeSliceExceeded,
+    Unavailable,
+)
+from npud.llm.compiler import (
+    DECODE_SCRATCH,
+    Access,
+    Compiler,
+    Step,
+    StepKind,
+    decode_scratch,
+    row_buffers,
+)
+from npud.llm.daemon import KEY_PREFIX
+from npud.llm.model import Model
+from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan, WeightDType, plan_memory
+from npud.llm.sequence import END, BatchSequence, Finish, Request, SeqState, Tier
+from npud.llm.tokenizer import check_ids
+
+__all__ = ["BatchSequence", "Batcher", "BatcherStatistics", "Finish", "Request", "Tier"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherStatistics:
+    """Counters of a batcher."""
+
+    waiting: int
+    prefilling: int
+    decoding: int
+    sequences: int
+    finished: int
+    cancelled: int
+    failed: int
+    decode_steps: int
+    decode_rows: int
+    prefill_chunks: int
+    rechunks: int
+    sampled_writes: int
+    released_buffers: int
+
+    @property
+    def mean_batch(self) -> float:
+        """Rows per decode step on average."""
+        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """A prefill lane: an in-order npud queue, its scratch buffer, one chunk in flight."""
+
+    tier: Tier
+    queue_id: str
+    scratch: ClientBuffer
+    chunk: int
+    users: collections.OrderedDict[str, collections.deque[BatchSequence]] = field(
+        default_factory=collections.OrderedDict
+    )
+    in_flight: tuple[BatchSequence, list[Step], asyncio.Future[JobResult]] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _DecodeStep:
+    rows: tuple[BatchSequence, ...]
+    positions: tuple[int, ...]
+    sampled: tuple[bool, ...]
+    future: asyncio.Future[JobResult]
+
+
+_UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
+
+
+def _step_error(label: str, result: JobResult) -> NpudError:
+    error = result.error
+    if error is None and result.job is not None:
+        error = result.job.error
+    if error is None:
+        state = result.job.state if result.job is not None else "unknown"
+        return JobFailed(f"{label}: the job ended {state}")
+    cls = getattr(errors, error.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, NpudError)):
+        cls = JobFailed
+    return cls(f"{label}: {error.kind}: {error.message}")
+
+
+def _access(access: Access) -> ClientAccess:
+    if access is Access.READ:
+        return ClientAccess.READ
+    return ClientAccess.READ_WRITE
+
+
+class Batcher:
+    """Continuous batching of one model's sequences on npud (see the module docstring).
+
+    Args:
+        client: an open asyncio client; the caller keeps owning it.
+        model: the model (its weights are uploaded once, or found on npud by content).
+        max_batch: rows of a decode step, i.e. sequences decoding at once.
+        max_seq: KV cache length per sequence (prompt + generated ids).
+        chunk: prefill chunk in tokens (halved when npud's time slice refuses a chunk).
+        depth: decode steps kept in flight (greedy rows only).
+        priorities: map tiers to npud classes and lanes; ``False``: one lane, FIFO.
+        max_per_user: slots one user may hold (default: ``max_batch``, i.e. no cap).
+        reserved_interactive: slots the batch tier may not take.
+        max_waiting: requests waiting for a slot before :meth:`submit` refuses more.
+        job_timeout_s: the watchdog timeout asked for each job (0: npud's class default).
+        label: the context's label, shown by ``npuctl``.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        model: Model,
+        *,
+        max_batch: int = 8,
+        max_seq: int | None = None,
+        chunk: int = 16,
+        depth: int = 2,
+        weight_dtype: WeightDType | str = WeightDType.F32,
+        priorities: bool = True,
+        max_per_user: int | None = None,
+        reserved_interactive: int = 0,
+        max_waiting: int = 64,
+        job_timeout_s: float = 0.0,
+        device: str = "",
+        label: str = "npud-llm-batcher",
+    ) -> None:
+        if max_batch < 1 or depth < 1 or max_waiting < 0:
+            raise InvalidArgument("max_batch and depth must be >= 1, max_waiting >= 0")
+        if not 0 <= reserved_interactive < max_batch:
+            raise InvalidArgument(f"reserved_interactive must be within 0..{max_batch - 1}")
+        self.client = client
+        self.model = model
+        self.plan: MemoryPlan = plan_memory(
+            model, max_seq=max_seq, chunk=chunk, weight_dtype=weight_dtype
+        )
+        self.max_batch = min(max_batch, self.plan.max_seq)
+        self.compiler = Compiler(model.config, self.plan)
+        self.depth = depth
+        self.priorities = priorities
+        self.max_per_user = max_batch if max_per_user is None else max(1, max_per_user)
+        self.reserved_interactive = reserved_interactive
+        self.max_waiting = max_waiting
+        self.job_timeout_s = job_timeout_s
+        self.device = device
+        self.label = label
+        self.context_id: str | None = None
+        self._weights: dict[str, ClientBuffer] = {}
+        self._decode_scratch: ClientBuffer | None = None
+        self._decode_queue = ""
+        self._lanes: dict[Tier, _Lane] = {}
+        self._stream: AsyncSubmitStream | None = None
+        self._waiting: collections.OrderedDict[str, collections.deque[BatchSequence]] = (
+            collections.OrderedDict()
+        )
+        self._waiting_batch: collections.OrderedDict[str, collections.deque[BatchSequence]] = (
+            collections.OrderedDict()
+        )
+        self._slots: dict[int, BatchSequence] = {}  # admitted, not yet released
+        self._decoding: list[BatchSequence] = []
+        self._inflight: collections.deque[_DecodeStep] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[Any]] = set()
+        self._ids = itertools.count(1)
+        self._failure: NpudError | None = None
+        self._closed = False
+        self._counts = collections.Counter[str]()
+
+    # ---- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the context, queues and scratch buffers; attach or upload the weights; start
+        the scheduling task.
+
+        Raises:
+            ResourceExhausted: npud's quotas or memory cannot hold the model.
+            Unavailable: npud is not there.
+        """
+        ctx = await self.client.create_context(self.device, label=self.label)
+        self.context_id = ctx.context_id
+        try:
+            decode = await self.client.create_queue(
+                ctx, SchedulingClass.LATENCY, label=f"{self.label}/decode"
+            )
+            self._decode_queue = decode.queue_id
+            for spec in self.plan.buffers:
+                if spec.kind is BufferKind.WEIGHTS:
+                    self._weights[spec.name] = await self._materialise(spec.name)
+            size = decode_scratch(self.model.config, self.max_batch).size
+            self._decode_scratch = await self.client.create_buffer(
+                ctx, size, usage=BufferUsage.SCRATCH
+            )
+            tiers = (Tier.INTERACTIVE, Tier.BATCH) if self.priorities else (Tier.INTERACTIVE,)
+            for tier in tiers:
+                cls = (
+                    SchedulingClass.BACKGROUND
+                    if tier is Tier.BATCH
+                    else (SchedulingClass.THROUGHPUT)
+                )
+                queue = await self.client.create_queue(
+                    ctx, cls, label=f"{self.label}/prefill/{tier}"
+                )
+                scratch = await self.client.create_buffer(
+                    ctx, self.plan.scratch.size, usage=BufferUsage.SCRATCH
+                )
+                self._lanes[tier] = _Lane(tier, queue.queue_id, scratch, self.plan.chunk)
+            self._stream = self.client.submit_stream(ctx)
+        except BaseException:
+            await self._destroy_context()
+            raise
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _materialise(self, name: str) -> ClientBuffer:
+        assert self.context_id is not None
+        ctx = self.context_id
+        spec = next(s for s in self.plan.buffers if s.name == name)
+        assert spec.pack is not None
+        key = KEY_PREFIX + spec.pack.key
+        try:
+            buf = await self.client.open_persistent(ctx, key)
+        except NotFound:
+            try:
+                buf = await self.client.create_buffer(
+                    ctx,
+                    spec.size,
+                    usage=BufferUsage.WEIGHTS,
+                    persistence=Persistence.PERSISTENT,
+                    key=key,
+                )
+            except AlreadyExists:
+                buf = await self.client.open_persistent(ctx, key)
+        if not buf.valid:
+            buf = await self.client.write_buffer(ctx, buf, spec.pack.data)
+        return buf
+
+    async def _destroy_context(self) -> None:
+        if self.context_id is not None:
+            ctx, self.context_id = self.context_id, None
+            with contextlib.suppress(NpudError):
+                await self.client.destroy_context(ctx)
+
+    async def close(self) -> None:
+        """Fail every sequence with ``Unavailable``, stop the task and destroy the context
+        (its state and scratch buffers die with it; the weights stay warm in npud).
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(Unavailable("the batcher is shutting down"))
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
+        await self._destroy_context()
+
+    @property
+    def broken(self) -> NpudError | None:
+        """The error that stopped the batcher (npud went away), if any."""
+        return self._failure
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def check(self, request: Request) -> None:
+        """Check a request against the model and the KV cache before anything is queued.
+
+        Raises:
+            InvalidArgument: an empty prompt, an id outside the vocabulary, a prompt that
+                leaves no room for one new id in the KV cache, or ``max_new_tokens`` < 1.
+        """
+        if request.max_new_tokens < 1:
+            raise InvalidArgument(
+                f"max_new_tokens must be at least 1, got {request.max_new_tokens}"
+            )
+        if not request.prompt:
+            raise InvalidArgument("the prompt must hold at least one token")
+        check_ids(request.prompt, self.model.config.vocab_size)
+        if len(request.prompt) > self.plan.max_seq:
+            raise InvalidArgument(
+                f"the prompt has {len(request.prompt)} tokens but the context holds "
+                f"{self.plan.max_seq}"
+            )
+
+    async def submit(self, request: Request) -> BatchSequence:
+        """Queue ``request``; returns once it holds a slot and its buffers exist on npud.
+
+        The caller owns the returned sequence's iteration and must either read it to the end
+        or :meth:`BatchSequence.cancel` it (a cancelled coroutine here cancels it itself).
+
+        Raises:
+            InvalidArgument: see :meth:`check`.
+            QueueFull: ``max_waiting`` requests already wait for a slot.
+            ResourceExhausted: npud's quotas or memory refuse the sequence's buffers.
+            Unavailable: npud is gone (or the batcher is closed).
+        """
+        self.check(request)
+        if self._failure is not None or self._closed:
+            raise self._failure or Unavailable("the batcher is closed")
+        if self._waiting_count() >= self.max_waiting:
+            raise QueueFull(
+                f"{self.max_waiting} requests already wait for one of {self.max_batch} "
+                "decode slots; retry later"
+            )
+        seq = BatchSequence(next(self._ids), request, "")
+        seq.label = f"seq{seq.seq_id}"
+        seq.submitted_at = time.monotonic()
+        seq._cancel = self._cancel
+        self._counts["sequences"] += 1
+        waiting = self._waiting_batch if self._batch_lane(seq) else self._waiting
+        waiting.setdefault(request.user, collections.deque()).append(seq)
+        self._wake.set()
+        try:
+            await seq._granted.wait()
+            if seq.finish is not None:  # failed or cancelled while waiting
+                if seq.error is not None:
+                    raise seq.error
+                return seq
+            await self._allocate(seq)
+        except BaseException:
+            seq.cancel()
+            raise
+        return seq
+
+    def _batch_lane(self, seq: BatchSequence) -> bool:
+        return self.priorities and seq.request.tier is Tier.BATCH
+
+    def _waiting_count(self) -> int:
+        return sum(len(q) for q in self._waiting.values()) + sum(
+            len(q) for q in self._waiting_batch.values()
+        )
+
+    async def _allocate(self, seq: BatchSequence) -> None:
+        assert self.context_id is not None
+        ctx = self.context_id
+        by_name = {spec.name: spec for spec in self.plan.buffers}
+        try:
+            seq.tokens_buf = await self.client.create_buffer(
+                ctx, by_name[TOKENS].size, usage=BufferUsage.STATE
+            )
+            seq.kv_buf = await self.client.create_buffer(
+                ctx, by_name[KV].size, usage=BufferUsage.STATE
+            )
+            prompt = np.asarray(seq.request.prompt, dtype="<i4").tobytes()
+            await self.client.write_buffer(ctx, seq.tokens_buf, prompt)
+        except NpudError as exc:
+            self._finish(seq, Finish.ERROR, exc)
+            raise
+        if seq.finish is not None:  # cancelled meanwhile
+            self._maybe_release(seq)
+            return
+        seq.state = SeqState.PREFILL
+        lane = self._lanes[Tier.BATCH if self._batch_lane(seq) else Tier.INTERACTIVE]
+        lane.users.setdefault(seq.request.user, collections.deque()).append(seq)
+        self._wake.set()
+
+    def _cancel(self, seq: BatchSequence, finish: Finish) -> None:
+        if seq.finish is not None:
+            return
+        for waiting in (self._waiting, self._waiting_batch):
+            queue = waiting.get(seq.request.user)
+            if queue is not None and seq in queue:
+                queue.remove(seq)
+                if not queue:
+                    del waiting[seq.request.user]
+        for lane in self._lanes.values():
+            queue = lane.users.get(seq.request.user)
+            if queue is not None and seq in queue:
+                queue.remove(seq)
+                if not queue:
+                    del lane.users[seq.request.user]
+            if lane.in_flight is not None and lane.in_flight[0] is seq:
+                self._chore(self._cancel_jobs(lane.queue_id, seq.label))
+        if finish is Finish.CANCELLED:
+            self._counts["cancelled"] += 1
+        self._finish(seq, finish)
+
+    async def _cancel_jobs(self, queue_id: str, label: str) -> None:
+        if self.context_id is None:
+            return
+        ctx = self.context_id
+        with contextlib.suppress(NpudError):
+            jobs = await self.client.jobs(ctx, queue=queue_id, states=_UNFINISHED)
+            for job in jobs:
+                if job.label.startswith(label + " ") and not job.terminal:
+                    with contextlib.suppress(NpudError):
+                        await self.client.cancel(ctx, job.job_id)
+
+    def _finish(self, seq: BatchSequence, finish: Finish, error: NpudError | None = None) -> None:
+        if seq.finish is not None:
+            return
+        seq.finish = finish
+        seq.error = error
+        if error is not None:
+            self._counts["failed"] += 1
+        elif finish is not Finish.CANCELLED:
+            self._counts["finished"] += 1
+        if seq in self._decoding:
+            self._decoding.remove(seq)
+        seq.state = SeqState.DONE
+        seq._granted.set()
+        seq._events.put_nowait(END)
+        self._maybe_release(seq)
+        self._wake.set()
+
+    def _maybe_release(self, seq: BatchSequence) -> None:
+        if seq.in_flight > 0 or seq.finish is None:
+            return
+        self._slots.pop(seq.seq_id, None)
+        buffers = [b for b in (seq.tokens_buf, seq.kv_buf) if b is not None]
+        seq.tokens_buf = seq.kv_buf = None
+        if buffers:
+            self._chore(self._release(buffers))
+        self._wake.set()
+
+    async def _release(self, buffers: Iterable[ClientBuffer]) -> None:
+        if self.context_id is None:
+            return
+        for buf in buffers:
+            with contextlib.suppress(NpudError):
+                await self.client.release_buffer(self.context_id, buf)
+                self._counts["released_buffers"] += 1
+
+    def _chore(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _fail_all(self, error: NpudError) -> None:
+        everyone = [*self._slots.values()]
+        for waiting in (self._waiting, self._waiting_batch):
+            for queue in waiting.values():
+                everyone += queue
+            waiting.clear()
+        for seq in everyone:
+            seq.in_flight = 0
+            self._finish(seq, Finish.ERROR, error)
+
+    # ---- the scheduling loop --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._admit()
+                await self._reap()
+                await self._submit_prefill()
+                await self._submit_decode()
+                await self._wake.wait()
+                self._wake.clear()
+        except NpudError as exc:  # the stream or npud failed: nothing can go on
+            self._failure = exc if isinstance(exc, Unavailable) else Unavailable(str(exc))
+            self._fail_all(self._failure)
+
+    def _admit(self) -> None:
+        # Why slots are granted here and not at submit: the batch is bounded (max_batch rows
+        # per step), and who gets the next free slot is the isolation policy: interactive
+        # before batch, users round-robin, no user beyond max_per_user, the batch tier never
+        # into the reserved slots.
+        while len(self._slots) < self.max_batch:
+            seq = self._pick(self._waiting, self.max_batch)
+            if seq is None:
+                seq = self._pick(self._waiting_batch, self.max_batch - self.reserved_interactive)
+            if seq is None:
+                return
+            self._slots[seq.seq_id] = seq
+            seq.state = SeqState.ADMITTED
+            seq._granted.set()
+
+    def _pick(
+        self, waiting: collections.OrderedDict[str, collections.deque[BatchSequence]], limit: int
+    ) -> BatchSequence | None:
+        if len(self._slots) >= limit:
+            return None
+        held = collections.Counter(s.request.user for s in self._slots.values())
+        for user in list(waiting):
+            if held[user] >= self.max_per_user and self.priorities:
+                continue
+            queue = waiting[user]
+            seq = queue.popleft()
+            del waiting[user]
+            if queue:
+                waiting[user] = queue  # to the back: round-robin between users
+            return seq
+        return None
+
+    async def _reap(self) -> None:
+        for lane in self._lanes.values():
+            if lane.in_flight is not None and lane.in_flight[2].done():
+                seq, steps, fut = lane.in_flight
+                lane.in_flight = None
+                seq.in_flight -= 1
+                await self._on_prefill(lane, seq, steps, fut.result())
+        while self._inflight and self._inflight[0].future.done():
+            step = self._inflight.popleft()
+            await self._on_decode(step, step.future.result())
+
+    async def _on_prefill(
+        self, lane: _Lane, seq: BatchSequence, steps: list[Step], result: JobResult
+    ) -> None:
+        if seq.finish is not None:
+            self._maybe_release(seq)
+            return
+        if not result.ok:
+            error = _step_error(f"{seq.label} {steps[-1].label}", result)
+            if isinstance(error, TimeSliceExceeded) and lane.chunk > 1:
+                # smaller chunks and the prompt again from the start: every chunk rewrites
+                # its own KV positions, so this is exact (see npud.llm.generator)
+                lane.chunk = max(1, lane.chunk // 2)
+                self._counts["rechunks"] += 1
+                seq.prefill_at = 0
+                lane.users.setdefault(seq.request.user, collections.deque()).appendleft(seq)
+                return
+            self._finish(seq, Finish.ERROR, error)
+            return
+        self._counts["prefill_chunks"] += 1
+        end = steps[-1].start_pos + steps[-1].n_tokens
+        seq.prefill_at = end
+        if end < len(seq.request.prompt):
+            queue = lane.users.setdefault(seq.request.user, collections.deque())
+            queue.appendleft(seq)  # its turn comes again when the round-robin gets back
+            lane.users.move_to_end(seq.request.user)
+            return
+        token = int.from_bytes(result.readbacks[0], "little", signed=True)
+        seq.first_token_at = time.monotonic()
+        seq.position = seq.submitted_to = len(seq.request.prompt)
+        if seq.request.sampler is not None and len(result.readbacks) > 1:
+            token = await self._sampled(seq, result.readbacks[1])
+        self._emit(seq, token)
+        if seq.finish is None:
+            seq.state = SeqState.DECODE
+            self._decoding.append(seq)
+
+    def _emit(self, seq: BatchSequence, token: int) -> None:
+        seq.generated.append(token)
+        seq._events.put_nowait(token)
+        eos = self.model.config.eos_token_id
+        if seq.request.stop_at_eos and token == eos:
+            self._finish(seq, Finish.STOP)
+        elif len(seq.generated) >= seq.request.max_new_tokens:
+            self._finish(seq, Finish.LENGTH)
+        elif seq.position >= self.plan.max_seq:
+            self._finish(seq, Finish.CONTEXT)
+
+    async def _on_decode(self, step: _DecodeStep, result: JobResult) -> None:
+        for seq in step.rows:
+            seq.in_flight -= 1
+        error = None if result.ok else _step_error(f"decode step of {len(step.rows)}", result)
+        sampled_logits = iter(result.readbacks[len(step.rows) :]) if result.ok else iter(())
+        for index, seq in enumerate(step.rows):
+            logits = next(sampled_logits) if step.sampled[index] else None
+            if seq.finish is not None:
+                self._maybe_release(seq)
+                continue
+            if error is not None:
+                self._finish(seq, Finish.ERROR, error)
+                continue
+            token = int.from_bytes(result.readbacks[index], "little", signed=True)
+            seq.position = step.positions[index] + 1
+            if logits is not None:
+                token = await self._sampled(seq, logits)
+            self._emit(seq, token)
+
+    async def _sampled(self, seq: BatchSequence, logits: bytes) -> int:
+        # The host's pick replaces the device's ARGMAX id where the next step reads it.
+        assert seq.request.sampler is not None
+        assert self.context_id is not None
+        row = np.frombuffer(logits, dtype="<f4", count=self.model.config.vocab_size)
+        token = int(seq.request.sampler(row))
+        if seq.tokens_buf is not None:
+            data = token.to_bytes(4, "little", signed=True)
+            await self.client.write_buffer(
+                self.context_id, seq.tokens_buf, data, offset=seq.position * 4
+            )
+            self._counts["sampled_writes"] += 1
+        return token
+
+    async def _submit_prefill(self) -> None:
+        assert self._stream is not None
+        for lane in self._lanes.values():
+            if lane.in_flight is not None or not lane.users:
+                continue
+            user = next(iter(lane.users))
+            queue = lane.users.pop(user)
+            seq = queue.popleft()
+            if queue:
+                lane.users[user] = queue  # the user's next prompt goes to the back
+            start = seq.prefill_at
+            n_prompt = len(seq.request.prompt)
+            n = min(lane.chunk, n_prompt - start)
+            last = start + n == n_prompt
+            step = self.compiler.step(
+                start, n, emit_token=last, kind=StepKind.PREFILL, chunk=lane.chunk
+            )
+            names = {TOKENS: seq.tokens_buf, KV: seq.kv_buf, SCRATCH: lane.scratch}
+            bindings = tuple(
+                Bind(names.get(name) or self._weights[name], _access(access))
+                for name, access in step.bindings
+            )
+            spec = JobSpec(
+                queue=lane.queue_id,
+                command=step.command,
+                bindings=bindings,
+                kind=step.tag,
+                label=f"{seq.label} {step.label}",
+                timeout_s=self.job_timeout_s,
+            )
+            readbacks: tuple[Readback, ...] = ()
+            if last:
+                assert seq.tokens_buf is not None
+                readbacks = (Readback(seq.tokens_buf, n_prompt * 4, 4),)
+                if seq.request.sampler is not None:
+                    # safe to read the lane's scratch: its next chunk waits for this result
+                    layout = self.plan.scratch
+                    width = layout.widths["logits"] * 4
+                    logits = Readback(lane.scratch, layout.offsets["logits"], width)
+                    readbacks = (*readbacks, logits)
+            fut = await self._stream.submit(spec, readbacks)
+            fut.add_done_callback(lambda _f: self._wake.set())
+            seq.in_flight += 1
+            lane.in_flight = (seq, [step], fut)
+
+    async def _submit_decode(self) -> None:
+        assert self._stream is not None
+        sampling = any(s.request.sampler is not None for s in self._decoding)
+        depth = 1 if sampling else self.depth
+        while len(self._inflight) < depth:
+            rows = [s for s in self._decoding if self._ready(s)]
+            if not rows:
+                return
+            rows = rows[: self.max_batch]
+            positions = tuple(s.submitted_to for s in rows)
+            step = self.compiler.decode_batch(positions, max_rows=self.max_batch)
+            assert self._decode_scratch is not None
+            names: dict[str, ClientBuffer | None] = {DECODE_SCRATCH: self._decode_scratch}
+            for r, seq in enumerate(rows):
+                tokens_name, kv_name = row_buffers(r)
+                names[tokens_name], names[kv_name] = seq.tokens_buf, seq.kv_buf
+            bindings = tuple(
+                Bind(names.get(name) or self._weights[name], _access(access))
+                for name, access in step.bindings
+            )
+            readbacks: list[Readback] = []
+            for seq, position in zip(rows, positions, strict=True):
+                assert seq.tokens_buf is not None
+                readbacks.append(Readback(seq.tokens_buf, (position + 1) * 4, 4))
+            sampled = tuple(s.request.sampler is not None for s in rows)
+            layout = decode_scratch(self.model.config, self.max_batch)
+            width = layout.widths["logits"] * 4
+            for r, is_sampled in enumerate(sampled):
+                if is_sampled:
+                    offset = layout.offsets["logits"] + r * width
+                    readbacks.append(Readback(self._decode_scratch, offset, width))
+            spec = JobSpec(
+                queue=self._decode_queue,
+                command=step.command,
+                bindings=bindings,
+                kind="decode",
+                label=f"decode x{len(rows)}",
+                timeout_s=self.job_timeout_s,
+            )
+            fut = await self._stream.submit(spec, readbacks)
+            fut.add_done_callback(lambda _f: self._wake.set())
+            for seq in rows:
+                seq.in_flight += 1
+                seq.submitted_to += 1
+            self._inflight.append(_DecodeStep(tuple(rows), positions, sampled, fut))
+            self._counts["decode_steps"] += 1
+            self._counts["decode_rows"] += len(rows)
+
+    def _ready(self, seq: BatchSequence) -> bool:
+        # The budget is known before the step: never submit past max_new_tokens or the cache.
+        # Ids the sequence will have once every submitted step is back: the prefill's one
+        # plus one per decode step.
+        ids_after = 1 + seq.submitted_to - len(seq.request.prompt)
+        if ids_after >= seq.request.max_new_tokens or seq.submitted_to >= self.plan.max_seq:
+            return False
+        return not (seq.request.sampler is not None and seq.in_flight > 0)
+
+    def statistics(self) -> BatcherStatistics:
+        """A frozen snapshot of the batcher's counters."""
+        prefilling = sum(
+            len(q) for lane in self._lanes.values() for q in lane.users.values()
+        ) + sum(1 for lane in self._lanes.values() if lane.in_flight is not None)
+        c = self._counts
+        return BatcherStatistics(
+            waiting=self._waiting_count(),
+            prefilling=prefilling,
+            decoding=len(self._decoding),
+            sequences=c["sequences"],
+            finished=c["finished"],
+            cancelled=c["cancelled"],
+            failed=c["failed"],
+            decode_steps=c["decode_steps"],
+            decode_rows=c["decode_rows"],
+            prefill_chunks=c["prefill_chunks"],
+            rechunks=c["rechunks"],
+            sampled_writes=c["sampled_writes"],
+            released_buffers=c["released_buffers"],
+        )
+
+
+def time_to_first_token(seq: BatchSequence) -> float:
+    """Seconds from :meth:`Batcher.submit` to the first id (NaN before it)."""
+    return seq.first_token_at - seq.submitted_at if seq.first_token_at else math.nan
