@@ -20,8 +20,9 @@ import numpy.typing as npt
 from npud.client import Buffer as ClientBuffer
 from npud.errors import NpudError
 
-Sampler = Callable[[npt.NDArray[np.float32]], int]
-"""Picks the next id from one row of logits (float32 ``[vocab]``); the seam for sampling."""
+Pick = Callable[[npt.NDArray[np.float32]], int]
+"""Picks the next id from one row of logits (float32 ``[vocab]``), e.g.
+:meth:`npud.llm.sampling.Sampler.pick_from_logits` of one sequence's sampler."""
 
 
 class Tier(enum.StrEnum):
@@ -54,7 +55,7 @@ class Request:
     tier: Tier = Tier.INTERACTIVE
     user: str = ""
     stop_at_eos: bool = True
-    sampler: Sampler | None = None
+    sampler: Pick | None = None
 
 
 class SeqState(enum.Enum):
