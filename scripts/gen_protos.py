@@ -33,9 +33,13 @@ def generate(out: Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     for old in target.glob("*_pb2*.py*"):
         old.unlink()
+    from importlib.resources import files
+
+    well_known = files("grpc_tools") / "_proto"  # google/protobuf/*.proto, shipped with protoc
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",

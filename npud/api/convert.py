@@ -8,6 +8,7 @@ raises :class:`~npud.errors.InvalidArgument` naming the field and the value.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
@@ -319,6 +320,11 @@ def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
         age_s=max(0.0, now - info.submitted_at),
         context_label=info.context_label,
     )
+    # core's clock is monotonic; each transition is placed on the wall clock by its age now
+    wall_now = time.time()
+    for state, at in info.times:
+        entry = msg.transitions.add(state=_STATE_TO_WIRE[state])
+        entry.time.FromNanoseconds(round((wall_now - (now - at)) * 1e9))
     if info.completion is not None:
         msg.modelled_s = info.completion.modelled_s
         msg.bytes_read = info.completion.bytes_read

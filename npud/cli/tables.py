@@ -9,6 +9,7 @@ object. :func:`detail` renders any message as a field/value list for ``show``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 from typing import Any, Final
 
 from google.protobuf.message import Message
@@ -431,11 +432,17 @@ def detail(message: Message) -> Table:
     return table
 
 
+_TIMESTAMP = "google.protobuf.Timestamp"  # shown as one ISO 8601 time, not seconds + nanos
+
+
 def _flatten(message: Message, prefix: str) -> Iterable[tuple[str, str]]:
     for field in message.DESCRIPTOR.fields:
         name = prefix + field.name
         value: Any = getattr(message, field.name)
-        if field.message_type is not None:
+        if field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+            if message.HasField(field.name):
+                yield name, value.ToDatetime(tzinfo=UTC).isoformat(timespec="microseconds")
+        elif field.message_type is not None:
             if _is_repeated(field):
                 for i, item in enumerate(value):
                     yield from _flatten(item, f"{name}[{i}].")

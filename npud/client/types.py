@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from npud.v1 import (
@@ -430,11 +431,20 @@ class Job:
     engine: int
     age_s: float
     context_label: str = ""  # the label its context was created with
+    # every state it entered, in order, with the wall-clock time (UTC) it entered it
+    transitions: tuple[tuple[JobState, datetime], ...] = ()
 
     @property
     def terminal(self) -> bool:
         """Whether the job has finished."""
         return self.state.terminal
+
+    def entered(self, state: JobState) -> datetime | None:
+        """When the job entered ``state`` (UTC), or None if it has not."""
+        for seen, at in self.transitions:
+            if seen is state:
+                return at
+        return None
 
     @classmethod
     def from_wire(cls, msg: job_pb2.Job) -> Job:
@@ -456,6 +466,9 @@ class Job:
             engine=msg.engine,
             age_s=msg.age_s,
             context_label=msg.context_label,
+            transitions=tuple(
+                (state_from_wire(t.state), t.time.ToDatetime(tzinfo=UTC)) for t in msg.transitions
+            ),
         )
 
 

@@ -22,70 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from npud.v1 import types_pb2 as npud_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11npud/v1/job.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\"\xb8\x01\n\x05Queue\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x32\n\x10scheduling_class\x18\x03 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x13\n\x0b\x64\x65pth_limit\x18\x05 \x01(\r\x12\x10\n\x08in_order\x18\x06 \x01(\x08\x12\r\n\x05label\x18\x07 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x08 \x01(\r\"\xa8\x01\n\x12\x43reateQueueRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x32\n\x10scheduling_class\x18\x02 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65pth_limit\x18\x04 \x01(\r\x12\x14\n\x0cout_of_order\x18\x05 \x01(\x08\x12\r\n\x05label\x18\x06 \x01(\t\"4\n\x13\x43reateQueueResponse\x12\x1d\n\x05queue\x18\x01 \x01(\x0b\x32\x0e.npud.v1.Queue\";\n\x13\x44\x65stroyQueueRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65stroyQueueResponse\"4\n\x11ListQueuesRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"4\n\x12ListQueuesResponse\x12\x1e\n\x06queues\x18\x01 \x03(\x0b\x32\x0e.npud.v1.Queue\"C\n\x07\x42inding\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x15.npud.v1.BufferAccess\"=\n\nCommandRef\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xff\x01\n\x07JobSpec\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x18\n\x0e\x63ommand_inline\x18\x02 \x01(\x0cH\x00\x12-\n\x0e\x63ommand_buffer\x18\x03 \x01(\x0b\x32\x13.npud.v1.CommandRefH\x00\x12\"\n\x08\x62indings\x18\x04 \x03(\x0b\x32\x10.npud.v1.Binding\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12\r\n\x05label\x18\t \x01(\t\x12\x12\n\nestimate_s\x18\n \x01(\x01\x42\t\n\x07\x63ommand\";\n\x08Readback\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"?\n\x0cReadbackData\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xeb\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x10\n\x08queue_id\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.npud.v1.JobState\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x32\n\x10scheduling_class\x18\x07 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.npud.v1.ErrorInfo\x12\x14\n\x0cqueue_wait_s\x18\t \x01(\x01\x12\r\n\x05run_s\x18\n \x01(\x01\x12\x12\n\nmodelled_s\x18\x0b \x01(\x01\x12\x12\n\nbytes_read\x18\x0c \x01(\x04\x12\x15\n\rbytes_written\x18\r \x01(\x04\x12\x0e\n\x06\x65ngine\x18\x0e \x01(\x05\x12\r\n\x05\x61ge_s\x18\x0f \x01(\x01\x12\x15\n\rcontext_label\x18\x10 \x01(\t\"G\n\x11SubmitJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x1e\n\x04jobs\x18\x02 \x03(\x0b\x32\x10.npud.v1.JobSpec\"0\n\x12SubmitJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.npud.v1.Job\"{\n\x13SubmitStreamRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.npud.v1.JobSpec\x12$\n\treadbacks\x18\x04 \x03(\x0b\x32\x11.npud.v1.Readback\"\x8b\x01\n\x14SubmitStreamResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x19\n\x03job\x18\x02 \x01(\x0b\x32\x0c.npud.v1.Job\x12(\n\treadbacks\x18\x03 \x03(\x0b\x32\x15.npud.v1.ReadbackData\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.npud.v1.ErrorInfo\"G\n\x0eWaitJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\",\n\x0fWaitJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\".\n\x11\x43\x61ncelJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"3\n\x10WatchJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\".\n\x11WatchJobsResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"g\n\x0fListJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12!\n\x06states\x18\x03 \x03(\x0e\x32\x11.npud.v1.JobState\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.npud.v1.Job\"3\n\rGetJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"+\n\x0eGetJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job2\xc6\x05\n\nJobService\x12H\n\x0b\x43reateQueue\x12\x1b.npud.v1.CreateQueueRequest\x1a\x1c.npud.v1.CreateQueueResponse\x12K\n\x0c\x44\x65stroyQueue\x12\x1c.npud.v1.DestroyQueueRequest\x1a\x1d.npud.v1.DestroyQueueResponse\x12\x45\n\nListQueues\x12\x1a.npud.v1.ListQueuesRequest\x1a\x1b.npud.v1.ListQueuesResponse\x12\x45\n\nSubmitJobs\x12\x1a.npud.v1.SubmitJobsRequest\x1a\x1b.npud.v1.SubmitJobsResponse\x12O\n\x0cSubmitStream\x12\x1c.npud.v1.SubmitStreamRequest\x1a\x1d.npud.v1.SubmitStreamResponse(\x01\x30\x01\x12<\n\x07WaitJob\x12\x17.npud.v1.WaitJobRequest\x1a\x18.npud.v1.WaitJobResponse\x12\x42\n\tCancelJob\x12\x19.npud.v1.CancelJobRequest\x1a\x1a.npud.v1.CancelJobResponse\x12\x44\n\tWatchJobs\x12\x19.npud.v1.WatchJobsRequest\x1a\x1a.npud.v1.WatchJobsResponse0\x01\x12?\n\x08ListJobs\x12\x18.npud.v1.ListJobsRequest\x1a\x19.npud.v1.ListJobsResponse\x12\x39\n\x06GetJob\x12\x16.npud.v1.GetJobRequest\x1a\x17.npud.v1.GetJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11npud/v1/job.proto\x12\x07npud.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13npud/v1/types.proto\"\xb8\x01\n\x05Queue\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x32\n\x10scheduling_class\x18\x03 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x13\n\x0b\x64\x65pth_limit\x18\x05 \x01(\r\x12\x10\n\x08in_order\x18\x06 \x01(\x08\x12\r\n\x05label\x18\x07 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x08 \x01(\r\"\xa8\x01\n\x12\x43reateQueueRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x32\n\x10scheduling_class\x18\x02 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65pth_limit\x18\x04 \x01(\r\x12\x14\n\x0cout_of_order\x18\x05 \x01(\x08\x12\r\n\x05label\x18\x06 \x01(\t\"4\n\x13\x43reateQueueResponse\x12\x1d\n\x05queue\x18\x01 \x01(\x0b\x32\x0e.npud.v1.Queue\";\n\x13\x44\x65stroyQueueRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65stroyQueueResponse\"4\n\x11ListQueuesRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"4\n\x12ListQueuesResponse\x12\x1e\n\x06queues\x18\x01 \x03(\x0b\x32\x0e.npud.v1.Queue\"C\n\x07\x42inding\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x15.npud.v1.BufferAccess\"=\n\nCommandRef\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xff\x01\n\x07JobSpec\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x18\n\x0e\x63ommand_inline\x18\x02 \x01(\x0cH\x00\x12-\n\x0e\x63ommand_buffer\x18\x03 \x01(\x0b\x32\x13.npud.v1.CommandRefH\x00\x12\"\n\x08\x62indings\x18\x04 \x03(\x0b\x32\x10.npud.v1.Binding\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12\r\n\x05label\x18\t \x01(\t\x12\x12\n\nestimate_s\x18\n \x01(\x01\x42\t\n\x07\x63ommand\";\n\x08Readback\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"?\n\x0cReadbackData\x12\x11\n\tbuffer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x94\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x10\n\x08queue_id\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.npud.v1.JobState\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x32\n\x10scheduling_class\x18\x07 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.npud.v1.ErrorInfo\x12\x14\n\x0cqueue_wait_s\x18\t \x01(\x01\x12\r\n\x05run_s\x18\n \x01(\x01\x12\x12\n\nmodelled_s\x18\x0b \x01(\x01\x12\x12\n\nbytes_read\x18\x0c \x01(\x04\x12\x15\n\rbytes_written\x18\r \x01(\x04\x12\x0e\n\x06\x65ngine\x18\x0e \x01(\x05\x12\r\n\x05\x61ge_s\x18\x0f \x01(\x01\x12\x15\n\rcontext_label\x18\x10 \x01(\t\x12\'\n\x0btransitions\x18\x11 \x03(\x0b\x32\x12.npud.v1.StateTime\"W\n\tStateTime\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.npud.v1.JobState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x11SubmitJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x1e\n\x04jobs\x18\x02 \x03(\x0b\x32\x10.npud.v1.JobSpec\"0\n\x12SubmitJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.npud.v1.Job\"{\n\x13SubmitStreamRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.npud.v1.JobSpec\x12$\n\treadbacks\x18\x04 \x03(\x0b\x32\x11.npud.v1.Readback\"\x8b\x01\n\x14SubmitStreamResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x19\n\x03job\x18\x02 \x01(\x0b\x32\x0c.npud.v1.Job\x12(\n\treadbacks\x18\x03 \x03(\x0b\x32\x15.npud.v1.ReadbackData\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.npud.v1.ErrorInfo\"G\n\x0eWaitJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\",\n\x0fWaitJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\".\n\x11\x43\x61ncelJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"3\n\x10WatchJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\".\n\x11WatchJobsResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job\"g\n\x0fListJobsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12!\n\x06states\x18\x03 \x03(\x0e\x32\x11.npud.v1.JobState\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.npud.v1.Job\"3\n\rGetJobRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"+\n\x0eGetJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.npud.v1.Job2\xc6\x05\n\nJobService\x12H\n\x0b\x43reateQueue\x12\x1b.npud.v1.CreateQueueRequest\x1a\x1c.npud.v1.CreateQueueResponse\x12K\n\x0c\x44\x65stroyQueue\x12\x1c.npud.v1.DestroyQueueRequest\x1a\x1d.npud.v1.DestroyQueueResponse\x12\x45\n\nListQueues\x12\x1a.npud.v1.ListQueuesRequest\x1a\x1b.npud.v1.ListQueuesResponse\x12\x45\n\nSubmitJobs\x12\x1a.npud.v1.SubmitJobsRequest\x1a\x1b.npud.v1.SubmitJobsResponse\x12O\n\x0cSubmitStream\x12\x1c.npud.v1.SubmitStreamRequest\x1a\x1d.npud.v1.SubmitStreamResponse(\x01\x30\x01\x12<\n\x07WaitJob\x12\x17.npud.v1.WaitJobRequest\x1a\x18.npud.v1.WaitJobResponse\x12\x42\n\tCancelJob\x12\x19.npud.v1.CancelJobRequest\x1a\x1a.npud.v1.CancelJobResponse\x12\x44\n\tWatchJobs\x12\x19.npud.v1.WatchJobsRequest\x1a\x1a.npud.v1.WatchJobsResponse0\x01\x12?\n\x08ListJobs\x12\x18.npud.v1.ListJobsRequest\x1a\x19.npud.v1.ListJobsResponse\x12\x39\n\x06GetJob\x12\x16.npud.v1.GetJobRequest\x1a\x17.npud.v1.GetJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npud.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUEUE']._serialized_start=52
-  _globals['_QUEUE']._serialized_end=236
-  _globals['_CREATEQUEUEREQUEST']._serialized_start=239
-  _globals['_CREATEQUEUEREQUEST']._serialized_end=407
-  _globals['_CREATEQUEUERESPONSE']._serialized_start=409
-  _globals['_CREATEQUEUERESPONSE']._serialized_end=461
-  _globals['_DESTROYQUEUEREQUEST']._serialized_start=463
-  _globals['_DESTROYQUEUEREQUEST']._serialized_end=522
-  _globals['_DESTROYQUEUERESPONSE']._serialized_start=524
-  _globals['_DESTROYQUEUERESPONSE']._serialized_end=546
-  _globals['_LISTQUEUESREQUEST']._serialized_start=548
-  _globals['_LISTQUEUESREQUEST']._serialized_end=600
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=602
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=654
-  _globals['_BINDING']._serialized_start=656
-  _globals['_BINDING']._serialized_end=723
-  _globals['_COMMANDREF']._serialized_start=725
-  _globals['_COMMANDREF']._serialized_end=786
-  _globals['_JOBSPEC']._serialized_start=789
-  _globals['_JOBSPEC']._serialized_end=1044
-  _globals['_READBACK']._serialized_start=1046
-  _globals['_READBACK']._serialized_end=1105
-  _globals['_READBACKDATA']._serialized_start=1107
-  _globals['_READBACKDATA']._serialized_end=1170
-  _globals['_JOB']._serialized_start=1173
-  _globals['_JOB']._serialized_end=1536
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=1538
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=1609
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=1611
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1659
-  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1661
-  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1784
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1787
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=1926
-  _globals['_WAITJOBREQUEST']._serialized_start=1928
-  _globals['_WAITJOBREQUEST']._serialized_end=1999
-  _globals['_WAITJOBRESPONSE']._serialized_start=2001
-  _globals['_WAITJOBRESPONSE']._serialized_end=2045
-  _globals['_CANCELJOBREQUEST']._serialized_start=2047
-  _globals['_CANCELJOBREQUEST']._serialized_end=2101
-  _globals['_CANCELJOBRESPONSE']._serialized_start=2103
-  _globals['_CANCELJOBRESPONSE']._serialized_end=2149
-  _globals['_WATCHJOBSREQUEST']._serialized_start=2151
-  _globals['_WATCHJOBSREQUEST']._serialized_end=2202
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=2204
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=2250
-  _globals['_LISTJOBSREQUEST']._serialized_start=2252
-  _globals['_LISTJOBSREQUEST']._serialized_end=2355
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2357
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2403
-  _globals['_GETJOBREQUEST']._serialized_start=2405
-  _globals['_GETJOBREQUEST']._serialized_end=2456
-  _globals['_GETJOBRESPONSE']._serialized_start=2458
-  _globals['_GETJOBRESPONSE']._serialized_end=2501
-  _globals['_JOBSERVICE']._serialized_start=2504
-  _globals['_JOBSERVICE']._serialized_end=3214
+  _globals['_QUEUE']._serialized_start=85
+  _globals['_QUEUE']._serialized_end=269
+  _globals['_CREATEQUEUEREQUEST']._serialized_start=272
+  _globals['_CREATEQUEUEREQUEST']._serialized_end=440
+  _globals['_CREATEQUEUERESPONSE']._serialized_start=442
+  _globals['_CREATEQUEUERESPONSE']._serialized_end=494
+  _globals['_DESTROYQUEUEREQUEST']._serialized_start=496
+  _globals['_DESTROYQUEUEREQUEST']._serialized_end=555
+  _globals['_DESTROYQUEUERESPONSE']._serialized_start=557
+  _globals['_DESTROYQUEUERESPONSE']._serialized_end=579
+  _globals['_LISTQUEUESREQUEST']._serialized_start=581
+  _globals['_LISTQUEUESREQUEST']._serialized_end=633
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=635
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=687
+  _globals['_BINDING']._serialized_start=689
+  _globals['_BINDING']._serialized_end=756
+  _globals['_COMMANDREF']._serialized_start=758
+  _globals['_COMMANDREF']._serialized_end=819
+  _globals['_JOBSPEC']._serialized_start=822
+  _globals['_JOBSPEC']._serialized_end=1077
+  _globals['_READBACK']._serialized_start=1079
+  _globals['_READBACK']._serialized_end=1138
+  _globals['_READBACKDATA']._serialized_start=1140
+  _globals['_READBACKDATA']._serialized_end=1203
+  _globals['_JOB']._serialized_start=1206
+  _globals['_JOB']._serialized_end=1610
+  _globals['_STATETIME']._serialized_start=1612
+  _globals['_STATETIME']._serialized_end=1699
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=1701
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=1772
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=1774
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1822
+  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1824
+  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1947
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1950
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=2089
+  _globals['_WAITJOBREQUEST']._serialized_start=2091
+  _globals['_WAITJOBREQUEST']._serialized_end=2162
+  _globals['_WAITJOBRESPONSE']._serialized_start=2164
+  _globals['_WAITJOBRESPONSE']._serialized_end=2208
+  _globals['_CANCELJOBREQUEST']._serialized_start=2210
+  _globals['_CANCELJOBREQUEST']._serialized_end=2264
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2266
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2312
+  _globals['_WATCHJOBSREQUEST']._serialized_start=2314
+  _globals['_WATCHJOBSREQUEST']._serialized_end=2365
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=2367
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=2413
+  _globals['_LISTJOBSREQUEST']._serialized_start=2415
+  _globals['_LISTJOBSREQUEST']._serialized_end=2518
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2520
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2566
+  _globals['_GETJOBREQUEST']._serialized_start=2568
+  _globals['_GETJOBREQUEST']._serialized_end=2619
+  _globals['_GETJOBRESPONSE']._serialized_start=2621
+  _globals['_GETJOBRESPONSE']._serialized_end=2664
+  _globals['_JOBSERVICE']._serialized_start=2667
+  _globals['_JOBSERVICE']._serialized_end=3377
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ npud API v1: queues and jobs."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from npud.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -395,6 +396,7 @@ class Job(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
     CONTEXT_LABEL_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     context_id: _builtins.str
     queue_id: _builtins.str
@@ -422,6 +424,12 @@ class Job(_message.Message):
     def error(self) -> _types_pb2.ErrorInfo:
         """Set for FAILED, CANCELLED, TIMED_OUT and REJECTED jobs."""
 
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateTime]:
+        """Every state the job has entered, in order, with the wall-clock time it entered it
+        (QUEUED at submission, then READY, RUNNING and its final state as they happen).
+        """
+
     def __init__(
         self,
         *,
@@ -441,14 +449,40 @@ class Job(_message.Message):
         engine: _builtins.int = ...,
         age_s: _builtins.float = ...,
         context_label: _builtins.str = ...,
+        transitions: _abc.Iterable[Global___StateTime] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "bytes_read", b"bytes_read", "bytes_written", b"bytes_written", "context_id", b"context_id", "context_label", b"context_label", "engine", b"engine", "error", b"error", "job_id", b"job_id", "kind", b"kind", "label", b"label", "modelled_s", b"modelled_s", "queue_id", b"queue_id", "queue_wait_s", b"queue_wait_s", "run_s", b"run_s", "scheduling_class", b"scheduling_class", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "bytes_read", b"bytes_read", "bytes_written", b"bytes_written", "context_id", b"context_id", "context_label", b"context_label", "engine", b"engine", "error", b"error", "job_id", b"job_id", "kind", b"kind", "label", b"label", "modelled_s", b"modelled_s", "queue_id", b"queue_id", "queue_wait_s", b"queue_wait_s", "run_s", b"run_s", "scheduling_class", b"scheduling_class", "state", b"state", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class StateTime(_message.Message):
+    """StateTime is one transition of a job: the state it entered and when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    state: _types_pb2.JobState.ValueType
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: _types_pb2.JobState.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateTime: _TypeAlias = StateTime  # noqa: Y015
 
 @_typing.final
 class SubmitJobsRequest(_message.Message):

@@ -3,6 +3,11 @@ from core's snapshot through the client's Job."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC
+
+import pytest
+
 from npud.api.convert import job_to_wire
 from npud.client.types import Job as ClientJob
 from npud.client.types import JobState as ClientState
@@ -41,3 +46,35 @@ def test_a_job_message_names_its_context_by_id_and_label() -> None:
     assert client.context_id == ctx.id
     assert client.state is ClientState.COMPLETED
     assert "context_label" in {f.name for f in job_pb2.Job.DESCRIPTOR.fields}
+
+
+def test_a_job_message_carries_the_wall_clock_time_of_every_state_it_entered() -> None:
+    """Every transition is timestamped on the wire: the states in the order the job entered
+    them, each at its wall-clock time (core's monotonic times moved onto the wall clock by
+    their age), and the client reads them back as UTC datetimes."""
+    bed = make_bed()
+    ctx = bed.context()
+    [job] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.25)
+    bed.clock.advance(0.1)
+    bed.run()
+    before = time.time()
+    msg = job_to_wire(job, bed.core.now())
+    after = time.time()
+    states = [t.state for t in msg.transitions]
+    assert states == [types_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in job.times]
+    assert states[0] == types_pb2.JOB_STATE_QUEUED
+    assert states[-1] == types_pb2.JOB_STATE_COMPLETED
+    assert types_pb2.JOB_STATE_RUNNING in states
+    stamps = [t.time.ToNanoseconds() / 1e9 for t in msg.transitions]
+    assert stamps == sorted(stamps)
+    ages = [bed.core.now() - at for at in job.times.values()]
+    for stamp, age in zip(stamps, ages, strict=True):
+        assert before - age - 1e-3 <= stamp <= after - age + 1e-3
+    assert stamps[-1] - stamps[0] == pytest.approx(job.finished_at - job.submitted_at, abs=1e-6)
+    client = ClientJob.from_wire(msg)
+    assert [s for s, _ in client.transitions][-1] is ClientState.COMPLETED
+    done = client.entered(ClientState.COMPLETED)
+    assert done is not None
+    assert done.tzinfo is UTC
+    assert done.timestamp() == pytest.approx(stamps[-1], abs=1e-6)
+    assert client.entered(ClientState.FAILED) is None

@@ -260,6 +260,7 @@ def npuctl_json(*args: str, socket_path: Path) -> Any:
 
 _VOLATILE = (
     (re.compile(r"\b(ctx|q|job|buf)-[0-9a-f]{8,}"), r"\1-<id>"),
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"), "<time>"),
     (re.compile(r"\(\d+\)"), "(<pid>)"),
     (re.compile(r"\d+ context\(s\), \d+ live job\(s\)"), "<n> context(s), <n> live job(s)"),
     (re.compile(r"[█░]{10}"), "<bar>"),
