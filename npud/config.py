@@ -101,6 +101,53 @@ class Scheduling(BaseModel):
         return self
 
 
+class CuConfig(BaseModel):
+    """One compute unit of an amdxdna program: its PDI image file and function number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pdi: Path
+    func: int = Field(default=0, ge=0, le=255)
+
+    @field_validator("pdi")
+    @classmethod
+    def _readable(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file (expected a PDI image of the xclbin)")
+        if value.stat().st_size == 0:
+            raise ValueError(f"{value} is empty (expected a PDI image of the xclbin)")
+        return value
+
+
+class Amdxdna(BaseModel):
+    """``[amdxdna]``: the program an AMD XDNA NPU runs and how npud lays it out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The PDI images (and function numbers) loaded into every hardware context npud creates
+    # (CONFIG_HWCTX). Without them the kernel refuses every command, so an amdxdna NPU is
+    # served only when they are set.
+    cu_configs: tuple[CuConfig, ...] = ()
+    # Hardware-context lanes exposed as engines (at most the device's context limit).
+    engines: int = Field(default=4, ge=1, le=16)
+
+
+_HOOK = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Qaic(BaseModel):
+    """``[qaic]``: how a Cloud AI 100's network is activated on npud's file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "package.module:function": called with npud's open file of the card, it activates the
+    # network (the Cloud AI SDK's NNC protocol over DRM_IOCTL_QAIC_MANAGE) and returns the DMA
+    # Bridge Channel ids, one engine each. A qaic is served only when it is set.
+    activate: str | None = Field(default=None, pattern=_HOOK)
+    # Send each job's command range as the request's first input.
+    command_input: bool = False
+
+
 class Settings(BaseModel):
     """Every setting of the daemon, with its default (see systemd/npud.toml.example)."""
 
@@ -125,6 +172,8 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     quotas: Quotas = Field(default_factory=Quotas)
     scheduler: Scheduling = Field(default_factory=Scheduling)
+    amdxdna: Amdxdna = Field(default_factory=Amdxdna)
+    qaic: Qaic = Field(default_factory=Qaic)
 
     @field_validator("socket_mode", mode="before")
     @classmethod

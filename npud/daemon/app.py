@@ -120,7 +120,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.log = get_logger("npud")
-        self.nodes: Nodes = nodes if nodes is not None else SystemNodes(self.log)
+        self.nodes: Nodes = nodes if nodes is not None else SystemNodes(self.log, settings)
         self.on_node: dict[str, NodeInfo] = {}  # device name -> the node it was opened on
         self.hotplug: HotplugWatcher | None = None
         self._source = hotplug

@@ -13,20 +13,28 @@ the adapters), so the daemon's device handling - start-up, recovery, hotplug - c
 over fake kernels in tests. The daemon remembers which node each real device was opened on
 (:attr:`DeviceChoice.nodes`): recovery finds a lost device's node again by its path, and
 hotplug matches a removed node to the device on it.
+
+Some adapters need more than a node: an amdxdna NPU runs nothing without its program (the PDI
+images of ``[amdxdna] cu_configs``), a qaic card nothing without its network activated on
+npud's file (``[qaic] activate``, a hook). :func:`adapter_options` takes those from the
+settings and names the missing setting in a :class:`~npud.errors.ConfigError` when one is not
+there; such a node is not served, and when no other device is, the daemon does not start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from npud.config import Settings
+from npud.devices.accel import KernelFile
 from npud.devices.accel_adapters import ADAPTERS, adapter_for
 from npud.devices.base import Device
 from npud.devices.discovery import NodeInfo, enumerate_nodes
-from npud.errors import DeviceLost, NpudError, Unsupported
+from npud.errors import ConfigError, DeviceLost, NpudError, Unsupported
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +69,91 @@ def _discover(log: Any) -> list[NodeInfo]:
         return []
 
 
-def _open_node(node: NodeInfo, log: Any) -> Device | None:
-    """An adapter for a discovered node, or None when no adapter drives it (logged)."""
-    driver = node.driver or ""
-    cls = adapter_for(driver)
-    if cls is None:
-        log.warning("devices.no_adapter", node=node.path, driver=driver or "unknown")
-        return None
+def load_hook(spec: str, setting: str) -> Callable[..., Any]:
+    """The callable named ``package.module:function`` by the setting ``setting``.
+
+    Raises:
+        ConfigError: it cannot be imported or is not callable (the message names the setting).
+    """
+    module_name, _, attr = spec.partition(":")
     try:
-        device: Device = cls(node.path, name=Path(node.path).name)
+        hook = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{setting}: cannot import {spec!r}: {exc}") from exc
+    if not callable(hook):
+        raise ConfigError(f"{setting}: {spec!r} is not callable")
+    return hook  # type: ignore[no-any-return]
+
+
+def adapter_options(settings: Settings, driver: str) -> dict[str, Any]:
+    """What the adapter of ``driver`` (a DRM driver name) needs from the settings.
+
+    Raises:
+        ConfigError: the driver cannot run without a setting that is not set, or the setting
+            cannot be used; the message names it and what it must hold.
+    """
+    if driver == "amdxdna_accel_driver":
+        amd = settings.amdxdna
+        if not amd.cu_configs:
+            raise ConfigError(
+                "amdxdna.cu_configs is not set: an AMD XDNA NPU runs nothing without its "
+                "program; list the PDI images of your xclbin under [amdxdna] cu_configs in "
+                "npud.toml (see systemd/npud.toml.example)"
+            )
+        images = []
+        for cu in amd.cu_configs:
+            try:
+                images.append((cu.pdi.read_bytes(), cu.func))
+            except OSError as exc:
+                raise ConfigError(f"amdxdna.cu_configs: cannot read {cu.pdi}: {exc}") from exc
+        return {"cu_configs": images, "engines": amd.engines}
+    if driver == "qaic":
+        qaic = settings.qaic
+        if qaic.activate is None:
+            raise ConfigError(
+                "qaic.activate is not set: a Cloud AI 100 runs nothing until a network is "
+                "activated on npud's own file; name the hook that does it (the Cloud AI SDK's "
+                "activation, 'package.module:function') under [qaic] activate in npud.toml"
+            )
+        hook: Callable[[KernelFile], Any] = load_hook(qaic.activate, "qaic.activate")
+        return {"activate": hook, "command_input": qaic.command_input}
+    return {}
+
+
+def build_adapter(
+    node: NodeInfo, settings: Settings, *, opener: Callable[[], KernelFile] | None = None
+) -> Device | None:
+    """A new, unopened adapter for ``node`` configured from ``settings``; ``None`` when no
+    adapter drives its driver. ``opener`` replaces opening the node (fake kernels in tests).
+
+    Raises:
+        ConfigError: the adapter needs a setting that is not set (see :func:`adapter_options`).
+    """
+    cls = adapter_for(node.driver or "")
+    if cls is None:
+        return None
+    options = adapter_options(settings, cls.driver)
+    target: Callable[[], KernelFile] | str = opener if opener is not None else node.path
+    device: Device = cls(target, name=Path(node.path).name, **options)
+    return device
+
+
+def _open_node(node: NodeInfo, log: Any, settings: Settings) -> Device | None:
+    """An adapter for a discovered node, or None when no adapter drives it (logged).
+
+    Raises:
+        ConfigError: the node's adapter needs a setting that is not set.
+    """
+    driver = node.driver or ""
+    try:
+        device = build_adapter(node, settings)
     except (NpudError, OSError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         log.warning("devices.adapter_failed", node=node.path, driver=driver, error=str(exc))
         return None
+    if device is None:
+        log.warning("devices.no_adapter", node=node.path, driver=driver or "unknown")
     return device
 
 
@@ -84,23 +165,34 @@ class Nodes(Protocol):
         ...
 
     def open(self, node: NodeInfo) -> Device | None:
-        """A new, unopened adapter for ``node``, or ``None`` when no adapter drives it."""
+        """A new, unopened adapter for ``node``, or ``None`` when no adapter drives it.
+
+        Raises:
+            ConfigError: the adapter needs a setting that is not set.
+        """
         ...
 
 
 class SystemNodes:
-    """The machine's nodes: :mod:`npud.devices.discovery` and the accel adapters."""
+    """The machine's nodes: :mod:`npud.devices.discovery` and the adapters, configured from
+    ``settings`` (defaults when not given)."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, settings: Settings | None = None) -> None:
         self._log = log
+        self._settings = settings
 
     def discover(self) -> list[NodeInfo]:
         """Every NPU node discovery finds now (see :func:`_discover`)."""
         return _discover(self._log)
 
     def open(self, node: NodeInfo) -> Device | None:
-        """The adapter for ``node`` (see :func:`_open_node`)."""
-        return _open_node(node, self._log)
+        """The adapter for ``node`` (see :func:`_open_node`).
+
+        Raises:
+            ConfigError: the adapter needs a setting that is not set.
+        """
+        settings = self._settings if self._settings is not None else Settings()
+        return _open_node(node, self._log, settings)
 
 
 def wanted(settings: Settings, node: NodeInfo) -> bool:
@@ -119,6 +211,8 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
     Raises:
         Unsupported: ``device`` names a node discovery does not find, or one no adapter drives
             or can be set up for (the message names the node and its driver).
+        ConfigError: NPUs were found but none could be served for want of a setting (each
+            named); with at least one other device, such nodes are logged and skipped.
     """
     if settings.device == "sim":
         return DeviceChoice(
@@ -127,19 +221,27 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
             f"simulated NPU (device = sim, profile {settings.sim_profile}"
             f"{_slowdown_note(settings)})",
         )
-    access = nodes if nodes is not None else SystemNodes(log)
+    access = nodes if nodes is not None else SystemNodes(log, settings)
     found_nodes = [n for n in access.discover() if wanted(settings, n)]
     if settings.device != "auto" and not found_nodes:
         raise Unsupported(f"device {settings.device}: not found by discovery or unsupported")
     found: list[Device] = []
     on_node: dict[str, NodeInfo] = {}
+    unconfigured: list[str] = []
     for node in found_nodes:
-        device = access.open(node)
+        try:
+            device = access.open(node)
+        except ConfigError as exc:
+            log.error("devices.not_configured", node=node.path, driver=node.driver, error=str(exc))
+            unconfigured.append(f"{node.path} ({node.driver}): {exc}")
+            continue
         if device is not None:
             found.append(device)
             on_node[device.name] = node
     if found:
         return DeviceChoice(tuple(found), False, f"{len(found)} NPU(s) discovered", on_node)
+    if unconfigured:
+        raise ConfigError("no NPU can be served: " + "; ".join(unconfigured))
     if settings.device != "auto":
         raise Unsupported(_unserved(found_nodes[0]))
     return DeviceChoice(

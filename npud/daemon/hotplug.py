@@ -45,7 +45,7 @@ from npud.daemon.devices import Nodes, wanted
 from npud.daemon.recovery import DeviceRecovery
 from npud.devices.base import Device, DeviceHealth
 from npud.devices.discovery import NodeEvent, NodeInfo, NodeMonitor
-from npud.errors import NpudError
+from npud.errors import ConfigError, NpudError
 
 ARRIVALS = frozenset({"add", "bind", "change", "online", "move"})
 """Actions after which the node is (still) there: it may be served."""
@@ -313,7 +313,12 @@ class HotplugWatcher:
     def _serve(self, node: NodeInfo) -> str | None:
         """Open an adapter on ``node`` and serve it; ``None`` when it is not served (no
         adapter: ignored for good; failed to open: pending, retried on the next event)."""
-        device = self._nodes.open(node)
+        try:
+            device = self._nodes.open(node)
+        except ConfigError as exc:  # needs a setting it lacks: served after a restart with it
+            self._pending.pop(node.path, None)
+            self._log.error("device.not_configured", node=node.path, error=str(exc))
+            return None
         if device is None:
             self._pending.pop(node.path, None)
             return None  # no adapter drives it (logged by open)

@@ -61,7 +61,7 @@ class DeviceRecovery:
         self._core = core
         self._settings = settings
         self._devices = devices
-        self._nodes = nodes if nodes is not None else SystemNodes(log)
+        self._nodes = nodes if nodes is not None else SystemNodes(log, settings)
         self._on_node = on_node if on_node is not None else {}
         self._policy = policy
         self._log = log

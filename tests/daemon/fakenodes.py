@@ -28,6 +28,7 @@ import npud.client.aio
 from npud.client import Access, Bind, JobSpec, JobState
 from npud.config import Settings
 from npud.daemon.app import Daemon
+from npud.daemon.devices import build_adapter
 from npud.daemon.hotplug import QueuedEvents
 from npud.daemon.systemd import Notifier
 from npud.devices.base import Device
@@ -131,6 +132,36 @@ class FakeMachine:
             fake.firmware.stop()
         for fake in self.unplugged:
             fake.firmware.stop()
+
+
+@dataclass(eq=False)
+class ConfiguredMachine(FakeMachine):
+    """A fake machine whose adapters are built the daemon's way, from the settings
+    (:func:`npud.daemon.devices.build_adapter`: amdxdna's program, qaic's activation hook),
+    on the nodes' fake kernels."""
+
+    settings: Settings | None = None
+
+    def open(self, node: NodeInfo) -> Device | None:
+        """The adapter the daemon would build for ``node`` (ConfigError when a setting it needs
+        is missing), opening the node's fake kernel."""
+        plugged = self.fakes.get(node.path)
+        if plugged is None or self.settings is None:
+            return None
+        device = build_adapter(node, self.settings, opener=plugged[1].open)
+        if device is not None:
+            self.opened.append(device)
+        return device
+
+
+def activate_fake_qaic(file: Any) -> list[int]:
+    """A ``[qaic] activate`` hook for the fake card: two DMA Bridge Channels for this file.
+
+    A real hook speaks the Cloud AI SDK's NNC protocol over ``DRM_IOCTL_QAIC_MANAGE``; the fake
+    kernel's stand-in hands out channels the way a successful activation leaves them.
+    """
+    dbcs: list[int] = file.device.activate(file, count=2)
+    return dbcs
 
 
 def settings_for(tmp: Path, **overrides: Any) -> Settings:
