@@ -33,9 +33,12 @@ How npud drives it:
 - **SRAM is npud's SRAM tier** where the driver has some (``RKNPU_GET_TOTAL_SRAM_SIZE`` > 0): a
   buffer in the SRAM tier is created with ``RKNPU_MEM_TRY_ALLOC_SRAM`` and refused
   (OutOfDeviceMemory) unless the driver placed all of it in SRAM.
+- **timeouts**: the driver's job timeout is a backstop at twice the submission's timeout (plus
+  50 ms; 1 s without one), so npud's watchdog fires first.
 - **reset**: the watchdog's ``reset_engine`` issues ``RKNPU_ACT_RESET``. It resets every core,
   so the jobs in the kernel on the other engines end too; they complete ABORTED with a reason
-  that says so.
+  that says so (their clients see them FAILED with it: npud re-queues only the jobs behind the
+  hung one on its own engine, which had not started).
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ REGCMD_BYTES = 8
 TASK_OBJECT_BYTES = PAGE
 DEFAULT_TIMEOUT_MS = 1000
 MAX_TIMEOUT_MS = 60_000
+# The driver's job timeout is npud's watchdog timeout times this, plus the slack: npud's
+# watchdog fires first and decides what happens to the other jobs; the driver's timeout (which
+# soft-resets every core) only catches what npud missed.
+KERNEL_TIMEOUT_FACTOR = 2
+KERNEL_TIMEOUT_SLACK_MS = 50
 TASK_ENABLE_MASK = 0xD  # CNA + core + DPU, as open RKNN userspace sets it
 TASK_INT_MASK = 0x300  # "DPU done": the interrupt the last task raises
 TASK_INT_CLEAR = 0x1FFFF  # RKNPU_INT_CLEAR
@@ -318,8 +326,9 @@ class RknpuDevice(AccelDevice):
         regcmd = command.device_address + sub.command_offset
         described = [(self._bos[h].buffer.device_address, self._bos[h].buffer.size) for h in bound]
         timeout_ms = self._timeout_ms
-        if sub.timeout_s is not None:
-            timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(sub.timeout_s * 1000)))
+        if sub.timeout_s is not None:  # a backstop behind npud's watchdog (see the module)
+            timeout_ms = int(sub.timeout_s * 1000 * KERNEL_TIMEOUT_FACTOR) + KERNEL_TIMEOUT_SLACK_MS
+            timeout_ms = max(1, min(MAX_TIMEOUT_MS, timeout_ms))
         record.extra["writes"] = writes
         token = record.token
         engine = sub.engine

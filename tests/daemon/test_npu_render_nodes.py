@@ -95,11 +95,72 @@ def _burn(seconds: float) -> bytes:
     return Program().burn(seconds).encode()
 
 
-def test_an_unplugged_render_node_fails_exactly_its_jobs(tmp_path: Path) -> None:
-    """With jobs running and queued on both nodes, removing the etnaviv node fails its jobs
-    (DeviceLost) while every job on the rknpu node completes."""
+@pytest.mark.parametrize(
+    ("gone", "stays"), [(ETNAVIV, RKNPU), (RKNPU, ETNAVIV)], ids=["etnaviv", "rknpu"]
+)
+def test_an_unplugged_render_node_fails_exactly_its_jobs(
+    tmp_path: Path, gone: Any, stays: Any
+) -> None:
+    """With jobs running and queued on both nodes, removing one node fails its jobs
+    (DeviceLost) while every job on the other node completes; npud keeps no file of it."""
     machine, source = FakeMachine(), QueuedEvents()
     machine.plug(ETNAVIV)
+    machine.plug(RKNPU)
+    gone_name, stays_name = Path(gone.path).name, Path(stays.path).name
+
+    async def scenario() -> None:
+        async with (
+            serving(settings_for(tmp_path), machine, source) as daemon,
+            npud.client.aio.connect(daemon.settings.socket) as npu,
+        ):
+            queues = {}
+            for name in (gone_name, stays_name):
+                ctx = await npu.create_context(name, label=f"load-{name}")
+                queues[name] = (ctx, await npu.create_queue(ctx, in_order=False))
+            gone_fake, stays_fake = machine.fake(gone), machine.fake(stays)
+            async with (
+                npu.submit_stream(queues[gone_name][0]) as gone_stream,
+                npu.submit_stream(queues[stays_name][0]) as stays_stream,
+            ):
+                doomed = [
+                    await gone_stream.submit(
+                        JobSpec(queues[gone_name][1], _burn(5.0), timeout_s=30)
+                    )
+                    for _ in range(4)
+                ]
+                kept = [
+                    await stays_stream.submit(
+                        JobSpec(queues[stays_name][1], _burn(0.3), timeout_s=30)
+                    )
+                    for _ in range(4)
+                ]
+                await asyncio.wait_for(
+                    _until(
+                        lambda: len(gone_fake.pending()) >= 1 and len(stays_fake.pending()) >= 1
+                    ),
+                    30,
+                )
+                source.put(machine.unplug(gone))
+                gone_ended = await asyncio.gather(*doomed)
+                kept_ended = await asyncio.gather(*kept)
+            assert all(r.job is not None and r.job.state is JobState.FAILED for r in gone_ended)
+            assert all(
+                r.job is not None and r.job.error is not None and r.job.error.kind == "DeviceLost"
+                for r in gone_ended
+            )
+            assert all(r.job is not None and r.job.state is JobState.COMPLETED for r in kept_ended)
+            assert (await npu.device(stays_name)).health.name == "OK"
+            assert (await npu.device(gone_name)).health.name == "LOST"
+            assert all(f.closed for f in gone_fake.files)  # npud holds none of its files
+
+    asyncio.run(scenario())
+
+
+def test_the_watchdog_resets_rknpu_with_its_soft_reset(tmp_path: Path) -> None:
+    """A job hung on one rknpu core ends TIMED_OUT when its timeout passes; the watchdog's reset
+    is the driver's RKNPU_ACT_RESET (every core), so a job running on another core fails saying
+    so; afterwards the NPU serves again."""
+    machine, source = FakeMachine(), QueuedEvents()
     machine.plug(RKNPU)
 
     async def scenario() -> None:
@@ -107,44 +168,25 @@ def test_an_unplugged_render_node_fails_exactly_its_jobs(tmp_path: Path) -> None
             serving(settings_for(tmp_path), machine, source) as daemon,
             npud.client.aio.connect(daemon.settings.socket) as npu,
         ):
-            streams = {}
-            for name in ("renderD128", "renderD129"):
-                ctx = await npu.create_context(name, label=f"load-{name}")
-                q = await npu.create_queue(ctx, in_order=False)
-                streams[name] = (ctx, q)
-            etna_fake, rk_fake = machine.fake(ETNAVIV), machine.fake(RKNPU)
-            results: dict[str, list[Any]] = {}
-            async with (
-                npu.submit_stream(streams["renderD128"][0]) as etna_stream,
-                npu.submit_stream(streams["renderD129"][0]) as rk_stream,
-            ):
-                results["renderD128"] = [
-                    await etna_stream.submit(
-                        JobSpec(streams["renderD128"][1], _burn(5.0), timeout_s=30)
-                    )
-                    for _ in range(3)
-                ]
-                results["renderD129"] = [
-                    await rk_stream.submit(
-                        JobSpec(streams["renderD129"][1], _burn(0.3), timeout_s=30)
-                    )
-                    for _ in range(3)
-                ]
-                await asyncio.wait_for(
-                    _until(lambda: len(etna_fake.pending()) == 1 and len(rk_fake.pending()) >= 1),
-                    30,
-                )
-                source.put(machine.unplug(ETNAVIV))
-                etna_ended = await asyncio.gather(*results["renderD128"])
-                rk_ended = await asyncio.gather(*results["renderD129"])
-            assert all(r.job is not None and r.job.state is JobState.FAILED for r in etna_ended)
-            assert all(
-                r.job is not None and r.job.error is not None and r.job.error.kind == "DeviceLost"
-                for r in etna_ended
-            )
-            assert all(r.job is not None and r.job.state is JobState.COMPLETED for r in rk_ended)
-            assert (await npu.device("renderD129")).health.name == "OK"
-            assert [f.closed for f in etna_fake.files] == [True]  # npud holds none of its files
+            ctx = await npu.create_context("renderD129", label="watchdog")
+            q = await npu.create_queue(ctx, in_order=False)
+            fake = machine.fake(RKNPU)
+            async with npu.submit_stream(ctx) as stream:
+                other = await stream.submit(JobSpec(q, _burn(3.0), timeout_s=30))
+                await asyncio.wait_for(_until(lambda: len(fake.pending()) == 1), 30)
+                hung = await stream.submit(JobSpec(q, _burn(10.0), timeout_s=0.5))
+                hung_end, other_end = await asyncio.gather(hung, other)
+            assert hung_end.job is not None
+            assert hung_end.job.state is JobState.TIMED_OUT
+            assert fake.resets == 1  # RKNPU_ACT_RESET, issued by npud's watchdog
+            assert "DRM_IOCTL_RKNPU_ACTION" in fake.calls
+            assert other_end.job is not None
+            assert other_end.job.state is JobState.FAILED
+            assert other_end.job.error is not None
+            assert "soft-reset" in other_end.job.error.message
+            state, a, out = await add_on(npu, "renderD129", 3.0, "after-reset")
+            assert state is JobState.COMPLETED
+            np.testing.assert_array_equal(out, a + np.float32(3.0))
 
     asyncio.run(scenario())
 
