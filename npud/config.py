@@ -148,6 +148,43 @@ class Qaic(BaseModel):
     command_input: bool = False
 
 
+class Metrics(BaseModel):
+    """The Prometheus endpoint (``[metrics]``): off unless ``listen`` names an address."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "host:port" ("127.0.0.1:9464", "[::1]:9464", "0.0.0.0:9464"); None: no endpoint.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, port = split_listen(value)
+        del host, port
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` (IPv6 hosts in brackets) to ``(host, port)``.
+
+    Raises:
+        ValueError: not host:port, or a port outside 1..65535.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be in 1..65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"put an IPv6 host in brackets ([::1]:9464), got {value!r}")
+    return host, port
+
+
 class Settings(BaseModel):
     """Every setting of the daemon, with its default (see systemd/npud.toml.example)."""
 
@@ -174,6 +211,7 @@ class Settings(BaseModel):
     scheduler: Scheduling = Field(default_factory=Scheduling)
     amdxdna: Amdxdna = Field(default_factory=Amdxdna)
     qaic: Qaic = Field(default_factory=Qaic)
+    metrics: Metrics = Field(default_factory=Metrics)
 
     @field_validator("socket_mode", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 # ---- system packages ---------------------------------------------------------------------
 # python3-venv: the venv module; gcc + libc headers: the ABI probe; qemu/busybox/kmod/cpio/xz:
-# the kernel runner; systemd: systemd-analyze verify of the unit; tmux: the `npuctl top` test.
+# the kernel runner; systemd: systemd-analyze verify of the unit; tmux: the `npuctl top` test;
+# prometheus: the metrics tests.
 want=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
 command -v gcc >/dev/null || want+=(gcc libc6-dev)
@@ -23,6 +24,8 @@ if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
 fi
 command -v systemd-analyze >/dev/null || want+=(systemd)
 command -v tmux >/dev/null || want+=(tmux)
+# prometheus + promtool: a real Prometheus scrapes /metrics in the metrics tests.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || want+=(prometheus)
 if [ ${#want[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "== installing system packages: ${want[*]}"

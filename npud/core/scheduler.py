@@ -39,7 +39,13 @@ from typing import Any, Protocol
 from npud.clock import Clock, TimerHandle
 from npud.core.buffers import Buffer
 from npud.core.context import Context, ContextState
-from npud.core.distribution import Distribution, RecentSamples
+from npud.core.distribution import (
+    EMPTY_BUCKETS,
+    BucketCounts,
+    Buckets,
+    Distribution,
+    RecentSamples,
+)
 from npud.core.estimates import DurationEstimator, KindEstimate
 from npud.core.events import DeviceEvent, EventBus, JobEvent
 from npud.core.ids import ContextId
@@ -109,6 +115,8 @@ class ClassStatistics:
     min_share: float
     queue_wait: Distribution
     run: Distribution
+    queue_wait_buckets: Buckets = EMPTY_BUCKETS  # since start, for histograms
+    run_buckets: Buckets = EMPTY_BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +233,8 @@ class Scheduler:
         self._counts = {c: dict.fromkeys(_LIVE_STATES, 0) for c in CLASS_ORDER}
         self._waits = {c: RecentSamples() for c in CLASS_ORDER}
         self._runs = {c: RecentSamples() for c in CLASS_ORDER}
+        self._wait_buckets = {c: BucketCounts() for c in CLASS_ORDER}
+        self._run_buckets = {c: BucketCounts() for c in CLASS_ORDER}
         self._ended: dict[str, int] = {}
         self._submitted = 0
         self._rejected_at_admission = 0
@@ -685,8 +695,10 @@ class Scheduler:
         cls = job.sched_class
         if wait is not None:
             self._waits[cls].add(wait)
+            self._wait_buckets[cls].add(wait)
         if run is not None:
             self._runs[cls].add(run)
+            self._run_buckets[cls].add(run)
         self._ended[state.value] = self._ended.get(state.value, 0) + 1
         if (
             state is JobState.COMPLETED
@@ -1471,6 +1483,8 @@ class Scheduler:
                 min_share=self.policy.min_share.get(c, 0.0),
                 queue_wait=self._waits[c].snapshot(),
                 run=self._runs[c].snapshot(),
+                queue_wait_buckets=self._wait_buckets[c].snapshot(),
+                run_buckets=self._run_buckets[c].snapshot(),
             )
             for c in CLASS_ORDER
         )

@@ -36,7 +36,7 @@ from npud.api.sessions import SessionTable
 from npud.api.state import ApiState, Defaults
 from npud.api.tenants import TenantTable
 from npud.clock import MonotonicClock
-from npud.config import Settings
+from npud.config import Settings, split_listen
 from npud.core.context import ContextState
 from npud.core.events import Change, ContextEvent, Event
 from npud.core.ids import ContextId
@@ -46,6 +46,7 @@ from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.core.service import Core, CoreLimits
 from npud.daemon.devices import Nodes, SystemNodes, choose_devices, open_devices
 from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
+from npud.daemon.metrics import MetricsServer, Sources, registry_for
 from npud.daemon.recovery import DeviceRecovery
 from npud.daemon.systemd import Notifier
 from npud.devices.base import Device, DeviceHealth
@@ -135,6 +136,7 @@ class Daemon:
         self.state: ApiState | None = None
         self.recovery: DeviceRecovery | None = None
         self.tenants = TenantTable()
+        self.metrics: MetricsServer | None = None
         self._bound = False  # whether the socket files are ours to remove
 
     # ---- start-up -------------------------------------------------------------------------
@@ -305,6 +307,7 @@ class Daemon:
             os.chown(s.socket, -1, sock_gid)
         self.identity = IdentityServer(tokens, s.identity_socket, mode=s.socket_mode, gid=sock_gid)
         await self.identity.start()
+        await self._start_metrics()
         await self.server.set_serving(True)
         self.state.status = self._status_line()
         self.state.describe = self._status_line
@@ -317,8 +320,37 @@ class Daemon:
             simulated=choice.simulated,
             policy=s.policy,
             hotplug=self._source.name if self._source is not None else None,
+            metrics=s.metrics.listen,
             pid=os.getpid(),
         )
+
+    async def _start_metrics(self) -> None:
+        """Serve /metrics when ``[metrics] listen`` names an address.
+
+        Raises:
+            ConfigError: the address cannot be bound.
+        """
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return
+        assert self.core is not None
+        assert self.state is not None
+        state = self.state
+        registry, _ = registry_for(
+            Sources(
+                self.core,
+                sessions=state.sessions.statistics,
+                tokens=state.tokens.statistics,
+                tenants=self.tenants.statistics,
+            )
+        )
+        host, port = split_listen(listen)
+        server = MetricsServer(registry, host, port)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc
+        self.metrics = server
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -436,6 +468,8 @@ class Daemon:
 
     async def _teardown(self) -> None:
         """Close everything that was opened (also after a failed start)."""
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._source is not None:
             self._source.stop()
         if self.server is not None:
