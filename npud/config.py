@@ -89,6 +89,10 @@ class Scheduling(BaseModel):
     time_slice_ms: float = Field(default=100.0, ge=0, allow_inf_nan=False)
     # After the last LATENCY job, how long the engines keep shallow queues, seconds.
     latency_window_s: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    # Multiplies the per-class default watchdog timeouts (jobs that set their own keep it). For
+    # a host far slower than any board, e.g. arm64 under emulation, where a simulated job's real
+    # computation takes many times what the board would.
+    watchdog_scale: float = Field(default=1.0, ge=1, le=1000, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _shares_below_one(self) -> Scheduling:

@@ -8,8 +8,10 @@ compared with what a C compiler makes of the kernel's UAPI headers:
    ``alignof``, every field's ``offsetof``, ``sizeof`` and signedness, every ioctl's request
    number and every constant, each under a key such as ``offsetof struct drm_version.name``.
 2. :func:`probe_source` writes a C program that prints the same keys from the kernel headers;
-   :func:`run_probe` compiles it with gcc against a header tree (Debian's ``linux-libc-dev``,
-   fetched by ``scripts/fetch-kernel-headers.sh``) and parses its output.
+   :func:`run_probe` compiles it with the machine's own gcc against a header tree (Debian's
+   ``linux-libc-dev``, fetched by ``scripts/fetch-kernel-headers.sh``) and parses its output.
+   The layouts are the compiling machine's: the arm64 run (scripts/arm64.sh) compiles the
+   same probe with arm64 gcc against the same headers, so both ABIs are checked.
 3. :func:`compare` judges every key under the version-drift rule below.
 
 Version drift
@@ -154,13 +156,17 @@ def multiarch_include(include_dir: Path) -> Path | None:
     return candidate if triplet and candidate.is_dir() else None
 
 
-def run_probe(source: str, include_dir: Path) -> dict[str, int]:
-    """Compile ``source`` with gcc against ``include_dir``, run it, and parse its output.
+def build_probe(source: str, include_dir: Path, directory: Path) -> Path:
+    """Compile ``source`` with this machine's gcc against ``include_dir`` into ``directory``.
+
+    Returns the executable (``directory/probe``), which the caller owns. The compiler is the
+    native one, so the probe has this machine's layouts: on arm64 (also under emulation) it is
+    an arm64 ELF, which :func:`elf_machine` tells.
 
     Raises:
         FileNotFoundError: gcc is not installed.
         RuntimeError: the probe did not compile (gcc's diagnostics are in the message: a
-            declared field or constant that the header lacks ends up here) or did not run.
+            declared field or constant that the header lacks ends up here).
     """
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -169,24 +175,65 @@ def run_probe(source: str, include_dir: Path) -> dict[str, int]:
     arch_dir = multiarch_include(include_dir)
     if arch_dir is not None:
         include_args += ["-I", str(arch_dir)]
+    src = directory / "probe.c"
+    exe = directory / "probe"
+    src.write_text(source)
+    build = subprocess.run(
+        [gcc, "-std=gnu11", "-O0", *include_args, "-o", str(exe), str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if build.returncode != 0:
+        raise RuntimeError(f"the ABI probe does not compile:\n{build.stderr[-4000:]}")
+    return exe
+
+
+def run_probe(source: str, include_dir: Path) -> dict[str, int]:
+    """Compile ``source`` (see :func:`build_probe`), run it, and parse its output.
+
+    Raises:
+        FileNotFoundError: gcc is not installed.
+        RuntimeError: the probe did not compile or did not run.
+    """
     with tempfile.TemporaryDirectory(prefix="npud-abi-probe-") as tmp:
-        src = Path(tmp) / "probe.c"
-        exe = Path(tmp) / "probe"
-        src.write_text(source)
-        build = subprocess.run(
-            [gcc, "-std=gnu11", "-O0", *include_args, "-o", str(exe), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if build.returncode != 0:
-            raise RuntimeError(f"the ABI probe does not compile:\n{build.stderr[-4000:]}")
+        exe = build_probe(source, include_dir, Path(tmp))
         run = subprocess.run(
             [str(exe)], capture_output=True, text=True, check=False, env={"PATH": os.defpath}
         )
         if run.returncode != 0:
             raise RuntimeError(f"the ABI probe failed ({run.returncode}): {run.stderr}")
         return parse_probe_output(run.stdout)
+
+
+ELF_MACHINES: Mapping[int, str] = {
+    3: "i686",
+    40: "arm",
+    62: "x86_64",
+    183: "aarch64",
+    243: "riscv64",
+}
+"""ELF ``e_machine`` values (EM_386, EM_ARM, EM_X86_64, EM_AARCH64, EM_RISCV) by the name
+``platform.machine()`` gives that architecture on Linux."""
+
+
+def elf_machine(path: Path) -> str:
+    """The architecture an ELF file is built for, named as ``platform.machine()`` names it.
+
+    Reads ``e_machine`` from the ELF header (its byte order from ``EI_DATA``), so it tells an
+    arm64 binary from an x86_64 one whatever machine runs the check.
+
+    Raises:
+        ValueError: the file is not ELF, or its machine is not one listed in ELF_MACHINES.
+    """
+    with path.open("rb") as f:
+        ident = f.read(20)
+    if len(ident) < 20 or ident[:4] != b"\x7fELF" or ident[5] not in (1, 2):
+        raise ValueError(f"{path} is not an ELF file")
+    number = int.from_bytes(ident[18:20], "little" if ident[5] == 1 else "big")
+    if number not in ELF_MACHINES:
+        raise ValueError(f"{path}: unknown ELF machine {number}")
+    return ELF_MACHINES[number]
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
     were checked when the settings were loaded, so this does not raise for loaded settings.
     """
     knobs = settings.scheduler
+    defaults = SchedulerPolicy()
     return SchedulerPolicy(
         kind=PolicyKind(settings.policy),
         min_share={
@@ -101,6 +102,7 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
         },
         time_slice_s=knobs.time_slice_ms / 1e3 if knobs.time_slice_ms > 0 else None,
         latency_window_s=knobs.latency_window_s,
+        timeouts={c: t * knobs.watchdog_scale for c, t in defaults.timeouts.items()},
     )
 
 

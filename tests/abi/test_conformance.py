@@ -7,6 +7,8 @@ because an unchecked ABI is exactly the silent corruption it exists to prevent.
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -45,8 +47,20 @@ def facts() -> list[conformance.Fact]:
 
 
 @pytest.fixture(scope="module")
-def kernel(include_dir: Path, facts: list[conformance.Fact]) -> dict[str, int]:
-    return conformance.run_probe(conformance.probe_source(facts), include_dir)
+def probe(
+    include_dir: Path, facts: list[conformance.Fact], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The probe of every declared fact, compiled by this machine's gcc."""
+    directory = tmp_path_factory.mktemp("abi-probe")
+    return conformance.build_probe(conformance.probe_source(facts), include_dir, directory)
+
+
+@pytest.fixture(scope="module")
+def kernel(probe: Path) -> dict[str, int]:
+    run = subprocess.run(
+        [str(probe)], capture_output=True, text=True, check=True, env={"PATH": os.defpath}
+    )
+    return conformance.parse_probe_output(run.stdout)
 
 
 def test_every_declaration_matches_the_kernel_headers(
@@ -73,6 +87,40 @@ def test_every_declaration_matches_the_kernel_headers(
     kinds = {f.key.split(" ", 1)[0] for f in facts}
     assert kinds == {"sizeof", "alignof", "offsetof", "signed", "ioctl", "const"}
     assert report.checked == len(facts) > 1500
+
+
+def test_the_probe_is_a_binary_of_the_machine_running_the_suite(
+    probe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe that gave the kernel's layouts is this machine's ELF: in the arm64 run
+    (NPUD_EXPECT_MACHINE=aarch64) an EM_AARCH64 binary, so the layouts checked are arm64's."""
+    machine = conformance.elf_machine(probe)
+    assert machine == platform.machine()
+    expected = os.environ.get("NPUD_EXPECT_MACHINE")
+    if expected is not None:
+        assert machine == expected
+    with capsys.disabled():  # the architecture is part of the result: show it
+        print(f"\nABI probe {probe.name}: ELF for {machine}")
+
+
+def _elf_header(ei_data: int, machine: int) -> bytes:
+    order = "little" if ei_data == 1 else "big"
+    return b"\x7fELF" + bytes([2, ei_data, 1]) + bytes(9) + bytes(2) + machine.to_bytes(2, order)
+
+
+def test_elf_machine_reads_e_machine_in_either_byte_order(tmp_path: Path) -> None:
+    """e_machine 183 is aarch64 and 62 x86_64, little- or big-endian; non-ELF is refused."""
+    cases = {(1, 183): "aarch64", (2, 183): "aarch64", (1, 62): "x86_64"}
+    for (ei_data, number), name in cases.items():
+        path = tmp_path / f"elf-{ei_data}-{number}"
+        path.write_bytes(_elf_header(ei_data, number) + bytes(44))
+        assert conformance.elf_machine(path) == name
+    (tmp_path / "script").write_bytes(b"#!/bin/sh\nexit 0\n" + bytes(8))
+    with pytest.raises(ValueError, match="not an ELF"):
+        conformance.elf_machine(tmp_path / "script")
+    (tmp_path / "vax").write_bytes(_elf_header(1, 75) + bytes(44))
+    with pytest.raises(ValueError, match="unknown ELF machine 75"):
+        conformance.elf_machine(tmp_path / "vax")
 
 
 def _struct_size_key(ctype: str) -> str:

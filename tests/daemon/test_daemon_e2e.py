@@ -140,7 +140,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     stub = tmp_path / "npud"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    (tmp_path / "npud.service").write_text(unit.replace("/usr/bin/npud", str(stub)))
+    (tmp_path / "npud.service").write_text(unit.replace("/opt/npud/bin/npud", str(stub)))
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / "npud.service")],
         capture_output=True,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from npud.config import load_settings
 from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.daemon.app import scheduler_policy
+from npud.errors import ConfigError
 
 
 def test_default_settings_give_the_default_policy() -> None:
@@ -13,13 +16,15 @@ def test_default_settings_give_the_default_policy() -> None:
 
 
 def test_every_knob_reaches_the_policy() -> None:
-    """Shares, time slice (ms -> s; 0 -> none), latency window and kind are all carried over."""
+    """Shares, time slice (ms -> s; 0 -> none), latency window, watchdog scale and kind all
+    reach the policy."""
     env = {
         "NPUD_POLICY": "fifo",
         "NPUD_SCHEDULER__THROUGHPUT_MIN_SHARE": "0.25",
         "NPUD_SCHEDULER__BACKGROUND_MIN_SHARE": "0",
         "NPUD_SCHEDULER__TIME_SLICE_MS": "250",
         "NPUD_SCHEDULER__LATENCY_WINDOW_S": "2",
+        "NPUD_SCHEDULER__WATCHDOG_SCALE": "20",
     }
     policy = scheduler_policy(load_settings(None, env=env))
     assert policy.kind is PolicyKind.FIFO
@@ -30,5 +35,13 @@ def test_every_knob_reaches_the_policy() -> None:
     }
     assert policy.time_slice_s == 0.25
     assert policy.latency_window_s == 2.0
+    defaults = SchedulerPolicy().timeouts
+    assert dict(policy.timeouts) == {c: 20 * t for c, t in defaults.items()}
     unlimited = load_settings(None, env={"NPUD_SCHEDULER__TIME_SLICE_MS": "0"})
     assert scheduler_policy(unlimited).time_slice_s is None
+
+
+def test_watchdog_scale_below_one_is_refused() -> None:
+    """A scale that would shorten the class watchdogs is a configuration error, not a policy."""
+    with pytest.raises(ConfigError, match="watchdog_scale"):
+        load_settings(None, env={"NPUD_SCHEDULER__WATCHDOG_SCALE": "0.5"})
