@@ -1,4 +1,4 @@
-"""Decode latency under a long prefill: npud's policy against FIFO (issue 9, "must show" 3).
+"""Decode latency under a long prefill: npud's policy against FIFO.
 
 For each scheduling policy (``npud`` and ``fifo``) the benchmark starts its own daemon on the
 simulated NPU (process mode, real time) and measures decode inter-token latency in three legs:
@@ -9,7 +9,7 @@ simulated NPU (process mode, real time) and measures decode inter-token latency 
    back to back (a ``--prefill-tokens`` prompt in 16-token THROUGHPUT chunks, all submitted
    at once, as a client would).
 
-The must-show figure is the loaded inter-token p99 over the unloaded p99: what the prefill (the
+The figure judged is the loaded inter-token p99 over the unloaded p99: what the prefill (the
 load) does to the decoders. It is a stable figure where the decoders and the prefill fit the
 board's engines (lunar-lake); with more decode loops than engines (4 on rk3588) both legs' p99
 lie between one and two decode steps, wherever the engines' phases put them. The one-decoder

@@ -74,7 +74,7 @@ def _timed(call: Callable[[], Awaitable[None]]) -> Series:
 
 
 def _overhead_script() -> Any:
-    """``bench/overhead.py`` (the API engineer's script) if it offers what P1 calls, else None."""
+    """``bench/overhead.py`` (the per-job overhead script) if it offers what P1 calls, else None."""
     try:
         from bench import overhead
     except ImportError:
@@ -144,7 +144,7 @@ async def _measure(
                     "echo": _timed(echo_once),
                     "direct": _timed(direct_once),
                 }
-                if script is not None:  # the API engineer's measurement, called as it is
+                if script is not None:  # the overhead script's own measurement, called as it is
                     sock = str(socket)
                     series["npud"] = lambda n: script._bench_npud(sock, n, warm)
                     series["echo"] = lambda n: script._bench_echo(str(echo_path), n, warm)

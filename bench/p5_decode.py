@@ -1,6 +1,6 @@
 """P5 decode: the LLM workload through npud vs in-process, and decode beside a long prefill.
 
-Wraps ``bench/decode.py`` (the LLM engineer's script), run as a subprocess with ``--json``. It
+Wraps ``bench/decode.py`` (the decode benchmark), run as a subprocess with ``--json``. It
 runs the tiny Llama model's greedy decode on the simulated NPU slowed down so that engines, not
 the host's CPUs, are the contended resource (see decode.py), under the ``npud`` and ``fifo``
 policies, each with its own daemon, in rotating rounds of three legs: one decoder alone;
@@ -9,7 +9,7 @@ runs long prefills back to back (THROUGHPUT chunks) in its own context (loaded).
 
 It runs decode.py on two boards. On ``rk3588`` (three engines) four decode loops already keep
 every engine busy, so the prefill's share comes out of decode and the policy decides how much:
-the must-show figure (loaded p99 within 1.2x of the unloaded p99 under npud) and the comparison
+the judged figure (loaded p99 within 1.2x of the unloaded p99 under npud) and the comparison
 with fifo come from there. On ``lunar-lake`` (six engines) the decoders and the prefill fit
 side by side: there the loaded p99 is also compared with one decoder alone.
 

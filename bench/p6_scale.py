@@ -2,7 +2,7 @@
 
 Two parts, each in its own process so its memory is its own:
 
-* ``bench/scale.py`` (the core engineer's script, run as is with ``--json``): the cost of one
+* ``bench/scale.py`` (the scale benchmark, run as is with ``--json``): the cost of one
   scheduling decision with ~100,000 READY jobs over 1,000 fair-share contexts, the cost of a
   one-job submit while the queues fill, the whole dispatch path per job, and its peak RSS. Its
   baseline is the same script on 25 contexts x 1,000 jobs, so the ratio shows how the decision

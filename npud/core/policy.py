@@ -1,6 +1,6 @@
 """Scheduling classes and the knobs of a scheduler's policy.
 
-npud has three classes (the brief's LATENCY / THROUGHPUT / BACKGROUND) and two policies:
+npud has three classes (LATENCY / THROUGHPUT / BACKGROUND) and two policies:
 
 * ``npud``: LATENCY first (earliest deadline first), THROUGHPUT shared fairly between contexts
   by weight, BACKGROUND when idle, a minimum share per class, shallow hardware queues while

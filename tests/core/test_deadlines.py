@@ -1,4 +1,4 @@
-"""Must-show 4: deadlines are met in EDF order; an infeasible one is rejected before it runs."""
+"""Deadlines: they are met in EDF order; an infeasible one is rejected before it runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 2 and 3: weighted fair share for THROUGHPUT, minimum shares against starvation."""
+"""Fairness: weighted fair share for THROUGHPUT, minimum shares against starvation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 1: a LATENCY job waits for at most one throughput job, not for the backlog."""
+"""Isolation: a LATENCY job waits for at most one throughput job, not for the backlog."""
 
 from __future__ import annotations
 

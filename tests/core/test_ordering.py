@@ -1,4 +1,4 @@
-"""Must-show 5: in-order queues, cross-queue dependencies, cycles and foreign dependencies."""
+"""Ordering: in-order queues, cross-queue dependencies, cycles and foreign dependencies."""
 
 from __future__ import annotations
 

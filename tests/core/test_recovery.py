@@ -1,4 +1,4 @@
-"""Must-show 6 and fault handling: watchdog, job errors, device loss; the loop never dies."""
+"""Fault handling: watchdog, job errors, device loss; the loop never dies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 7: a state machine over submit / cancel / close / faults / time on the sim.
+"""Scheduler invariants: a state machine over submit / cancel / close / faults / time on the sim.
 
 Whatever happens, every job reaches exactly one terminal state, exactly once (its done
 callbacks run once), nothing is lost (live counts match), and a closed context leaves no trace

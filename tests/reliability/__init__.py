@@ -1,1 +1,1 @@
-"""Reliability and security: faults, load, bad input and identity (issue 12)."""
+"""Reliability and security: faults, load, bad input and identity."""
