@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # ---- system packages ---------------------------------------------------------------------
 # python3-venv: the venv module; gcc + libc headers: the ABI probe; qemu/busybox/kmod/cpio/xz:
 # the kernel runner; systemd: systemd-analyze verify of the unit; tmux: the `npuctl top` test;
-# prometheus: the metrics tests.
+# prometheus: the metrics tests; curl: the gateway's curl tests.
 want=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
 command -v gcc >/dev/null || want+=(gcc libc6-dev)
@@ -26,6 +26,7 @@ command -v systemd-analyze >/dev/null || want+=(systemd)
 command -v tmux >/dev/null || want+=(tmux)
 # prometheus + promtool: a real Prometheus scrapes /metrics in the metrics tests.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || want+=(prometheus)
+command -v curl >/dev/null || want+=(curl)
 if [ ${#want[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "== installing system packages: ${want[*]}"

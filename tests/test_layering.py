@@ -56,3 +56,14 @@ def test_devices_importing_core_breaks_the_build(tmp_path: Path) -> None:
     result = _lint(tree)
     assert result.returncode != 0
     assert "Layers go one way" in result.stdout
+
+
+def test_the_gateway_reaching_into_the_daemon_breaks_the_build(tmp_path: Path) -> None:
+    """The gateway is a client of npud: importing core (even through a module of its own)
+    fails the gateway's contract."""
+    tree = _copy_tree(tmp_path)
+    target = tree / "npud" / "gateway" / "engine.py"
+    target.write_text(target.read_text() + "\nimport npud.core.service  # forbidden\n")
+    result = _lint(tree)
+    assert result.returncode != 0
+    assert "The gateway is a client of npud" in result.stdout

@@ -335,6 +335,13 @@ class Batcher:
             self._stream = None
         await self._destroy_context()
 
+    def fail(self, error: Unavailable) -> None:
+        """Mark the batcher broken (npud went away): every sequence ends with ``error`` and
+        later submits raise it. The owner then closes it and makes a new one."""
+        if self._failure is None:
+            self._failure = error
+            self._fail_all(error)
+
     @property
     def broken(self) -> NpudError | None:
         """The error that stopped the batcher (npud went away), if any."""
@@ -425,6 +432,8 @@ class Batcher:
             await self.client.write_buffer(ctx, seq.tokens_buf, prompt)
         except NpudError as exc:
             self._finish(seq, Finish.ERROR, exc)
+            if isinstance(exc, Unavailable):
+                self.fail(exc)
             raise
         if seq.finish is not None:  # cancelled meanwhile
             self._maybe_release(seq)
@@ -528,8 +537,7 @@ class Batcher:
                 await self._wake.wait()
                 self._wake.clear()
         except NpudError as exc:  # the stream or npud failed: nothing can go on
-            self._failure = exc if isinstance(exc, Unavailable) else Unavailable(str(exc))
-            self._fail_all(self._failure)
+            self.fail(exc if isinstance(exc, Unavailable) else Unavailable(str(exc)))
 
     def _admit(self) -> None:
         # Why slots are granted here and not at submit: the batch is bounded (max_batch rows

@@ -5,6 +5,7 @@
     npud-llm make-tiny DIR                  write the tiny demo model (config.json + safetensors)
     npud-llm info [--model DIR]             architecture, parameter count, buffers and their keys
     npud-llm run [--model DIR] --prompt TEXT [--max-tokens N] [--socket PATH | --direct]
+    npud-llm serve [...]                    an OpenAI-compatible HTTP API (npud.gateway)
 
 Without ``--model`` the tiny demo model is used, generated on first use into
 ``$XDG_CACHE_HOME/npud/tiny-llama`` (or ``$NPUD_LLM_MODEL``). ``run`` talks to the daemon at
@@ -70,7 +71,29 @@ def _parser() -> argparse.ArgumentParser:
         help=f"decode steps kept in flight (default {DEFAULT_DEPTH}; 1: no pipelining)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead")
+    sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (npud-llm serve --help)",
+        add_help=False,
+    )
     return parser
+
+
+COMMANDS = "npud.llm.commands"
+"""The entry-point group of commands that live above this package (``serve``: the gateway).
+
+Why an entry point: the gateway imports :mod:`npud.llm`, so :mod:`npud.llm` importing the
+gateway would point the layers the wrong way; the installed package's metadata names the
+function instead, and this module only looks it up by name."""
+
+
+def _command(name: str) -> Any:
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=COMMANDS):
+        if entry.name == name:
+            return entry.load()
+    return None
 
 
 def _model(path: Path | None) -> Model:
@@ -205,6 +228,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``npud-llm`` entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "serve":
+        command = _command("serve")
+        if command is None:
+            print(
+                f"npud-llm: error: no 'serve' command is installed (entry point group "
+                f"{COMMANDS}); reinstall npud",
+                file=sys.stderr,
+            )
+            return 2
+        return int(command(argv[1:]))
     args = _parser().parse_args(argv)
     try:
         if args.command == "make-tiny":

@@ -1,0 +1,135 @@
+"""``npud-llm serve``: the OpenAI-compatible gateway as its own process.
+
+::
+
+    npud-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--socket PATH]
+                   [--served-model-name NAME] [--max-batch 8] [--max-seq N] [--no-priorities]
+
+``npud-llm`` finds this command through the ``npud.llm.commands`` entry-point group (declared
+in ``pyproject.toml``), so :mod:`npud.llm` never imports the gateway, which sits above it.
+The server is uvicorn running the Starlette application of :mod:`npud.gateway.app`; it listens
+on loopback unless told otherwise. Exit status: 0 after a clean shutdown (SIGTERM, Ctrl-C),
+2 for a bad argument or model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from npud.errors import InvalidArgument, NpudError
+from npud.gateway.app import MAX_BODY, Settings, create_app
+from npud.gateway.engine import Engine
+from npud.gateway.text import ByteCodec
+from npud.llm.model import Model, load_model
+from npud.llm.tiny import ensure_default_model
+from npud.llm.tokenizer import ByteTokenizer
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``serve`` command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="npud-llm serve", description="Serve a model over an OpenAI-compatible HTTP API."
+    )
+    p.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
+    p.add_argument("--served-model-name", help="the model's id in the API (default: dir name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--socket", type=Path, help="npud's socket (default: npud's default)")
+    p.add_argument("--device", default="", help="npud device (default: the first)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoding at once")
+    p.add_argument("--max-seq", type=int, help="context length per sequence (default: model's)")
+    p.add_argument("--chunk", type=int, default=16, help="prefill chunk in tokens")
+    p.add_argument("--depth", type=int, default=2, help="decode steps in flight")
+    p.add_argument("--max-per-user", type=int, help="slots one user may hold (default: all)")
+    p.add_argument(
+        "--reserved-interactive", type=int, default=1, help="slots the batch tier may not take"
+    )
+    p.add_argument("--max-waiting", type=int, default=64, help="requests waiting for a slot")
+    p.add_argument(
+        "--no-priorities",
+        action="store_true",
+        help="one prefill lane, first come first served (ignore service_tier)",
+    )
+    p.add_argument("--job-timeout", type=float, default=0.0, help="per-job watchdog, s")
+    p.add_argument("--max-body", type=int, default=MAX_BODY, help="largest request body, bytes")
+    p.add_argument(
+        "--api-key-env",
+        default="NPUD_LLM_API_KEY",
+        help="environment variable holding the API key clients must send (unset: none)",
+    )
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def _model(path: Path | None) -> Model:
+    return load_model(path if path is not None else ensure_default_model())
+
+
+def build(args: argparse.Namespace) -> tuple[object, Settings]:
+    """The ASGI application and its settings for parsed ``args``.
+
+    Raises:
+        InvalidArgument: a bad option, or a model whose vocabulary the gateway cannot
+            tokenize (ModelFileError for a broken model directory).
+    """
+    model = _model(args.model)
+    tok = ByteTokenizer()
+    if model.config.vocab_size < tok.vocab_size:
+        raise InvalidArgument(
+            f"the model's vocabulary ({model.config.vocab_size} ids) is not the byte "
+            "tokenizer's; the gateway has no tokenizer for it"
+        )
+    if args.max_batch < 1 or args.port < 0 or args.max_body < 1:
+        raise InvalidArgument("--max-batch and --max-body must be >= 1, --port >= 0")
+    name = args.served_model_name or (model.source.name if model.source else "model")
+    options = {
+        "max_batch": args.max_batch,
+        "max_seq": args.max_seq,
+        "chunk": args.chunk,
+        "depth": args.depth,
+        "priorities": not args.no_priorities,
+        "max_per_user": args.max_per_user,
+        "reserved_interactive": 0 if args.max_batch == 1 else args.reserved_interactive,
+        "max_waiting": args.max_waiting,
+        "job_timeout_s": args.job_timeout,
+        "device": args.device,
+        "label": f"npud-llm-serve/{name}",
+    }
+    engine = Engine(model, args.socket, options)
+    settings = Settings(name, args.max_body, os.environ.get(args.api_key_env) or None)
+    return create_app(engine, ByteCodec(tok), settings), settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM or Ctrl-C."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        app, settings = build(args)
+    except (NpudError, OSError) as exc:
+        print(f"npud-llm serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    logging.getLogger("npud.gateway").info(
+        "serving %s on http://%s:%d/v1", settings.model_name, args.host, args.port
+    )
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
