@@ -395,7 +395,7 @@ class Batcher:
         seq._cancel = self._cancel
         self._counts["sequences"] += 1
         waiting = self._waiting_batch if self._batch_lane(seq) else self._waiting
-        waiting.setdefault(request.user, collections.deque()).append(seq)
+        waiting.setdefault(self._user(seq), collections.deque()).append(seq)
         self._wake.set()
         try:
             await seq._granted.wait()
@@ -408,6 +408,10 @@ class Batcher:
             seq.cancel()
             raise
         return seq
+
+    def _user(self, seq: BatchSequence) -> str:
+        # without the priority mapping there is one queue, first come first served
+        return seq.request.user if self.priorities else ""
 
     def _batch_lane(self, seq: BatchSequence) -> bool:
         return self.priorities and seq.request.tier is Tier.BATCH
@@ -440,24 +444,24 @@ class Batcher:
             return
         seq.state = SeqState.PREFILL
         lane = self._lanes[Tier.BATCH if self._batch_lane(seq) else Tier.INTERACTIVE]
-        lane.users.setdefault(seq.request.user, collections.deque()).append(seq)
+        lane.users.setdefault(self._user(seq), collections.deque()).append(seq)
         self._wake.set()
 
     def _cancel(self, seq: BatchSequence, finish: Finish) -> None:
         if seq.finish is not None:
             return
         for waiting in (self._waiting, self._waiting_batch):
-            queue = waiting.get(seq.request.user)
+            queue = waiting.get(self._user(seq))
             if queue is not None and seq in queue:
                 queue.remove(seq)
                 if not queue:
-                    del waiting[seq.request.user]
+                    del waiting[self._user(seq)]
         for lane in self._lanes.values():
-            queue = lane.users.get(seq.request.user)
+            queue = lane.users.get(self._user(seq))
             if queue is not None and seq in queue:
                 queue.remove(seq)
                 if not queue:
-                    del lane.users[seq.request.user]
+                    del lane.users[self._user(seq)]
             if lane.in_flight is not None and lane.in_flight[0] is seq:
                 self._chore(self._cancel_jobs(lane.queue_id, seq.label))
         if finish is Finish.CANCELLED:
@@ -596,7 +600,7 @@ class Batcher:
                 lane.chunk = max(1, lane.chunk // 2)
                 self._counts["rechunks"] += 1
                 seq.prefill_at = 0
-                lane.users.setdefault(seq.request.user, collections.deque()).appendleft(seq)
+                lane.users.setdefault(self._user(seq), collections.deque()).appendleft(seq)
                 return
             self._finish(seq, Finish.ERROR, error)
             return
@@ -604,9 +608,9 @@ class Batcher:
         end = steps[-1].start_pos + steps[-1].n_tokens
         seq.prefill_at = end
         if end < len(seq.request.prompt):
-            queue = lane.users.setdefault(seq.request.user, collections.deque())
+            queue = lane.users.setdefault(self._user(seq), collections.deque())
             queue.appendleft(seq)  # its turn comes again when the round-robin gets back
-            lane.users.move_to_end(seq.request.user)
+            lane.users.move_to_end(self._user(seq))
             return
         token = int.from_bytes(result.readbacks[0], "little", signed=True)
         seq.first_token_at = time.monotonic()

@@ -129,18 +129,17 @@ def test_a_full_waiting_room_is_429(tmp_path: Path, tiny_dir: Path) -> None:
     try:
 
         async def main() -> list[int]:
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=120) as c:
-                long = [
-                    asyncio.ensure_future(
-                        c.post(
-                            "/v1/completions", json={"model": MODEL, "prompt": p, "max_tokens": 80}
-                        )
-                    )
-                    for p in ("one", "two")
-                ]
-                await asyncio.sleep(1.0)
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=300) as c:
+                body = {"model": MODEL, "prompt": "one", "max_tokens": 250}
+                first = asyncio.ensure_future(c.post("/v1/completions", json=body))
+                while (await c.get("/health")).json()["batcher"]["decoding"] < 1:
+                    await asyncio.sleep(0.01)
+                second = asyncio.ensure_future(c.post("/v1/completions", json=body))
+                while (await c.get("/health")).json()["batcher"]["waiting"] < 1:
+                    await asyncio.sleep(0.01)
                 third = await c.post("/v1/completions", json={"model": MODEL, "prompt": "3"})
-                return [third.status_code] + [(await f).status_code for f in long]
+                assert "wait for one of 1" in third.json()["error"]["message"]
+                return [third.status_code, (await first).status_code, (await second).status_code]
 
         assert asyncio.run(main()) == [429, 200, 200]
     finally:
