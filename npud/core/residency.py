@@ -11,9 +11,13 @@ Lifetimes and sharing
 * EPHEMERAL buffers belong to one context and are freed when it releases them or closes.
 * PERSISTENT buffers have a key: a name + version given at creation, or ``sha256:<hex>`` of
   their contents, computed while the client streams the bytes in and fixed by :meth:`seal`.
-  Any context may attach one by key (:meth:`ResidencyManager.open_persistent`); all share one
+  Contexts attach one by key (:meth:`ResidencyManager.open_persistent`); all share one
   device allocation, counted once per tier. When the last user leaves, the buffer stays
   resident in the *warm pool* until memory pressure evicts it or the pool is drained.
+* Who may reach a key is the sharing rule of :mod:`npud.core.keys`: free-form keys live in
+  their creator's per-user namespace, content-addressed keys are verified at seal and then
+  global; until sealed a buffer is its creator's alone (only that user's contexts can open it,
+  so only they can write it), and sealed contents are immutable.
 * Sealed buffers are immutable and, when a state directory is configured, recorded there (see
   :mod:`npud.core.registry`) so that eviction can drop them and a restarted daemon can offer
   them again without an upload.
@@ -72,6 +76,8 @@ from npud.clock import Clock
 from npud.core.buffers import Buffer, Location, Persistence, TierPreference, Usage
 from npud.core.eviction import EvictionAction, GreedyDual, eviction_action
 from npud.core.ids import BufferId, ContextId, new_buffer_id
+from npud.core.keys import HASH_PREFIX, Name, pending, resolve
+from npud.core.keys import own as check_own
 from npud.core.placement import sram_rank, wants_sram
 from npud.core.registry import Registration, Registry
 from npud.devices.base import Binding, BoHandle, BufferUse, Device, DeviceBuffer, MemoryTier
@@ -88,9 +94,7 @@ from npud.errors import (
     Unsupported,
 )
 
-HASH_PREFIX = "sha256:"
 PAGE = 4096  # budgets are checked in pages: DRM drivers allocate GEM objects page-granular
-MAX_KEY_LENGTH = 256
 _DEVICE_TIERS = (MemoryTier.SRAM, MemoryTier.DRAM)
 RECYCLE_PER_CONTEXT = 4
 """Spare command allocations kept per context (a decode loop has one or two jobs in flight)."""
@@ -166,6 +170,8 @@ class _Entry:
     """What the manager keeps about one buffer besides the shared :class:`Buffer` fields."""
 
     buffer: Buffer
+    stored: str | None = None  # the name it is indexed under (keys.Name.stored, or pending)
+    namespace: int | None = None  # the uid whose namespace (or private upload) holds it
     host: bytearray | None = None  # spilled or staged contents (Location.HOST)
     backing: Registration | None = None  # sealed copy on disk
     hasher: Any = None  # hashlib sha256 object while writes stream in order
@@ -285,11 +291,15 @@ class ResidencyManager:
         key: str | None = None,
         quota_bytes: int | None = None,
         recycle: bool = False,
+        uid: int = 0,
     ) -> Buffer:
-        """Create a buffer for ``ctx`` and allocate it on the device where it fits now.
+        """Create a buffer for ``ctx`` (a context of user ``uid``) and allocate it on the device
+        where it fits now.
 
         A PERSISTENT buffer without ``key`` is keyed by its contents when :meth:`seal`\\ ed; a
-        ``key`` of the form ``sha256:<hex>`` is checked against the contents at seal time. If
+        content-addressed ``key`` (``[prefix:]sha256:<hex>``) is checked against the contents
+        at seal time and is ``uid``'s private upload until then; a free-form ``key`` is created
+        in ``uid``'s namespace (:mod:`npud.core.keys`). If
         no room can be made now (everything evictable is pinned or running), the buffer is
         created unallocated: writes are staged in host memory and :meth:`prepare` places it.
         ``quota_bytes``, when given, sets ``ctx``'s quota first (as :meth:`set_quota`).
@@ -303,7 +313,9 @@ class ResidencyManager:
 
         Raises:
             InvalidArgument: size <= 0, a key on an EPHEMERAL buffer, a malformed key.
-            AlreadyExists: ``key`` is registered already (use :meth:`open_persistent`).
+            PermissionDenied: ``key`` names another user's namespace (``~<uid>/...``).
+            AlreadyExists: ``key`` is registered already (use :meth:`open_persistent`): sealed
+                content, or ``uid``'s own key or unsealed upload.
             QuotaExceeded: ``ctx`` would exceed its memory quota (nothing is allocated).
             OutOfDeviceMemory: the buffer is larger than any tier's budget (it can never fit).
         """
@@ -313,10 +325,17 @@ class ResidencyManager:
             raise InvalidArgument(f"buffer size must be > 0 bytes, got {size}")
         if persistence is Persistence.EPHEMERAL and key is not None:
             raise InvalidArgument("only PERSISTENT buffers have a key")
+        name: Name | None = None
+        stored: str | None = None
         if key is not None:
-            _check_key(key)
-            if key in self._by_key or (self._registry is not None and key in self._registry):
-                raise AlreadyExists(f"persistent key {key!r} exists; open it instead")
+            name = resolve(key, uid)
+            check_own(name, uid, key)
+            for taken in (name.stored, pending(uid, name.key)):
+                if taken in self._by_key or (
+                    self._registry is not None and taken in self._registry
+                ):
+                    raise AlreadyExists(f"persistent key {key!r} exists; open it instead")
+            stored = name.stored if name.digest is None else pending(uid, name.key)
         largest = max(self._budget.values())
         if _pages(size) > largest:
             raise OutOfDeviceMemory(
@@ -330,39 +349,52 @@ class ResidencyManager:
             usage=usage,
             persistence=persistence,
             tier_preference=tier,
-            key=key,
+            key=None if name is None else name.key,
             owner=ctx,
             users={ctx},
             last_used=self._clock.now(),
         )
-        entry = _Entry(buf)
+        persistent = persistence is Persistence.PERSISTENT
+        entry = _Entry(buf, stored=stored, namespace=uid if persistent else None)
         if persistence is Persistence.PERSISTENT:
             entry.hasher = hashlib.sha256()
         elif recycle and usage is Usage.COMMAND and _pages(size) <= RECYCLE_MAX_BYTES:
             entry.recycle = True
             self._recycling.add(ctx)
         self._entries[buf.id] = entry
-        if key is not None:
-            self._by_key[key] = entry
+        if stored is not None:
+            self._by_key[stored] = entry
         self._refs.setdefault(ctx, {})[buf.id] = buf
         self._place(entry, frozenset({buf.id}))
         return buf
 
-    def open_persistent(self, ctx: ContextId, key: str) -> Buffer:
-        """Attach ``ctx`` to the persistent buffer registered under ``key``.
+    def open_persistent(self, ctx: ContextId, key: str, *, uid: int = 0) -> Buffer:
+        """Attach ``ctx`` (a context of user ``uid``) to the persistent buffer ``key`` names.
 
         Uploads nothing: a buffer still resident (in use elsewhere or in the warm pool) is
         shared as is; one known only from the state directory is read from its backing file
         when a job or a read first needs it. Opening a key ``ctx`` holds already returns the
-        same buffer (one reference).
+        same buffer (one reference). A free-form key is looked up in ``uid``'s namespace
+        (``~<uid>/<key>`` names another user's); a content key finds the sealed buffer, or
+        else ``uid``'s own unsealed upload. Another user's unsealed buffer is never opened.
 
         Raises:
-            NotFound: no such key (or its backing copy is missing or corrupt).
+            InvalidArgument: a malformed key.
+            NotFound: no such key that ``uid`` may open (or its backing copy is missing or
+                corrupt).
             QuotaExceeded: attaching would take ``ctx`` past its memory quota.
         """
-        entry = self._by_key.get(key)
+        name = resolve(key, uid)
+        entry = self._by_key.get(name.stored)
+        if entry is None and name.digest is not None:
+            entry = self._by_key.get(pending(uid, name.key))
         if entry is None:
-            entry = self._revive(key)
+            entry = self._revive(name)
+        if not entry.buffer.sealed and entry.namespace != uid:
+            raise NotFound(
+                f"no persistent buffer {key[:80]!r} that you may open: another user's buffer "
+                "can be opened only once it is sealed"
+            )
         buf = entry.buffer
         if ctx in buf.users:
             return buf
@@ -379,12 +411,16 @@ class ResidencyManager:
         from the buffer if writes came out of order). A buffer created without a key gets the
         key ``sha256:<hex>``; if that key exists already, ``ctx`` is attached to the existing
         buffer, this one is released, and the existing one is returned (the caller must use
-        the returned buffer from then on). With a state directory, the contents are recorded
-        there as a backing copy. Sealing a sealed buffer returns it unchanged.
+        the returned buffer from then on). A content-addressed key must match the contents; the
+        sealed buffer then becomes the global one under that key, or, if another upload of
+        the same key was sealed first, ``ctx`` is attached to that one in the same way. With a
+        state directory, the contents are recorded there as a backing copy. Sealing a sealed
+        buffer returns it unchanged.
 
         Raises:
             NotFound: ``ctx`` holds no reference to ``buf``.
-            InvalidArgument: an EPHEMERAL buffer, or a ``sha256:`` key that does not match.
+            InvalidArgument: an EPHEMERAL buffer, or a content-addressed key that does not
+                match the contents (the buffer stays unsealed and writable).
             FailedPrecondition: the buffer is bound to a running job.
         """
         entry = self._entry_of(ctx, buf)
@@ -400,22 +436,34 @@ class ResidencyManager:
             digest = hashlib.sha256(self._contents(entry)).hexdigest()
         entry.hasher = None
         content_key = HASH_PREFIX + digest
-        if buf.key is not None and buf.key.startswith(HASH_PREFIX) and buf.key != content_key:
-            raise InvalidArgument(f"contents hash to {content_key}, not the key {buf.key}")
-        if buf.key is None:
-            existing = self._by_key.get(content_key)
-            if existing is None and self._registry is not None and content_key in self._registry:
-                existing = self._revive(content_key)
-            if existing is not None:
+        name = resolve(buf.key if buf.key is not None else content_key, entry.namespace or 0)
+        if name.digest is not None and name.digest != digest:
+            raise InvalidArgument(
+                f"contents hash to {content_key}, not the key {buf.key}: not sealed; write the "
+                "bytes the key names"
+            )
+        if name.namespace is None:  # content-addressed: join the global buffer or become it
+            existing = self._by_key.get(name.stored)
+            if existing is None and self._registry is not None and name.stored in self._registry:
+                existing = self._revive(name)
+            if existing is not None and existing is not entry:
                 self._n.dedups += 1
+                uid = entry.namespace or 0
                 self.release(ctx, buf)
-                return self.open_persistent(ctx, content_key)
-            buf.key = content_key
-            self._by_key[content_key] = entry
+                if not buf.users and self._by_key.get(entry.stored or "") is entry:
+                    self._destroy(entry)  # an upload nobody else holds: nothing to keep
+                return self.open_persistent(ctx, name.key, uid=uid)
+            if entry.stored is not None and self._by_key.get(entry.stored) is entry:
+                del self._by_key[entry.stored]
+            buf.key = name.key
+            entry.stored = name.stored
+            entry.namespace = None
+            self._by_key[name.stored] = entry
         buf.sealed = True
         buf.valid = True
         if self._registry is not None:
-            reg = Registration(buf.key, buf.size, buf.usage, buf.tier_preference, digest)
+            assert entry.stored is not None
+            reg = Registration(entry.stored, buf.size, buf.usage, buf.tier_preference, digest)
             try:
                 self._registry.record(reg, self._contents(entry))
                 entry.backing = reg
@@ -793,11 +841,12 @@ class ResidencyManager:
                 f"{size} more were requested"
             )
 
-    def _revive(self, key: str) -> _Entry:
+    def _revive(self, name: Name) -> _Entry:
         """Bring a registration from disk back as a (non-resident) buffer."""
+        key = name.stored
         reg = self._registry.get(key) if self._registry is not None else None
         if reg is None:
-            raise NotFound(f"no persistent buffer with key {key!r}")
+            raise NotFound(f"no persistent buffer with key {name.key[:80]!r}")
         assert self._registry is not None
         if not self._registry.verify(reg):
             try:
@@ -811,13 +860,13 @@ class ResidencyManager:
             usage=reg.usage,
             persistence=Persistence.PERSISTENT,
             tier_preference=reg.tier_preference,
-            key=key,
+            key=name.key,
             valid=True,
             sealed=True,
             location=Location.BACKED,
             last_used=self._clock.now(),
         )
-        entry = _Entry(buf, backing=reg)
+        entry = _Entry(buf, stored=key, namespace=name.namespace, backing=reg)
         self._entries[buf.id] = entry
         self._by_key[key] = entry
         return entry
@@ -1004,8 +1053,8 @@ class ResidencyManager:
             self._host_bytes -= buf.size
             entry.host = None
         self._entries.pop(buf.id, None)
-        if buf.key is not None and self._by_key.get(buf.key) is entry:
-            del self._by_key[buf.key]
+        if entry.stored is not None and self._by_key.get(entry.stored) is entry:
+            del self._by_key[entry.stored]
         for ctx in list(buf.users):
             refs = self._refs.get(ctx)
             if refs is not None:
@@ -1195,14 +1244,3 @@ def _check_range(buf: Buffer, offset: int, size: int) -> None:
         raise InvalidArgument(
             f"range [{offset}, {offset + size}) is outside buffer {buf.id} of {buf.size} bytes"
         )
-
-
-def _check_key(key: str) -> None:
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidArgument(
-            f"a persistent key is 1..{MAX_KEY_LENGTH} printable characters, got {key!r}"
-        )
-    if key.startswith(HASH_PREFIX):
-        digest = key[len(HASH_PREFIX) :]
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise InvalidArgument(f"a {HASH_PREFIX} key needs 64 lowercase hex digits: {key!r}")

@@ -635,6 +635,7 @@ class Core:
             NotFound: no such context for ``owner``.
             FailedPrecondition: the context is closing.
             InvalidArgument, AlreadyExists, OutOfDeviceMemory: from the residency manager.
+            PermissionDenied: the key names another user's namespace.
             QuotaExceeded: the context's memory quota, or its user's
                 (``limits.max_memory_bytes_per_user``), would be exceeded (nothing allocated).
         """
@@ -642,7 +643,14 @@ class Core:
         if size > 0:
             self._charge_user(ctx.owner, size)
         buf = self._residency(ctx).create(
-            ctx.id, size, usage=usage, persistence=persistence, tier=tier, key=key, recycle=recycle
+            ctx.id,
+            size,
+            usage=usage,
+            persistence=persistence,
+            tier=tier,
+            key=key,
+            recycle=recycle,
+            uid=ctx.owner.uid,
         )
         ctx.buffers[buf.id] = buf
         return buf
@@ -671,16 +679,19 @@ class Core:
             )
 
     def open_persistent(self, owner: Owner, ctx_id: ContextId, key: str) -> Buffer:
-        """Attach the context to a persistent buffer by key (uploads nothing).
+        """Attach the context to a persistent buffer by key (uploads nothing). Keys follow
+        the sharing rule of :mod:`npud.core.keys`, in the namespace of the context's user.
 
         Raises:
-            NotFound: no such context for ``owner``, or no such key.
+            InvalidArgument: a malformed key.
+            NotFound: no such context for ``owner``, or no such key the context's user may
+                open (another user's unsealed buffer is not found).
             FailedPrecondition: the context is closing.
             QuotaExceeded: the context's or its user's memory quota would be exceeded.
         """
         ctx = self._open_context(owner, ctx_id)
         residency = self._residency(ctx)
-        buf = residency.open_persistent(ctx.id, key)
+        buf = residency.open_persistent(ctx.id, key, uid=ctx.owner.uid)
         try:
             self._charge_user(ctx.owner, 0)
         except QuotaExceeded:
@@ -749,7 +760,11 @@ class Core:
         """Seal a persistent buffer's contents under its key (``ResidencyManager.seal``)."""
         ctx = self._open_context(owner, ctx_id)
         residency = self._residency(ctx)
-        return residency.seal(ctx.id, residency.get(ctx.id, buffer_id))
+        sealed = residency.seal(ctx.id, residency.get(ctx.id, buffer_id))
+        if sealed.id != buffer_id:  # the same contents were sealed first: attached to those
+            ctx.buffers.pop(buffer_id, None)
+            ctx.buffers[sealed.id] = sealed
+        return sealed
 
     def pin_buffer(self, owner: Owner, ctx_id: ContextId, buffer_id: BufferId) -> None:
         """Pin a buffer resident on behalf of the context (dropped when it releases it)."""

@@ -6,9 +6,11 @@ How the model maps onto npud's objects:
   ``prefill`` in the THROUGHPUT class, so a long prompt of one client never delays another
   client's decode step by more than one chunk;
 - the **weights** as PERSISTENT buffers keyed by content (``npud-llm:sha256:<hex>`` of each
-  pack): the first process creates and uploads them; every later process, in any context,
+  pack): the first process creates, uploads and *seals* them (npud checks the bytes against
+  the key's digest, and sealed contents are immutable); every later process, of any user,
   finds them with ``OpenPersistentBuffer`` and uploads nothing. They stay warm in the daemon
-  after the last user leaves, until memory pressure evicts them;
+  after the last user leaves, until memory pressure evicts them, and a daemon with a state
+  directory offers them again after a restart;
 - the **KV cache** and the token ids as STATE buffers of the context (spilled, never dropped);
 - activations in a SCRATCH buffer;
 - every step over one bidirectional **SubmitStream** with its command stream inline; a step
@@ -20,10 +22,13 @@ How the model maps onto npud's objects:
 
 Racing first users
 ------------------
-Two processes may load the same new model at once. Creating a keyed buffer that exists raises
-``AlreadyExists``; the loser then opens the winner's buffer. A buffer that exists but has never
-been written (the winner is still uploading) is written again by the loser with the same bytes:
-harmless, and simpler than waiting for another client's upload.
+Two processes may load the same new model at once. Processes of one user share one unsealed
+upload: creating it again raises ``AlreadyExists`` and the loser opens the winner's buffer; an
+unsealed buffer (the winner is still uploading, or died half way) is written again by the
+loser with the same bytes and sealed: harmless, and simpler than waiting for another client's
+upload. Uploads of different users are separate until one seals; npud then attaches the other
+user's seal to the sealed buffer. Only a sealed buffer is reused as is: an unsealed one may
+hold anything.
 """
 
 from __future__ import annotations
@@ -228,10 +233,17 @@ class DaemonBackend:
             raise InvalidArgument(
                 f"persistent buffer {key} holds {buf.size} bytes, the plan needs {spec.size}"
             )
-        if buf.valid:
+        if buf.sealed:
             self._packs_reused += 1
             return buf
-        buf = self.client.write_buffer(ctx, buf, spec.pack.data)
+        try:
+            buf = self.client.write_buffer(ctx, buf, spec.pack.data, seal=True)
+        except FailedPrecondition:  # another process of this user sealed it meanwhile
+            buf = self.client.open_persistent(ctx, key)
+            if not buf.sealed:
+                raise
+            self._packs_reused += 1
+            return buf
         self._uploaded += spec.pack.size
         self._packs_uploaded += 1
         return buf

@@ -37,7 +37,7 @@ def _busy_bed() -> tuple[Bed, ResidencyStatistics]:
     bed.burn(alice, bed.queue(alice, SchedClass.LATENCY), 0.001)
     bed.run()
     bob = bed.context(BOB)
-    core.open_persistent(BOB, bob.id, "model@1")
+    core.open_persistent(BOB, bob.id, f"~{ALICE.uid}/model@1")
     return bed, core.device_report().residency
 
 

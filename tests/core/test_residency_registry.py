@@ -43,7 +43,7 @@ def test_seal_records_manifest_and_content_addressed_blob(tmp_path: Path) -> Non
     doc = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert doc["registrations"] == [
         {
-            "key": "llama/v1/wq",
+            "key": "~0/llama/v1/wq",
             "sha256": digest,
             "size": len(WEIGHTS),
             "tier_preference": "any",

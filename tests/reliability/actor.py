@@ -9,7 +9,8 @@ one JSON line per command line::
     -> {"ok": false, "kind": "NotFound", "code": "NOT_FOUND", "message": "..."}
 
 Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``; ``token``;
-``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes);
+``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes,
+the values of ``usage``/``persistence``/``tier`` keywords as their enums' strings);
 ``submit`` (a BURN job: ctx, queue, seconds, optional bindings
 ``[[buffer, "read"|"write"]]``); ``stream`` (n BURN jobs on a SubmitStream left open);
 ``rescan`` and ``inject`` (AdminService with this user's token); ``reconnect``; ``exit``.
@@ -32,7 +33,7 @@ import grpc
 import npud.client
 import npud.client.aio
 import npud.client.types
-from npud.client import Access, Bind, JobSpec
+from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, TierPreference
 from npud.client.errors import from_rpc_error
 from npud.isa import Program
 from npud.v1 import admin_pb2, admin_pb2_grpc
@@ -80,6 +81,7 @@ def _submit(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
     return npu.submit(cmd["ctx"], spec)
 
 
+_ENUMS: dict[str, Any] = {"usage": BufferUsage, "persistence": Persistence, "tier": TierPreference}
 _OPEN: list[Any] = []  # submit streams kept open until the process dies
 
 
@@ -139,7 +141,10 @@ def serve(socket_path: str) -> None:
                     bytes.fromhex(a[4:]) if isinstance(a, str) and a.startswith("hex:") else a
                     for a in cmd.get("args", [])
                 ]
-                result = method(*args, **cmd.get("kwargs", {}))
+                kwargs = {
+                    k: _ENUMS[k](v) if k in _ENUMS else v for k, v in cmd.get("kwargs", {}).items()
+                }
+                result = method(*args, **kwargs)
                 if hasattr(result, "__next__"):  # a stream: take the first item only
                     result = next(result)
             else:

@@ -56,7 +56,7 @@ def test_user_memory_quota_counts_attached_persistent_buffers(tmp_path: Path) ->
     a2 = core.create_context(ALICE)
     core.create_buffer(ALICE, a1.id, 2 * MiB, usage=Usage.SCRATCH)
     with pytest.raises(QuotaExceeded):
-        core.open_persistent(ALICE, a2.id, "w@1")
+        core.open_persistent(ALICE, a2.id, f"~{BOB.uid}/w@1")
     assert core.buffers(ALICE, a2.id) == []
     assert weights.users == {owner_ctx.id}
 
