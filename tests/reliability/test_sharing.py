@@ -32,9 +32,28 @@ PROMPT = ByteTokenizer().encode("tenants")
 TOKENS = 6
 
 
+@pytest.fixture(scope="module")
+def own() -> Iterator[DaemonProcess]:
+    """A daemon of this module alone: the weights these tests seal stay warm in it, and must
+    not change what other tests' allocations find."""
+    with world_reachable_dir("npud-share-") as tmp:
+        daemon = launch(tmp)
+        try:
+            yield daemon
+        finally:
+            assert daemon.stop() == 0, daemon.log()[-4000:]
+
+
 @pytest.fixture
-def attacker(shared: DaemonProcess) -> Iterator[Actor]:
-    actor = Actor(shared.socket, NOBODY)
+def root(own: DaemonProcess) -> Iterator[npud.client.Client]:
+    """A root client of the module's daemon."""
+    with npud.client.connect(own.socket) as client:
+        yield client
+
+
+@pytest.fixture
+def attacker(own: DaemonProcess) -> Iterator[Actor]:
+    actor = Actor(own.socket, NOBODY)
     yield actor
     actor.close()
 
@@ -55,14 +74,14 @@ def _packs(model_dir: Path) -> dict[str, int]:
 
 
 def test_another_user_cannot_overwrite_sealed_weights(
-    shared: DaemonProcess, attacker: Actor, tmp_path: Path
+    own: DaemonProcess, attacker: Actor, tmp_path: Path
 ) -> None:
     """After the victim's first run the attacker opens every weight key and writes zeros: each
     write is refused (FAILED_PRECONDITION, sealed) and the victim's second run attaches the
     weights (0 bytes uploaded) and decodes the reference's ids again."""
     model_dir = make_tiny(tmp_path / "model", seed=2101)
     expected = ReferenceLlama(model_dir).generate(PROMPT, TOKENS)
-    first, uploaded = _decode(shared.socket, model_dir)
+    first, uploaded = _decode(own.socket, model_dir)
     assert first == expected
     assert uploaded > 0
     ctx = attacker.ok("create_context", label="attacker")["context_id"]
@@ -72,7 +91,7 @@ def test_another_user_cannot_overwrite_sealed_weights(
         writes[key] = attacker.call(
             "write_buffer", ctx, buf["buffer_id"], "hex:" + bytes(size).hex()
         )
-    again, uploaded_again = _decode(shared.socket, model_dir)
+    again, uploaded_again = _decode(own.socket, model_dir)
     assert again == expected, f"the victim decoded {again} after the attacker's writes {writes}"
     assert uploaded_again == 0
     for key, reply in writes.items():
@@ -81,7 +100,7 @@ def test_another_user_cannot_overwrite_sealed_weights(
 
 
 def test_another_user_cannot_squat_the_victims_keys(
-    shared: DaemonProcess, root: npud.client.Client, attacker: Actor, tmp_path: Path
+    own: DaemonProcess, root: npud.client.Client, attacker: Actor, tmp_path: Path
 ) -> None:
     """Before the victim ever runs, the attacker creates every weight key of its model and
     fills it with zeros: the attacker's seal is refused (INVALID_ARGUMENT: the bytes do not
@@ -99,7 +118,7 @@ def test_another_user_cannot_squat_the_victims_keys(
             "write_buffer", ctx, buf["buffer_id"], "hex:" + bytes(size).hex(), seal=True
         )
         seals[key] = reply
-    tokens, uploaded = _decode(shared.socket, model_dir)
+    tokens, uploaded = _decode(own.socket, model_dir)
     assert tokens == expected, f"the victim decoded {tokens} after the attacker's seals {seals}"
     for key, reply in seals.items():
         assert reply.get("kind") == "InvalidArgument", f"sealed zeros as {key}: {reply}"
