@@ -32,8 +32,14 @@ ADAPTERS: dict[str, type[AccelDevice]] = {
 }
 """DRM driver name -> adapter class (``"intel_vpu"`` -> :class:`IvpuDevice`, ...)."""
 
-# Kernel module names as discovery may report them (the accel node's ``driver`` link).
-MODULE_ALIASES = {"intel_vpu": "intel_vpu", "ivpu": "intel_vpu", "amdxdna": "amdxdna_accel_driver"}
+# Kernel module and platform-driver names as discovery may report them (the ``driver`` link of
+# the node's parent device in sysfs).
+MODULE_ALIASES = {
+    "intel_vpu": "intel_vpu",
+    "ivpu": "intel_vpu",
+    "amdxdna": "amdxdna_accel_driver",
+    "RKNPU": "rknpu",  # the vendor rknpu's platform driver name, as sysfs reports it
+}
 
 
 def adapter_for(driver: str) -> type[AccelDevice] | None:

@@ -38,10 +38,11 @@ from typing import Any
 
 from npud.abi.drmfile import DrmFile
 
-NPU_RENDER_DRIVERS: frozenset[str] = frozenset({"etnaviv", "rknpu"})
-"""DRM drivers whose render nodes are NPUs (the rest of /dev/dri is GPUs and displays): etnaviv
+NPU_RENDER_DRIVERS: frozenset[str] = frozenset({"etnaviv", "rknpu", "RKNPU"})
+"""Drivers whose render nodes are NPUs (the rest of /dev/dri is GPUs and displays): etnaviv
 (Vivante NPU cores; its adapter serves only those, not the GPU beside them) and Rockchip's
-vendor rknpu."""
+vendor rknpu, whose platform driver sysfs names ``RKNPU`` (``rknpu_driver.driver.name``) while
+its DRM name (``DRM_IOCTL_VERSION``) is ``rknpu``."""
 
 NETLINK_KOBJECT_UEVENT = 15
 _KERNEL_UEVENT_GROUP = 1

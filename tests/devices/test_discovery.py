@@ -155,3 +155,31 @@ def test_the_monitor_delivers_events_from_its_fd_on_the_loop(
     assert seen[0].node.driver == "intel_vpu"
     assert seen[0].devname == "/dev/accel/accel0"
     assert seen[1].node is None
+
+
+def test_etnaviv_and_rknpu_render_nodes_are_npus(tmp_path: Path) -> None:
+    """The render nodes of etnaviv and of the vendor rknpu (whose platform driver sysfs names
+    RKNPU) are NPU nodes, each resolving to its adapter; a GPU's render node is not."""
+    from npud.devices.accel_adapters import adapter_for
+
+    sys = tmp_path / "sys"
+    minor = "DEVTYPE=drm_minor\n"
+    platform = sys / "bus" / "platform"
+    for parent_name, driver, node, number in (
+        ("etnaviv", "etnaviv", "renderD128", 128),
+        ("fdab0000.npu", "RKNPU", "renderD129", 129),
+        ("fb000000.gpu", "panthor", "renderD130", 130),
+    ):
+        parent = sys / "devices" / "platform" / parent_name
+        parent.mkdir(parents=True)
+        (platform / "drivers" / driver).mkdir(parents=True, exist_ok=True)
+        _link(parent / "driver", platform / "drivers" / driver)
+        _link(parent / "subsystem", platform)
+        _node(sys, parent, "drm", node, f"226:{number}", f"DEVNAME=dri/{node}\n{minor}")
+    nodes = scan_sysfs(sysfs=sys, probe=False)
+    assert [(n.path, n.driver, n.bus_id) for n in nodes] == [
+        ("/dev/dri/renderD128", "etnaviv", "platform-etnaviv"),
+        ("/dev/dri/renderD129", "RKNPU", "platform-fdab0000.npu"),
+    ]
+    adapters = [adapter_for(n.driver or "") for n in nodes]
+    assert [a.driver if a is not None else None for a in adapters] == ["etnaviv", "rknpu"]
