@@ -30,6 +30,9 @@ How npud drives it:
   (``DeviceBuffer.device_address``).
 - memory is cacheable (``RKNPU_MEM_CACHEABLE``): ``MEM_SYNC`` to the device for every bound
   buffer before a job, from the device for the written ones after it.
+- **power**: where the driver handles ``RKNPU_POWER_ON`` the adapter holds one power reference
+  from open to close (no power-up on the first job after an idle spell); versions that refuse it
+  (``EINVAL``) power the NPU around every ioctl themselves.
 - **SRAM is npud's SRAM tier** where the driver has some (``RKNPU_GET_TOTAL_SRAM_SIZE`` > 0): a
   buffer in the SRAM tier is created with ``RKNPU_MEM_TRY_ALLOC_SRAM`` and refused
   (OutOfDeviceMemory) unless the driver placed all of it in SRAM.
@@ -205,6 +208,7 @@ class RknpuDevice(AccelDevice):
             "sram_bytes": self.action(rknpu.Action.GET_TOTAL_SRAM_SIZE),
         }
         major, minor, patch = rknpu.drv_version(self.info["drv_version"])
+        self._power_on()
         self._submitters = [
             _Submitter(f"{self.name}-core{i}", self.loop) for i in range(self._cores)
         ]
@@ -227,6 +231,18 @@ class RknpuDevice(AccelDevice):
         )
         tiers = caps.tiers + ((TierInfo(MemoryTier.SRAM, sram),) if sram else ())
         return dataclasses.replace(caps, tiers=tiers)
+
+    def _power_on(self) -> None:
+        """``RKNPU_POWER_ON`` where the driver has it: keep the NPU powered while npud serves.
+
+        Driver versions without it (``EINVAL``) power the NPU around every ioctl themselves.
+        """
+        try:
+            self.action(rknpu.Action.POWER_ON)
+        except InvalidArgument:
+            self.info["power_held"] = 0
+            return
+        self.info["power_held"] = 1
 
     def _task_object(self) -> _TaskObject:
         flags = rknpu.MemFlag.KERNEL_MAPPING | rknpu.MemFlag.CACHEABLE
@@ -444,7 +460,7 @@ class RknpuDevice(AccelDevice):
         self.action(rknpu.Action.ACT_RESET)
 
     def _shutdown(self) -> None:
-        """Let the submitter threads end and free the task objects."""
+        """Let the submitter threads end, free the task objects, drop the power reference."""
         for submitter in self._submitters:
             submitter.stop()
         self._submitters = []
@@ -454,3 +470,6 @@ class RknpuDevice(AccelDevice):
             with contextlib.suppress(NpudError):
                 self._gem_close(task_object.handle)
         self._tasks = []
+        if self.info.pop("power_held", 0):
+            with contextlib.suppress(NpudError):
+                self.action(rknpu.Action.POWER_OFF)

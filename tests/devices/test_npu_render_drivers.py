@@ -392,6 +392,23 @@ def test_rknpu_actions_the_driver_lacks_are_invalid() -> None:
     run(scenario)
 
 
+def test_rknpu_holds_power_where_the_driver_has_the_action() -> None:
+    """Where the driver handles RKNPU_POWER_ON the adapter holds one reference from open to
+    close; where it refuses it (EINVAL) nothing is held and the device still serves."""
+
+    async def scenario() -> None:
+        for handles_power in (True, False):
+            fake = FakeRknpu(power_actions=handles_power)
+            device = RknpuDevice(fake.open, name="renderD129")
+            device.open()
+            assert fake.power_refs == (1 if handles_power else 0)
+            assert device.info["power_held"] == (1 if handles_power else 0)
+            device.close()
+            assert fake.power_refs == 0
+
+    run(scenario)
+
+
 def test_new_adapters_use_only_declared_ioctls() -> None:
     """Every ioctl the etnaviv and rknpu adapters issue is declared (and conformance-checked)."""
     from npud.abi.header import all_specs

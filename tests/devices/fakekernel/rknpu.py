@@ -8,8 +8,10 @@ Facts modelled:
   patch``), GET_FREQ, GET_VOLT, GET_IOMMU_EN, SET_PROC_NICE, GET_TOTAL_SRAM_SIZE and
   GET_FREE_SRAM_SIZE (chunks of the SRAM allocator), ACT_RESET (rknpu_soft_reset: every core is
   reset, waiters wake up and a job not yet done fails); anything else -> EINVAL, including
-  POWER_ON/POWER_OFF, which this driver version does not handle in ``rknpu_action`` (it powers
-  the NPU around every ioctl itself, ``RKNPU_IOCTL`` wrapper).
+  POWER_ON/POWER_OFF, which the cited driver version does not handle in ``rknpu_action`` (it
+  powers the NPU around every ioctl itself, ``RKNPU_IOCTL`` wrapper). With ``power_actions``
+  the fake models the versions that do: POWER_ON takes a power reference (rknpu_power_get),
+  POWER_OFF drops one if held.
 - ``MEM_CREATE`` (rknpu_gem_create_ioctl, rknpu_gem_object_create): an existing ``handle``
   returns that object; size 0 -> EINVAL; the size is page-aligned; ``obj_addr`` is the kernel
   object's address and ``dma_addr`` the NPU's; with ``TRY_ALLOC_SRAM`` and SRAM present the object
@@ -119,9 +121,16 @@ class FakeRknpu(FakeDevice):
     driver_version = DRIVER_VERSION
 
     def __init__(
-        self, *, auto_complete: bool = True, sram: int = 0xEF000, core_mask: int = 0x7
+        self,
+        *,
+        auto_complete: bool = True,
+        sram: int = 0xEF000,
+        core_mask: int = 0x7,
+        power_actions: bool = False,
     ) -> None:
         super().__init__(auto_complete=auto_complete)
+        self.power_actions = power_actions
+        self.power_refs = 0
         self.sram = sram
         self.core_mask = core_mask
         self.hw_version = 0x0AB20000 + 0x3588
@@ -182,6 +191,12 @@ def _action(file: FakeFile, v: dict[str, Any]) -> None:
     }
     if v["flags"] == 6:  # RKNPU_ACT_RESET
         device.soft_reset()
+        return
+    if v["flags"] in (20, 21) and device.power_actions:  # RKNPU_POWER_ON / RKNPU_POWER_OFF
+        if v["flags"] == 20:
+            device.power_refs += 1
+        elif device.power_refs > 0:
+            device.power_refs -= 1
         return
     if v["flags"] not in values:
         raise fail(errno.EINVAL)
