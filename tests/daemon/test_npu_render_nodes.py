@@ -172,9 +172,9 @@ def test_the_watchdog_resets_rknpu_with_its_soft_reset(tmp_path: Path) -> None:
             q = await npu.create_queue(ctx, in_order=False)
             fake = machine.fake(RKNPU)
             async with npu.submit_stream(ctx) as stream:
-                other = await stream.submit(JobSpec(q, _burn(3.0), timeout_s=30))
+                other = await stream.submit(JobSpec(q, _burn(4.0), timeout_s=30))
                 await asyncio.wait_for(_until(lambda: len(fake.pending()) == 1), 30)
-                hung = await stream.submit(JobSpec(q, _burn(10.0), timeout_s=0.5))
+                hung = await stream.submit(JobSpec(q, _burn(10.0), timeout_s=1.0))
                 hung_end, other_end = await asyncio.gather(hung, other)
             assert hung_end.job is not None
             assert hung_end.job.state is JobState.TIMED_OUT
