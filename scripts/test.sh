@@ -27,11 +27,41 @@ command -v tmux >/dev/null || want+=(tmux)
 # prometheus + promtool: a real Prometheus scrapes /metrics in the metrics tests.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || want+=(prometheus)
 command -v curl >/dev/null || want+=(curl)
+# golang-gogoprotobuf-dev: gogo.proto, which Kubernetes' device plugin proto imports (the plugin
+# tests compile that proto).
+[ -f /usr/share/gocode/src/github.com/gogo/protobuf/gogoproto/gogo.proto ] || want+=(golang-gogoprotobuf-dev)
 if [ ${#want[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "== installing system packages: ${want[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+
+# ---- Kubernetes' device plugin proto ---------------------------------------------------------
+# The device plugin's wire proto is checked against Kubernetes' own, from Debian's package
+# golang-github-kubernetes-kubelet-dev. Releases that ship it install it; older ones (bookworm)
+# fetch the same package from Debian's unstable archive with apt-get download (a private source
+# list, nothing added to the system's) and unpack it under .cache/debian for the tests.
+KUBELET_PROTO=usr/share/gocode/src/k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto
+if [ ! -f "/$KUBELET_PROTO" ] && [ ! -f ".cache/debian/$KUBELET_PROTO" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if apt-cache show golang-github-kubernetes-kubelet-dev >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      golang-github-kubernetes-kubelet-dev >/dev/null
+  else
+    echo "== fetching golang-github-kubernetes-kubelet-dev from Debian unstable"
+    apt_tmp=$(mktemp -d)
+    mkdir -p "$apt_tmp/lists/partial" "$apt_tmp/archives/partial"
+    echo "deb http://deb.debian.org/debian sid main" >"$apt_tmp/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+      -o "Dir::State::Lists=$apt_tmp/lists" -o "Dir::Cache::Archives=$apt_tmp/archives"
+      -o Acquire::Languages=none -o APT::Sandbox::User=root)
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$apt_tmp" && apt-get "${apt_opts[@]}" download golang-github-kubernetes-kubelet-dev -qq)
+    mkdir -p .cache/debian
+    dpkg-deb -x "$apt_tmp"/golang-github-kubernetes-kubelet-dev_*.deb .cache/debian
+    rm -rf "$apt_tmp"
+  fi
 fi
 
 # ---- python environment ------------------------------------------------------------------

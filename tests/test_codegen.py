@@ -10,14 +10,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_committed_codegen_is_fresh(tmp_path: Path) -> None:
-    """Regenerating into a scratch tree reproduces npud/v1 byte for byte."""
+    """Regenerating into a scratch tree reproduces npud/v1 and npud/plugin/v1beta1 byte for
+    byte."""
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)],
         check=True,
         capture_output=True,
     )
-    fresh = {p.name: p.read_bytes() for p in (tmp_path / "npud" / "v1").glob("*_pb2*")}
-    committed = {p.name: p.read_bytes() for p in (ROOT / "npud" / "v1").glob("*_pb2*")}
+    places = ("npud/v1", "npud/plugin/v1beta1")
+    fresh = {p: p.read_bytes() for d in places for p in (tmp_path / d).glob("*_pb2*")}
+    fresh = {str(p.relative_to(tmp_path)): data for p, data in fresh.items()}
+    committed = {
+        str(p.relative_to(ROOT)): p.read_bytes() for d in places for p in (ROOT / d).glob("*_pb2*")
+    }
     assert fresh, "protoc produced nothing"
     assert sorted(fresh) == sorted(committed), (
         "generated file set differs: run scripts/gen_protos.py"
