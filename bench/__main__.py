@@ -42,6 +42,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("P4", "bench.p4_residency"),
     ("P5", "bench.p5_decode"),
     ("P6", "bench.p6_scale"),
+    ("P7", "bench.p7_metrics"),
 )
 
 TABLE_BEGIN = "<!-- bench:table:begin -->"

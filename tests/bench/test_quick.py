@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ["P1", "P2", "P3", "P4", "P5", "P6"]
+KEYS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"]
 
 
 @pytest.fixture(scope="module")
