@@ -6,9 +6,10 @@ with the kernel's ioctl name, so failures are :class:`~npud.abi.ioctl.IoctlError
 ``OSError``) naming the call. After :meth:`DrmFile.close` the descriptor is gone and every call
 fails with EBADF: a use-after-close never reaches another file that reused the number.
 
-Kernel handles are per file: a GEM handle or syncobj handle means nothing on another fd. They
-are typed (:data:`GemHandle`, :data:`SyncobjHandle`) so they are not confused with each other
-or with npud's ids; the devices layer wraps them in its own ``BoHandle``.
+Kernel handles are per file: a GEM handle means nothing on another fd. It is typed
+(:data:`GemHandle`) so it is not confused with npud's ids; the devices layer wraps it in its own
+``BoHandle``. Driver-specific calls (syncobjs, submits) go through :meth:`DrmFile.call` with the
+declared ioctl, in the adapter that needs them.
 
 Ownership: the caller owns every handle a call returns until it closes or destroys it, and
 every fd a call returns (dma-buf, sync_file) until it ``os.close``-es it. Closing the DrmFile
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NewType
@@ -31,9 +30,6 @@ from npud.abi.ioctl import ioctl
 
 GemHandle = NewType("GemHandle", int)
 """A GEM buffer-object handle, valid on the DrmFile that created or imported it."""
-
-SyncobjHandle = NewType("SyncobjHandle", int)
-"""A DRM syncobj handle, valid on the DrmFile that created or imported it."""
 
 _ffi = drm.ffi
 
@@ -67,11 +63,6 @@ class DrmFileStatistics:
     open: bool
     ioctls: int
     failures: int
-
-
-def deadline_ns(timeout_s: float) -> int:
-    """An absolute CLOCK_MONOTONIC deadline ``timeout_s`` from now, as the syncobj waits want."""
-    return time.monotonic_ns() + int(timeout_s * 1e9)
 
 
 class DrmFile:
@@ -199,14 +190,6 @@ class DrmFile:
         """
         return int(self.call(drm.GET_CAP, capability=cap).value)
 
-    def set_client_cap(self, cap: int, value: int) -> None:
-        """Enable a client capability (a :class:`npud.abi.drm.ClientCap`).
-
-        Raises:
-            IoctlError: the driver does not offer it.
-        """
-        self.call(drm.SET_CLIENT_CAP, capability=cap, value=value)
-
     # -- GEM and PRIME -------------------------------------------------------------------------
 
     def gem_close(self, handle: GemHandle) -> None:
@@ -255,14 +238,6 @@ class DrmFile:
         """
         return int(self.call(drm.MODE_MAP_DUMB, handle=handle).offset)
 
-    def destroy_dumb(self, handle: GemHandle) -> None:
-        """Destroy a dumb buffer's handle (like :meth:`gem_close`).
-
-        Raises:
-            IoctlError: ENOENT/EINVAL for an unknown handle.
-        """
-        self.call(drm.MODE_DESTROY_DUMB, handle=handle)
-
     def mmap(self, offset: int, size: int) -> mmap.mmap:
         """Map ``size`` bytes of a GEM object at its fake ``offset`` (shared, read-write).
 
@@ -275,194 +250,3 @@ class DrmFile:
         return mmap.mmap(
             self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
         )
-
-    # -- syncobjs --------------------------------------------------------------------------------
-
-    def syncobj_create(self, *, signaled: bool = False) -> SyncobjHandle:
-        """Create a syncobj (optionally already signalled); the caller destroys it.
-
-        Raises:
-            IoctlError: EOPNOTSUPP where the driver has no syncobjs (``Cap.SYNCOBJ`` is 0).
-        """
-        flags = drm.SyncobjCreateFlag.SIGNALED if signaled else 0
-        return SyncobjHandle(self.call(drm.SYNCOBJ_CREATE, flags=flags).handle)
-
-    def syncobj_destroy(self, handle: SyncobjHandle) -> None:
-        """Destroy a syncobj handle.
-
-        Raises:
-            IoctlError: EINVAL for an unknown handle.
-        """
-        self.call(drm.SYNCOBJ_DESTROY, handle=handle)
-
-    def _handles(self, handles: Sequence[int]) -> Any:
-        return _ffi.new("uint32_t[]", list(handles))
-
-    @staticmethod
-    def _addr(array: Any) -> int:
-        return int(_ffi.cast("uintptr_t", array))
-
-    def syncobj_wait(
-        self, handles: Sequence[SyncobjHandle], *, deadline: int, flags: int = 0
-    ) -> int:
-        """Wait until the syncobjs signal (all with ``WAIT_ALL``), up to absolute ``deadline``.
-
-        Returns the index of the first signalled syncobj (when not waiting for all).
-
-        Raises:
-            IoctlError: ETIME when the deadline passes; EINVAL for an unsubmitted syncobj
-                without ``WAIT_FOR_SUBMIT``; ENOENT for an unknown handle.
-        """
-        array = self._handles(handles)
-        arg = self.call(
-            drm.SYNCOBJ_WAIT,
-            handles=self._addr(array),
-            count_handles=len(handles),
-            timeout_nsec=deadline,
-            flags=flags,
-        )
-        return int(arg.first_signaled)
-
-    def syncobj_timeline_wait(
-        self,
-        handles: Sequence[SyncobjHandle],
-        points: Sequence[int],
-        *,
-        deadline: int,
-        flags: int = 0,
-    ) -> int:
-        """Wait for timeline points; like :meth:`syncobj_wait` with one point per handle.
-
-        Raises:
-            ValueError: ``handles`` and ``points`` differ in length.
-            IoctlError: as for :meth:`syncobj_wait`.
-        """
-        if len(handles) != len(points):
-            raise ValueError("one timeline point per syncobj handle")
-        harr = self._handles(handles)
-        parr = _ffi.new("uint64_t[]", list(points))
-        arg = self.call(
-            drm.SYNCOBJ_TIMELINE_WAIT,
-            handles=self._addr(harr),
-            points=self._addr(parr),
-            count_handles=len(handles),
-            timeout_nsec=deadline,
-            flags=flags,
-        )
-        return int(arg.first_signaled)
-
-    def syncobj_reset(self, handles: Sequence[SyncobjHandle]) -> None:
-        """Reset syncobjs to unsignalled (drop their fences).
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle.
-        """
-        array = self._handles(handles)
-        self.call(drm.SYNCOBJ_RESET, handles=self._addr(array), count_handles=len(handles))
-
-    def syncobj_signal(self, handles: Sequence[SyncobjHandle]) -> None:
-        """Signal binary syncobjs from the CPU.
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle.
-        """
-        array = self._handles(handles)
-        self.call(drm.SYNCOBJ_SIGNAL, handles=self._addr(array), count_handles=len(handles))
-
-    def syncobj_timeline_signal(
-        self, handles: Sequence[SyncobjHandle], points: Sequence[int]
-    ) -> None:
-        """Signal timeline points from the CPU.
-
-        Raises:
-            ValueError: ``handles`` and ``points`` differ in length.
-            IoctlError: ENOENT for an unknown handle; EOPNOTSUPP without timeline support.
-        """
-        if len(handles) != len(points):
-            raise ValueError("one timeline point per syncobj handle")
-        harr = self._handles(handles)
-        parr = _ffi.new("uint64_t[]", list(points))
-        self.call(
-            drm.SYNCOBJ_TIMELINE_SIGNAL,
-            handles=self._addr(harr),
-            points=self._addr(parr),
-            count_handles=len(handles),
-        )
-
-    def syncobj_query(self, handles: Sequence[SyncobjHandle], *, flags: int = 0) -> list[int]:
-        """The current (signalled) timeline point of each syncobj.
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle.
-        """
-        harr = self._handles(handles)
-        parr = _ffi.new("uint64_t[]", len(handles))
-        self.call(
-            drm.SYNCOBJ_QUERY,
-            handles=self._addr(harr),
-            points=self._addr(parr),
-            count_handles=len(handles),
-            flags=flags,
-        )
-        return [int(p) for p in parr]
-
-    def syncobj_handle_to_fd(self, handle: SyncobjHandle, *, sync_file: bool = False) -> int:
-        """Export a syncobj as an fd that the caller owns.
-
-        With ``sync_file`` the fd is a sync_file of the syncobj's current fence: it becomes
-        readable (``poll`` POLLIN) when the fence signals, which is how a completion reaches the
-        asyncio loop with ``loop.add_reader`` and no thread.
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle; EINVAL for ``sync_file`` on a syncobj
-                with no fence.
-        """
-        flags = drm.SyncobjHandleToFdFlag.EXPORT_SYNC_FILE if sync_file else 0
-        return int(self.call(drm.SYNCOBJ_HANDLE_TO_FD, handle=handle, flags=flags).fd)
-
-    def syncobj_fd_to_handle(self, fd: int, *, into: SyncobjHandle | None = None) -> SyncobjHandle:
-        """Import a syncobj fd; or, with ``into``, import a sync_file's fence into that syncobj.
-
-        The caller keeps owning ``fd``.
-
-        Raises:
-            IoctlError: EINVAL/EBADF for an fd of the wrong kind.
-        """
-        if into is None:
-            return SyncobjHandle(self.call(drm.SYNCOBJ_FD_TO_HANDLE, fd=fd).handle)
-        flags = drm.SyncobjFdToHandleFlag.IMPORT_SYNC_FILE
-        self.call(drm.SYNCOBJ_FD_TO_HANDLE, fd=fd, handle=into, flags=flags)
-        return into
-
-    def syncobj_transfer(
-        self,
-        src: SyncobjHandle,
-        src_point: int,
-        dst: SyncobjHandle,
-        dst_point: int,
-        *,
-        flags: int = 0,
-    ) -> None:
-        """Move the fence at ``src``/``src_point`` to ``dst``/``dst_point``.
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle.
-        """
-        self.call(
-            drm.SYNCOBJ_TRANSFER,
-            src_handle=src,
-            src_point=src_point,
-            dst_handle=dst,
-            dst_point=dst_point,
-            flags=flags,
-        )
-
-    def syncobj_eventfd(
-        self, handle: SyncobjHandle, eventfd: int, *, point: int = 0, flags: int = 0
-    ) -> None:
-        """Have the kernel signal ``eventfd`` when ``point`` of the syncobj signals.
-
-        Raises:
-            IoctlError: ENOENT for an unknown handle; EINVAL for a non-eventfd fd.
-        """
-        self.call(drm.SYNCOBJ_EVENTFD, handle=handle, fd=eventfd, point=point, flags=flags)

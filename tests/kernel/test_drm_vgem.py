@@ -133,7 +133,7 @@ def test_vgem_offers_no_syncobj_and_npud_reports_it_unsupported(card: DrmFile) -
     assert card.get_cap(drm.Cap.SYNCOBJ) == 0
     assert card.get_cap(drm.Cap.SYNCOBJ_TIMELINE) == 0
     with pytest.raises(IoctlError) as info:
-        card.syncobj_create()
+        card.call(drm.SYNCOBJ_CREATE, flags=0)
     err = error_for(info.value)
     assert isinstance(err, Unsupported)
     assert err.ioctl == "DRM_IOCTL_SYNCOBJ_CREATE"
