@@ -1163,9 +1163,9 @@ class Scheduler:
                 return
             command = residency.binding(job.command, BufferUse.READ).handle
             bindings = tuple(residency.binding(b, u) for b, u in job.bindings)
-        except NpudError as err:
+        except Exception as err:  # any failure before the device ends the job (see _unsent)
             self._refund(job)
-            self._finish(job, JobState.FAILED, JobError(type(err), str(err)))
+            self._finish(job, JobState.FAILED, _unsent(job, err))
             return
         cls = job.sched_class
         submission = Submission(
@@ -1198,13 +1198,13 @@ class Scheduler:
             engine.other += 1
         try:
             job.token = self._device.submit(submission, partial(self._on_done, job))
-        except NpudError as err:
+        except Exception as err:  # the job must not stay RUNNING without reaching the device
             if job.on_device:
                 self._off_device(job, engine, written=())
             if isinstance(err, DeviceLost):
                 self._on_device_lost(str(err))
             else:
-                self._finish(job, JobState.FAILED, JobError(type(err), str(err)))
+                self._finish(job, JobState.FAILED, _unsent(job, err))
             return
         self._idle_retries = 0
         if job.on_device and engine.inflight[0] is job:
@@ -1507,3 +1507,17 @@ class Scheduler:
             held=len(self._held),
             estimates=self.estimator.statistics(),
         )
+
+
+def _unsent(job: Job, err: Exception) -> JobError:
+    """Why ``job`` failed between admission and the device.
+
+    Why catch everything there: a job that is RUNNING holds an engine, its buffers' pins and
+    its command buffer until a completion arrives, and none arrives for a job the device never
+    took. An npud error keeps its class and message; anything else (a bug, a device adapter's
+    unexpected exception) fails the job as JobFailed naming what went wrong, and is logged.
+    """
+    if isinstance(err, NpudError):
+        return JobError(type(err), str(err))
+    _log.error("job %s could not be sent to the device", job.id, exc_info=err)
+    return JobError(JobFailed, f"the device could not take the job: {type(err).__name__}: {err}")

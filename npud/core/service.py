@@ -816,7 +816,8 @@ class Core:
             NotFound: no such context for ``owner``; an unknown queue or buffer id.
             InvalidArgument: an empty batch, a bad command range, a dependency that is not a
                 job of this context (or a batch index out of range), a dependency cycle, an
-                engine out of range.
+                engine out of range, more bindings than the device takes per job
+                (``Capabilities.max_bindings``).
             FailedPrecondition: the context is closing; a write binding to a sealed buffer.
             QueueFull, QuotaExceeded: a queue depth, context or user quota would be exceeded.
             TimeSliceExceeded, DeadlineInfeasible: from the scheduler's admission control.
@@ -854,6 +855,12 @@ class Core:
             raise InvalidArgument(
                 f"command range [{offset}, {offset + size}) is empty or outside buffer "
                 f"{command.id} ({command.size} bytes)"
+            )
+        limit = self._devices[ctx.device].device.capabilities.max_bindings
+        if len(spec.bindings) > limit:
+            raise InvalidArgument(
+                f"a job binds {len(spec.bindings)} buffers; device {ctx.device} takes at most "
+                f"{limit} per job"
             )
         bindings = []
         for buffer_id, use in spec.bindings:

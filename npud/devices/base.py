@@ -101,6 +101,11 @@ class TierInfo:
     bandwidth_bytes_per_s: float | None = None
 
 
+DEFAULT_MAX_BINDINGS = 4096
+"""Bindings per job where a device states no smaller limit: far above any model's buffers (a
+decode step binds a dozen), small enough that a job's binding table stays a few pages."""
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a device is and offers, fixed from ``open()`` until ``close()``."""
@@ -120,6 +125,9 @@ class Capabilities:
     can_export: bool  # export_buffer() gives a dma-buf fd
     simulated: bool
     launch_overhead_s: float = 0.0  # the fixed per-job cost, where known
+    max_bindings: int = DEFAULT_MAX_BINDINGS
+    """Buffers one job may bind; core refuses more at admission (INVALID_ARGUMENT), so a job
+    never reaches a device that cannot carry it."""
 
     def tier(self, tier: MemoryTier) -> TierInfo:
         """The :class:`TierInfo` for ``tier`` (an empty one if the device lacks it)."""

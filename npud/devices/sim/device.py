@@ -61,6 +61,7 @@ from npud.devices.sim.cost import estimate
 from npud.devices.sim.executor import JobCancelled, decode_job, execute
 from npud.devices.sim.memory import BufferMemory, SimBuffer, TierPool, round_up
 from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
+from npud.devices.sim.wire import MAX_BINDINGS, WireError
 from npud.errors import (
     DeviceError,
     DeviceLost,
@@ -237,6 +238,7 @@ class SimDevice:
             can_export=False,
             simulated=True,
             launch_overhead_s=p.launch_overhead_s,
+            max_bindings=MAX_BINDINGS,
         )
         self._health = DeviceHealth.OK
         self._opened = False
@@ -490,6 +492,10 @@ class SimDevice:
                 f"command range [{s.command_offset}, {s.command_offset + s.command_size}) "
                 f"runs past the command buffer ({command.size} bytes)"
             )
+        if len(s.bindings) > MAX_BINDINGS:
+            raise InvalidArgument(
+                f"{len(s.bindings)} bindings: {self._name} takes at most {MAX_BINDINGS} per job"
+            )
         buffers = tuple(self._bound(b.handle, f"binding {i}") for i, b in enumerate(s.bindings))
         for token in s.wait_for:
             if not 1 <= token < self._next_token:
@@ -534,7 +540,7 @@ class SimDevice:
             self._hang_next[engine] = False
             job.hung = True  # never completes until abort / reset_engine / loss
             if self._host is not None:
-                self._host.run(job)  # it hangs in the device process, holding its engine
+                self._send_run(job)  # it hangs in the device process, holding its engine
             return
         injected = self._error_next[engine] or self._error_any
         if injected is not None:
@@ -544,7 +550,7 @@ class SimDevice:
             self._complete_at(job, job.started_at + outcome.modelled_s, outcome)
             return
         if self._host is not None:
-            self._host.run(job)
+            self._send_run(job)
             return
         # Virtual mode: decode and cost now, execute when the modelled time has passed.
         try:
@@ -572,6 +578,16 @@ class SimDevice:
             self._finish(job, outcome, deferred=False)
 
         job.timer = self._clock.call_at(job.started_at + modelled, _run)
+
+    def _send_run(self, job: SimJob) -> None:
+        """Hand a started job to the device process; one it cannot be sent fails at once (its
+        engine is free again) instead of running forever unsent."""
+        assert self._host is not None
+        try:
+            self._host.run(job)
+        except WireError as exc:
+            outcome = JobOutcome(CompletionStatus.ERROR, f"the job cannot be sent: {exc}", 0.0)
+            self._finish(job, outcome, deferred=True)
 
     def _complete_at(self, job: SimJob, when: float, outcome: JobOutcome) -> None:
         def _fire() -> None:

@@ -50,6 +50,7 @@ from npud.devices.base import CompletionStatus, MemoryTier
 from npud.devices.sim.device import JobOutcome, run_job
 from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
 from npud.devices.sim.wire import (
+    MAX_MESSAGE,
     RUN,
     RUN_HANG,
     DoneMessage,
@@ -58,7 +59,6 @@ from npud.devices.sim.wire import (
     encode_done,
 )
 
-MAX_MESSAGE = 1 << 16
 LANE_JOIN_S = 2.0  # at exit, how long to let lanes finish an op before leaving without them
 # A command stream shorter than this holds no compute op: the header is 16 bytes, BURN's record
 # 16, and every other op has at least two 32-byte operands (a record of 72 bytes or more).

@@ -47,14 +47,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npud.devices.base import BoHandle, SubmitToken
-from npud.devices.sim.wire import DONE, RUN_HANG, WireError, decode_done, encode_run
+from npud.devices.sim.wire import (
+    DONE,
+    MAX_MESSAGE,
+    RUN_HANG,
+    WireError,
+    decode_done,
+    encode_run,
+)
 from npud.errors import DeviceError, DeviceLost
 
 if TYPE_CHECKING:
     from npud.devices.sim.device import JobOutcome, SimJob
     from npud.devices.sim.memory import SimBuffer
 
-MAX_MESSAGE = 1 << 16
 HELLO_TIMEOUT_S = 60.0  # python + numpy start-up on a loaded 2-core machine
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -205,6 +211,9 @@ class FirmwareHost:
         """Send a job to execute; its reply arrives through ``on_reply``.
 
         A send failure is reported as device loss (``on_exit``), which completes the job.
+
+        Raises:
+            WireError: the job does not fit a run message (nothing was sent).
         """
         s = job.submission
         message = encode_run(

@@ -31,6 +31,10 @@ _STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
 RUN_HANG = 0x01  # flags: the job hangs on its engine until cancelled (fault injection)
 
 _RUN = struct.Struct("<cQQQQHBH")
+MAX_MESSAGE = 1 << 16
+"""The largest packet either side receives (the device process's receive buffer)."""
+MAX_BINDINGS = (MAX_MESSAGE - _RUN.size) // (8 + 1)
+"""Bindings a run packet carries within :data:`MAX_MESSAGE` (a u64 handle and a flag each)."""
 _DONE = struct.Struct("<cQBBddQQ")
 
 
@@ -80,11 +84,14 @@ def encode_run(
     """A run packet.
 
     Raises:
-        WireError: ``bindings`` and ``writable`` differ in length, or a field does not fit.
+        WireError: ``bindings`` and ``writable`` differ in length, more than
+            :data:`MAX_BINDINGS` bindings, or a field does not fit.
     """
     n = len(bindings)
     if len(writable) != n:
         raise WireError(f"{n} bindings but {len(writable)} writable flags")
+    if n > MAX_BINDINGS:
+        raise WireError(f"{n} bindings do not fit a run message (at most {MAX_BINDINGS})")
     try:
         return b"".join(
             (

@@ -1,0 +1,88 @@
+"""Between admission and the device: a job the device cannot carry is refused at admission, and
+any failure on the way to the device ends the job FAILED and frees its engine and buffers."""
+
+from __future__ import annotations
+
+import pytest
+
+from npud.core.buffers import Usage
+from npud.core.job import JobState
+from npud.core.policy import SchedClass
+from npud.core.service import JobSpec
+from npud.devices.base import BufferUse
+from npud.devices.sim.wire import MAX_BINDINGS, WireError, encode_run
+from npud.errors import InvalidArgument, JobFailed
+from tests.core.harness import ALICE, make_bed
+
+
+def test_more_bindings_than_the_device_takes_are_refused_at_admission() -> None:
+    """A job binding one more buffer than ``max_bindings`` is INVALID_ARGUMENT naming the
+    limit; nothing is admitted; a job at the limit runs and completes."""
+    bed = make_bed()
+    limit = bed.device.capabilities.max_bindings
+    assert limit == MAX_BINDINGS
+    ctx = bed.context()
+    q = bed.queue(ctx, SchedClass.THROUGHPUT)
+    buf = bed.core.create_buffer(ALICE, ctx.id, 64, usage=Usage.SCRATCH)
+    spec = bed.spec(ctx, q, 0.001)
+    with pytest.raises(InvalidArgument, match=f"at most {limit}"):
+        bed.core.submit(
+            ALICE,
+            ctx.id,
+            [JobSpec(q.id, spec.command, bindings=((buf.id, BufferUse.READ),) * (limit + 1))],
+        )
+    assert bed.scheduler.statistics().submitted == 0
+    (job,) = bed.core.submit(
+        ALICE, ctx.id, [JobSpec(q.id, spec.command, bindings=((buf.id, BufferUse.READ),) * limit)]
+    )
+    bed.run()
+    assert job.state is JobState.COMPLETED
+
+
+def test_a_failure_on_the_way_to_the_device_fails_the_job_and_frees_its_engine() -> None:
+    """When the device's submit raises something unexpected, the job ends FAILED (JobFailed
+    naming the error), its engine and buffers are free, and the next job completes."""
+    bed = make_bed()
+    ctx = bed.context()
+    q = bed.queue(ctx, SchedClass.LATENCY)
+    real = bed.device.submit
+    calls = []
+
+    def broken(*args: object, **kw: object) -> object:
+        if not calls:
+            calls.append(1)
+            raise ValueError("a field does not fit")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    bed.device.submit = broken  # type: ignore[method-assign]
+    (bad,) = bed.burn(ctx, q, 0.001)
+    bed.run()
+    assert bad.state is JobState.FAILED
+    assert bad.error is not None
+    assert bad.error.type is JobFailed
+    assert "could not take the job" in bad.error.message
+    assert "a field does not fit" in bad.error.message
+    assert all(b.in_use == 0 for b, _ in bad.bindings)
+    assert bad.command.in_use == 0
+    (good,) = bed.burn(ctx, q, 0.001)
+    bed.run()
+    assert good.state is JobState.COMPLETED
+    assert all(e.in_flight == 0 for e in bed.scheduler.statistics().engines)
+
+
+def test_a_run_message_never_exceeds_the_device_process_packet() -> None:
+    """The sim's run packet refuses more than MAX_BINDINGS bindings instead of producing a
+    packet the device process cannot receive."""
+    packet = encode_run(
+        1, command=1, offset=0, size=4, bindings=[7] * MAX_BINDINGS, writable=[False] * MAX_BINDINGS
+    )
+    assert len(packet) <= 1 << 16
+    with pytest.raises(WireError, match="at most"):
+        encode_run(
+            1,
+            command=1,
+            offset=0,
+            size=4,
+            bindings=[7] * (MAX_BINDINGS + 1),
+            writable=[False] * (MAX_BINDINGS + 1),
+        )
