@@ -140,6 +140,7 @@ class _Lane:
 class _DecodeStep:
     rows: tuple[BatchSequence, ...]
     positions: tuple[int, ...]
+    tokens: tuple[int, ...]  # per row: 1 for a decoding sequence, its last chunk for a joiner
     sampled: tuple[bool, ...]
     future: asyncio.Future[JobResult]
 
@@ -235,6 +236,8 @@ class Batcher:
         )
         self._slots: dict[int, BatchSequence] = {}  # admitted, not yet released
         self._decoding: list[BatchSequence] = []
+        self._joining: list[BatchSequence] = []  # their last chunk rides in the next step
+        self._rows = min(self.max_batch + self.plan.chunk, self.plan.max_seq)
         self._inflight: collections.deque[_DecodeStep] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -264,7 +267,7 @@ class Batcher:
             for spec in self.plan.buffers:
                 if spec.kind is BufferKind.WEIGHTS:
                     self._weights[spec.name] = await self._materialise(spec.name)
-            size = decode_scratch(self.model.config, self.max_batch).size
+            size = decode_scratch(self.model.config, self._rows).size
             self._decode_scratch = await self.client.create_buffer(
                 ctx, size, usage=BufferUsage.SCRATCH
             )
@@ -490,6 +493,8 @@ class Batcher:
             self._counts["finished"] += 1
         if seq in self._decoding:
             self._decoding.remove(seq)
+        if seq in self._joining:
+            self._joining.remove(seq)
         seq.state = SeqState.DONE
         seq._granted.set()
         seq._events.put_nowait(END)
@@ -542,6 +547,9 @@ class Batcher:
                 self._wake.clear()
         except NpudError as exc:  # the stream or npud failed: nothing can go on
             self.fail(exc if isinstance(exc, Unavailable) else Unavailable(str(exc)))
+        except Exception as exc:  # a bug: fail every sequence rather than leave them hanging
+            self.fail(Unavailable(f"the batcher stopped: {type(exc).__name__}: {exc}"))
+            raise
 
     def _admit(self) -> None:
         # Why slots are granted here and not at submit: the batch is bounded (max_batch rows
@@ -647,7 +655,10 @@ class Batcher:
                 self._finish(seq, Finish.ERROR, error)
                 continue
             token = int.from_bytes(result.readbacks[index], "little", signed=True)
-            seq.position = step.positions[index] + 1
+            seq.position = step.positions[index] + step.tokens[index]
+            if not seq.generated:  # a joiner's first token
+                seq.first_token_at = time.monotonic()
+                self._counts["prefill_chunks"] += 1
             if logits is not None:
                 token = await self._sampled(seq, logits)
             self._emit(seq, token)
@@ -669,13 +680,9 @@ class Batcher:
     async def _submit_prefill(self) -> None:
         assert self._stream is not None
         for lane in self._lanes.values():
-            if lane.in_flight is not None or not lane.users:
+            seq = self._next_chunk(lane)
+            if seq is None:
                 continue
-            user = next(iter(lane.users))
-            queue = lane.users.pop(user)
-            seq = queue.popleft()
-            if queue:
-                lane.users[user] = queue  # the user's next prompt goes to the back
             start = seq.prefill_at
             n_prompt = len(seq.request.prompt)
             n = min(lane.chunk, n_prompt - start)
@@ -711,17 +718,53 @@ class Batcher:
             seq.in_flight += 1
             lane.in_flight = (seq, [step], fut)
 
+    def _next_chunk(self, lane: _Lane) -> BatchSequence | None:
+        # Why the last chunk of an interactive prompt joins the decode step instead: a
+        # sequence whose prefill ends on its own lane joins the batch at the next step
+        # submitted, behind the steps already in flight, so its second token would come up to
+        # depth + 1 steps after its first. Carried in a decode step (a row of the chunk's
+        # tokens beside the one-token rows), its first token comes in the batch's cadence and
+        # the next step follows it at once; the wait moves into the time to first token.
+        while lane.in_flight is None and lane.users:
+            user = next(iter(lane.users))
+            queue = lane.users.pop(user)
+            seq = queue.popleft()
+            if queue:
+                lane.users[user] = queue  # the user's next prompt goes to the back
+            remaining = len(seq.request.prompt) - seq.prefill_at
+            if not self._batch_lane(seq) and remaining <= self.plan.chunk:
+                self._joining.append(seq)
+                self._wake.set()
+                continue
+            return seq
+        return None
+
     async def _submit_decode(self) -> None:
         assert self._stream is not None
-        sampling = any(s.request.sampler is not None for s in self._decoding)
+        sampling = any(s.request.sampler is not None for s in (*self._decoding, *self._joining))
         depth = 1 if sampling else self.depth
         while len(self._inflight) < depth:
-            rows = [s for s in self._decoding if self._ready(s)]
+            rows = [s for s in self._decoding if self._ready(s)][: self.max_batch]
+            counts = [1] * len(rows)
+            positions_list = [s.submitted_to for s in rows]
+            joined = []
+            for seq in list(self._joining):
+                n = len(seq.request.prompt) - seq.prefill_at
+                if len(rows) >= self.max_batch or sum(counts) + n > self._rows:
+                    break
+                rows.append(seq)
+                counts.append(n)
+                positions_list.append(seq.prefill_at)
+                joined.append(seq)
             if not rows:
                 return
-            rows = rows[: self.max_batch]
-            positions = tuple(s.submitted_to for s in rows)
-            step = self.compiler.decode_batch(positions, max_rows=self.max_batch)
+            positions = tuple(positions_list)
+            if joined:
+                step = self.compiler.mixed_batch(
+                    list(zip(positions, counts, strict=True)), max_rows=self._rows
+                )
+            else:
+                step = self.compiler.decode_batch(positions, max_rows=self._rows)
             assert self._decode_scratch is not None
             names: dict[str, ClientBuffer | None] = {DECODE_SCRATCH: self._decode_scratch}
             for r, seq in enumerate(rows):
@@ -732,11 +775,11 @@ class Batcher:
                 for name, access in step.bindings
             )
             readbacks: list[Readback] = []
-            for seq, position in zip(rows, positions, strict=True):
+            for seq, position, n in zip(rows, positions, counts, strict=True):
                 assert seq.tokens_buf is not None
-                readbacks.append(Readback(seq.tokens_buf, (position + 1) * 4, 4))
+                readbacks.append(Readback(seq.tokens_buf, (position + n) * 4, 4))
             sampled = tuple(s.request.sampler is not None for s in rows)
-            layout = decode_scratch(self.model.config, self.max_batch)
+            layout = decode_scratch(self.model.config, self._rows)
             width = layout.widths["logits"] * 4
             for r, is_sampled in enumerate(sampled):
                 if is_sampled:
@@ -755,7 +798,14 @@ class Batcher:
             for seq in rows:
                 seq.in_flight += 1
                 seq.submitted_to += 1
-            self._inflight.append(_DecodeStep(tuple(rows), positions, sampled, fut))
+            for seq in joined:  # decoding from now on: its next step may follow at once
+                if seq.finish is not None:  # cancelled while the step was being sent
+                    continue
+                self._joining.remove(seq)
+                seq.state = SeqState.DECODE
+                seq.submitted_to = len(seq.request.prompt)
+                self._decoding.append(seq)
+            self._inflight.append(_DecodeStep(tuple(rows), positions, tuple(counts), sampled, fut))
             self._counts["decode_steps"] += 1
             self._counts["decode_rows"] += len(rows)
 
@@ -773,6 +823,7 @@ class Batcher:
         prefilling = sum(
             len(q) for lane in self._lanes.values() for q in lane.users.values()
         ) + sum(1 for lane in self._lanes.values() if lane.in_flight is not None)
+        prefilling += len(self._joining)
         c = self._counts
         return BatcherStatistics(
             waiting=self._waiting_count(),

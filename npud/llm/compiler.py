@@ -137,7 +137,7 @@ class Compiler:
     def __init__(self, config: ModelConfig, plan: MemoryPlan) -> None:
         self.config = config
         self.plan = plan
-        self._validated: set[tuple[int, bool]] = set()
+        self._validated: set[tuple[int, ...]] = set()
         self._decode_template: DecodeTemplate | None = None
         self._batch_templates: dict[tuple[int, int], DecodeTemplate] = {}
 
@@ -296,15 +296,26 @@ class Compiler:
             prog.add(out=act(x_next), a=act(x), b=act("proj"))
             x, x_next = x_next, x
         if emit:
-            # The head runs on each row's last token: one row of n tokens (a prefill chunk or
-            # a decode step) or n rows of one token each (a batched decode step), so the last
-            # tokens are consecutive scratch rows in both cases.
-            heads = len(rows)
-            last = act(x, heads, rows[0].first + rows[0].n - 1)
+            # The head runs on each row's last token, over runs of rows whose last tokens are
+            # consecutive scratch rows (all of them for a decode step over one-token rows; a
+            # chunk of n tokens starts a run of its own); row i's logits are logits row i.
             w_norm = self._w("model.norm.weight", slots)
-            prog.rmsnorm(out=act("final", heads), x=last, w=w_norm, eps=eps)
             head = self._w("lm_head.weight", slots)
-            prog.matmul(out=act("logits", heads), a=act("final", heads), b=head, transpose_b=True)
+            index = 0
+            while index < len(rows):
+                end = index + 1
+                while end < len(rows) and rows[end].n == 1 and rows[end - 1].n == 1:
+                    end += 1
+                heads = end - index
+                last = act(x, heads, rows[index].first + rows[index].n - 1)
+                prog.rmsnorm(out=act("final", heads, index), x=last, w=w_norm, eps=eps)
+                prog.matmul(
+                    out=act("logits", heads, index),
+                    a=act("final", heads, index),
+                    b=head,
+                    transpose_b=True,
+                )
+                index = end
             for index, r in enumerate(rows):
                 out_id = Tensor(r.tokens, (r.start + r.n) * 4, (1,), DType.I32)
                 prog.argmax(out=out_id, x=act("logits", 1, index))
@@ -421,4 +432,42 @@ class Compiler:
             batch_bindings(self.plan, rows),
             None,
             "decode",
+        )
+
+    def mixed_batch(self, rows: Sequence[tuple[int, int]], *, max_rows: int) -> Step:
+        """One step over sequences given as ``(start, n_tokens)`` per row, as ONE job: decoding
+        rows of one token and joining rows carrying the last chunk of their prompt, each
+        emitting its next id into ``tokens#r[start + n]``. Bindings as
+        :meth:`decode_batch`; all rows of one token is exactly :meth:`decode_batch`.
+
+        Raises:
+            InvalidArgument: no rows, more tokens than ``max_rows``, a row of more tokens than
+                the plan's chunk, or positions past the cache.
+        """
+        if all(n == 1 for _, n in rows):
+            return self.decode_batch([start for start, _ in rows], max_rows=max_rows)
+        total = sum(n for _, n in rows)
+        if not rows or total > max_rows or len(rows) > max_rows:
+            raise InvalidArgument(f"a batched step holds 1..{max_rows} tokens, got {total}")
+        for start, n in rows:
+            self._check(start, n)
+        bindings = batch_bindings(self.plan, len(rows))
+        slots = {name: index for index, (name, _) in enumerate(bindings)}
+        placed, first = [], 0
+        for r, (start, n) in enumerate(rows):
+            tokens_name, kv_name = row_buffers(r)
+            placed.append(_Row(slots[tokens_name], slots[kv_name], start, n, first))
+            first += n
+        prog = self._rows_program(
+            placed,
+            decode_scratch(self.config, max_rows),
+            slots,
+            scratch_name=DECODE_SCRATCH,
+            emit=True,
+        )
+        shape = (-len(rows), *(n for _, n in rows))
+        command = prog.encode(validate=shape not in self._validated)
+        self._validated.add(shape)
+        return Step(
+            StepKind.DECODE, min(s for s, _ in rows), len(rows), command, bindings, None, "decode"
         )

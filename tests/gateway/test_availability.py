@@ -71,7 +71,8 @@ def test_npud_quota_refusal_is_429(tmp_path: Path, tiny_dir: Path) -> None:
     plan = plan_memory(model, max_seq=128)
     sizes = {spec.name: _pages(spec.size) for spec in plan.buffers}
     weights = sum(_pages(s.size) for s in plan.buffers if s.kind is BufferKind.WEIGHTS)
-    base = weights + _pages(decode_scratch(model.config, 8).size) + 2 * sizes["scratch"]
+    rows = 8 + plan.chunk  # the decode scratch holds max_batch rows and one joining chunk
+    base = weights + _pages(decode_scratch(model.config, rows).size) + 2 * sizes["scratch"]
     per_sequence = sizes[TOKENS] + sizes[KV]
     quota = base + per_sequence + per_sequence // 2
     daemon = start_daemon_with(tmp_path / "npud", NPUD_QUOTAS__CONTEXT_MEMORY_BYTES=str(quota))
