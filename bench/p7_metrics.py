@@ -47,6 +47,12 @@ while True:
 """
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (not its children) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +61,7 @@ def _free_port() -> int:
 
 
 async def _measure(
-    sock: Path, scraper: subprocess.Popen[str], rounds: int, window_s: float
+    sock: Path, daemon_pid: int, scraper: subprocess.Popen[str], rounds: int, window_s: float
 ) -> dict[str, list[float]]:
     import npud.client.aio
     from npud.client import JobSpec, SchedulingClass
@@ -64,7 +70,7 @@ async def _measure(
     null = Program().encode()
     done = 0
     stop = asyncio.Event()
-    per: dict[str, list[float]] = {"off": [], "on": []}
+    per: dict[str, list[float]] = {"off": [], "on": [], "cpu_off": [], "cpu_on": []}
 
     async def client() -> None:
         nonlocal done
@@ -80,12 +86,15 @@ async def _measure(
                     done += 1
             await npu.destroy_context(ctx)
 
-    async def window(scraping: bool) -> float:
+    async def window(scraping: bool) -> tuple[float, float]:
+        """Jobs/s in one window, and the daemon's CPU seconds per job in it."""
         os.kill(scraper.pid, signal.SIGCONT if scraping else signal.SIGSTOP)
         await asyncio.sleep(0.3)  # settle: the scraper's first scrape, or its last one ending
-        start, t0 = done, time.perf_counter()
+        start, t0, cpu0 = done, time.perf_counter(), _cpu_s(daemon_pid)
         await asyncio.sleep(window_s)
-        return (done - start) / (time.perf_counter() - t0)
+        jobs = done - start
+        cpu = _cpu_s(daemon_pid) - cpu0
+        return jobs / (time.perf_counter() - t0), cpu / max(jobs, 1)
 
     tasks = [asyncio.create_task(client()) for _ in range(CLIENTS)]
     try:
@@ -93,7 +102,9 @@ async def _measure(
         for r in range(rounds):
             order = ("off", "on") if r % 2 == 0 else ("on", "off")
             for cond in order:
-                per[cond].append(await window(cond == "on"))
+                rate, cpu = await window(cond == "on")
+                per[cond].append(rate)
+                per[f"cpu_{cond}"].append(cpu)
     finally:
         os.kill(scraper.pid, signal.SIGCONT)
         stop.set()
@@ -132,7 +143,8 @@ def run(quick: bool) -> BenchResult:
             start_new_session=True,
         )
         try:
-            per = asyncio.run(_measure(daemon.socket, scraper, rounds, window_s))
+            pid = daemon.process.proc.pid
+            per = asyncio.run(_measure(daemon.socket, pid, scraper, rounds, window_s))
         finally:
             scraper.terminate()
             out, _ = scraper.communicate(timeout=30)
@@ -144,6 +156,8 @@ def run(quick: bool) -> BenchResult:
     cost = 1.0 - on / off
     pairs = [1.0 - a / b for a, b in zip(per["on"], per["off"], strict=True)]
     result.samples = {"jobs_per_s_off": per["off"], "jobs_per_s_on": per["on"]}
+    cpu_off = sum(per["cpu_off"]) / len(per["cpu_off"]) * 1e6
+    cpu_on = sum(per["cpu_on"]) / len(per["cpu_on"]) * 1e6
     result.params |= {"scrapes": n, "exposition_bytes": int(size)}
     result.add(
         Metric(
@@ -158,7 +172,8 @@ def run(quick: bool) -> BenchResult:
     )
     result.add(Metric("cost of scraping", cost * 100, "%", goal=f"< {GOAL_COST:.0%}"))
     result.add(Metric("cost, median of rounds", percentile(pairs, 0.5) * 100, "%"))
-    result.add(Metric("scrape time (mean)", float(spent) / max(n, 1) * 1e3, "ms"))
+    result.add(Metric("daemon CPU per job", cpu_on, "us", cpu_off, "not scraped"))
+    result.add(Metric("scrape round trip (mean)", float(spent) / max(n, 1) * 1e3, "ms"))
     result.notes.append(
         f"One daemon (SimDevice process mode, log level warning), {CLIENTS} asyncio clients "
         "sending null jobs over SubmitStream back to back; a scraper process GETs /metrics "

@@ -67,7 +67,6 @@ class RecentSamples:
 
 
 DURATION_BOUNDS_S: tuple[float, ...] = (
-    0.0005,
     0.001,
     0.0025,
     0.005,
@@ -78,11 +77,8 @@ DURATION_BOUNDS_S: tuple[float, ...] = (
     0.25,
     0.5,
     1.0,
-    2.5,
     5.0,
-    10.0,
     30.0,
-    60.0,
 )
 """Bucket upper bounds for job durations, seconds: a decode step (~ms) to a long prefill."""
 

@@ -135,3 +135,25 @@ def test_the_grafana_dashboard_queries_only_exported_series() -> None:
     queried = set(re.findall(r"npud_[a-z_]+", dashboard)) - {"npud_"}
     assert queried
     assert queried <= exported, queried - exported
+
+
+def test_the_renderer_writes_what_prometheus_client_writes() -> None:
+    """The daemon's text renderer gives generate_latest's bytes exactly for a bed that ran
+    jobs, twice (the second time from its label cache); Go-style floats match
+    prometheus_client's."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.utils import floatToGoString
+
+    from npud.daemon.metrics import Renderer, go_float
+
+    bed = make_bed()
+    ctx = bed.context()
+    q = bed.queue(ctx, SchedClass.THROUGHPUT)
+    bed.burn(ctx, q, 0.003, n=4)
+    bed.run()
+    registry, _ = registry_for(Sources(bed.core))
+    renderer = Renderer()
+    assert renderer.render(registry.collect()) == generate_latest(registry)
+    assert renderer.render(registry.collect()) == generate_latest(registry)  # cached labels
+    for v in (0.0, 1.0, 999_999.5, 1e6, 12_345_678.0, 1e22, 2.5e-9, float("inf"), -3.0):
+        assert go_float(v) == floatToGoString(v)
