@@ -197,7 +197,7 @@ class Settings(BaseModel):
     socket: Path = Field(default_factory=default_socket_path)
     socket_mode: int = Field(default=0o660, ge=0, le=0o777)
     socket_group: str | None = None
-    device: str = "auto"  # "auto" (discovery, sim if none), "sim", or a device node path
+    device: str = "auto"  # "auto" (discovery, sim if none), "sim", "vgem", or a device node path
     sim_profile: str = "rk3588"
     # The simulated board runs this many times slower than its profile (1: as modelled).
     sim_slowdown: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -231,8 +231,8 @@ class Settings(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value not in ("auto", "sim") and not value.startswith("/dev/"):
-            raise ValueError(f"expected 'auto', 'sim' or a /dev/ path, got {value!r}")
+        if value not in ("auto", "sim", "vgem") and not value.startswith("/dev/"):
+            raise ValueError(f"expected 'auto', 'sim', 'vgem' or a /dev/ path, got {value!r}")
         return value
 
     @property

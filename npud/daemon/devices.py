@@ -6,7 +6,9 @@ fallback) for accel nodes and opens each one a known adapter drives
 the daemon serves the simulated NPU (:class:`npud.devices.sim.SimDevice` in process mode: a
 device process on real time) and says so: a warning in the log, the systemd STATUS line, the
 daemon statistics and ``simulated = true`` on every device record. ``device = "sim"`` asks for
-the simulated NPU only; a ``/dev/...`` path for that node only.
+the simulated NPU only; ``device = "vgem"`` the kernel's virtual GEM driver (real GEM buffers,
+PRIME and fences, simulated execution: how the daemon runs on a real DRM kernel in the kernel
+suite); a ``/dev/...`` path for that node only.
 
 Finding and opening nodes goes through :class:`Nodes` (:class:`SystemNodes` here: discovery and
 the adapters), so the daemon's device handling - start-up, recovery, hotplug - can be driven
@@ -54,6 +56,12 @@ def _make_sim(settings: Settings, name: str = "sim0") -> Device:
         settings.sim_profile, mode="process", name=name, slowdown=settings.sim_slowdown
     )
     return device
+
+
+def _make_vgem(settings: Settings) -> Device:
+    from npud.devices.vgem import VgemDevice
+
+    return VgemDevice(name="vgem0", profile=settings.sim_profile)
 
 
 def _slowdown_note(settings: Settings) -> str:
@@ -214,6 +222,13 @@ def choose_devices(settings: Settings, log: Any, nodes: Nodes | None = None) -> 
         ConfigError: NPUs were found but none could be served for want of a setting (each
             named); with at least one other device, such nodes are logged and skipped.
     """
+    if settings.device == "vgem":
+        return DeviceChoice(
+            (_make_vgem(settings),),
+            True,
+            "vgem: real GEM buffers on the kernel's virtual GEM driver, execution SIMULATED "
+            f"(profile {settings.sim_profile}); a test device, not an NPU",
+        )
     if settings.device == "sim":
         return DeviceChoice(
             (_make_sim(settings),),

@@ -1,6 +1,6 @@
 """``npud``: the command line of the daemon.
 
-    npud [--config FILE] [--socket PATH] [--device auto|sim|/dev/accel/accelN] [-v]
+    npud [--config FILE] [--socket PATH] [--device auto|sim|vgem|/dev/accel/accelN] [-v]
 
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for invalid configuration (the
 message names the field and the reason), 1 when start-up fails (no device, socket in use).
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="TOML configuration (default /etc/npud/npud.toml)")
     p.add_argument("--socket", type=Path, help="the gRPC Unix socket to serve")
-    p.add_argument("--device", help="auto (discover, else simulate), sim, or a /dev/... node")
+    p.add_argument("--device", help="auto (discover, else simulate), sim, vgem, or a /dev/... node")
     p.add_argument("--state-dir", type=Path, help="persistent state directory")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug)")
     p.add_argument("--version", action="version", version=f"npud {__version__}")
