@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 
 from npud.client import requests as rq
-from npud.client.client import channel_target
+from npud.client.client import CHANNEL_OPTIONS, channel_target
 from npud.client.errors import from_rpc_error
 from npud.client.identity import TOKEN_KEY, Identity, handshake_async, tenant_credential
 from npud.client.types import (
@@ -191,7 +191,9 @@ class AsyncClient:
         """
         self.identity = await handshake_async(self.socket_path)
         self._md = ((TOKEN_KEY, self.identity.token),)
-        self._channel = grpc.aio.insecure_channel(channel_target(self.socket_path))
+        self._channel = grpc.aio.insecure_channel(
+            channel_target(self.socket_path), options=CHANNEL_OPTIONS
+        )
         ch = self._channel
         self.system = system_pb2_grpc.SystemServiceStub(ch)
         self.device_stub = device_pb2_grpc.DeviceServiceStub(ch)

@@ -89,6 +89,15 @@ def channel_target(socket_path: Path) -> str:
     return f"unix:{socket_path}"
 
 
+MAX_MESSAGE_BYTES = 64 << 20
+"""The largest gRPC message either side accepts: the daemon's limit (a readback of a few MiB
+in one SubmitStream answer must not hit gRPC's 4 MiB default on the client's side)."""
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+
 def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
@@ -212,7 +221,9 @@ class Client:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.identity: Identity = handshake(self.socket_path)
         self._md = ((TOKEN_KEY, self.identity.token),)
-        self._channel = grpc.insecure_channel(channel_target(self.socket_path))
+        self._channel = grpc.insecure_channel(
+            channel_target(self.socket_path), options=CHANNEL_OPTIONS
+        )
         self.system = system_pb2_grpc.SystemServiceStub(self._channel)
         self.device_stub = device_pb2_grpc.DeviceServiceStub(self._channel)
         self.context_stub = context_pb2_grpc.ContextServiceStub(self._channel)

@@ -11,13 +11,17 @@ and digest. The backing copy has two uses:
   until a client opens the key and a job (or a read) needs the bytes.
 
 Writes are atomic (a temporary file, ``fsync``, ``os.replace``), so a crash leaves either the old
-or the new manifest, never a torn one; a blob is written before the manifest names it. Two keys
+or the new manifest, never a torn one; a blob is written before the manifest names it. The
+bytes are other users' weights, so the directories are private to the daemon's user (created
+0700; an existing one loses its bits for others, keeping a service manager's group read access,
+0750) and every file is written 0600. Two keys
 with the same contents share one blob. The registry is plain files: core stays pure Python and
 the layout is easy to inspect (``jq . registrations.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,7 +67,8 @@ class Registry:
         self._dir = Path(state_dir)
         self._blobs = self._dir / BLOB_DIR
         try:
-            self._blobs.mkdir(parents=True, exist_ok=True)
+            make_private(self._dir)
+            make_private(self._blobs)
         except OSError as exc:
             raise Unavailable(f"state directory {self._dir} is not usable: {exc}") from exc
         self._entries: dict[str, Registration] = self._load()
@@ -220,10 +225,31 @@ class Registry:
         _atomic_write(self._dir / MANIFEST_NAME, text.encode("utf-8"))
 
 
+def make_private(path: Path) -> None:
+    """Create ``path`` and any missing parents mode 0700; strip an existing one's permissions
+    for others (and group write), so no other local user can read what npud keeps there.
+
+    Raises:
+        OSError: a directory cannot be created or changed.
+    """
+    missing = []
+    at = path
+    while not at.exists():
+        missing.append(at)
+        at = at.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            new.mkdir(mode=0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o027:
+        path.chmod(mode & ~0o027)
+
+
 def _atomic_write(path: Path, contents: bytes | bytearray | memoryview) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
             f.write(contents)
             f.flush()
             os.fsync(f.fileno())

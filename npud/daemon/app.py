@@ -43,6 +43,7 @@ from npud.core.ids import ContextId
 from npud.core.job import Job
 from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+from npud.core.registry import make_private
 from npud.core.service import Core, CoreLimits
 from npud.daemon.devices import Nodes, SystemNodes, choose_devices, open_devices
 from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
@@ -249,7 +250,7 @@ class Daemon:
         for device in self.devices:
             state_dir = s.state_dir / device.name
             try:
-                state_dir.mkdir(parents=True, exist_ok=True)
+                make_private(state_dir)
             except OSError as exc:
                 raise ConfigError(f"state_dir: cannot create {state_dir}: {exc}") from exc
             node = self.on_node.get(device.name)

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from npud.config import Settings
 from npud.core.policy import SchedulerPolicy
+from npud.core.registry import make_private
 from npud.core.service import Core, DeviceEntry
 from npud.daemon.devices import Nodes, wanted
 from npud.daemon.recovery import DeviceRecovery
@@ -331,7 +332,7 @@ class HotplugWatcher:
         state_dir = self._settings.state_dir / device.name
         try:
             device.open()
-            state_dir.mkdir(parents=True, exist_ok=True)
+            make_private(state_dir)
         except (NpudError, OSError) as exc:
             with contextlib.suppress(NpudError, OSError):
                 device.close()

@@ -350,3 +350,35 @@ def test_everything_created_here_is_gone(npu: npud.client.Client, daemon: Daemon
     live = {c.context_id for c in npu.contexts()}
     assert stats.devices[0].contexts == len(live)
     assert Path(daemon.socket).is_socket()
+
+
+def test_readbacks_up_to_the_daemons_message_limit_reach_the_client(
+    npu: npud.client.Client, daemon: DaemonProcess
+) -> None:
+    """A 5 MiB readback in one SubmitStream answer (over gRPC's 4 MiB default) arrives intact
+    through the sync and the asyncio client: both accept what the daemon may send."""
+    from npud.api.server import MAX_MESSAGE_BYTES as DAEMON_LIMIT
+    from npud.client.client import MAX_MESSAGE_BYTES as CLIENT_LIMIT
+
+    assert CLIENT_LIMIT == DAEMON_LIMIT
+    size = 5 << 20
+    data = bytes(range(251)) * (size // 251) + bytes(size % 251)
+    ctx = npu.create_context(label="big-readback")
+    q = npu.create_queue(ctx, SchedulingClass.LATENCY)
+    big = npu.create_buffer(ctx, size, usage=BufferUsage.STATE)
+    npu.write_buffer(ctx, big, data)
+    spec = JobSpec(q, Program().burn(0.001).encode(), (Bind(big),))
+    with npu.submit_stream(ctx) as stream:
+        res = stream.run(spec, [Readback(big, 0, size)])
+    assert res.ok, res.error
+    assert res.readbacks[0] == data
+
+    async def main() -> bytes:
+        async with npud.client.aio.connect(daemon.socket) as aio:
+            async with aio.submit_stream(ctx.context_id) as stream:
+                got = await stream.run(spec, [Readback(big, 0, size)])
+            assert got.ok, got.error
+            return got.readbacks[0]
+
+    assert asyncio.run(main()) == data
+    npu.destroy_context(ctx)

@@ -139,3 +139,22 @@ def test_unreadable_manifest_is_reported(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(Unavailable):
         Registry(tmp_path)
+
+
+def test_state_directory_is_private_to_the_daemons_user(tmp_path: Path) -> None:
+    """The state directory and its blobs directory are created 0700 (missing parents too), an
+    existing one loses its permissions for others, and the blob and the manifest are 0600: no
+    other local user reads stored weights."""
+    state = tmp_path / "fresh" / "state"
+    res, _ = _daemon(state)
+    _upload(res)
+    blob = state / "blobs" / hashlib.sha256(WEIGHTS).hexdigest()
+    modes = {p: p.stat().st_mode & 0o777 for p in (state.parent, state, state / "blobs")}
+    assert set(modes.values()) == {0o700}, {str(p): oct(m) for p, m in modes.items()}
+    assert blob.stat().st_mode & 0o777 == 0o600
+    assert (state / MANIFEST_NAME).stat().st_mode & 0o777 == 0o600
+    old = tmp_path / "old"
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)
+    Registry(old)
+    assert old.stat().st_mode & 0o777 == 0o750

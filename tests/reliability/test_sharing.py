@@ -8,6 +8,7 @@ a pure function of the public weights).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,15 +139,17 @@ def test_another_user_cannot_squat_the_victims_keys(
 
 
 def test_sealed_weights_survive_a_daemon_restart(tmp_path: Path) -> None:
-    """npud-llm's sealed weights are recorded in the daemon's state directory: after a SIGTERM
-    and a restart on the same state, a new run attaches them (0 bytes uploaded, by the
-    client's count and the daemon's) and decodes the same ids."""
+    """npud-llm's sealed weights are recorded in the daemon's state directory, where no other
+    local user can read them (uid 65534 opens none of its files); after a SIGTERM and a
+    restart on the same state, a new run attaches them (0 bytes uploaded, by the client's
+    count and the daemon's) and decodes the same ids."""
     model_dir = make_tiny(tmp_path / "model", seed=2103)
     with world_reachable_dir("npud-seal-") as work:
         daemon = launch(work)
         try:
             first, uploaded = _decode(daemon.socket, model_dir)
             assert uploaded == sum(_packs(model_dir).values())
+            exposed = _readable_by_another_user(work / "state")
             assert daemon.stop() == 0, daemon.log()[-4000:]
             daemon = restart(daemon, work)
             again, uploaded_again = _decode(daemon.socket, model_dir)
@@ -158,3 +161,32 @@ def test_sealed_weights_survive_a_daemon_restart(tmp_path: Path) -> None:
     assert again == first == ReferenceLlama(model_dir).generate(PROMPT, TOKENS)
     assert uploaded_again == 0
     assert daemon_uploaded == 0
+    assert exposed == [], f"uid {NOBODY} could read the stored weights: {exposed}"
+
+
+def _readable_by_another_user(state: Path) -> list[str]:
+    """Files under the daemon's state directory that uid 65534 can open, and the modes seen
+    (directories 0700, files 0600 expected)."""
+    files = [p for p in sorted(state.rglob("*")) if p.is_file()]
+    assert any(p.parent.name == "blobs" for p in files), files
+    probe = (
+        "import sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(p, 'rb').close()\n"
+        "        print(p)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", probe, *map(str, files)],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    ).stdout.split()
+    modes = {str(p): oct(p.stat().st_mode & 0o777) for p in [state, *state.rglob("*")]}
+    return [f"{p} {modes[p]}" for p in out]
