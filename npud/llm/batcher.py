@@ -72,6 +72,7 @@ from npud.client import Buffer as ClientBuffer
 from npud.client.aio import AsyncClient, AsyncSubmitStream
 from npud.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     JobFailed,
     NotFound,
@@ -310,9 +311,17 @@ class Batcher:
                 )
             except AlreadyExists:
                 buf = await self.client.open_persistent(ctx, key)
-        if not buf.valid:
-            buf = await self.client.write_buffer(ctx, buf, spec.pack.data)
-        return buf
+        if buf.sealed:
+            return buf
+        # as npud.llm.daemon: only a sealed buffer is reused as is; npud checks the bytes
+        # against the key's digest when sealing
+        try:
+            return await self.client.write_buffer(ctx, buf, spec.pack.data, seal=True)
+        except FailedPrecondition:  # another process of this user sealed it meanwhile
+            buf = await self.client.open_persistent(ctx, key)
+            if not buf.sealed:
+                raise
+            return buf
 
     async def _destroy_context(self) -> None:
         if self.context_id is not None:

@@ -212,3 +212,26 @@ def test_interactive_prompts_go_before_batch_and_users_take_turns(
 
     run(socket, tiny_model, body, max_batch=1)
     assert order == ["a1", "c1", "a2", "c2", "b0", "b1"]
+
+
+def test_the_weights_are_sealed_and_shared_with_a_single_sequence_client(
+    socket: Path, tiny_model: Model
+) -> None:
+    """The batcher uploads the weight packs sealed (npud checked them against their content
+    keys), and a single-sequence client of the same model then uploads nothing."""
+    from npud.llm.daemon import DaemonBackend
+    from npud.llm.generator import Generator
+
+    async def body(batcher: Batcher) -> list[bool]:
+        assert batcher.context_id is not None
+        held = await batcher.client.buffers(batcher.context_id)
+        return [b.sealed for b in held if b.key]
+
+    sealed = run(socket, tiny_model, body)
+    assert sealed
+    assert all(sealed)
+    backend = DaemonBackend(socket_path=socket, job_timeout_s=10.0)
+    with Generator(tiny_model, backend, max_seq=96) as gen:
+        stats = backend.statistics()
+        assert stats.weight_bytes_uploaded == 0
+        assert stats.weight_packs_reused == len(list(gen.plan.packs()))
