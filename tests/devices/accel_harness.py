@@ -82,9 +82,12 @@ def make(driver: str, **fake_kwargs: Any) -> tuple[FakeDevice, Callable[..., Acc
 
 
 @contextlib.contextmanager
-def accel_dut(driver: str, **adapter_kwargs: Any) -> Iterator[DeviceUnderTest]:
-    """The adapter for ``driver`` opened on its fake kernel with the ISA firmware."""
-    fake, build = make(driver, auto_complete=False)
+def accel_dut(
+    driver: str, *, fake_kwargs: dict[str, Any] | None = None, **adapter_kwargs: Any
+) -> Iterator[DeviceUnderTest]:
+    """The adapter for ``driver`` opened on its fake kernel (built with ``fake_kwargs``) with
+    the ISA firmware."""
+    fake, build = make(driver, auto_complete=False, **(fake_kwargs or {}))
     fake.firmware = IsaFirmware(fake)
     loop = asyncio.new_event_loop()
     device = build(name=f"{driver}0", loop=loop, **adapter_kwargs)
@@ -107,11 +110,13 @@ def accel_dut(driver: str, **adapter_kwargs: Any) -> Iterator[DeviceUnderTest]:
         loop.close()
 
 
-def factory(driver: str) -> Callable[[], contextlib.AbstractContextManager[DeviceUnderTest]]:
-    """A contract-suite factory for ``driver``."""
+def factory(
+    driver: str, **fake_kwargs: Any
+) -> Callable[[], contextlib.AbstractContextManager[DeviceUnderTest]]:
+    """A contract-suite factory for ``driver`` (its fake kernel built with ``fake_kwargs``)."""
 
     def _factory() -> contextlib.AbstractContextManager[DeviceUnderTest]:
-        return accel_dut(driver)
+        return accel_dut(driver, fake_kwargs=fake_kwargs)
 
     _factory.__name__ = f"accel_{driver}"
     return _factory

@@ -23,6 +23,7 @@ from tests.devices.contract import (
     bad_job,
     check_add,
 )
+from tests.devices.fakekernel.etnaviv import GC7000, VIPNANO_QI
 from tests.devices.test_contract import (
     test_abort_queued_and_running,
     test_add_job_computes,
@@ -40,6 +41,12 @@ from tests.devices.test_contract import (
 )
 
 ACCEL = [pytest.param(factory(d), id=d) for d in ACCEL_DRIVERS]
+# etnaviv with two NPU cores beside the GPU: two engines, so the multi-engine tests run too.
+ACCEL.append(
+    pytest.param(
+        factory("etnaviv", cores=(VIPNANO_QI, GC7000, VIPNANO_QI)), id="etnaviv-two-npu-cores"
+    )
+)
 
 __all__ = [
     "test_abort_queued_and_running",
