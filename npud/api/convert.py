@@ -174,6 +174,14 @@ def distribution_to_wire(d: Distribution) -> types_pb2.Distribution:
     )
 
 
+def state_counts_to_wire(ended: Mapping[str, int]) -> list[types_pb2.StateCount]:
+    """StateCount messages for a ``final state name -> count`` table, in state order."""
+    return [
+        types_pb2.StateCount(state=_STATE_TO_WIRE[JobState(name)], count=count)
+        for name, count in sorted(ended.items())
+    ]
+
+
 def device_change_to_wire(event: DeviceEvent) -> device_pb2.DeviceChange.ValueType:
     """What a device event means to a watcher: REMOVED when lost, ADDED when the device starts
     being served (hot-plugged, or back after recovery), CHANGED otherwise."""
@@ -248,6 +256,11 @@ def context_to_wire(core: Core, ctx: Context, *, admin: bool) -> context_pb2.Con
         memory_bytes=residency.context_usage(ctx.id),
         buffers=stats.buffers,
         age_s=max(0.0, core.now() - stats.created_at),
+        submitted=stats.submitted,
+        ended=state_counts_to_wire(stats.ended),
+        wait=distribution_to_wire(stats.queue_wait),
+        run=distribution_to_wire(stats.run),
+        device_time_s=stats.device_time_s,
     )
 
 
@@ -282,6 +295,10 @@ def queue_to_wire(queue: Queue) -> job_pb2.Queue:
         in_order=s.in_order,
         label=s.label,
         depth=s.depth,
+        submitted=s.submitted,
+        ended=state_counts_to_wire(s.ended),
+        wait=distribution_to_wire(s.queue_wait),
+        run=distribution_to_wire(s.run),
     )
 
 
@@ -426,10 +443,7 @@ def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb
             )
             for t in res.tiers
         ],
-        states=[
-            stats_pb2.StateCount(state=_STATE_TO_WIRE[JobState(name)], count=count)
-            for name, count in sorted(sched.ended.items())
-        ],
+        states=state_counts_to_wire(sched.ended),
         residency=residency_to_wire(res),
         submitted=sched.submitted,
         device_resets=sched.watchdog_resets,

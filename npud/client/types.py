@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -176,6 +177,11 @@ class Distribution:
         return cls(msg.count, msg.p50_s, msg.p99_s, msg.mean_s, msg.max_s)
 
 
+def state_counts_from_wire(counts: Iterable[types_pb2.StateCount]) -> dict[JobState, int]:
+    """A ``final state -> jobs`` table from StateCount messages."""
+    return {state_from_wire(c.state): c.count for c in counts}
+
+
 @dataclass(frozen=True, slots=True)
 class JobError:
     """Why a job did not complete: the npud.errors class name, the status code and a message."""
@@ -318,6 +324,11 @@ class Context:
     memory_bytes: int
     buffers: int
     age_s: float
+    submitted: int = 0
+    ended: dict[JobState, int] = field(default_factory=dict)  # final state -> jobs
+    wait: Distribution = Distribution()  # queue wait of its recent jobs
+    run: Distribution = Distribution()  # run time of its recent jobs
+    device_time_s: float = 0.0
 
     @classmethod
     def from_wire(cls, msg: context_pb2.Context) -> Context:
@@ -338,6 +349,11 @@ class Context:
             memory_bytes=msg.memory_bytes,
             buffers=msg.buffers,
             age_s=msg.age_s,
+            submitted=msg.submitted,
+            ended=state_counts_from_wire(msg.ended),
+            wait=Distribution.from_wire(msg.wait),
+            run=Distribution.from_wire(msg.run),
+            device_time_s=msg.device_time_s,
         )
 
 
@@ -395,6 +411,10 @@ class Queue:
     in_order: bool
     label: str
     depth: int
+    submitted: int = 0
+    ended: dict[JobState, int] = field(default_factory=dict)  # final state -> jobs
+    wait: Distribution = Distribution()  # queue wait of its recent jobs
+    run: Distribution = Distribution()  # run time of its recent jobs
 
     @classmethod
     def from_wire(cls, msg: job_pb2.Queue) -> Queue:
@@ -408,6 +428,10 @@ class Queue:
             in_order=msg.in_order,
             label=msg.label,
             depth=msg.depth,
+            submitted=msg.submitted,
+            ended=state_counts_from_wire(msg.ended),
+            wait=Distribution.from_wire(msg.wait),
+            run=Distribution.from_wire(msg.run),
         )
 
 
@@ -730,7 +754,7 @@ class DeviceStats:
             ),
             engines=_engines(msg.engines),
             memory=_tiers(msg.memory),
-            states={state_from_wire(s.state): s.count for s in msg.states},
+            states=state_counts_from_wire(msg.states),
             buffers=msg.residency.buffers,
             persistent_buffers=msg.residency.persistent_buffers,
             warm_buffers=msg.residency.warm_buffers,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from npud.v1 import types_pb2 as npud_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15npud/v1/context.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\"K\n\x06Quotas\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_queued_jobs\x18\x02 \x01(\r\x12\x12\n\nmax_queues\x18\x03 \x01(\r\"[\n\x05Owner\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"\xae\x02\n\x07\x43ontext\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x1d\n\x05owner\x18\x03 \x01(\x0b\x32\x0e.npud.v1.Owner\x12/\n\rdefault_class\x18\x04 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x1f\n\x06quotas\x18\x06 \x01(\x0b\x32\x0f.npud.v1.Quotas\x12\r\n\x05label\x18\x07 \x01(\t\x12\x0e\n\x06queues\x18\x08 \x01(\r\x12\x13\n\x0bqueued_jobs\x18\t \x01(\r\x12\x14\n\x0crunning_jobs\x18\n \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07\x62uffers\x18\x0c \x01(\r\x12\r\n\x05\x61ge_s\x18\r \x01(\x01\"\x97\x01\n\x14\x43reateContextRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12/\n\rdefault_class\x18\x02 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x1f\n\x06quotas\x18\x04 \x01(\x0b\x32\x0f.npud.v1.Quotas\x12\r\n\x05label\x18\x05 \x01(\t\":\n\x15\x43reateContextResponse\x12!\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x10.npud.v1.Context\"+\n\x15\x44\x65stroyContextRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65stroyContextResponse\"\"\n\x13ListContextsRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\":\n\x14ListContextsResponse\x12\"\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x10.npud.v1.Context\"\'\n\x11GetContextRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"7\n\x12GetContextResponse\x12!\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x10.npud.v1.Context\"\x1e\n\x0eSessionRequest\x12\x0c\n\x04ping\x18\x01 \x01(\x04\"V\n\x0fSessionResponse\x12\x0c\n\x04pong\x18\x01 \x01(\x04\x12\x16\n\x0egrace_period_s\x18\x02 \x01(\x01\x12\x1d\n\x05owner\x18\x03 \x01(\x0b\x32\x0e.npud.v1.Owner2\x89\x03\n\x0e\x43ontextService\x12N\n\rCreateContext\x12\x1d.npud.v1.CreateContextRequest\x1a\x1e.npud.v1.CreateContextResponse\x12Q\n\x0e\x44\x65stroyContext\x12\x1e.npud.v1.DestroyContextRequest\x1a\x1f.npud.v1.DestroyContextResponse\x12K\n\x0cListContexts\x12\x1c.npud.v1.ListContextsRequest\x1a\x1d.npud.v1.ListContextsResponse\x12\x45\n\nGetContext\x12\x1a.npud.v1.GetContextRequest\x1a\x1b.npud.v1.GetContextResponse\x12@\n\x07Session\x12\x17.npud.v1.SessionRequest\x1a\x18.npud.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15npud/v1/context.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\"K\n\x06Quotas\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_queued_jobs\x18\x02 \x01(\r\x12\x12\n\nmax_queues\x18\x03 \x01(\r\"[\n\x05Owner\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"\xc5\x03\n\x07\x43ontext\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x1d\n\x05owner\x18\x03 \x01(\x0b\x32\x0e.npud.v1.Owner\x12/\n\rdefault_class\x18\x04 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x1f\n\x06quotas\x18\x06 \x01(\x0b\x32\x0f.npud.v1.Quotas\x12\r\n\x05label\x18\x07 \x01(\t\x12\x0e\n\x06queues\x18\x08 \x01(\r\x12\x13\n\x0bqueued_jobs\x18\t \x01(\r\x12\x14\n\x0crunning_jobs\x18\n \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07\x62uffers\x18\x0c \x01(\r\x12\r\n\x05\x61ge_s\x18\r \x01(\x01\x12\x11\n\tsubmitted\x18\x0e \x01(\x04\x12\"\n\x05\x65nded\x18\x0f \x03(\x0b\x32\x13.npud.v1.StateCount\x12#\n\x04wait\x18\x10 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\"\n\x03run\x18\x11 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\x15\n\rdevice_time_s\x18\x12 \x01(\x01\"\x97\x01\n\x14\x43reateContextRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12/\n\rdefault_class\x18\x02 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x1f\n\x06quotas\x18\x04 \x01(\x0b\x32\x0f.npud.v1.Quotas\x12\r\n\x05label\x18\x05 \x01(\t\":\n\x15\x43reateContextResponse\x12!\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x10.npud.v1.Context\"+\n\x15\x44\x65stroyContextRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65stroyContextResponse\"\"\n\x13ListContextsRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\":\n\x14ListContextsResponse\x12\"\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x10.npud.v1.Context\"\'\n\x11GetContextRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"7\n\x12GetContextResponse\x12!\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x10.npud.v1.Context\"\x1e\n\x0eSessionRequest\x12\x0c\n\x04ping\x18\x01 \x01(\x04\"V\n\x0fSessionResponse\x12\x0c\n\x04pong\x18\x01 \x01(\x04\x12\x16\n\x0egrace_period_s\x18\x02 \x01(\x01\x12\x1d\n\x05owner\x18\x03 \x01(\x0b\x32\x0e.npud.v1.Owner2\x89\x03\n\x0e\x43ontextService\x12N\n\rCreateContext\x12\x1d.npud.v1.CreateContextRequest\x1a\x1e.npud.v1.CreateContextResponse\x12Q\n\x0e\x44\x65stroyContext\x12\x1e.npud.v1.DestroyContextRequest\x1a\x1f.npud.v1.DestroyContextResponse\x12K\n\x0cListContexts\x12\x1c.npud.v1.ListContextsRequest\x1a\x1d.npud.v1.ListContextsResponse\x12\x45\n\nGetContext\x12\x1a.npud.v1.GetContextRequest\x1a\x1b.npud.v1.GetContextResponse\x12@\n\x07Session\x12\x17.npud.v1.SessionRequest\x1a\x18.npud.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OWNER']._serialized_start=132
   _globals['_OWNER']._serialized_end=223
   _globals['_CONTEXT']._serialized_start=226
-  _globals['_CONTEXT']._serialized_end=528
-  _globals['_CREATECONTEXTREQUEST']._serialized_start=531
-  _globals['_CREATECONTEXTREQUEST']._serialized_end=682
-  _globals['_CREATECONTEXTRESPONSE']._serialized_start=684
-  _globals['_CREATECONTEXTRESPONSE']._serialized_end=742
-  _globals['_DESTROYCONTEXTREQUEST']._serialized_start=744
-  _globals['_DESTROYCONTEXTREQUEST']._serialized_end=787
-  _globals['_DESTROYCONTEXTRESPONSE']._serialized_start=789
-  _globals['_DESTROYCONTEXTRESPONSE']._serialized_end=813
-  _globals['_LISTCONTEXTSREQUEST']._serialized_start=815
-  _globals['_LISTCONTEXTSREQUEST']._serialized_end=849
-  _globals['_LISTCONTEXTSRESPONSE']._serialized_start=851
-  _globals['_LISTCONTEXTSRESPONSE']._serialized_end=909
-  _globals['_GETCONTEXTREQUEST']._serialized_start=911
-  _globals['_GETCONTEXTREQUEST']._serialized_end=950
-  _globals['_GETCONTEXTRESPONSE']._serialized_start=952
-  _globals['_GETCONTEXTRESPONSE']._serialized_end=1007
-  _globals['_SESSIONREQUEST']._serialized_start=1009
-  _globals['_SESSIONREQUEST']._serialized_end=1039
-  _globals['_SESSIONRESPONSE']._serialized_start=1041
-  _globals['_SESSIONRESPONSE']._serialized_end=1127
-  _globals['_CONTEXTSERVICE']._serialized_start=1130
-  _globals['_CONTEXTSERVICE']._serialized_end=1523
+  _globals['_CONTEXT']._serialized_end=679
+  _globals['_CREATECONTEXTREQUEST']._serialized_start=682
+  _globals['_CREATECONTEXTREQUEST']._serialized_end=833
+  _globals['_CREATECONTEXTRESPONSE']._serialized_start=835
+  _globals['_CREATECONTEXTRESPONSE']._serialized_end=893
+  _globals['_DESTROYCONTEXTREQUEST']._serialized_start=895
+  _globals['_DESTROYCONTEXTREQUEST']._serialized_end=938
+  _globals['_DESTROYCONTEXTRESPONSE']._serialized_start=940
+  _globals['_DESTROYCONTEXTRESPONSE']._serialized_end=964
+  _globals['_LISTCONTEXTSREQUEST']._serialized_start=966
+  _globals['_LISTCONTEXTSREQUEST']._serialized_end=1000
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_start=1002
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_end=1060
+  _globals['_GETCONTEXTREQUEST']._serialized_start=1062
+  _globals['_GETCONTEXTREQUEST']._serialized_end=1101
+  _globals['_GETCONTEXTRESPONSE']._serialized_start=1103
+  _globals['_GETCONTEXTRESPONSE']._serialized_end=1158
+  _globals['_SESSIONREQUEST']._serialized_start=1160
+  _globals['_SESSIONREQUEST']._serialized_end=1190
+  _globals['_SESSIONRESPONSE']._serialized_start=1192
+  _globals['_SESSIONRESPONSE']._serialized_end=1278
+  _globals['_CONTEXTSERVICE']._serialized_start=1281
+  _globals['_CONTEXTSERVICE']._serialized_end=1674
 # @@protoc_insertion_point(module_scope)

@@ -102,6 +102,11 @@ class Context(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     BUFFERS_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    DEVICE_TIME_S_FIELD_NUMBER: _builtins.int
     context_id: _builtins.str
     device: _builtins.str
     default_class: _types_pb2.SchedulingClass.ValueType
@@ -114,10 +119,23 @@ class Context(_message.Message):
     buffers: _builtins.int
     age_s: _builtins.float
     """Seconds since the context was created."""
+    submitted: _builtins.int
+    """Jobs admitted since the context was created."""
+    device_time_s: _builtins.float
     @_builtins.property
     def owner(self) -> Global___Owner: ...
     @_builtins.property
     def quotas(self) -> Global___Quotas: ...
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateCount]:
+        """Jobs of this context that ended, by final state."""
+
+    @_builtins.property
+    def wait(self) -> _types_pb2.Distribution:
+        """Queue wait and run time of the context's recent jobs, and its device time in total."""
+
+    @_builtins.property
+    def run(self) -> _types_pb2.Distribution: ...
     def __init__(
         self,
         *,
@@ -134,10 +152,15 @@ class Context(_message.Message):
         memory_bytes: _builtins.int = ...,
         buffers: _builtins.int = ...,
         age_s: _builtins.float = ...,
+        submitted: _builtins.int = ...,
+        ended: _abc.Iterable[_types_pb2.StateCount] | None = ...,
+        wait: _types_pb2.Distribution | None = ...,
+        run: _types_pb2.Distribution | None = ...,
+        device_time_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "quotas", b"quotas"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "quotas", b"quotas", "run", b"run", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "buffers", b"buffers", "context_id", b"context_id", "default_class", b"default_class", "device", b"device", "label", b"label", "memory_bytes", b"memory_bytes", "owner", b"owner", "queued_jobs", b"queued_jobs", "queues", b"queues", "quotas", b"quotas", "running_jobs", b"running_jobs", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "buffers", b"buffers", "context_id", b"context_id", "default_class", b"default_class", "device", b"device", "device_time_s", b"device_time_s", "ended", b"ended", "label", b"label", "memory_bytes", b"memory_bytes", "owner", b"owner", "queued_jobs", b"queued_jobs", "queues", b"queues", "quotas", b"quotas", "run", b"run", "running_jobs", b"running_jobs", "submitted", b"submitted", "wait", b"wait", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

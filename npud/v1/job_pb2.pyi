@@ -34,6 +34,10 @@ class Queue(_message.Message):
     IN_ORDER_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     queue_id: _builtins.str
     context_id: _builtins.str
     scheduling_class: _types_pb2.SchedulingClass.ValueType
@@ -44,6 +48,18 @@ class Queue(_message.Message):
     label: _builtins.str
     depth: _builtins.int
     """Jobs queued, ready or running now."""
+    submitted: _builtins.int
+    """Jobs admitted since the queue was created."""
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateCount]:
+        """Jobs of this queue that ended, by final state."""
+
+    @_builtins.property
+    def wait(self) -> _types_pb2.Distribution:
+        """Queue wait (submission to start on the engine) and run time of its recent jobs."""
+
+    @_builtins.property
+    def run(self) -> _types_pb2.Distribution: ...
     def __init__(
         self,
         *,
@@ -55,10 +71,14 @@ class Queue(_message.Message):
         in_order: _builtins.bool = ...,
         label: _builtins.str = ...,
         depth: _builtins.int = ...,
+        submitted: _builtins.int = ...,
+        ended: _abc.Iterable[_types_pb2.StateCount] | None = ...,
+        wait: _types_pb2.Distribution | None = ...,
+        run: _types_pb2.Distribution | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_id", b"context_id", "depth", b"depth", "depth_limit", b"depth_limit", "in_order", b"in_order", "label", b"label", "priority", b"priority", "queue_id", b"queue_id", "scheduling_class", b"scheduling_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_id", b"context_id", "depth", b"depth", "depth_limit", b"depth_limit", "ended", b"ended", "in_order", b"in_order", "label", b"label", "priority", b"priority", "queue_id", b"queue_id", "run", b"run", "scheduling_class", b"scheduling_class", "submitted", b"submitted", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,39 +28,37 @@ from npud.v1 import job_pb2 as npud_dot_v1_dot_job__pb2
 from npud.v1 import types_pb2 as npud_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13npud/v1/stats.proto\x12\x07npud.v1\x1a\x15npud/v1/context.proto\x1a\x14npud/v1/device.proto\x1a\x11npud/v1/job.proto\x1a\x13npud/v1/types.proto\"\xb9\x01\n\nClassStats\x12\x32\n\x10scheduling_class\x18\x01 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12#\n\x04wait\x18\x04 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\"\n\x03run\x18\x05 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\r\n\x05share\x18\x06 \x01(\x01\"=\n\nStateCount\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.npud.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x8f\x01\n\x0bTierTraffic\x12!\n\x04tier\x18\x01 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x16\n\x0euploaded_bytes\x18\x02 \x01(\x04\x12\x15\n\rspilled_bytes\x18\x03 \x01(\x04\x12\x16\n\x0erestored_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emigrated_bytes\x18\x05 \x01(\x04\"@\n\nUsageBytes\x12#\n\x05usage\x18\x01 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\xba\x04\n\x0eResidencyStats\x12\x0f\n\x07\x62uffers\x18\x01 \x01(\r\x12\x1a\n\x12persistent_buffers\x18\x02 \x01(\r\x12\x14\n\x0cwarm_buffers\x18\x03 \x01(\r\x12\x11\n\tevictions\x18\x04 \x01(\x04\x12\x15\n\rspilled_bytes\x18\x05 \x01(\x04\x12\x16\n\x0erestored_bytes\x18\x06 \x01(\x04\x12\x16\n\x0euploaded_bytes\x18\x07 \x01(\x04\x12\x1d\n\x15uploaded_weight_bytes\x18\x08 \x01(\x04\x12\x10\n\x08\x61ttaches\x18\t \x01(\x04\x12\x0c\n\x04hits\x18\n \x01(\x04\x12\x0e\n\x06misses\x18\x0b \x01(\x04\x12\r\n\x05holds\x18\x0c \x01(\x04\x12\r\n\x05\x64rops\x18\r \x01(\x04\x12\x0e\n\x06spills\x18\x0e \x01(\x04\x12\x11\n\tforgotten\x18\x0f \x01(\x04\x12\x10\n\x08restores\x18\x10 \x01(\x04\x12\x12\n\npromotions\x18\x11 \x01(\x04\x12\x11\n\tdemotions\x18\x12 \x01(\x04\x12\x0e\n\x06\x64\x65\x64ups\x18\x13 \x01(\x04\x12\x16\n\x0equota_refusals\x18\x14 \x01(\x04\x12\x12\n\nwarm_bytes\x18\x15 \x01(\x04\x12\x1d\n\x15\x64ormant_registrations\x18\x16 \x01(\r\x12\x10\n\x08recycled\x18\x17 \x01(\x04\x12%\n\x07traffic\x18\x18 \x03(\x0b\x32\x14.npud.v1.TierTraffic\x12.\n\x11uploaded_by_usage\x18\x19 \x03(\x0b\x32\x13.npud.v1.UsageBytes\"\xf1\x02\n\x0b\x44\x65viceStats\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x11\n\tsimulated\x18\x02 \x01(\x08\x12%\n\x06health\x18\x03 \x01(\x0e\x32\x15.npud.v1.DeviceHealth\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x10\n\x08\x63ontexts\x18\x05 \x01(\r\x12\x0e\n\x06queues\x18\x06 \x01(\r\x12$\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x13.npud.v1.ClassStats\x12 \n\x07\x65ngines\x18\x08 \x03(\x0b\x32\x0f.npud.v1.Engine\x12#\n\x06memory\x18\t \x03(\x0b\x32\x13.npud.v1.TierMemory\x12#\n\x06states\x18\n \x03(\x0b\x32\x13.npud.v1.StateCount\x12*\n\tresidency\x18\x0b \x01(\x0b\x32\x17.npud.v1.ResidencyStats\x12\x11\n\tsubmitted\x18\x0c \x01(\x04\x12\x15\n\rdevice_resets\x18\r \x01(\x04\"i\n\x0b\x44\x61\x65monStats\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x15\n\rshutting_down\x18\x05 \x01(\x08\"!\n\x0fGetStatsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"_\n\x10GetStatsResponse\x12$\n\x06\x64\x61\x65mon\x18\x01 \x01(\x0b\x32\x14.npud.v1.DaemonStats\x12%\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x14.npud.v1.DeviceStats\"6\n\x13StreamEventsRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x8e\x01\n\x0c\x43ontextEvent\x12&\n\x06\x63hange\x18\x01 \x01(\x0e\x32\x16.npud.v1.ContextChange\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\"\n\x08snapshot\x18\x05 \x01(\x0b\x32\x10.npud.v1.Context\"\xc3\x01\n\x14StreamEventsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x19.npud.v1.GetStatsResponseH\x00\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0c.npud.v1.JobH\x00\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x15.npud.v1.ContextEventH\x00\x12/\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x1d.npud.v1.WatchDevicesResponseH\x00\x42\x07\n\x05\x65vent*i\n\rContextChange\x12\x1e\n\x1a\x43ONTEXT_CHANGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTEXT_CHANGE_CREATED\x10\x01\x12\x1c\n\x18\x43ONTEXT_CHANGE_DESTROYED\x10\x02\x32\x9e\x01\n\x0cStatsService\x12?\n\x08GetStats\x12\x18.npud.v1.GetStatsRequest\x1a\x19.npud.v1.GetStatsResponse\x12M\n\x0cStreamEvents\x12\x1c.npud.v1.StreamEventsRequest\x1a\x1d.npud.v1.StreamEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13npud/v1/stats.proto\x12\x07npud.v1\x1a\x15npud/v1/context.proto\x1a\x14npud/v1/device.proto\x1a\x11npud/v1/job.proto\x1a\x13npud/v1/types.proto\"\xb9\x01\n\nClassStats\x12\x32\n\x10scheduling_class\x18\x01 \x01(\x0e\x32\x18.npud.v1.SchedulingClass\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12#\n\x04wait\x18\x04 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\"\n\x03run\x18\x05 \x01(\x0b\x32\x15.npud.v1.Distribution\x12\r\n\x05share\x18\x06 \x01(\x01\"\x8f\x01\n\x0bTierTraffic\x12!\n\x04tier\x18\x01 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x16\n\x0euploaded_bytes\x18\x02 \x01(\x04\x12\x15\n\rspilled_bytes\x18\x03 \x01(\x04\x12\x16\n\x0erestored_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emigrated_bytes\x18\x05 \x01(\x04\"@\n\nUsageBytes\x12#\n\x05usage\x18\x01 \x01(\x0e\x32\x14.npud.v1.BufferUsage\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\xba\x04\n\x0eResidencyStats\x12\x0f\n\x07\x62uffers\x18\x01 \x01(\r\x12\x1a\n\x12persistent_buffers\x18\x02 \x01(\r\x12\x14\n\x0cwarm_buffers\x18\x03 \x01(\r\x12\x11\n\tevictions\x18\x04 \x01(\x04\x12\x15\n\rspilled_bytes\x18\x05 \x01(\x04\x12\x16\n\x0erestored_bytes\x18\x06 \x01(\x04\x12\x16\n\x0euploaded_bytes\x18\x07 \x01(\x04\x12\x1d\n\x15uploaded_weight_bytes\x18\x08 \x01(\x04\x12\x10\n\x08\x61ttaches\x18\t \x01(\x04\x12\x0c\n\x04hits\x18\n \x01(\x04\x12\x0e\n\x06misses\x18\x0b \x01(\x04\x12\r\n\x05holds\x18\x0c \x01(\x04\x12\r\n\x05\x64rops\x18\r \x01(\x04\x12\x0e\n\x06spills\x18\x0e \x01(\x04\x12\x11\n\tforgotten\x18\x0f \x01(\x04\x12\x10\n\x08restores\x18\x10 \x01(\x04\x12\x12\n\npromotions\x18\x11 \x01(\x04\x12\x11\n\tdemotions\x18\x12 \x01(\x04\x12\x0e\n\x06\x64\x65\x64ups\x18\x13 \x01(\x04\x12\x16\n\x0equota_refusals\x18\x14 \x01(\x04\x12\x12\n\nwarm_bytes\x18\x15 \x01(\x04\x12\x1d\n\x15\x64ormant_registrations\x18\x16 \x01(\r\x12\x10\n\x08recycled\x18\x17 \x01(\x04\x12%\n\x07traffic\x18\x18 \x03(\x0b\x32\x14.npud.v1.TierTraffic\x12.\n\x11uploaded_by_usage\x18\x19 \x03(\x0b\x32\x13.npud.v1.UsageBytes\"\xf1\x02\n\x0b\x44\x65viceStats\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x11\n\tsimulated\x18\x02 \x01(\x08\x12%\n\x06health\x18\x03 \x01(\x0e\x32\x15.npud.v1.DeviceHealth\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x10\n\x08\x63ontexts\x18\x05 \x01(\r\x12\x0e\n\x06queues\x18\x06 \x01(\r\x12$\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x13.npud.v1.ClassStats\x12 \n\x07\x65ngines\x18\x08 \x03(\x0b\x32\x0f.npud.v1.Engine\x12#\n\x06memory\x18\t \x03(\x0b\x32\x13.npud.v1.TierMemory\x12#\n\x06states\x18\n \x03(\x0b\x32\x13.npud.v1.StateCount\x12*\n\tresidency\x18\x0b \x01(\x0b\x32\x17.npud.v1.ResidencyStats\x12\x11\n\tsubmitted\x18\x0c \x01(\x04\x12\x15\n\rdevice_resets\x18\r \x01(\x04\"i\n\x0b\x44\x61\x65monStats\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x15\n\rshutting_down\x18\x05 \x01(\x08\"!\n\x0fGetStatsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"_\n\x10GetStatsResponse\x12$\n\x06\x64\x61\x65mon\x18\x01 \x01(\x0b\x32\x14.npud.v1.DaemonStats\x12%\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x14.npud.v1.DeviceStats\"6\n\x13StreamEventsRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x8e\x01\n\x0c\x43ontextEvent\x12&\n\x06\x63hange\x18\x01 \x01(\x0e\x32\x16.npud.v1.ContextChange\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\"\n\x08snapshot\x18\x05 \x01(\x0b\x32\x10.npud.v1.Context\"\xc3\x01\n\x14StreamEventsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x19.npud.v1.GetStatsResponseH\x00\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0c.npud.v1.JobH\x00\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x15.npud.v1.ContextEventH\x00\x12/\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x1d.npud.v1.WatchDevicesResponseH\x00\x42\x07\n\x05\x65vent*i\n\rContextChange\x12\x1e\n\x1a\x43ONTEXT_CHANGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTEXT_CHANGE_CREATED\x10\x01\x12\x1c\n\x18\x43ONTEXT_CHANGE_DESTROYED\x10\x02\x32\x9e\x01\n\x0cStatsService\x12?\n\x08GetStats\x12\x18.npud.v1.GetStatsRequest\x1a\x19.npud.v1.GetStatsResponse\x12M\n\x0cStreamEvents\x12\x1c.npud.v1.StreamEventsRequest\x1a\x1d.npud.v1.StreamEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npud.v1.stats_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTEXTCHANGE']._serialized_start=2163
-  _globals['_CONTEXTCHANGE']._serialized_end=2268
+  _globals['_CONTEXTCHANGE']._serialized_start=2100
+  _globals['_CONTEXTCHANGE']._serialized_end=2205
   _globals['_CLASSSTATS']._serialized_start=118
   _globals['_CLASSSTATS']._serialized_end=303
-  _globals['_STATECOUNT']._serialized_start=305
-  _globals['_STATECOUNT']._serialized_end=366
-  _globals['_TIERTRAFFIC']._serialized_start=369
-  _globals['_TIERTRAFFIC']._serialized_end=512
-  _globals['_USAGEBYTES']._serialized_start=514
-  _globals['_USAGEBYTES']._serialized_end=578
-  _globals['_RESIDENCYSTATS']._serialized_start=581
-  _globals['_RESIDENCYSTATS']._serialized_end=1151
-  _globals['_DEVICESTATS']._serialized_start=1154
-  _globals['_DEVICESTATS']._serialized_end=1523
-  _globals['_DAEMONSTATS']._serialized_start=1525
-  _globals['_DAEMONSTATS']._serialized_end=1630
-  _globals['_GETSTATSREQUEST']._serialized_start=1632
-  _globals['_GETSTATSREQUEST']._serialized_end=1665
-  _globals['_GETSTATSRESPONSE']._serialized_start=1667
-  _globals['_GETSTATSRESPONSE']._serialized_end=1762
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1764
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1818
-  _globals['_CONTEXTEVENT']._serialized_start=1821
-  _globals['_CONTEXTEVENT']._serialized_end=1963
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1966
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2161
-  _globals['_STATSSERVICE']._serialized_start=2271
-  _globals['_STATSSERVICE']._serialized_end=2429
+  _globals['_TIERTRAFFIC']._serialized_start=306
+  _globals['_TIERTRAFFIC']._serialized_end=449
+  _globals['_USAGEBYTES']._serialized_start=451
+  _globals['_USAGEBYTES']._serialized_end=515
+  _globals['_RESIDENCYSTATS']._serialized_start=518
+  _globals['_RESIDENCYSTATS']._serialized_end=1088
+  _globals['_DEVICESTATS']._serialized_start=1091
+  _globals['_DEVICESTATS']._serialized_end=1460
+  _globals['_DAEMONSTATS']._serialized_start=1462
+  _globals['_DAEMONSTATS']._serialized_end=1567
+  _globals['_GETSTATSREQUEST']._serialized_start=1569
+  _globals['_GETSTATSREQUEST']._serialized_end=1602
+  _globals['_GETSTATSRESPONSE']._serialized_start=1604
+  _globals['_GETSTATSRESPONSE']._serialized_end=1699
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=1701
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1755
+  _globals['_CONTEXTEVENT']._serialized_start=1758
+  _globals['_CONTEXTEVENT']._serialized_end=1900
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1903
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2098
+  _globals['_STATSSERVICE']._serialized_start=2208
+  _globals['_STATSSERVICE']._serialized_end=2366
 # @@protoc_insertion_point(module_scope)

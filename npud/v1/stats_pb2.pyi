@@ -86,30 +86,6 @@ class ClassStats(_message.Message):
 Global___ClassStats: _TypeAlias = ClassStats  # noqa: Y015
 
 @_typing.final
-class StateCount(_message.Message):
-    """StateCount is how many jobs have ended, or are, in a state (since the daemon started)."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STATE_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    state: _types_pb2.JobState.ValueType
-    count: _builtins.int
-    def __init__(
-        self,
-        *,
-        state: _types_pb2.JobState.ValueType = ...,
-        count: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___StateCount: _TypeAlias = StateCount  # noqa: Y015
-
-@_typing.final
 class TierTraffic(_message.Message):
     """TierTraffic is the bytes that entered or left one memory tier since the daemon started."""
 
@@ -327,7 +303,7 @@ class DeviceStats(_message.Message):
         """Per tier, SRAM included (capacity 0 when the device has none)."""
 
     @_builtins.property
-    def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateCount]: ...
+    def states(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateCount]: ...
     @_builtins.property
     def residency(self) -> Global___ResidencyStats: ...
     def __init__(
@@ -342,7 +318,7 @@ class DeviceStats(_message.Message):
         classes: _abc.Iterable[Global___ClassStats] | None = ...,
         engines: _abc.Iterable[_device_pb2.Engine] | None = ...,
         memory: _abc.Iterable[_device_pb2.TierMemory] | None = ...,
-        states: _abc.Iterable[Global___StateCount] | None = ...,
+        states: _abc.Iterable[_types_pb2.StateCount] | None = ...,
         residency: Global___ResidencyStats | None = ...,
         submitted: _builtins.int = ...,
         device_resets: _builtins.int = ...,

@@ -24,31 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13npud/v1/types.proto\x12\x07npud.v1\"8\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"Z\n\x0c\x44istribution\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05p50_s\x18\x02 \x01(\x01\x12\r\n\x05p99_s\x18\x03 \x01(\x01\x12\x0e\n\x06mean_s\x18\x04 \x01(\x01\x12\r\n\x05max_s\x18\x05 \x01(\x01*\x93\x01\n\x0fSchedulingClass\x12 \n\x1cSCHEDULING_CLASS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCHEDULING_CLASS_LATENCY\x10\x01\x12\x1f\n\x1bSCHEDULING_CLASS_THROUGHPUT\x10\x02\x12\x1f\n\x1bSCHEDULING_CLASS_BACKGROUND\x10\x03*\xe0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x13\n\x0fJOB_STATE_READY\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x07\x12\x16\n\x12JOB_STATE_REJECTED\x10\x08*k\n\nMemoryTier\x12\x1b\n\x17MEMORY_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_TIER_SRAM\x10\x01\x12\x14\n\x10MEMORY_TIER_DRAM\x10\x02\x12\x14\n\x10MEMORY_TIER_HOST\x10\x03*~\n\x0eTierPreference\x12\x1f\n\x1bTIER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIER_PREFERENCE_ANY\x10\x01\x12\x18\n\x14TIER_PREFERENCE_SRAM\x10\x02\x12\x18\n\x14TIER_PREFERENCE_DRAM\x10\x03*\x91\x01\n\x0b\x42ufferUsage\x12\x1c\n\x18\x42UFFER_USAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42UFFER_USAGE_WEIGHTS\x10\x01\x12\x16\n\x12\x42UFFER_USAGE_STATE\x10\x02\x12\x18\n\x14\x42UFFER_USAGE_SCRATCH\x10\x03\x12\x18\n\x14\x42UFFER_USAGE_COMMAND\x10\x04*a\n\x0bPersistence\x12\x1b\n\x17PERSISTENCE_UNSPECIFIED\x10\x00\x12\x19\n\x15PERSISTENCE_EPHEMERAL\x10\x01\x12\x1a\n\x16PERSISTENCE_PERSISTENT\x10\x02*|\n\x0c\x42ufferAccess\x12\x1d\n\x19\x42UFFER_ACCESS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UFFER_ACCESS_READ\x10\x01\x12\x17\n\x13\x42UFFER_ACCESS_WRITE\x10\x02\x12\x1c\n\x18\x42UFFER_ACCESS_READ_WRITE\x10\x03*x\n\x0c\x44\x65viceHealth\x12\x1d\n\x19\x44\x45VICE_HEALTH_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45VICE_HEALTH_OK\x10\x01\x12\x1b\n\x17\x44\x45VICE_HEALTH_RESETTING\x10\x02\x12\x16\n\x12\x44\x45VICE_HEALTH_LOST\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13npud/v1/types.proto\x12\x07npud.v1\"8\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"Z\n\x0c\x44istribution\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05p50_s\x18\x02 \x01(\x01\x12\r\n\x05p99_s\x18\x03 \x01(\x01\x12\x0e\n\x06mean_s\x18\x04 \x01(\x01\x12\r\n\x05max_s\x18\x05 \x01(\x01\"=\n\nStateCount\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.npud.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x04*\x93\x01\n\x0fSchedulingClass\x12 \n\x1cSCHEDULING_CLASS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCHEDULING_CLASS_LATENCY\x10\x01\x12\x1f\n\x1bSCHEDULING_CLASS_THROUGHPUT\x10\x02\x12\x1f\n\x1bSCHEDULING_CLASS_BACKGROUND\x10\x03*\xe0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x13\n\x0fJOB_STATE_READY\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x07\x12\x16\n\x12JOB_STATE_REJECTED\x10\x08*k\n\nMemoryTier\x12\x1b\n\x17MEMORY_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_TIER_SRAM\x10\x01\x12\x14\n\x10MEMORY_TIER_DRAM\x10\x02\x12\x14\n\x10MEMORY_TIER_HOST\x10\x03*~\n\x0eTierPreference\x12\x1f\n\x1bTIER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIER_PREFERENCE_ANY\x10\x01\x12\x18\n\x14TIER_PREFERENCE_SRAM\x10\x02\x12\x18\n\x14TIER_PREFERENCE_DRAM\x10\x03*\x91\x01\n\x0b\x42ufferUsage\x12\x1c\n\x18\x42UFFER_USAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42UFFER_USAGE_WEIGHTS\x10\x01\x12\x16\n\x12\x42UFFER_USAGE_STATE\x10\x02\x12\x18\n\x14\x42UFFER_USAGE_SCRATCH\x10\x03\x12\x18\n\x14\x42UFFER_USAGE_COMMAND\x10\x04*a\n\x0bPersistence\x12\x1b\n\x17PERSISTENCE_UNSPECIFIED\x10\x00\x12\x19\n\x15PERSISTENCE_EPHEMERAL\x10\x01\x12\x1a\n\x16PERSISTENCE_PERSISTENT\x10\x02*|\n\x0c\x42ufferAccess\x12\x1d\n\x19\x42UFFER_ACCESS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UFFER_ACCESS_READ\x10\x01\x12\x17\n\x13\x42UFFER_ACCESS_WRITE\x10\x02\x12\x1c\n\x18\x42UFFER_ACCESS_READ_WRITE\x10\x03*x\n\x0c\x44\x65viceHealth\x12\x1d\n\x19\x44\x45VICE_HEALTH_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45VICE_HEALTH_OK\x10\x01\x12\x1b\n\x17\x44\x45VICE_HEALTH_RESETTING\x10\x02\x12\x16\n\x12\x44\x45VICE_HEALTH_LOST\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npud.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEDULINGCLASS']._serialized_start=183
-  _globals['_SCHEDULINGCLASS']._serialized_end=330
-  _globals['_JOBSTATE']._serialized_start=333
-  _globals['_JOBSTATE']._serialized_end=557
-  _globals['_MEMORYTIER']._serialized_start=559
-  _globals['_MEMORYTIER']._serialized_end=666
-  _globals['_TIERPREFERENCE']._serialized_start=668
-  _globals['_TIERPREFERENCE']._serialized_end=794
-  _globals['_BUFFERUSAGE']._serialized_start=797
-  _globals['_BUFFERUSAGE']._serialized_end=942
-  _globals['_PERSISTENCE']._serialized_start=944
-  _globals['_PERSISTENCE']._serialized_end=1041
-  _globals['_BUFFERACCESS']._serialized_start=1043
-  _globals['_BUFFERACCESS']._serialized_end=1167
-  _globals['_DEVICEHEALTH']._serialized_start=1169
-  _globals['_DEVICEHEALTH']._serialized_end=1289
+  _globals['_SCHEDULINGCLASS']._serialized_start=246
+  _globals['_SCHEDULINGCLASS']._serialized_end=393
+  _globals['_JOBSTATE']._serialized_start=396
+  _globals['_JOBSTATE']._serialized_end=620
+  _globals['_MEMORYTIER']._serialized_start=622
+  _globals['_MEMORYTIER']._serialized_end=729
+  _globals['_TIERPREFERENCE']._serialized_start=731
+  _globals['_TIERPREFERENCE']._serialized_end=857
+  _globals['_BUFFERUSAGE']._serialized_start=860
+  _globals['_BUFFERUSAGE']._serialized_end=1005
+  _globals['_PERSISTENCE']._serialized_start=1007
+  _globals['_PERSISTENCE']._serialized_end=1104
+  _globals['_BUFFERACCESS']._serialized_start=1106
+  _globals['_BUFFERACCESS']._serialized_end=1230
+  _globals['_DEVICEHEALTH']._serialized_start=1232
+  _globals['_DEVICEHEALTH']._serialized_end=1352
   _globals['_ERRORINFO']._serialized_start=32
   _globals['_ERRORINFO']._serialized_end=88
   _globals['_DISTRIBUTION']._serialized_start=90
   _globals['_DISTRIBUTION']._serialized_end=180
+  _globals['_STATECOUNT']._serialized_start=182
+  _globals['_STATECOUNT']._serialized_end=243
 # @@protoc_insertion_point(module_scope)

@@ -267,3 +267,29 @@ class Distribution(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Distribution: _TypeAlias = Distribution  # noqa: Y015
+
+@_typing.final
+class StateCount(_message.Message):
+    """StateCount is how many jobs have ended, or are, in a state (since the daemon, a context or
+    a queue started, as the message holding it says).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    state: Global___JobState.ValueType
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        state: Global___JobState.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateCount: _TypeAlias = StateCount  # noqa: Y015
