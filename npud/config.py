@@ -105,6 +105,20 @@ class Scheduling(BaseModel):
         return self
 
 
+class Residency(BaseModel):
+    """How much of each memory tier npud lets itself use (``[residency]``), per device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Bytes of device DRAM / on-chip SRAM npud may hold at once; unset: the tier's capacity. A
+    # budget above the capacity is capped to it. Leaving room serves other users of the memory
+    # (a display pipeline sharing the DRAM carve-out, firmware scratch in SRAM).
+    dram_budget_bytes: int | None = Field(default=None, ge=0)
+    sram_budget_bytes: int | None = Field(default=None, ge=0)
+    # Place KV caches and scratch buffers in SRAM when they fit (false: SRAM only on request).
+    sram_placement: bool = True
+
+
 class CuConfig(BaseModel):
     """One compute unit of an amdxdna program: its PDI image file and function number."""
 
@@ -213,6 +227,7 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     quotas: Quotas = Field(default_factory=Quotas)
     scheduler: Scheduling = Field(default_factory=Scheduling)
+    residency: Residency = Field(default_factory=Residency)
     amdxdna: Amdxdna = Field(default_factory=Amdxdna)
     qaic: Qaic = Field(default_factory=Qaic)
     metrics: Metrics = Field(default_factory=Metrics)

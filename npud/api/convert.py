@@ -200,9 +200,11 @@ def device_to_wire(
     caps = device.capabilities
     util = {}
     used: Mapping[MemoryTier, int] = {}
+    budget: Mapping[MemoryTier, int] = {}
     if report is not None:
         util = {e.index: e.recent_utilisation for e in report.scheduler.engines}
         used = {t.tier: t.used_bytes for t in report.residency.tiers}
+        budget = {t.tier: t.budget_bytes for t in report.residency.tiers}
     return device_pb2.Device(
         name=device.name,
         driver=caps.driver,
@@ -219,6 +221,7 @@ def device_to_wire(
                 capacity_bytes=t.capacity_bytes,
                 used_bytes=used.get(t.tier, 0),
                 bandwidth_bytes_per_s=t.bandwidth_bytes_per_s or 0.0,
+                budget_bytes=budget.get(t.tier, t.capacity_bytes),
             )
             for t in caps.tiers
         ],
@@ -440,6 +443,7 @@ def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb
                 capacity_bytes=t.capacity_bytes,
                 used_bytes=t.used_bytes,
                 bandwidth_bytes_per_s=caps.tier(t.tier).bandwidth_bytes_per_s or 0.0,
+                budget_bytes=t.budget_bytes,
             )
             for t in res.tiers
         ],

@@ -213,6 +213,7 @@ class TierMemory:
     capacity_bytes: int
     used_bytes: int
     bandwidth_bytes_per_s: float
+    budget_bytes: int = 0  # what npud lets itself hold there (default: the capacity)
 
 
 def _engines(items: object) -> tuple[Engine, ...]:
@@ -224,7 +225,13 @@ def _engines(items: object) -> tuple[Engine, ...]:
 
 def _tiers(items: object) -> tuple[TierMemory, ...]:
     return tuple(
-        TierMemory(tier_from_wire(t.tier), t.capacity_bytes, t.used_bytes, t.bandwidth_bytes_per_s)
+        TierMemory(
+            tier_from_wire(t.tier),
+            t.capacity_bytes,
+            t.used_bytes,
+            t.bandwidth_bytes_per_s,
+            t.budget_bytes,
+        )
         for t in items  # type: ignore[attr-defined]
     )
 

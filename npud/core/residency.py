@@ -224,8 +224,8 @@ class ResidencyManager:
         Args:
             device: an opened device; the manager allocates and frees its buffers.
             clock: for last-use times.
-            budgets: bytes npud may use per tier (default: each tier's capacity). A tier the
-                device lacks stays at 0 whatever is given.
+            budgets: bytes npud may use per tier (default: each tier's capacity), capped to
+                the capacity: a tier the device lacks stays at 0 whatever is given.
             state_dir: where sealed persistent buffers are recorded; ``None`` keeps them in
                 memory only (no backing copies, nothing survives a restart).
             sram_policy: place hot small buffers in SRAM (see :mod:`npud.core.placement`).
@@ -242,7 +242,7 @@ class ResidencyManager:
             if tier in self._budget:
                 if value < 0:
                     raise InvalidArgument(f"budget for {tier} must be >= 0, got {value}")
-                self._budget[tier] = value if self._capacity[tier] > 0 else 0
+                self._budget[tier] = min(value, self._capacity[tier])
         self._sram_policy = sram_policy
         self._sram_mappable = True
         self._used = dict.fromkeys(_DEVICE_TIERS, 0)

@@ -45,6 +45,7 @@ from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.core.registry import make_private
 from npud.core.service import Core, CoreLimits
+from npud.daemon.budgets import residency_budgets
 from npud.daemon.devices import Nodes, SystemNodes, choose_devices, open_devices
 from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
 from npud.daemon.metrics import MetricsServer, Sources, registry_for
@@ -255,7 +256,12 @@ class Daemon:
                 raise ConfigError(f"state_dir: cannot create {state_dir}: {exc}") from exc
             node = self.on_node.get(device.name)
             entry = core.add_device(
-                device, policy=policy, state_dir=state_dir, node=node.path if node else ""
+                device,
+                policy=policy,
+                state_dir=state_dir,
+                node=node.path if node else "",
+                budgets=residency_budgets(s),
+                sram_policy=s.residency.sram_placement,
             )
             entry.scheduler.add_hooks(on_end=self._log_job)
         self.core = core

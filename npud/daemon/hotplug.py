@@ -42,6 +42,7 @@ from npud.config import Settings
 from npud.core.policy import SchedulerPolicy
 from npud.core.registry import make_private
 from npud.core.service import Core, DeviceEntry
+from npud.daemon.budgets import residency_budgets
 from npud.daemon.devices import Nodes, wanted
 from npud.daemon.recovery import DeviceRecovery
 from npud.devices.base import Device, DeviceHealth
@@ -341,7 +342,12 @@ class HotplugWatcher:
             return None
         self._pending.pop(node.path, None)
         entry = self._core.add_device(
-            device, policy=self._policy, state_dir=state_dir, node=node.path
+            device,
+            policy=self._policy,
+            state_dir=state_dir,
+            node=node.path,
+            budgets=residency_budgets(self._settings),
+            sram_policy=self._settings.residency.sram_placement,
         )
         if self._on_entry is not None:
             self._on_entry(entry)

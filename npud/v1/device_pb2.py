@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from npud.v1 import types_pb2 as npud_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14npud/v1/device.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\":\n\x06\x45ngine\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0butilisation\x18\x03 \x01(\x01\"z\n\nTierMemory\x12!\n\x04tier\x18\x01 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x04 \x01(\x01\"\xea\x02\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05\x62oard\x18\x05 \x01(\t\x12 \n\x07\x65ngines\x18\x06 \x03(\x0b\x32\x0f.npud.v1.Engine\x12\"\n\x05tiers\x18\x07 \x03(\x0b\x32\x13.npud.v1.TierMemory\x12\x19\n\x11native_priorities\x18\x08 \x01(\x05\x12\x13\n\x0bhas_syncobj\x18\t \x01(\x08\x12\x17\n\x0fhas_hw_contexts\x18\n \x01(\x08\x12\x17\n\x0fmax_hw_contexts\x18\x0b \x01(\x05\x12\x16\n\x0ehas_preemption\x18\x0c \x01(\x08\x12\x11\n\tsimulated\x18\r \x01(\x08\x12%\n\x06health\x18\x0e \x01(\x0e\x32\x15.npud.v1.DeviceHealth\x12\x0c\n\x04node\x18\x0f \x01(\t\"\x14\n\x12ListDevicesRequest\"7\n\x13ListDevicesResponse\x12 \n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0f.npud.v1.Device\" \n\x10GetDeviceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x11GetDeviceResponse\x12\x1f\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Device\"\x15\n\x13WatchDevicesRequest\"^\n\x14WatchDevicesResponse\x12%\n\x06\x63hange\x18\x01 \x01(\x0e\x32\x15.npud.v1.DeviceChange\x12\x1f\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x0f.npud.v1.Device*|\n\x0c\x44\x65viceChange\x12\x1d\n\x19\x44\x45VICE_CHANGE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45VICE_CHANGE_ADDED\x10\x01\x12\x19\n\x15\x44\x45VICE_CHANGE_CHANGED\x10\x02\x12\x19\n\x15\x44\x45VICE_CHANGE_REMOVED\x10\x03\x32\xec\x01\n\rDeviceService\x12H\n\x0bListDevices\x12\x1b.npud.v1.ListDevicesRequest\x1a\x1c.npud.v1.ListDevicesResponse\x12\x42\n\tGetDevice\x12\x19.npud.v1.GetDeviceRequest\x1a\x1a.npud.v1.GetDeviceResponse\x12M\n\x0cWatchDevices\x12\x1c.npud.v1.WatchDevicesRequest\x1a\x1d.npud.v1.WatchDevicesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14npud/v1/device.proto\x12\x07npud.v1\x1a\x13npud/v1/types.proto\":\n\x06\x45ngine\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0butilisation\x18\x03 \x01(\x01\"\x90\x01\n\nTierMemory\x12!\n\x04tier\x18\x01 \x01(\x0e\x32\x13.npud.v1.MemoryTier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x62udget_bytes\x18\x05 \x01(\x04\"\xea\x02\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05\x62oard\x18\x05 \x01(\t\x12 \n\x07\x65ngines\x18\x06 \x03(\x0b\x32\x0f.npud.v1.Engine\x12\"\n\x05tiers\x18\x07 \x03(\x0b\x32\x13.npud.v1.TierMemory\x12\x19\n\x11native_priorities\x18\x08 \x01(\x05\x12\x13\n\x0bhas_syncobj\x18\t \x01(\x08\x12\x17\n\x0fhas_hw_contexts\x18\n \x01(\x08\x12\x17\n\x0fmax_hw_contexts\x18\x0b \x01(\x05\x12\x16\n\x0ehas_preemption\x18\x0c \x01(\x08\x12\x11\n\tsimulated\x18\r \x01(\x08\x12%\n\x06health\x18\x0e \x01(\x0e\x32\x15.npud.v1.DeviceHealth\x12\x0c\n\x04node\x18\x0f \x01(\t\"\x14\n\x12ListDevicesRequest\"7\n\x13ListDevicesResponse\x12 \n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0f.npud.v1.Device\" \n\x10GetDeviceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x11GetDeviceResponse\x12\x1f\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0f.npud.v1.Device\"\x15\n\x13WatchDevicesRequest\"^\n\x14WatchDevicesResponse\x12%\n\x06\x63hange\x18\x01 \x01(\x0e\x32\x15.npud.v1.DeviceChange\x12\x1f\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x0f.npud.v1.Device*|\n\x0c\x44\x65viceChange\x12\x1d\n\x19\x44\x45VICE_CHANGE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45VICE_CHANGE_ADDED\x10\x01\x12\x19\n\x15\x44\x45VICE_CHANGE_CHANGED\x10\x02\x12\x19\n\x15\x44\x45VICE_CHANGE_REMOVED\x10\x03\x32\xec\x01\n\rDeviceService\x12H\n\x0bListDevices\x12\x1b.npud.v1.ListDevicesRequest\x1a\x1c.npud.v1.ListDevicesResponse\x12\x42\n\tGetDevice\x12\x19.npud.v1.GetDeviceRequest\x1a\x1a.npud.v1.GetDeviceResponse\x12M\n\x0cWatchDevices\x12\x1c.npud.v1.WatchDevicesRequest\x1a\x1d.npud.v1.WatchDevicesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npud.v1.device_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICECHANGE']._serialized_start=889
-  _globals['_DEVICECHANGE']._serialized_end=1013
+  _globals['_DEVICECHANGE']._serialized_start=912
+  _globals['_DEVICECHANGE']._serialized_end=1036
   _globals['_ENGINE']._serialized_start=54
   _globals['_ENGINE']._serialized_end=112
-  _globals['_TIERMEMORY']._serialized_start=114
-  _globals['_TIERMEMORY']._serialized_end=236
-  _globals['_DEVICE']._serialized_start=239
-  _globals['_DEVICE']._serialized_end=601
-  _globals['_LISTDEVICESREQUEST']._serialized_start=603
-  _globals['_LISTDEVICESREQUEST']._serialized_end=623
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=625
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=680
-  _globals['_GETDEVICEREQUEST']._serialized_start=682
-  _globals['_GETDEVICEREQUEST']._serialized_end=714
-  _globals['_GETDEVICERESPONSE']._serialized_start=716
-  _globals['_GETDEVICERESPONSE']._serialized_end=768
-  _globals['_WATCHDEVICESREQUEST']._serialized_start=770
-  _globals['_WATCHDEVICESREQUEST']._serialized_end=791
-  _globals['_WATCHDEVICESRESPONSE']._serialized_start=793
-  _globals['_WATCHDEVICESRESPONSE']._serialized_end=887
-  _globals['_DEVICESERVICE']._serialized_start=1016
-  _globals['_DEVICESERVICE']._serialized_end=1252
+  _globals['_TIERMEMORY']._serialized_start=115
+  _globals['_TIERMEMORY']._serialized_end=259
+  _globals['_DEVICE']._serialized_start=262
+  _globals['_DEVICE']._serialized_end=624
+  _globals['_LISTDEVICESREQUEST']._serialized_start=626
+  _globals['_LISTDEVICESREQUEST']._serialized_end=646
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=648
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=703
+  _globals['_GETDEVICEREQUEST']._serialized_start=705
+  _globals['_GETDEVICEREQUEST']._serialized_end=737
+  _globals['_GETDEVICERESPONSE']._serialized_start=739
+  _globals['_GETDEVICERESPONSE']._serialized_end=791
+  _globals['_WATCHDEVICESREQUEST']._serialized_start=793
+  _globals['_WATCHDEVICESREQUEST']._serialized_end=814
+  _globals['_WATCHDEVICESRESPONSE']._serialized_start=816
+  _globals['_WATCHDEVICESRESPONSE']._serialized_end=910
+  _globals['_DEVICESERVICE']._serialized_start=1039
+  _globals['_DEVICESERVICE']._serialized_end=1275
 # @@protoc_insertion_point(module_scope)

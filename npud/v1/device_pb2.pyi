@@ -78,11 +78,14 @@ class TierMemory(_message.Message):
     CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
     USED_BYTES_FIELD_NUMBER: _builtins.int
     BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _builtins.int
+    BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     tier: _types_pb2.MemoryTier.ValueType
     capacity_bytes: _builtins.int
     used_bytes: _builtins.int
     bandwidth_bytes_per_s: _builtins.float
     """0 where no figure is known."""
+    budget_bytes: _builtins.int
+    """What npud lets itself hold in the tier ([residency] in npud.toml; default the capacity)."""
     def __init__(
         self,
         *,
@@ -90,10 +93,11 @@ class TierMemory(_message.Message):
         capacity_bytes: _builtins.int = ...,
         used_bytes: _builtins.int = ...,
         bandwidth_bytes_per_s: _builtins.float = ...,
+        budget_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes_per_s", b"bandwidth_bytes_per_s", "capacity_bytes", b"capacity_bytes", "tier", b"tier", "used_bytes", b"used_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes_per_s", b"bandwidth_bytes_per_s", "budget_bytes", b"budget_bytes", "capacity_bytes", b"capacity_bytes", "tier", b"tier", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
