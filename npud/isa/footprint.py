@@ -46,7 +46,8 @@ def accesses(ins: Instruction) -> list[Access]:
         access = Access(name, t, name in writes, t.offset, t.end, t.nbytes)
         if ins.op is Op.EMBED and name == "table":
             rows = ins.operand("ids").shape[0]
-            access = Access(name, t, False, t.offset, t.end, rows * t.shape[1] * t.dtype.itemsize)
+            moved = rows * t.dtype.nbytes(t.shape[1])
+            access = Access(name, t, False, t.offset, t.end, moved)
         elif ins.op is Op.KV_WRITE and name == "cache":
             tokens = ins.operand("src").shape[0]
             p = ins.params.start_pos

@@ -27,6 +27,9 @@ class Op(enum.IntEnum):
     - ARGMAX(out[M] I32, x[M,N]): ties go to the lowest index.
     - COPY(out, x): same element count; casts between float dtypes.
     - BURN(seconds): no operands; occupies its engine for exactly that modelled time.
+    - TOPK(values[M,K], ids[M,K] I32, x[M,N]): per row the K largest, highest first, ties to
+      the lowest index (what a sampling step reads back instead of the whole row).
+    - MATMUL's b and EMBED's table may be block-quantised (Q8_0, Q4_1; see ``dtypes``).
     """
 
     MATMUL = 1
@@ -42,6 +45,7 @@ class Op(enum.IntEnum):
     ARGMAX = 11
     COPY = 12
     BURN = 13
+    TOPK = 14
 
 
 MATMUL_TRANSPOSE_B = 0x1
@@ -92,5 +96,6 @@ SPECS: dict[Op, OpSpec] = {
     Op.ARGMAX: _UNARY,
     Op.COPY: _UNARY,
     Op.BURN: OpSpec((), (), (("seconds", "d"),)),
+    Op.TOPK: OpSpec(("values", "ids", "x"), ("values", "ids"), ()),
 }
 """The record layout of every opcode."""

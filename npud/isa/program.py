@@ -179,6 +179,10 @@ class Program:
         """out[m] = argmax(x[m, :]) as I32, ties to the lowest index."""
         return self._add(Op.ARGMAX, (out, x))
 
+    def topk(self, values: Tensor, ids: Tensor, x: Tensor) -> Program:
+        """values/ids[m] = the K largest of x[m, :] and their indices, ties to the lowest index."""
+        return self._add(Op.TOPK, (values, ids, x))
+
     def copy(self, out: Tensor, x: Tensor) -> Program:
         """out = x with the same element count, cast to out's dtype."""
         return self._add(Op.COPY, (out, x))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from npud.isa.dtypes import COMPUTE_DTYPES, FLOAT_DTYPES, DType
+from npud.isa.dtypes import COMPUTE_DTYPES, FLOAT_DTYPES, QUANTIZED_DTYPES, WEIGHT_DTYPES, DType
 from npud.isa.errors import CommandStreamError
 from npud.isa.opcodes import MATMUL_TRANSPOSE_B, Op
 from npud.isa.program import Instruction
@@ -62,7 +62,11 @@ def _matmul(c: _Checker) -> None:
         c.ndim(name, 2)
     c.dtype_in("out", COMPUTE_DTYPES)
     a = c.dtype_in("a", COMPUTE_DTYPES)
-    b = c.dtype_in("b", FLOAT_DTYPES)
+    b = c.dtype_in("b", WEIGHT_DTYPES)
+    if b.dtype in QUANTIZED_DTYPES and not c.ins.params.transpose_b:
+        raise c.fail(
+            "b", f"a {b.dtype.name} b must be stored [N,K] (transpose_b): blocks run along K"
+        )
     m, k = a.shape
     if c.ins.params.transpose_b:
         n, kb = b.shape
@@ -129,8 +133,25 @@ def _argmax(c: _Checker) -> None:
     c.shape("out", (x.shape[0],), "[M] from x[M,N]")
 
 
+def _topk(c: _Checker) -> None:
+    x = c.ndim("x", 2)
+    c.dtype_in("x", FLOAT_DTYPES)
+    values = c.ndim("values", 2)
+    c.dtype_in("values", COMPUTE_DTYPES)
+    c.dtype_in("ids", frozenset({DType.I32}))
+    m, k = values.shape
+    if m != x.shape[0] or not 0 < k <= x.shape[1]:
+        raise c.fail(
+            "values", f"shape {list(values.shape)}: want [M, K] with K <= N of x {list(x.shape)}"
+        )
+    c.shape("ids", values.shape, "same as values")
+
+
 def _copy(c: _Checker) -> None:
     out, x = c.t("out"), c.t("x")
+    for name, t in (("out", out), ("x", x)):
+        if t.dtype in QUANTIZED_DTYPES:
+            raise c.fail(name, f"COPY does not convert {t.dtype.name} blocks")
     if (out.dtype is DType.I32) != (x.dtype is DType.I32):
         raise c.fail(
             "out", f"cannot cast {x.dtype.name} to {out.dtype.name} (I32 copies only to I32)"
@@ -144,7 +165,7 @@ def _embed(c: _Checker) -> None:
     table = c.ndim("table", 2)
     ids = c.ndim("ids", 1)
     c.dtype_in("out", COMPUTE_DTYPES)
-    c.dtype_in("table", FLOAT_DTYPES)
+    c.dtype_in("table", WEIGHT_DTYPES)
     c.dtype_in("ids", frozenset({DType.I32}))
     c.shape("out", (ids.shape[0], table.shape[1]), "[T,D] from ids[T] and table[V,D]")
     del out
@@ -211,6 +232,7 @@ _RULES: dict[Op, Callable[[_Checker], None]] = {
     Op.ATTENTION: _attention,
     Op.ARGMAX: _argmax,
     Op.COPY: _copy,
+    Op.TOPK: _topk,
     Op.BURN: _burn,
 }
 

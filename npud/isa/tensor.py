@@ -49,7 +49,7 @@ class Tensor:
     @property
     def nbytes(self) -> int:
         """The number of bytes the tensor occupies in its buffer."""
-        return self.numel * self.dtype.itemsize
+        return self.dtype.nbytes(self.numel)
 
     @property
     def end(self) -> int:

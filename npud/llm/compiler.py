@@ -40,6 +40,7 @@ from npud.llm.plan import (
     ScratchLayout,
     scratch_layout,
 )
+from npud.llm.sampling import MAX_CANDIDATES
 from npud.llm.template import DecodeTemplate
 
 
@@ -48,6 +49,14 @@ class StepKind(enum.StrEnum):
 
     PREFILL = "prefill"  # THROUGHPUT: chunks of the prompt
     DECODE = "decode"  # LATENCY: one token
+
+
+class Rows(enum.Enum):
+    """Which rows of a step go through the output head, and what comes back."""
+
+    LAST = "last"  # each sequence's last row: ARGMAX into tokens, or TOPK candidates to draw from
+    ALL = "all"  # every row: TOPK candidates of each (scoring a known sequence)
+    LOGITS = "logits"  # every row: the whole logits (checks against another implementation)
 
 
 class Access(enum.Flag):
@@ -132,13 +141,13 @@ def decode_scratch(config: ModelConfig, rows: int) -> ScratchLayout:
 class Compiler:
     """Builds :class:`Step` programs for one model and memory plan (pure; no device needed)."""
 
-    __slots__ = ("_batch_templates", "_decode_template", "_validated", "config", "plan")
+    __slots__ = ("_batch_templates", "_decode_templates", "_validated", "config", "plan")
 
     def __init__(self, config: ModelConfig, plan: MemoryPlan) -> None:
         self.config = config
         self.plan = plan
-        self._validated: set[tuple[int, ...]] = set()
-        self._decode_template: DecodeTemplate | None = None
+        self._validated: set[tuple[object, ...]] = set()
+        self._decode_templates: dict[int, DecodeTemplate] = {}
         self._batch_templates: dict[tuple[int, int], DecodeTemplate] = {}
 
     def _w(self, name: str, slots: dict[str, int] | None = None) -> Tensor:
@@ -167,6 +176,8 @@ class Compiler:
         emit_token: bool,
         kind: StepKind,
         chunk: int | None = None,
+        top: int = 0,
+        rows: Rows = Rows.LAST,
     ) -> Step:
         """Compile ``n_tokens`` tokens starting at ``start_pos``.
 
@@ -177,18 +188,28 @@ class Compiler:
                 ``tokens[start_pos + n_tokens]``.
             kind: prefill or decode (a label for scheduling; the program is the same).
             chunk: the prefill chunk size this step belongs to (its tag); the plan's default.
+            top: with ``emit_token``, end in TOPK of ``top`` candidates (read back, for the
+                host to draw the next id and write it) instead of ARGMAX.
+            rows: with ``emit_token``, which rows go through the head: the last (generation),
+                every row (scoring a sequence: TOPK per row), or every row's whole logits
+                (:attr:`Rows.LOGITS`, for checks against another implementation).
 
         Raises:
             InvalidArgument: the step does not fit the plan (too many tokens, or positions past
-                the KV cache length).
+                the KV cache length), or ``top`` is outside 0..MAX_CANDIDATES (at least 1 for
+                :attr:`Rows.ALL`).
         """
         self._check(start_pos, n_tokens)
-        prog, readback = self._program(start_pos, n_tokens, emit_token=emit_token)
+        if not 0 <= top <= MAX_CANDIDATES or (rows is Rows.ALL and not top):
+            raise InvalidArgument(f"top must be within 1..{MAX_CANDIDATES}, got {top}")
+        prog, readback = self._program(
+            start_pos, n_tokens, emit_token=emit_token, top=top, rows=rows
+        )
         # Why validate only the first step of each shape: positions enter a program only as
         # start_pos parameters and token offsets, both bounds-checked above, so once a
         # (n_tokens, emit_token) shape passed the decoder every other position would too;
         # skipping the decoder makes a decode step ~10x cheaper to compile.
-        shape = (n_tokens, emit_token)
+        shape = (n_tokens, emit_token, top, rows)
         command = prog.encode(validate=shape not in self._validated)
         self._validated.add(shape)
         if kind is StepKind.DECODE:
@@ -208,16 +229,30 @@ class Compiler:
             )
 
     def _program(
-        self, start_pos: int, n_tokens: int, *, emit_token: bool
+        self,
+        start_pos: int,
+        n_tokens: int,
+        *,
+        emit_token: bool,
+        top: int = 0,
+        rows: Rows = Rows.LAST,
     ) -> tuple[Program, Readback | None]:
         plan = self.plan
         row = _Row(plan.slot(TOKENS), plan.slot(KV), start_pos, n_tokens, 0)
         slots = {spec.name: index for index, spec in enumerate(plan.buffers)}
         prog = self._rows_program(
-            (row,), plan.scratch, slots, scratch_name=SCRATCH, emit=emit_token
+            (row,), plan.scratch, slots, scratch_name=SCRATCH, emit=emit_token, top=top, mode=rows
         )
-        readback = Readback(TOKENS, (start_pos + n_tokens) * 4, 4) if emit_token else None
-        return prog, readback
+        if not emit_token:
+            return prog, None
+        heads = 1 if rows is Rows.LAST else n_tokens
+        if rows is Rows.LOGITS:
+            logits = plan.scratch.ref(plan.slot(SCRATCH), "logits", heads)
+            return prog, Readback(SCRATCH, logits.offset, logits.nbytes)
+        if top:
+            values, ids = plan.scratch.candidates(plan.slot(SCRATCH), heads, top)
+            return prog, Readback(SCRATCH, values.offset, values.nbytes + ids.nbytes)
+        return prog, Readback(TOKENS, (start_pos + n_tokens) * 4, 4)
 
     def _rows_program(
         self,
@@ -227,6 +262,8 @@ class Compiler:
         *,
         scratch_name: str,
         emit: bool,
+        top: int = 0,
+        mode: Rows = Rows.LAST,
     ) -> Program:
         # Row-wise ops (norms, projections, residual adds, the MLP) run over every row of the
         # step at once; the position-dependent ones (EMBED of the input ids, ROPE, KV_WRITE,
@@ -299,30 +336,45 @@ class Compiler:
             # The head runs on each row's last token, over runs of rows whose last tokens are
             # consecutive scratch rows (all of them for a decode step over one-token rows; a
             # chunk of n tokens starts a run of its own); row i's logits are logits row i.
+            # Scoring a sequence (mode ALL or LOGITS, one row) runs it on every token instead.
             w_norm = self._w("model.norm.weight", slots)
             head = self._w("lm_head.weight", slots)
-            index = 0
-            while index < len(rows):
-                end = index + 1
-                while end < len(rows) and rows[end].n == 1 and rows[end - 1].n == 1:
-                    end += 1
-                heads = end - index
-                last = act(x, heads, rows[index].first + rows[index].n - 1)
-                prog.rmsnorm(out=act("final", heads, index), x=last, w=w_norm, eps=eps)
+            if mode is Rows.LAST:
+                heads = len(rows)
+                index = 0
+                while index < len(rows):
+                    end = index + 1
+                    while end < len(rows) and rows[end].n == 1 and rows[end - 1].n == 1:
+                        end += 1
+                    run = end - index
+                    last = act(x, run, rows[index].first + rows[index].n - 1)
+                    prog.rmsnorm(out=act("final", run, index), x=last, w=w_norm, eps=eps)
+                    prog.matmul(
+                        out=act("logits", run, index),
+                        a=act("final", run, index),
+                        b=head,
+                        transpose_b=True,
+                    )
+                    index = end
+            else:
+                heads = total
+                prog.rmsnorm(out=act("final", heads), x=act(x, heads, 0), w=w_norm, eps=eps)
                 prog.matmul(
-                    out=act("logits", heads, index),
-                    a=act("final", heads, index),
-                    b=head,
-                    transpose_b=True,
+                    out=act("logits", heads), a=act("final", heads), b=head, transpose_b=True
                 )
-                index = end
-            for index, r in enumerate(rows):
-                out_id = Tensor(r.tokens, (r.start + r.n) * 4, (1,), DType.I32)
-                prog.argmax(out=out_id, x=act("logits", 1, index))
+            if mode is Rows.LOGITS:
+                pass  # the logits themselves are read back
+            elif top:
+                values, ids = s.candidates(scratch, heads, top)
+                prog.topk(values=values, ids=ids, x=act("logits", heads))
+            else:
+                for index, r in enumerate(rows):
+                    out_id = Tensor(r.tokens, (r.start + r.n) * 4, (1,), DType.I32)
+                    prog.argmax(out=out_id, x=act("logits", 1, index))
         return prog
 
     def prefill(
-        self, prompt_len: int, *, start_pos: int = 0, chunk: int | None = None
+        self, prompt_len: int, *, start_pos: int = 0, chunk: int | None = None, top: int = 0
     ) -> list[Step]:
         """The chunks of a prompt of ``prompt_len`` tokens; the last one emits the next token.
 
@@ -344,34 +396,67 @@ class Compiler:
         for begin in range(start_pos, end, size):
             n = min(size, end - begin)
             last = begin + n == end
-            steps.append(self.step(begin, n, emit_token=last, kind=StepKind.PREFILL, chunk=size))
+            steps.append(
+                self.step(begin, n, emit_token=last, kind=StepKind.PREFILL, chunk=size, top=top)
+            )
         return steps
 
-    def decode(self, position: int) -> Step:
+    def score(self, length: int, *, top: int = 2, logits: bool = False) -> list[Step]:
+        """Steps that run a whole sequence of ``length`` ids (already in ``tokens``) and read
+        back, for every chunk, the ``top`` candidates of every row (or, with ``logits``, the
+        rows' whole logits): teacher-forced checks in one pass, with no id written to
+        ``tokens``. Every step has a readback.
+
+        Raises:
+            InvalidArgument: the sequence is empty or does not fit the KV cache.
+        """
+        if length <= 0:
+            raise InvalidArgument("the sequence must hold at least one token")
+        rows = Rows.LOGITS if logits else Rows.ALL
+        size = self.plan.chunk
+        return [
+            self.step(
+                b, min(size, length - b), emit_token=True, kind=StepKind.PREFILL, top=top, rows=rows
+            )
+            for b in range(0, length, size)
+        ]
+
+    def decode(self, position: int, *, top: int = 0) -> Step:
         """The decode step for the token at ``position`` (read from ``tokens[position]``).
 
-        The first decode step is compiled (and validated) in full and kept as a
+        With ``top`` the step ends in TOPK of that many candidates (read back) instead of
+        ARGMAX: the host draws the next id and writes it to ``tokens[position + 1]``.
+        The first decode step of each kind is compiled (and validated) in full and kept as a
         :class:`~npud.llm.template.DecodeTemplate`; later ones are that template patched to
         their position, the same bytes a full compile would give.
 
         Raises:
-            InvalidArgument: ``position`` is past the KV cache.
+            InvalidArgument: ``position`` is past the KV cache, or ``top`` is outside
+                0..MAX_CANDIDATES.
         """
         self._check(position, 1)
-        template = self._decode_template
+        if not 0 <= top <= MAX_CANDIDATES:
+            raise InvalidArgument(f"top must be within 0..{MAX_CANDIDATES}, got {top}")
+        template = self._decode_templates.get(top)
+        readback: Readback | None
         if template is None:
-            prog, _ = self._program(position, 1, emit_token=True)
+            prog, readback = self._program(position, 1, emit_token=True, top=top)
             template = DecodeTemplate(
                 prog.instructions, prog.encode(validate=True), position, self.plan.slot(TOKENS)
             )
-            self._decode_template = template
+            self._decode_templates[top] = template
+        if top:
+            values, ids = self.plan.scratch.candidates(self.plan.slot(SCRATCH), 1, top)
+            readback = Readback(SCRATCH, values.offset, values.nbytes + ids.nbytes)
+        else:
+            readback = Readback(TOKENS, (position + 1) * 4, 4)
         return Step(
             StepKind.DECODE,
             position,
             1,
             template.at(position),
             self._bindings(),
-            Readback(TOKENS, (position + 1) * 4, 4),
+            readback,
             "decode",
         )
 

@@ -33,6 +33,7 @@ from npud.llm.compiler import Compiler, Step
 from npud.llm.metrics import GenerationStats
 from npud.llm.model import Model
 from npud.llm.plan import TOKENS, MemoryPlan, WeightDType, plan_memory
+from npud.llm.sampling import GREEDY, Sampler, SamplingParams
 from npud.llm.tokenizer import check_ids
 
 
@@ -98,7 +99,7 @@ class Generator:
         *,
         max_seq: int | None = None,
         chunk: int = 16,
-        weight_dtype: WeightDType | str = WeightDType.F32,
+        weight_dtype: WeightDType | str = WeightDType.NATIVE,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
         """Plan ``model``'s memory and prepare ``backend`` (weights uploaded or attached).
@@ -145,13 +146,17 @@ class Generator:
         stop_at_eos: bool = True,
         on_token: Callable[[int], None] | None = None,
         depth: int | None = None,
+        sampling: SamplingParams = GREEDY,
     ) -> Generation:
-        """Greedily continue ``prompt`` by up to ``max_new_tokens`` ids.
+        """Continue ``prompt`` by up to ``max_new_tokens`` ids, greedily by default.
 
         Each call starts a fresh sequence at position 0 (the KV cache is overwritten in place;
         attention never reads positions beyond the current one, so no clearing is needed).
         ``on_token`` is called with each id as soon as it is known, in order. ``depth``
-        overrides the generator's pipeline depth for this call.
+        overrides the generator's pipeline depth for this call. ``sampling`` other than
+        greedy draws each id on the host from the step's top candidates (see
+        :mod:`npud.llm.sampling`) and writes it back to the device before the next step, so
+        such a generation runs at depth 1.
 
         Raises:
             InvalidArgument: an empty prompt, an id outside the vocabulary, a prompt longer
@@ -180,12 +185,26 @@ class Generator:
 
         start = self.backend.now()
         self.backend.write(TOKENS, 0, np.asarray(prompt, dtype="<i4").tobytes())
-        first, chunks = self._prefill(n_prompt)
+        sampler = None if sampling.greedy else Sampler(sampling)
+        top = 0 if sampler is None else sampling.candidates
+        first, chunks = self._prefill(n_prompt, top=top)
+        if sampler is not None:
+            first = self._draw(sampler, first, n_prompt)
         tokens = [first]
         times = [self.backend.now()]
         if on_token is not None:
             on_token(first)
-        if first != eos:
+        if sampler is not None and first != eos:
+            self._decode_sampled(
+                tokens,
+                times,
+                sampler,
+                position=n_prompt,
+                steps=budget - 1,
+                eos=eos,
+                on_token=on_token,
+            )
+        elif first != eos:
             self._decode(
                 tokens,
                 times,
@@ -264,22 +283,60 @@ class Generator:
             raise
         self._abandon(inflight, cancel=False)
 
+    def _draw(self, sampler: Sampler, readback: bytes | None, position: int) -> int:
+        # The step read back its top candidates (values, then ids); the drawn id goes to
+        # tokens[position], where the next step's EMBED reads it.
+        k = sampler.params.candidates
+        if readback is None or len(readback) != 8 * k:
+            raise InvalidArgument(f"expected {k} candidates from the device, got {readback!r}")
+        values = np.frombuffer(readback, dtype="<f4", count=k)
+        ids = np.frombuffer(readback, dtype="<i4", count=k, offset=4 * k)
+        token = sampler.pick(values, ids)
+        self.backend.write(TOKENS, position * 4, token.to_bytes(4, "little", signed=True))
+        return token
+
+    def _decode_sampled(
+        self,
+        tokens: list[int],
+        times: list[float],
+        sampler: Sampler,
+        *,
+        position: int,
+        steps: int,
+        eos: int | None,
+        on_token: Callable[[int], None] | None,
+    ) -> None:
+        # Depth 1: step p+1 embeds the id the host drew from step p's candidates, so it can
+        # only be submitted once that id is written.
+        k = sampler.params.candidates
+        while len(tokens) <= steps and tokens[-1] != eos:
+            step = self.compiler.decode(position, top=k)
+            readback = self.backend.wait(self.backend.submit([step]))
+            self._steps += 1
+            position += 1
+            token = self._draw(sampler, readback, position)
+            tokens.append(token)
+            times.append(self.backend.now())
+            if on_token is not None:
+                on_token(token)
+
     def _abandon(self, inflight: deque[Any], *, cancel: bool) -> None:
         if inflight:
             self._discarded += len(inflight)
             self.backend.abandon(list(inflight), cancel=cancel)
             inflight.clear()
 
-    def _prefill(self, n_prompt: int) -> tuple[int, list[Step]]:
+    def _prefill(self, n_prompt: int, *, top: int = 0) -> tuple[Any, list[Step]]:
         # Why re-chunk: npud refuses a THROUGHPUT job estimated over its time slice
         # (TimeSliceExceeded), asking the client to split its work; the answer is smaller
         # chunks. Redoing the whole prompt is correct because every chunk rewrites its own KV
         # positions and later chunks only read positions written before them. The smaller size
         # is kept for later prompts.
         while True:
-            chunks = self.compiler.prefill(n_prompt, chunk=self.chunk)
+            chunks = self.compiler.prefill(n_prompt, chunk=self.chunk, top=top)
             try:
-                first = _token(self.backend.wait(self.backend.submit(chunks)))
+                readback = self.backend.wait(self.backend.submit(chunks))
+                first = readback if top else _token(readback)
             except TimeSliceExceeded:
                 self._steps += len(chunks)
                 if self.chunk == 1:

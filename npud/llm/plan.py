@@ -35,7 +35,8 @@ import numpy.typing as npt
 from npud.errors import InvalidArgument
 from npud.isa import DType, Tensor
 from npud.llm.config import ModelConfig
-from npud.llm.model import Model
+from npud.llm.model import Model, QuantizedTensor
+from npud.llm.sampling import MAX_CANDIDATES
 from npud.llm.weights import layer_tensor_names
 
 ALIGN = 64
@@ -55,8 +56,14 @@ class BufferKind(enum.StrEnum):
 
 
 class WeightDType(enum.StrEnum):
-    """How weight matrices are stored on the device (norm vectors always stay f32)."""
+    """How weight matrices are stored on the device (norm vectors always stay f32).
 
+    ``native`` keeps each matrix as the model holds it: a GGUF model's Q8_0/Q4_1 blocks go to
+    the device unchanged, float32 matrices stay float32. The other choices convert every
+    matrix (dequantising blocks first).
+    """
+
+    NATIVE = "native"
     F32 = "f32"
     F16 = "f16"
     I8 = "i8"  # symmetric per-tensor scale: real = q * max|w| / 127
@@ -101,7 +108,15 @@ class BufferSpec:
     pack: WeightPack | None = None
 
 
-def _encode(array: npt.NDArray[np.float32], dtype: WeightDType) -> tuple[bytes, DType, float]:
+def _encode(
+    source: npt.NDArray[np.float32] | QuantizedTensor, dtype: WeightDType
+) -> tuple[bytes, DType, float]:
+    if isinstance(source, QuantizedTensor):
+        if dtype is WeightDType.NATIVE:
+            return source.data, source.dtype, 0.0
+        array = source.dequantize()
+    else:
+        array = source
     if dtype is WeightDType.F16 and array.ndim == 2:
         return array.astype("<f2").tobytes(), DType.F16, 0.0
     if dtype is WeightDType.I8 and array.ndim == 2:
@@ -113,17 +128,19 @@ def _encode(array: npt.NDArray[np.float32], dtype: WeightDType) -> tuple[bytes, 
 
 
 def _pack(
-    name: str, tensors: list[tuple[str, npt.NDArray[np.float32]]], dtype: WeightDType
+    name: str,
+    tensors: list[tuple[str, npt.NDArray[np.float32] | QuantizedTensor]],
+    dtype: WeightDType,
 ) -> tuple[WeightPack, dict[str, PlacedTensor]]:
     # Why the key covers only the bytes: the offsets are a pure function of the tensor list
     # and the code that packs it, so equal bytes mean an equal layout for the same npud.
     blob = bytearray()
     placed: dict[str, PlacedTensor] = {}
-    for tensor_name, array in tensors:
-        data, wire_dtype, scale = _encode(array, dtype)
+    for tensor_name, source in tensors:
+        data, wire_dtype, scale = _encode(source, dtype)
         offset = _align(len(blob))
         blob += bytes(offset - len(blob)) + data
-        placed[tensor_name] = PlacedTensor(name, offset, tuple(array.shape), wire_dtype, scale)
+        placed[tensor_name] = PlacedTensor(name, offset, tuple(source.shape), wire_dtype, scale)
     blob += bytes(_align(len(blob)) - len(blob))
     key = "sha256:" + hashlib.sha256(blob).hexdigest()
     return WeightPack(name, bytes(blob), key), placed
@@ -142,6 +159,14 @@ class ScratchLayout:
         """``rows`` rows of activation ``name`` starting at ``row``, as an f32 operand."""
         width = self.widths[name]
         return Tensor(slot, self.offsets[name] + row * width * 4, (rows, width), DType.F32)
+
+    def candidates(self, slot: int, rows: int, k: int) -> tuple[Tensor, Tensor]:
+        """TOPK outputs for ``rows`` rows of ``k``: values ``[rows, k]`` f32, then the ids
+        ``[rows, k]`` I32 right after them, so one readback of ``8 * rows * k`` bytes from
+        the values' offset returns both."""
+        base = self.offsets["cands"]
+        values = Tensor(slot, base, (rows, k), DType.F32)
+        return values, Tensor(slot, base + rows * k * 4, (rows, k), DType.I32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +251,12 @@ def scratch_layout(cfg: ModelConfig, rows: int, *, head_rows: int) -> ScratchLay
         "mlp": cfg.intermediate_size,
         "final": cfg.hidden_size,
         "logits": cfg.vocab_size,
+        "cands": 2 * MAX_CANDIDATES,  # TOPK of the logits: values, then ids
     }
     offsets: dict[str, int] = {}
     cursor = 0
     for name, width in widths.items():
-        n = head_rows if name in ("final", "logits") else rows
+        n = head_rows if name in ("final", "logits", "cands") else rows
         offsets[name] = cursor
         cursor = _align(cursor + n * width * 4)
     return ScratchLayout(rows, offsets, widths, cursor)
@@ -249,7 +275,7 @@ def plan_memory(
     *,
     max_seq: int | None = None,
     chunk: int = 16,
-    weight_dtype: WeightDType | str = WeightDType.F32,
+    weight_dtype: WeightDType | str = WeightDType.NATIVE,
 ) -> MemoryPlan:
     """Lay out ``model`` in device buffers.
 
@@ -275,15 +301,15 @@ def plan_memory(
     wdtype = WeightDType(weight_dtype)
     chunk = min(chunk, seq)
 
-    global_tensors = [("model.embed_tokens.weight", model.tensors["model.embed_tokens.weight"])]
-    global_tensors.append(("model.norm.weight", model.tensors["model.norm.weight"]))
+    global_names = ["model.embed_tokens.weight", "model.norm.weight"]
     if not cfg.tie_word_embeddings:
-        global_tensors.append(("lm_head.weight", model.tensors["lm_head.weight"]))
+        global_names.append("lm_head.weight")
+    global_tensors = [(n, model.weight(n)) for n in global_names]
     packs_and_places = [_pack(GLOBAL, global_tensors, wdtype)]
     for layer in range(cfg.num_hidden_layers):
         names = layer_tensor_names(layer)
         packs_and_places.append(
-            _pack(layer_buffer(layer), [(n, model.tensors[n]) for n in names], wdtype)
+            _pack(layer_buffer(layer), [(n, model.weight(n)) for n in names], wdtype)
         )
     weights: dict[str, PlacedTensor] = {}
     for _, placed in packs_and_places:
@@ -291,7 +317,8 @@ def plan_memory(
     if cfg.tie_word_embeddings:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
 
-    scratch = scratch_layout(cfg, chunk, head_rows=1)
+    # every row may go through the head: scoring a sequence reads each row's candidates
+    scratch = scratch_layout(cfg, chunk, head_rows=chunk)
 
     kv_bytes = cfg.num_key_value_heads * seq * cfg.head_dim * 4
     buffers = [

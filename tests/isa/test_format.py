@@ -27,6 +27,7 @@ def full_program() -> Program:
                 n_heads=2, n_kv_heads=2, head_dim=4, start_pos=3)  # fmt: skip
     p.argmax(T(6, 0, (2,), DType.I32), T(0, 0, (2, 3)))
     p.copy(T(9, 0, (6,), DType.F16), T(0, 0, (2, 3)))
+    p.topk(T(10, 0, (2, 2)), T(11, 0, (2, 2), DType.I32), T(0, 0, (2, 3)))
     p.burn(0.125)
     return p
 

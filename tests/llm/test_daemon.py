@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,35 +28,6 @@ pytestmark = pytest.mark.slow
 
 TOK = ByteTokenizer()
 LONG = "The quick brown fox jumps over the lazy dog."  # 45 tokens: three prefill chunks
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A daemon serving a simulated NPU on a private socket; yields the socket path."""
-    tmp = tmp_path_factory.mktemp("npud")
-    socket = tmp / "npud.sock"
-    log = (tmp / "npud.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "npud.daemon.main", "--socket", str(socket), "--device", "sim"],
-        env=dict(os.environ, NPUD_STATE_DIR=str(tmp / "state")),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            assert proc.poll() is None, (tmp / "npud.log").read_text()
-            assert time.monotonic() < deadline, "npud did not bind its socket in 30 s"
-            time.sleep(0.05)
-        yield socket
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ reason in round numbers).
 
 The compute dtype of an op is the narrowest dtype it reads (int8 weights run at the int8
 rate, as on NPUs that quantise activations on the fly); I32 work runs at the f32 rate.
+Block-quantised weights (Q8_0, Q4_1) run at the int8 rate too (their blocks are widened to
+int8 lanes plus a per-block scale on the fly) and move only their packed bytes: a Q4_1 matmul
+reads 5 bits per weight from DRAM, which is what makes it faster than int8 when memory-bound.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from npud.devices.base import MemoryTier
 from npud.devices.sim.profiles import BoardProfile
 from npud.isa import DType, Instruction, Op, Program, accesses
 
-_NARROWNESS = {DType.I8: 0, DType.F16: 1, DType.F32: 2, DType.I32: 3}
+_NARROWNESS = {
+    DType.Q4_1: 0,
+    DType.Q8_0: 0,
+    DType.I8: 0,
+    DType.F16: 1,
+    DType.F32: 2,
+    DType.I32: 3,
+}
 
 # Operations per output element for the elementwise and row-wise ops.
 _OPS_PER_ELEMENT = {
@@ -71,7 +81,7 @@ def op_count(ins: Instruction) -> int:
         p = ins.params
         pairs = t * p.start_pos + t * (t + 1) // 2  # (query, key) pairs under the causal mask
         return p.n_heads * pairs * (4 * p.head_dim + 5)
-    if ins.op is Op.ARGMAX:
+    if ins.op in (Op.ARGMAX, Op.TOPK):
         return ins.operand("x").numel
     if ins.op is Op.BURN:
         return 0
@@ -83,7 +93,8 @@ def compute_dtype(ins: Instruction) -> DType:
     reads = [a.tensor.dtype for a in accesses(ins) if not a.write]
     if not reads:
         return DType.F32
-    return min(reads, key=_NARROWNESS.__getitem__)
+    narrowest = min(reads, key=_NARROWNESS.__getitem__)
+    return DType.I8 if narrowest in (DType.Q8_0, DType.Q4_1) else narrowest
 
 
 def _bandwidth(tier: MemoryTier, profile: BoardProfile) -> float:

@@ -1,8 +1,9 @@
 """The simulated NPU's execution unit: runs decoded ops for real with numpy on buffer memory.
 
-Every op reads its inputs into fresh float32 arrays (I8 tensors dequantised with their scale),
-computes in float32 and only then writes its output, cast to the output dtype; so an op whose
-output overlaps an input still sees the input as it was. Floating-point exceptions (overflow
+Every op reads its inputs into fresh float32 arrays (I8 tensors dequantised with their scale,
+Q8_0/Q4_1 weights block by block, see :func:`dequantize`), computes in float32 and only then
+writes its output, cast to the output dtype; so an op whose output overlaps an input still
+sees the input as it was. Floating-point exceptions (overflow
 in an f16 cast, ``exp`` of a large number) follow IEEE rules silently, as on the hardware.
 The only data-dependent fault is an EMBED id outside the table, which fails the job.
 
@@ -22,9 +23,104 @@ import numpy as np
 import numpy.typing as npt
 
 from npud.isa import CommandStreamError, DType, Instruction, Op, Tensor, accesses, decode
+from npud.isa.dtypes import QUANTIZED_DTYPES
 
 F32 = npt.NDArray[np.float32]
 Memory = Any  # a writable buffer: bytearray, mmap, or a writable memoryview
+
+
+def dequantize(raw: npt.NDArray[np.uint8], dtype: DType, shape: tuple[int, ...]) -> F32:
+    """Float32 values of block-quantised bytes (GGUF layout; see :mod:`npud.isa.dtypes`).
+
+    ``raw`` holds whole blocks, row-major; ``shape``'s last dimension is a multiple of 32.
+    The result is a new array the caller owns.
+    """
+    blocks = raw.reshape(-1, dtype.itemsize)
+    if dtype is DType.Q8_0:
+        d = blocks[:, :2].copy().view("<f2").astype(np.float32)
+        q = blocks[:, 2:].view(np.int8).astype(np.float32)
+        return (q * d).reshape(shape)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
+    m = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
+    packed = blocks[:, 4:]
+    q = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)
+    return (q * d + m).reshape(shape)
+
+
+class DequantCache:
+    """Float32 values of block-quantised weights, kept between jobs (a simulation speed-up).
+
+    Why it exists, and why it is exact: the device holds the weights as blocks (the cost
+    model charges their packed bytes), and every job reads them through :func:`dequantize`.
+    Widening a 100 MB model's blocks to float32 on every decode step costs the host seconds
+    per token, so the executor remembers the values of each weight operand it widened, with a
+    private copy of the bytes they came from. A later job reuses them only after comparing
+    those bytes with the operand's bytes now (a vectorised comparison, ~20x cheaper than
+    widening again), so a rewritten buffer, a reused handle or another buffer at the same
+    address is never served stale values: the results are the same bytes as without the
+    cache. Bounded by ``limit_bytes`` of float32 values, least recently used first out.
+    Shared by the threads of one device process, hence its lock (held only for dict updates).
+    """
+
+    __slots__ = ("_entries", "_held", "_hits", "_lock", "_misses", "limit_bytes")
+
+    def __init__(self, limit_bytes: int = 1 << 30) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.limit_bytes = limit_bytes
+        self._entries: OrderedDict[tuple[int, int, DType, tuple[int, ...]], tuple[Any, F32]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+        self._held = 0
+        self._hits = 0
+        self._misses = 0
+
+    def values(self, memory: Memory, t: Tensor) -> F32:
+        """The float32 values of quantised operand ``t`` in ``memory`` (read-only array)."""
+        raw = np.frombuffer(memory, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        word = np.uint64 if t.nbytes % 8 == 0 else np.uint8
+        key = (id(memory), t.offset, t.dtype, t.shape)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+        if hit is not None and np.array_equal(hit[0], raw.view(word)):
+            self._hits += 1
+            return hit[1]
+        self._misses += 1
+        values = dequantize(raw, t.dtype, t.shape)
+        values.flags.writeable = False
+        if values.nbytes <= self.limit_bytes:
+            with self._lock:
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self._held -= old[1].nbytes
+                self._entries[key] = (raw.copy().view(word), values)
+                self._held += values.nbytes
+                while self._held > self.limit_bytes:
+                    _, (_, evicted) = self._entries.popitem(last=False)
+                    self._held -= evicted.nbytes
+        return values
+
+    def statistics(self) -> DequantCacheStatistics:
+        """Entries, float32 bytes held, hits and misses so far."""
+        with self._lock:
+            return DequantCacheStatistics(len(self._entries), self._held, self._hits, self._misses)
+
+
+@dataclass(frozen=True, slots=True)
+class DequantCacheStatistics:
+    """A :class:`DequantCache`'s state."""
+
+    entries: int
+    bytes_held: int
+    hits: int
+    misses: int
+
+
+DEQUANT_CACHE = DequantCache()
+"""The cache every job of this process shares unless ``execute`` is given another."""
 
 
 class JobCancelled(Exception):
@@ -42,18 +138,29 @@ class ExecStats:
 class _Machine:
     """Loads and stores tensors in the bound buffers."""
 
-    __slots__ = ("memory",)
+    __slots__ = ("cache", "memory")
 
-    def __init__(self, memory: Sequence[Memory]) -> None:
+    def __init__(self, memory: Sequence[Memory], cache: DequantCache | None) -> None:
         self.memory = memory
+        self.cache = cache
 
     def raw(self, t: Tensor) -> npt.NDArray[Any]:
+        """The operand's elements in place (a block dtype: its bytes, one row of blocks each)."""
+        if t.dtype in QUANTIZED_DTYPES:
+            arr = np.frombuffer(
+                self.memory[t.slot], dtype=np.uint8, count=t.nbytes, offset=t.offset
+            )
+            return arr.reshape(*t.shape[:-1], t.dtype.nbytes(t.shape[-1]))
         arr = np.frombuffer(
             self.memory[t.slot], dtype=t.dtype.numpy, count=t.numel, offset=t.offset
         )
         return arr.reshape(t.shape)
 
     def load(self, t: Tensor) -> F32:
+        if t.dtype in QUANTIZED_DTYPES:
+            if self.cache is not None:
+                return self.cache.values(self.memory[t.slot], t)
+            return dequantize(self.raw(t), t.dtype, t.shape)
         arr = self.raw(t).astype(np.float32)
         if t.dtype is DType.I8:
             arr *= np.float32(t.scale)
@@ -146,6 +253,11 @@ def _embed(m: _Machine, ins: Instruction) -> None:
             "ids",
             f"id {int(ids[pos])} at position {pos} out of range [0, {vocab})",
         )
+    if table_t.dtype in QUANTIZED_DTYPES:
+        picked = m.raw(table_t)[ids]
+        rows = dequantize(picked, table_t.dtype, (ids.size, table_t.shape[1]))
+        m.store(ins.operand("out"), rows)
+        return
     rows = m.raw(table_t)[ids].astype(np.float32)
     if table_t.dtype is DType.I8:
         rows *= np.float32(table_t.scale)
@@ -188,6 +300,17 @@ def _argmax(m: _Machine, ins: Instruction) -> None:
     m.raw(ins.operand("out"))[...] = np.argmax(x, axis=-1).astype(np.int32)
 
 
+def _topk(m: _Machine, ins: Instruction) -> None:
+    # Why a stable sort of the negated row: it orders by value descending and keeps equal
+    # values in index order, which is the documented tie rule (lowest index first).
+    x = m.load(ins.operand("x"))
+    values_t = ins.operand("values")
+    k = values_t.shape[1]
+    order = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    m.store(values_t, np.take_along_axis(x, order, axis=-1))
+    m.raw(ins.operand("ids"))[...] = order.astype(np.int32)
+
+
 def _copy(m: _Machine, ins: Instruction) -> None:
     out_t, x_t = ins.operand("out"), ins.operand("x")
     if x_t.dtype is DType.I32:
@@ -214,6 +337,7 @@ _KERNELS: dict[Op, Callable[[_Machine, Instruction], None]] = {
     Op.ARGMAX: _argmax,
     Op.COPY: _copy,
     Op.BURN: _burn,
+    Op.TOPK: _topk,
 }
 
 
@@ -222,19 +346,22 @@ def execute(
     memory: Sequence[Memory],
     *,
     cancelled: Callable[[], bool] | None = None,
+    cache: DequantCache | None = DEQUANT_CACHE,
 ) -> ExecStats:
     """Run decoded, validated instructions on the bound buffers, by slot.
 
     ``memory[slot]`` must be a writable buffer at least as large as the decoder was told.
     Ops run in order; an op that faults leaves earlier ops' writes in place (as a real
     device would) and nothing of its own. ``cancelled``, if given, is polled before each op:
-    a job cancelled mid-way stops there, its earlier ops' writes kept.
+    a job cancelled mid-way stops there, its earlier ops' writes kept. ``cache`` keeps
+    widened quantised weights between jobs (``None``: widen them in every job; the results
+    are the same bytes either way).
 
     Raises:
         CommandStreamError: a data-dependent fault (an EMBED id out of range), naming the op.
         JobCancelled: ``cancelled()`` returned True before an op.
     """
-    machine = _Machine(memory)
+    machine = _Machine(memory, cache)
     read = written = 0
     with np.errstate(all="ignore"):
         for ins in instructions:

@@ -43,6 +43,13 @@ class Rig:
         slot = self._new(arr.tobytes(), BufferUse.READ, tier)
         return Tensor(slot, 0, arr.shape, dtype, scale)
 
+    def blocks(self, raw: np.ndarray, dtype: DType, shape: tuple[int, ...]) -> Tensor:
+        """A read-only block-quantised tensor (Q8_0/Q4_1) of ``shape`` from its raw bytes."""
+        slot = self._new(
+            np.ascontiguousarray(raw, np.uint8).tobytes(), BufferUse.READ, MemoryTier.DRAM
+        )
+        return Tensor(slot, 0, shape, dtype)
+
     def output(
         self,
         shape: tuple[int, ...],
