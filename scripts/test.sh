@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install npud with its development tools into .venv and run every check:
 # ruff, mypy --strict, the layering contracts, the stale-codegen check, the unit and
-# end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU).
+# end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU); then the arm64
+# stage (scripts/arm64.sh: the tests, the ABI check, the kernel suite and the board install in
+# an emulated arm64 Debian root; docs/board.md).
 #
 # On a fresh Debian/Ubuntu machine run as root (or with sudo available) the missing system
-# packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suite locally.
+# packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suites locally,
+# NPUD_SKIP_ARM64=1 to skip the arm64 stage; it is also skipped when pytest arguments are given
+# (a partial run) or when not running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +27,16 @@ if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
   command -v xz >/dev/null || want+=(xz-utils)
 fi
 command -v systemd-analyze >/dev/null || want+=(systemd)
+ARM64=1
+{ [ "${NPUD_SKIP_ARM64:-0}" = 1 ] || [ $# -gt 0 ] || [ "$(id -u)" != 0 ]; } && ARM64=0
+if [ "$ARM64" = 1 ]; then
+  # debootstrap + qemu-user-static: the arm64 root; qemu-system-arm: its kernel suite.
+  command -v debootstrap >/dev/null || want+=(debootstrap)
+  [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ] || want+=(qemu-user-static)
+  if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
+    command -v qemu-system-aarch64 >/dev/null || want+=(qemu-system-arm)
+  fi
+fi
 command -v tmux >/dev/null || want+=(tmux)
 # prometheus + promtool: a real Prometheus scrapes /metrics in the metrics tests.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || want+=(prometheus)
@@ -88,4 +102,10 @@ $PY -m pytest -m "not kernel" -p no:cacheprovider "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1; fi
-exit $rc
+[ $rc -eq 0 ] || exit $rc
+
+# ---- the arm64 stage (its own pytest summary and stage timings are the last lines) ----------
+if [ "$ARM64" = 1 ]; then
+  echo "== arm64 (emulated: debootstrap root, pytest, ABI probe, kernel suite, board install)"
+  scripts/arm64.sh all
+fi
