@@ -263,6 +263,9 @@ SUBSET=(tests/test_platform.py tests/abi tests/devices/sim tests/daemon/test_dae
 # The simulated NPU computes every job for real; under qemu-user that is ~20x slower than the
 # host, so the daemons of this run scale their class watchdogs by the same factor.
 SCALE=${NPUD_ARM64_WATCHDOG_SCALE:-20}
+# qemu-user answers ENOSYS to an ioctl it cannot translate (here: a DRM ioctl on a pipe) where
+# a kernel answers ENOTTY; that is the emulator's, so this one test is left out of the run.
+EMULATOR_ONLY=(--deselect tests/abi/test_ioctl.py::test_a_drm_ioctl_on_a_non_drm_fd_names_the_call)
 
 run_tests() {
   local args=("$@")
@@ -271,7 +274,8 @@ run_tests() {
   fi
   log "pytest on arm64 (qemu-user): ${args[*]}"
   enter test env NPUD_EXPECT_MACHINE=aarch64 NPUD_SCHEDULER__WATCHDOG_SCALE="$SCALE" \
-    "$VENV/bin/python" -m pytest -m "not kernel" -p no:cacheprovider -o timeout=1200 "${args[@]}"
+    "$VENV/bin/python" -m pytest -m "not kernel" -p no:cacheprovider -o timeout=1200 \
+    "${EMULATOR_ONLY[@]}" "${args[@]}"
 }
 
 # ---- the kernel suite on Debian's arm64 kernel -------------------------------------------

@@ -29,6 +29,8 @@ fi
 "${runner[@]}" --setup-only
 cmd=(env PYTHONDONTWRITEBYTECODE=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
      "$PYBIN" -m pytest -p timeout -m kernel -p no:cacheprovider -q tests/kernel "$@")
+# In the arm64 guest, say which kernel and machine the suite ran on.
+[ ${#runner[@]} -eq 1 ] || cmd=(sh -c 'echo "== guest: $(uname -srm)"; exec "$@"' sh "${cmd[@]}")
 rc=0
 for attempt in 1 2; do
   t0=$SECONDS
