@@ -10,10 +10,15 @@ one JSON line per command line::
 
 Ops: ``connect`` (sent first by the harness: the handshake and session); ``whoami``; ``token``;
 ``call`` (any :class:`npud.client.Client` method, ids as strings, ``"hex:..."`` for bytes,
-the values of ``usage``/``persistence``/``tier`` keywords as their enums' strings);
+the values of ``usage``/``persistence``/``tier``/``scheduling_class`` keywords as their
+enums' strings);
 ``submit`` (a BURN job: ctx, queue, seconds, optional bindings
 ``[[buffer, "read"|"write"]]``); ``stream`` (n BURN jobs on a SubmitStream left open);
 ``rescan`` and ``inject`` (AdminService with this user's token); ``reconnect``; ``exit``.
+Started with ``--model DIR`` (read before dropping privileges), the actor is also an
+``npud-llm`` client: ``llm_open`` prepares a generator on that model (weights uploaded or
+attached), ``llm_decode`` generates ``n`` ids from ``prompt`` (token ids) and returns them with
+the inter-token times in seconds, ``llm_keys`` lists the weight keys.
 Results are plain JSON (dataclasses as dicts, enums as
 values, bytes as hex); failed rpcs come back as npud error class names.
 """
@@ -27,6 +32,7 @@ import enum
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,9 +40,20 @@ import grpc
 import npud.client
 import npud.client.aio
 import npud.client.types
-from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, TierPreference
+from npud.client import (
+    Access,
+    Bind,
+    BufferUsage,
+    JobSpec,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
+)
 from npud.client.errors import from_rpc_error
 from npud.isa import Program
+from npud.llm.daemon import KEY_PREFIX, DaemonBackend
+from npud.llm.generator import Generator
+from npud.llm.model import Model, load_model
 from npud.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -84,7 +101,12 @@ def _submit(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
     return npu.submit(cmd["ctx"], spec)
 
 
-_ENUMS: dict[str, Any] = {"usage": BufferUsage, "persistence": Persistence, "tier": TierPreference}
+_ENUMS: dict[str, Any] = {
+    "usage": BufferUsage,
+    "persistence": Persistence,
+    "tier": TierPreference,
+    "scheduling_class": SchedulingClass,
+}
 _OPEN: list[Any] = []  # submit streams kept open until the process dies
 
 
@@ -109,14 +131,44 @@ def _admin(npu: npud.client.Client, cmd: dict[str, Any]) -> Any:
         return stub.InjectFault(req, metadata=npu.metadata, timeout=30).device
 
 
-def serve(socket_path: str) -> None:
+class _Llm:
+    """The actor's npud-llm client (``--model``)."""
+
+    def __init__(self, model: Model | None) -> None:
+        self.model = model
+        self.gen: Generator | None = None
+
+    def handle(self, socket_path: str, cmd: dict[str, Any]) -> Any:
+        op = cmd["op"]
+        if self.model is None:
+            raise ValueError("start the actor with --model for the llm ops")
+        if op == "llm_open":
+            backend = DaemonBackend(
+                socket_path=socket_path, job_timeout_s=float(cmd.get("job_timeout_s", 0.0))
+            )
+            self.gen = Generator(self.model, backend, max_seq=int(cmd.get("max_seq", 64)))
+            return backend.statistics()
+        assert self.gen is not None, "llm_open first"
+        if op == "llm_keys":
+            return [KEY_PREFIX + s.pack.key for s in self.gen.plan.buffers if s.pack is not None]
+        result = self.gen.generate(list(cmd["prompt"]), int(cmd["n"]), stop_at_eos=False)
+        return {"tokens": list(result.tokens), "inter_token_s": list(result.stats.inter_token_s)}
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+
+
+def serve(socket_path: str, model: Model | None = None) -> None:
     """Answer commands from stdin until ``exit`` or EOF."""
     npu: Any = None
+    llm = _Llm(model)
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd["op"]
         try:
             if op == "exit":
+                llm.close()
                 if npu is not None:
                     npu.close()
                 print(json.dumps({"ok": True}), flush=True)
@@ -132,6 +184,8 @@ def serve(socket_path: str) -> None:
                 npu.close()
                 npu = npud.client.connect(socket_path)
                 result = npu.owner
+            elif op.startswith("llm_"):
+                result = llm.handle(socket_path, cmd)
             elif op in ("rescan", "inject"):
                 result = _admin(npu, cmd)
             elif op == "stream":
@@ -163,8 +217,10 @@ def main() -> None:
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--groups", type=int, nargs="*", default=[])
+    parser.add_argument("--model", default=None)
     parser.add_argument("socket")
     ns = parser.parse_args()
+    model = load_model(Path(ns.model)) if ns.model else None
     # grpc imports its channel modules only when the first channel is made; make (and close)
     # one now, while the interpreter's files are still readable: a checkout in a directory only
     # root may enter (mktemp -d) is unreadable to the user we become.
@@ -172,7 +228,7 @@ def main() -> None:
     os.setgroups(ns.groups)
     os.setgid(ns.gid)
     os.setuid(ns.uid)
-    serve(ns.socket)
+    serve(ns.socket, model)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,12 @@ class Actor:
     """A client process running as ``uid:gid`` (see tests/reliability/actor.py)."""
 
     def __init__(
-        self, socket: Path, uid: int, gid: int | None = None, groups: tuple[int, ...] = ()
+        self,
+        socket: Path,
+        uid: int,
+        gid: int | None = None,
+        groups: tuple[int, ...] = (),
+        model: Path | None = None,
     ) -> None:
         self.uid = uid
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -167,6 +172,7 @@ class Actor:
                 str(uid),
                 "--gid",
                 str(uid if gid is None else gid),
+                *(["--model", str(model)] if model is not None else []),
                 "--groups",
                 *[str(g) for g in groups],
                 "--",
