@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 import npud.client
+from npud.client.client import CHANNEL_OPTIONS
 from npud.v1 import admin_pb2, admin_pb2_grpc
 from tests.daemon.harness import ROOT, DaemonProcess, start_daemon
 
@@ -131,7 +132,9 @@ class Admin:
 
     def __init__(self, client: npud.client.Client) -> None:
         self._md = client.metadata
-        self._channel = grpc.insecure_channel(f"unix:{client.socket_path}")
+        # the client's own channel options: a channel with other options does not share the
+        # client's connection, and the daemon would count one more fd after the baseline
+        self._channel = grpc.insecure_channel(f"unix:{client.socket_path}", options=CHANNEL_OPTIONS)
         self.stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def inject(self, kind: int, **fields: Any) -> admin_pb2.InjectFaultResponse:
