@@ -344,5 +344,6 @@ def test_huge_and_extreme_inputs_are_bounded(
     record("fuzz_rss_growth_mib", round(growth / (1 << 20), 1))
     setup.a.close()
     setup.b.close()
+    caller.channel.close()  # its own connection (raw channel options differ from the client's)
     after = assert_back(shared, root, base)
     record("leaks_after_fuzz", difference(after, base))
