@@ -38,7 +38,7 @@ from npud.api.tenants import TenantTable
 from npud.clock import MonotonicClock
 from npud.config import Settings, split_listen
 from npud.core.context import ContextState
-from npud.core.events import Change, ContextEvent, Event
+from npud.core.events import Change, ContextEvent, DeviceEvent, Event
 from npud.core.ids import ContextId
 from npud.core.job import Job
 from npud.core.owner import SYSTEM
@@ -177,6 +177,15 @@ class Daemon:
         )
 
     def _on_event(self, event: Event) -> None:
+        if isinstance(event, DeviceEvent):
+            emit = self.log.info if event.health is DeviceHealth.OK else self.log.warning
+            emit(
+                "device.health",
+                device=event.device,
+                health=str(event.health),
+                reason=event.reason[:300] or None,
+            )
+            return
         if isinstance(event, ContextEvent) and event.change is Change.DESTROYED:
             assert self.state is not None
             assert self.core is not None
@@ -279,7 +288,8 @@ class Daemon:
                 queue_depth_limit=q.queue_depth_limit,
             ),
         )
-        core.subscribe(self._on_event, kinds=(ContextEvent,))  # job events cost per job
+        # job events cost per job; device events (loss, watchdog resets) are logged
+        core.subscribe(self._on_event, kinds=(ContextEvent, DeviceEvent))
         self._prepare_socket_dir()
         self._bound = True
         self.recovery = DeviceRecovery(

@@ -44,8 +44,9 @@ def _stats(root: npud.client.Client) -> npud.client.types.DeviceStats:
 def test_hung_engine_is_reset_by_the_watchdog_and_the_rest_continue(
     shared: DaemonProcess, root: npud.client.Client, admin: Admin, base: Baseline
 ) -> None:
-    """A job that hangs its engine is TIMED_OUT by npud's watchdog, the engine is reset, and
-    the other jobs (its neighbours and another client's) all complete."""
+    """A job that hangs its engine is TIMED_OUT by npud's watchdog, the engine is reset (and
+    the daemon logs the reset as a device.health event), and the other jobs (its neighbours
+    and another client's) all complete."""
     engines = len(root.device("sim0").engines)
     resets = _stats(root).device_resets
     admin.inject(admin_pb2.FAULT_KIND_HANG, engine=0)
@@ -71,6 +72,8 @@ def test_hung_engine_is_reset_by_the_watchdog_and_the_rest_continue(
         assert victim.wait(vctx, after, timeout_s=30).state is JobState.COMPLETED
     assert _stats(root).device_resets == resets + 1
     record("fault_hang_resets", _stats(root).device_resets - resets)
+    health = [line for line in shared.log().splitlines() if "device.health" in line]
+    assert any("resetting" in line and "timeout" in line for line in health), health[-5:]
     assert_back(shared, root, base)
 
 
