@@ -46,7 +46,9 @@ def test_table_names_every_error_class() -> None:
         (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     ],
 )
-def test_brief_mapping(error: type[errors.NpudError], code: grpc.StatusCode) -> None:
+def test_each_error_class_maps_to_its_documented_code(
+    error: type[errors.NpudError], code: grpc.StatusCode
+) -> None:
     """The codes the design names for each error class."""
     assert status.status_of(error("x")) is code
 

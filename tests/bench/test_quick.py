@@ -88,7 +88,7 @@ def test_every_benchmark_produced_metrics(
                 assert m["ratio"] == pytest.approx(m["value"] / m["baseline"])
 
 
-def test_every_goal_of_the_brief_is_reported(
+def test_every_benchmark_reports_a_goal_with_its_baseline(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     """Each benchmark states at least one goal beside its result, with a same-run baseline."""
