@@ -38,6 +38,9 @@ if [ "$ARM64" = 1 ]; then
     command -v qemu-system-aarch64 >/dev/null || want+=(qemu-system-arm)
   fi
 fi
+# cmake + g++: building llama-cpp-python, the reference of the real-model tests (once, cached)
+command -v cmake >/dev/null || want+=(cmake)
+command -v g++ >/dev/null || want+=(g++)
 command -v tmux >/dev/null || want+=(tmux)
 # prometheus + promtool: a real Prometheus scrapes /metrics in the metrics tests.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || want+=(prometheus)
@@ -84,6 +87,29 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
 PY=.venv/bin/python
+
+# ---- llama.cpp, the reference of the real-model tests ------------------------------------
+# llama-cpp-python has no wheel on the index and builds from source (minutes on 2 cores); a
+# native build crashes on some virtual CPUs, so it targets AVX2 without AVX-512. The wheel is
+# built once into a cache outside the checkout ($NPUD_WHEEL_CACHE) and installed from there.
+LLAMA_CPP=0.3.36
+WHEELS=${NPUD_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/npud/wheels}
+if ! $PY -c 'import llama_cpp' 2>/dev/null; then
+  wheel=$(ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    echo "== building llama-cpp-python $LLAMA_CPP into $WHEELS (once; at most 40 min)"
+    mkdir -p "$WHEELS"
+    t0=$(date +%s)
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+      timeout 2400 $PY -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP" -w "$WHEELS" ||
+      echo "!! llama-cpp-python did not build: the comparisons with llama.cpp will be SKIPPED"
+    echo "   took $(( $(date +%s) - t0 )) s"
+    wheel=$(ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP-*.whl 2>/dev/null | head -n 1 || true)
+  fi
+  if [ -n "$wheel" ]; then
+    $PY -m pip install -q "$wheel" || echo "!! llama-cpp-python did not install: the comparisons with llama.cpp will be SKIPPED"
+  fi
+fi
 
 # ---- quality gates -----------------------------------------------------------------------
 echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check .
