@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 
-from npud import errors
 from npud.client import (
     Access as ClientAccess,
 )
@@ -63,7 +62,6 @@ from npud.client import (
     BufferUsage,
     JobResult,
     JobSpec,
-    JobState,
     Persistence,
     Readback,
     SchedulingClass,
@@ -74,7 +72,6 @@ from npud.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    JobFailed,
     NotFound,
     NpudError,
     QueueFull,
@@ -90,7 +87,7 @@ from npud.llm.compiler import (
     decode_scratch,
     row_buffers,
 )
-from npud.llm.daemon import KEY_PREFIX
+from npud.llm.daemon import KEY_PREFIX, UNFINISHED, job_error
 from npud.llm.model import Model
 from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan, WeightDType, plan_memory
 from npud.llm.sequence import END, BatchSequence, Finish, Request, SeqState, Tier
@@ -144,22 +141,6 @@ class _DecodeStep:
     tokens: tuple[int, ...]  # per row: 1 for a decoding sequence, its last chunk for a joiner
     sampled: tuple[bool, ...]
     future: asyncio.Future[JobResult]
-
-
-_UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
-
-
-def _step_error(label: str, result: JobResult) -> NpudError:
-    error = result.error
-    if error is None and result.job is not None:
-        error = result.job.error
-    if error is None:
-        state = result.job.state if result.job is not None else "unknown"
-        return JobFailed(f"{label}: the job ended {state}")
-    cls = getattr(errors, error.kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, NpudError)):
-        cls = JobFailed
-    return cls(f"{label}: {error.kind}: {error.message}")
 
 
 def _access(access: Access) -> ClientAccess:
@@ -485,7 +466,7 @@ class Batcher:
             return
         ctx = self.context_id
         with contextlib.suppress(NpudError):
-            jobs = await self.client.jobs(ctx, queue=queue_id, states=_UNFINISHED)
+            jobs = await self.client.jobs(ctx, queue=queue_id, states=UNFINISHED)
             for job in jobs:
                 if job.label.startswith(label + " ") and not job.terminal:
                     with contextlib.suppress(NpudError):
@@ -610,7 +591,7 @@ class Batcher:
             self._maybe_release(seq)
             return
         if not result.ok:
-            error = _step_error(f"{seq.label} {steps[-1].label}", result)
+            error = job_error(f"{seq.label} {steps[-1].label}", result)
             if isinstance(error, TimeSliceExceeded) and lane.chunk > 1:
                 # smaller chunks and the prompt again from the start: every chunk rewrites
                 # its own KV positions, so this is exact (see npud.llm.generator)
@@ -653,7 +634,7 @@ class Batcher:
     async def _on_decode(self, step: _DecodeStep, result: JobResult) -> None:
         for seq in step.rows:
             seq.in_flight -= 1
-        error = None if result.ok else _step_error(f"decode step of {len(step.rows)}", result)
+        error = None if result.ok else job_error(f"decode step of {len(step.rows)}", result)
         sampled_logits = iter(result.readbacks[len(step.rows) :]) if result.ok else iter(())
         for index, seq in enumerate(step.rows):
             logits = next(sampled_logits) if step.sampled[index] else None

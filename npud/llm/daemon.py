@@ -89,6 +89,12 @@ def _access(access: Access) -> ClientAccess:
 
 def step_error(step: Step, result: JobResult) -> NpudError:
     """The exception for a step npud did not complete: the class it named, else JobFailed."""
+    return job_error(step.label, result)
+
+
+def job_error(label: str, result: JobResult) -> NpudError:
+    """The exception for a job npud did not complete, its message starting with ``label``:
+    the npud.errors class the daemon named, else JobFailed."""
     # The daemon names the npud.errors class of a refusal or failure (TimeSliceExceeded,
     # QueueFull, JobTimedOut, ...); raising that class lets the caller react to it.
     error = result.error
@@ -96,16 +102,17 @@ def step_error(step: Step, result: JobResult) -> NpudError:
         error = result.job.error
     if error is None:
         state = result.job.state if result.job is not None else "unknown"
-        return JobFailed(f"{step.label}: the job ended {state}")
+        return JobFailed(f"{label}: the job ended {state}")
     cls = getattr(errors, error.kind, None)
     if not (isinstance(cls, type) and issubclass(cls, NpudError)):
         cls = JobFailed
-    return cls(f"{step.label}: {error.kind}: {error.message}")
+    return cls(f"{label}: {error.kind}: {error.message}")
 
 
 JOB_TIMES_KEPT = 4096
 
-_UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
+UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
+"""The states of a job that has not ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +349,7 @@ class DaemonBackend:
 
     def _cancel_unfinished(self, ctx: str) -> None:
         try:
-            jobs = self.client.jobs(ctx, states=_UNFINISHED)
+            jobs = self.client.jobs(ctx, states=UNFINISHED)
         except NpudError:
             return
         for job in jobs:
