@@ -82,13 +82,13 @@ class Scheduling(BaseModel):
 
     # Guaranteed share of device time over a decaying window, per class: what prefill and batch
     # work get while decode keeps every engine busy.
-    throughput_min_share: float = Field(default=0.10, ge=0, lt=1)
-    background_min_share: float = Field(default=0.05, ge=0, lt=1)
+    throughput_min_share: float = Field(default=0.10, ge=0, lt=1, allow_inf_nan=False)
+    background_min_share: float = Field(default=0.05, ge=0, lt=1, allow_inf_nan=False)
     # The longest estimated THROUGHPUT/BACKGROUND job admitted, ms (0: no limit). A longer one
     # is refused with TimeSliceExceeded naming how many chunks to split it into.
-    time_slice_ms: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    time_slice_ms: float = Field(default=100.0, ge=0, le=60_000, allow_inf_nan=False)
     # After the last LATENCY job, how long the engines keep shallow queues, seconds.
-    latency_window_s: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    latency_window_s: float = Field(default=0.5, ge=0, le=60, allow_inf_nan=False)
     # Multiplies the per-class default watchdog timeouts (jobs that set their own keep it). For
     # a host far slower than any board, e.g. arm64 under emulation, where a simulated job's real
     # computation takes many times what the board would.
@@ -203,6 +203,37 @@ def split_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+class LimitSettings(BaseModel):
+    """Bounds on what one client may ask (``[limits]``): every number it sends is finite and
+    within these, or its rpc fails INVALID_ARGUMENT naming the field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The longest watchdog timeout a job may ask for, per class, seconds: the longest one job
+    # may hold an engine (no job is preempted).
+    latency_timeout_max_s: float = Field(default=10.0, gt=0, le=86400, allow_inf_nan=False)
+    throughput_timeout_max_s: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
+    background_timeout_max_s: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)
+    # How far ahead a deadline may lie, the largest declared estimate, the longest WaitJob.
+    max_deadline_s: float = Field(default=3600.0, gt=0, le=86400 * 7, allow_inf_nan=False)
+    max_estimate_s: float = Field(default=3600.0, gt=0, le=86400 * 7, allow_inf_nan=False)
+    max_wait_s: float = Field(default=3600.0, gt=0, le=86400 * 7, allow_inf_nan=False)
+    # The statistics interval of StreamEvents (npuctl top), seconds.
+    min_event_interval_s: float = Field(default=0.1, gt=0, le=60, allow_inf_nan=False)
+    max_event_interval_s: float = Field(default=3600.0, gt=0, le=86400, allow_inf_nan=False)
+    # The largest fair-share weight of a context; the smallest is its inverse.
+    max_weight: float = Field(default=16.0, ge=1, le=1e6, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> LimitSettings:
+        if self.min_event_interval_s > self.max_event_interval_s:
+            raise ValueError(
+                f"min_event_interval_s = {self.min_event_interval_s:g} is above "
+                f"max_event_interval_s = {self.max_event_interval_s:g}"
+            )
+        return self
+
+
 class Settings(BaseModel):
     """Every setting of the daemon, with its default (see systemd/npud.toml.example)."""
 
@@ -214,13 +245,13 @@ class Settings(BaseModel):
     device: str = "auto"  # "auto" (discovery, sim if none), "sim", "vgem", or a device node path
     sim_profile: str = "rk3588"
     # The simulated board runs this many times slower than its profile (1: as modelled).
-    sim_slowdown: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    sim_slowdown: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False)
     state_dir: Path = Field(default_factory=default_state_dir)
     policy: Literal["npud", "fifo"] = "npud"
     admin_group: str | None = None
-    session_grace_s: float = Field(default=5.0, ge=0)
-    close_grace_s: float = Field(default=5.0, ge=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    session_grace_s: float = Field(default=5.0, ge=0, le=86400, allow_inf_nan=False)
+    close_grace_s: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600, allow_inf_nan=False)
     # Tests only: let admins inject faults into simulated devices (AdminService.InjectFault).
     fault_injection: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -231,6 +262,7 @@ class Settings(BaseModel):
     amdxdna: Amdxdna = Field(default_factory=Amdxdna)
     qaic: Qaic = Field(default_factory=Qaic)
     metrics: Metrics = Field(default_factory=Metrics)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("socket_mode", mode="before")
     @classmethod

@@ -12,8 +12,9 @@ from npud.api.state import ApiState
 from npud.api.status import streaming, unary
 from npud.core.context import ContextQuotas
 from npud.core.ids import ContextId
+from npud.core.limits import bounded
 from npud.core.policy import SchedClass
-from npud.errors import InvalidArgument, PermissionDenied
+from npud.errors import PermissionDenied
 from npud.v1 import context_pb2, context_pb2_grpc
 
 
@@ -50,8 +51,15 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
         state = self._state
         caller = state.caller(context)
         state.require_serving()
-        if request.weight < 0:
-            raise InvalidArgument(f"weight must be > 0 (0 means 1), got {request.weight}")
+        bounds = state.core.limits.bounds
+        if request.weight != 0:  # 0 (unset): 1
+            bounded(
+                "weight",
+                request.weight,
+                low=bounds.min_weight,
+                high=bounds.max_weight,
+                why="0 means 1; the fair-share weights the daemon's policy allows",
+            )
         default_class = class_from_wire(
             request.default_class, "default_class", default=SchedClass.THROUGHPUT
         )

@@ -36,6 +36,8 @@ from npud.core.buffers import Usage
 from npud.core.events import JobEvent
 from npud.core.ids import BufferId, ContextId, JobId, QueueId
 from npud.core.job import Job, JobState
+from npud.core.limits import bounded
+from npud.core.policy import SchedClass
 from npud.core.service import JobSpec
 from npud.errors import InvalidArgument, NotFound, NpudError, PermissionDenied
 from npud.v1 import job_pb2, job_pb2_grpc, types_pb2
@@ -111,11 +113,11 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         """A core JobSpec from a wire JobSpec; inline streams become COMMAND buffers."""
         core = self._state.core
         where = f"jobs[{index}]"
-        if msg.deadline_s < 0 or msg.timeout_s < 0 or msg.estimate_s < 0:
-            raise InvalidArgument(
-                f"{where}: deadline_s, timeout_s and estimate_s must be >= 0 (0 = none), got "
-                f"{msg.deadline_s}, {msg.timeout_s} and {msg.estimate_s}"
-            )
+        bounds = core.limits.bounds
+        ceiling = max(bounds.timeout_ceiling(c) for c in SchedClass)
+        bounded(f"{where}.deadline_s", msg.deadline_s, high=bounds.max_deadline_s, why=_ZERO)
+        bounded(f"{where}.timeout_s", msg.timeout_s, high=ceiling, why=_ZERO)
+        bounded(f"{where}.estimate_s", msg.estimate_s, high=bounds.max_estimate_s, why=_ZERO)
         which = msg.WhichOneof("command")
         if which is None:
             raise InvalidArgument(f"{where}: a job needs command_inline or command_buffer")
@@ -270,8 +272,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         """Wait for a job to end (or the timeout), then return it."""
         caller = self._state.caller(context)
         core = self._state.core
-        if request.timeout_s < 0:
-            raise InvalidArgument(f"timeout_s must be >= 0, got {request.timeout_s}")
+        bounded("timeout_s", request.timeout_s, high=core.limits.bounds.max_wait_s, why=_ZERO)
         job = core.job(caller.owner, ContextId(request.context_id), JobId(request.job_id))
         if not job.done:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -373,6 +374,8 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         msg.state = _STATE_BY_NAME.get(event.state, types_pb2.JOB_STATE_UNSPECIFIED)
         return msg
 
+
+_ZERO = "0 means none"
 
 _STATE_BY_NAME = {s.value: types_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
 

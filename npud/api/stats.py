@@ -18,7 +18,8 @@ from npud.api.jobs import JobServicer
 from npud.api.state import ApiState, EventFeed
 from npud.api.status import streaming, unary
 from npud.core.events import ContextEvent, DeviceEvent, JobEvent
-from npud.errors import InvalidArgument, NotFound, PermissionDenied
+from npud.core.limits import bounded
+from npud.errors import NotFound, PermissionDenied
 from npud.v1 import device_pb2, stats_pb2, stats_pb2_grpc
 
 
@@ -68,8 +69,15 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         """Statistics every interval; the caller's job/context events and device events between."""
         state = self._state
         caller = state.caller(context)
-        if request.interval_s < 0:
-            raise InvalidArgument(f"interval_s must be >= 0 (0 = 1 s), got {request.interval_s}")
+        bounds = state.core.limits.bounds
+        if request.interval_s != 0:  # 0 (unset): one second
+            bounded(
+                "interval_s",
+                request.interval_s,
+                low=bounds.min_event_interval_s,
+                high=bounds.max_event_interval_s,
+                why="0 means 1 s; shorter intervals would make one watcher a busy loop",
+            )
         if request.all and not caller.admin:
             raise PermissionDenied(
                 f"every owner's events are for admins; {caller.owner} is not one"

@@ -116,10 +116,14 @@ def class_from_wire(value: types_pb2.SchedulingClass.ValueType) -> SchedulingCla
 
 @functools.cache  # a handful of values; the decode loop converts every step
 def class_to_wire(value: SchedulingClass | None) -> types_pb2.SchedulingClass.ValueType:
-    """The wire value of a SchedulingClass (UNSPECIFIED for None)."""
+    """The wire value of a SchedulingClass or its name (UNSPECIFIED for None).
+
+    Raises:
+        ValueError: a string that names no class.
+    """
     if value is None:
         return types_pb2.SCHEDULING_CLASS_UNSPECIFIED
-    return types_pb2.SchedulingClass.Value(f"SCHEDULING_CLASS_{value.name}")
+    return types_pb2.SchedulingClass.Value(f"SCHEDULING_CLASS_{SchedulingClass(value).name}")
 
 
 @functools.cache  # a handful of values; the decode loop converts every step

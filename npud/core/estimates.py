@@ -17,6 +17,7 @@ Two uses, two numbers:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -134,8 +135,10 @@ class DurationEstimator:
 
     def observe(self, kind: str, completion: Completion) -> None:
         """Fold one successful completion into its kind's averages."""
-        modelled = completion.modelled_s
-        sample = completion.measured_s if completion.measured_s > 0 else modelled
+        modelled, measured = completion.modelled_s, completion.measured_s
+        if not (math.isfinite(measured) and math.isfinite(modelled)) or min(measured, modelled) < 0:
+            return  # a device reporting nonsense must not poison the kind's average
+        sample = measured if measured > 0 else modelled
         if modelled > 0:
             model = self._models.get(kind)
             self._models[kind] = (

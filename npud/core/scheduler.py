@@ -1176,7 +1176,7 @@ class Scheduler:
             engine=engine.index,
             priority=self._native[cls],
             label=job.label or job.kind,
-            timeout_s=job.timeout_s or self.policy.timeout_for(cls),
+            timeout_s=self._timeout_of(job),
         )
         residency.begin_run(buffers)
         cost = est if est is not None else self.policy.unknown_cost_s
@@ -1215,8 +1215,17 @@ class Scheduler:
         engine.head_since = now
         if not job.done:
             job.started_at = now
-        timeout = job.timeout_s or self.policy.timeout_for(job.sched_class)
+        timeout = self._timeout_of(job)
         job.watchdog = self._clock.call_at(now + timeout, partial(self._on_watchdog, job))
+
+    def _timeout_of(self, job: Job) -> float:
+        """The watchdog timeout of ``job``: its own, else its class's. Core admits only finite
+        positive timeouts; one that is not (a job built around core) gets the class's, because
+        a NaN on the clock's timer heap would break its order for every job."""
+        own = job.timeout_s
+        if own is not None and math.isfinite(own) and own > 0:
+            return own
+        return self.policy.timeout_for(job.sched_class)
 
     def _off_device(self, job: Job, engine: _Engine, written: Sequence[Buffer]) -> bool:
         """Undo the device-side bookkeeping of ``job``; returns whether it headed its engine."""
@@ -1347,7 +1356,7 @@ class Scheduler:
         if not job.on_device or job.engine is None:
             return
         engine = self._engines[job.engine]
-        timeout = job.timeout_s or self.policy.timeout_for(job.sched_class)
+        timeout = self._timeout_of(job)
         reason = f"job {job.id} ran past its {timeout:.3f} s timeout"
         if not job.done:
             self._finish(

@@ -19,6 +19,7 @@ Typical use from the API layer::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from npud.core.ids import (
     new_queue_id,
 )
 from npud.core.job import DoneCallback, Job
+from npud.core.limits import Limits, bounded
 from npud.core.owner import Account, Owner
 from npud.core.policy import SchedClass, SchedulerPolicy
 from npud.core.queue import Queue
@@ -113,6 +115,7 @@ class CoreLimits:
     max_memory_bytes_per_user: int | None = None
     admin_gid: int | None = None
     close_grace_s: float = 5.0
+    bounds: Limits = field(default_factory=Limits)
 
 
 @dataclass(slots=True, eq=False)
@@ -371,13 +374,20 @@ class Core:
 
         Raises:
             NotFound: no such device.
-            InvalidArgument: a weight that is not positive, a negative quota.
+            InvalidArgument: a weight outside the policy's range (`Limits.max_weight`), a
+                negative quota.
             QuotaExceeded: the user holds ``max_contexts_per_user`` contexts already.
             DeviceLost: the device is gone.
         """
         entry = self.device(device)
-        if not weight > 0:
-            raise InvalidArgument(f"a context's weight must be > 0, got {weight}")
+        bounds = self.limits.bounds
+        bounded(
+            "weight",
+            weight,
+            low=bounds.min_weight,
+            high=bounds.max_weight,
+            why="the fair-share weights the daemon's policy allows",
+        )
         quotas = quotas or ContextQuotas()
         if quotas.max_queued_jobs < 1 or quotas.max_queues < 1:
             raise InvalidArgument("max_queued_jobs and max_queues must be at least 1")
@@ -867,8 +877,7 @@ class Core:
             buf = residency.get(ctx.id, buffer_id)
             residency.check_use(buf, use)
             bindings.append((buf, use))
-        if spec.timeout_s is not None and spec.timeout_s <= 0:
-            raise InvalidArgument(f"a job's timeout must be > 0 s, got {spec.timeout_s}")
+        self._check_numbers(queue.sched_class, spec)
         return Job(
             id=new_job_id(),
             context_id=ctx.id,
@@ -885,6 +894,34 @@ class Core:
             estimate_s=spec.estimate_s,
             context_label=ctx.label,
         )
+
+    def _check_numbers(self, sched_class: SchedClass, spec: JobSpec) -> None:
+        """Every float of ``spec`` finite and within :class:`Limits` (no NaN reaches a heap).
+
+        Raises:
+            InvalidArgument: naming the field, its value and the range.
+        """
+        bounds = self.limits.bounds
+        if spec.timeout_s is not None:
+            bounded(
+                "timeout_s",
+                spec.timeout_s,
+                low=0.0,
+                low_open=True,
+                high=bounds.timeout_ceiling(sched_class),
+                why=f"the ceiling of a {sched_class} job's timeout",
+            )
+        if spec.estimate_s is not None:
+            bounded("estimate_s", spec.estimate_s, low=0.0, high=bounds.max_estimate_s)
+        if spec.deadline is not None:
+            now = self.now()
+            bounded(
+                "deadline",
+                spec.deadline,
+                low=-math.inf,
+                high=now + bounds.max_deadline_s,
+                why=f"at most {bounds.max_deadline_s:g} s ahead",
+            )
 
     def _dependency(self, ctx: Context, batch: list[Job], ref: JobId | int) -> Job:
         if isinstance(ref, int):

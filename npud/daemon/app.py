@@ -41,6 +41,7 @@ from npud.core.context import ContextState
 from npud.core.events import Change, ContextEvent, DeviceEvent, Event
 from npud.core.ids import ContextId
 from npud.core.job import Job
+from npud.core.limits import Limits
 from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.core.registry import make_private
@@ -105,6 +106,24 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
         time_slice_s=knobs.time_slice_ms / 1e3 if knobs.time_slice_ms > 0 else None,
         latency_window_s=knobs.latency_window_s,
         timeouts={c: t * knobs.watchdog_scale for c, t in defaults.timeouts.items()},
+    )
+
+
+def core_limits(settings: Settings) -> Limits:
+    """The bounds on what clients may ask (``[limits]``), as core holds them."""
+    knobs = settings.limits
+    return Limits(
+        timeout_ceilings={
+            SchedClass.LATENCY: knobs.latency_timeout_max_s,
+            SchedClass.THROUGHPUT: knobs.throughput_timeout_max_s,
+            SchedClass.BACKGROUND: knobs.background_timeout_max_s,
+        },
+        max_deadline_s=knobs.max_deadline_s,
+        max_estimate_s=knobs.max_estimate_s,
+        max_wait_s=knobs.max_wait_s,
+        min_event_interval_s=knobs.min_event_interval_s,
+        max_event_interval_s=knobs.max_event_interval_s,
+        max_weight=knobs.max_weight,
     )
 
 
@@ -254,6 +273,7 @@ class Daemon:
                 max_memory_bytes_per_user=s.quotas.memory_bytes_per_user,
                 admin_gid=admin_gid,
                 close_grace_s=s.close_grace_s,
+                bounds=core_limits(s),
             ),
         )
         policy = scheduler_policy(s)

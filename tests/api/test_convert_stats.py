@@ -137,7 +137,7 @@ def test_engine_utilisation_on_the_wire_counts_the_running_job() -> None:
     """DeviceStats.engines[i].utilisation is non-zero while a long job runs on engine i."""
     bed = make_bed()
     ctx = bed.context()
-    bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 600.0, engine=0, timeout_s=1200.0)
+    bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 8.0, engine=0, timeout_s=9.0)
     bed.clock.advance(5.0)
     wire = device_stats_to_wire(bed.core.device_report(), DeviceHealth.OK)
     assert [round(e.utilisation, 3) for e in wire.engines] == [1.0, 0.0, 0.0]

@@ -60,7 +60,9 @@ class Daemon:
 
 def start_daemon(tmp: Path, timeout_s: float = 60.0) -> Daemon:
     """Start ``npud --device sim`` on ``tmp/npud.sock`` and wait for READY=1."""
-    spawned = spawn_npud(tmp, os.environ, log_stdout=False)
+    # the blocker is a LATENCY job longer than the default ceiling: this operator allows it
+    env = dict(os.environ, NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S=str(BLOCKER_S * 2))
+    spawned = spawn_npud(tmp, env, log_stdout=False)
     daemon = Daemon(proc=spawned.proc, socket=spawned.socket, log_path=spawned.log_path)
     try:
         spawned.wait_ready(timeout_s)

@@ -6,16 +6,20 @@ from __future__ import annotations
 import pytest
 
 from npud.core.job import JobState
+from npud.core.limits import Limits
 from npud.core.policy import SchedClass
+from npud.core.service import CoreLimits
 from tests.core.harness import make_bed
 
 LONG = 600.0  # the job npuctl showed at 0.0 % while it ran
+# an operator who allows jobs this long raises the timeout ceilings
+LONG_JOBS = CoreLimits(bounds=Limits(timeout_ceilings=dict.fromkeys(SchedClass, 2 * LONG)))
 
 
 def test_an_engine_running_a_long_job_reads_busy_before_the_job_finishes() -> None:
     """A 600 s job on core0 makes core0 100 % busy over the window while it runs (busy time
     = finished + elapsed running), and the lifetime utilisation grows with it."""
-    bed = make_bed()
+    bed = make_bed(limits=LONG_JOBS)
     ctx = bed.context()
     queue = bed.queue(ctx, SchedClass.LATENCY)
     [job] = bed.burn(ctx, queue, LONG, engine=0, timeout_s=2 * LONG)
@@ -41,7 +45,7 @@ def test_an_engine_running_a_long_job_reads_busy_before_the_job_finishes() -> No
 def test_recent_utilisation_counts_only_the_part_of_a_run_inside_the_window() -> None:
     """A job that started half a window ago counts half; a finished run that began before the
     window counts only from the window's start, so the fraction never exceeds the truth."""
-    bed = make_bed()
+    bed = make_bed(limits=LONG_JOBS)
     window = bed.scheduler.policy.share_window_s
     ctx = bed.context()
     queue = bed.queue(ctx, SchedClass.LATENCY)

@@ -159,3 +159,45 @@ def test_a_bad_scheduler_knob_is_named(name: str, value: str) -> None:
     """A negative, too large or non-finite knob is refused, naming scheduler.<knob>."""
     with pytest.raises(ConfigError, match=f"scheduler.{name.lower()}"):
         load_settings(None, env={f"NPUD_SCHEDULER__{name}": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SESSION_GRACE_S", "inf"),
+        ("SESSION_GRACE_S", "nan"),
+        ("CLOSE_GRACE_S", "1e12"),
+        ("SHUTDOWN_GRACE_S", "inf"),
+        ("LIMITS__MAX_WEIGHT", "inf"),
+        ("LIMITS__LATENCY_TIMEOUT_MAX_S", "nan"),
+        ("LIMITS__MIN_EVENT_INTERVAL_S", "0"),
+    ],
+)
+def test_every_float_setting_is_finite_and_bounded(name: str, value: str) -> None:
+    """An infinite grace, a NaN ceiling, a zero interval: ConfigError naming the knob."""
+    knob = name.lower().replace("__", ".")
+    with pytest.raises(ConfigError, match=knob):
+        load_settings(None, env={f"NPUD_{name}": value})
+
+
+def test_example_file_lists_every_limit() -> None:
+    """Every [limits] field is in npud.toml.example, and the example's values are the defaults."""
+    example = ROOT / "systemd" / "npud.toml.example"
+    text = example.read_text()
+    for name in type(Settings().limits).model_fields:
+        assert f"\n{name} = " in text, f"limits.{name} missing from npud.toml.example"
+    assert load_settings(example, env={}).limits == Settings().limits
+
+
+def test_limits_reach_core() -> None:
+    """[limits] knobs become core's bounds."""
+    from npud.core.policy import SchedClass
+    from npud.daemon.app import core_limits
+
+    s = load_settings(
+        None, env={"NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S": "3", "NPUD_LIMITS__MAX_WEIGHT": "4"}
+    )
+    bounds = core_limits(s)
+    assert bounds.timeout_ceiling(SchedClass.LATENCY) == 3.0
+    assert bounds.max_weight == 4.0
+    assert bounds.min_weight == 0.25

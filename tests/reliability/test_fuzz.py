@@ -212,7 +212,8 @@ def setup(shared: DaemonProcess, base: Baseline) -> Iterator[Fuzz]:
     a = Actor(shared.socket, NOBODY)
     b = Actor(shared.socket, OTHER)
     theirs = {"ctx": a.ok("create_context", label="fuzz-victim")["context_id"]}
-    theirs["queue"] = a.ok("create_queue", theirs["ctx"])["queue_id"]
+    # a BACKGROUND queue: its job may hold an engine for the whole run (timeout ceiling 600 s)
+    theirs["queue"] = a.ok("create_queue", theirs["ctx"], "background")["queue_id"]
     theirs["buffer"] = a.ok("create_buffer", theirs["ctx"], 4096)["buffer_id"]
     a.ok("write_buffer", theirs["ctx"], theirs["buffer"], "hex:" + ("5a" * 4096))
     theirs["job"] = a.submit(theirs["ctx"], theirs["queue"], 60.0, timeout_s=120.0)["value"][
