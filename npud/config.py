@@ -223,6 +223,9 @@ class LimitSettings(BaseModel):
     max_event_interval_s: float = Field(default=3600.0, gt=0, le=86400, allow_inf_nan=False)
     # The largest fair-share weight of a context; the smallest is its inverse.
     max_weight: float = Field(default=16.0, ge=1, le=1e6, allow_inf_nan=False)
+    # Duration-estimate kinds kept per user (per device); past it a user's least recently used
+    # kind is forgotten.
+    max_kinds_per_owner: int = Field(default=256, gt=0, le=1 << 20)
 
     @model_validator(mode="after")
     def _interval_order(self) -> LimitSettings:

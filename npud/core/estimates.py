@@ -1,4 +1,5 @@
-"""Duration estimates per job kind, for admission (deadlines, time slice) and fair charging.
+"""Duration estimates per owner and job kind, for admission (deadlines, time slice) and fair
+charging.
 
 A job carries a kind tag ("decode", "prefill", ...). Each completion of a kind updates an
 exponential moving average of its measured device time (the device's modelled time seeds it
@@ -32,13 +33,15 @@ class KindEstimate:
     """What is known of one kind: its average durations and how many samples made them.
 
     ``mean_s`` is the measured average; ``modelled_s`` the device's modelled average (``None``
-    when the device has no cost model for it).
+    when the device has no cost model for it); ``owner_uid`` the user whose jobs made it
+    (``None`` for a prior every user starts from).
     """
 
     kind: str
     mean_s: float
     samples: int
     modelled_s: float | None = None
+    owner_uid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +162,117 @@ class DurationEstimator:
         self._kinds.pop(kind, None)
         self._models.pop(kind, None)
 
-    def statistics(self) -> tuple[KindEstimate, ...]:
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def kinds(self) -> list[str]:
+        """The kinds known, oldest first (insertion order)."""
+        return list(self._kinds)
+
+    def touch(self, kind: str) -> None:
+        """Make ``kind`` the most recently used (the last to be dropped for room)."""
+        entry = self._kinds.pop(kind, None)
+        if entry is not None:
+            self._kinds[kind] = entry
+
+    def seed(self, kind: str, mean_s: float, modelled_s: float | None) -> None:
+        """Start ``kind`` from a known average (a prior), with no samples of its own."""
+        self._kinds[kind] = [mean_s, 0.0]
+        if modelled_s is not None:
+            self._models[kind] = modelled_s
+
+    def statistics(self, owner_uid: int | None = None) -> tuple[KindEstimate, ...]:
         """A snapshot of every kind's estimate, sorted by kind."""
         return tuple(
-            KindEstimate(kind, mean, int(samples), self._models.get(kind))
+            KindEstimate(kind, mean, int(samples), self._models.get(kind), owner_uid)
             for kind, (mean, samples) in sorted(self._kinds.items())
         )
+
+
+# ---- Why estimates are kept per owner -------------------------------------------------------
+#
+# Admission refuses a job by its kind's estimate (the time slice, deadlines), and a kind is a
+# name the client chooses. Shared between users, one user's 0.5 s jobs named "prefill" made
+# another user's 20 ms "prefill" TimeSliceExceeded and its "decode" with a 50 ms deadline
+# DeadlineInfeasible: a user could refuse another's work by naming its own jobs alike. Each
+# user (uid) therefore has its own table; what one user runs never moves another's estimates.
+# Priors (set by the operator or a test) are shared: every user starts a kind from them. A
+# table holds at most ``max_kinds`` kinds; a new kind past that drops the least recently used
+# one (which then starts again from the prior or the device's model), so a user inventing kinds
+# costs the daemon bounded memory and forgets only its own history.
+# ---------------------------------------------------------------------------------------------
+
+
+class OwnerEstimates:
+    """Duration estimates per owner (uid) and kind, over shared priors (see the "why" above).
+
+    The scheduler asks with the job's owner; every method of :class:`DurationEstimator` has
+    its owner-scoped form here.
+    """
+
+    __slots__ = ("_alpha", "_cap", "_max_kinds", "_owners", "_priors")
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        *,
+        model_cap: float = DEFAULT_MODEL_CAP,
+        max_kinds: int = 256,
+    ) -> None:
+        if max_kinds < 1:
+            raise ValueError(f"max_kinds must be at least 1, got {max_kinds}")
+        self._alpha = alpha
+        self._cap = model_cap
+        self._max_kinds = max_kinds
+        self._priors = DurationEstimator(alpha, model_cap=model_cap)
+        self._owners: dict[int, DurationEstimator] = {}
+
+    def _table(self, uid: int, kind: str) -> DurationEstimator:
+        """The table that answers for ``uid``'s ``kind``: its own, else the shared priors."""
+        own = self._owners.get(uid)
+        if own is not None and own.estimate(kind) is not None:
+            return own
+        return self._priors
+
+    def estimate(self, uid: int, kind: str) -> float | None:
+        """``uid``'s measured average for ``kind`` (else the prior; ``None``: nothing known)."""
+        return self._table(uid, kind).estimate(kind)
+
+    def admission_s(self, uid: int, kind: str) -> float | None:
+        """What admission holds ``uid``'s ``kind`` to (see :meth:`DurationEstimator.admission`)."""
+        return self._table(uid, kind).admission_s(kind)
+
+    def admission(self, uid: int, kind: str) -> AdmissionEstimate | None:
+        """:meth:`admission_s` with what it was based on."""
+        return self._table(uid, kind).admission(kind)
+
+    def set_prior(self, kind: str, seconds: float) -> None:
+        """Seed ``kind`` for every owner that has not measured it yet."""
+        self._priors.set_prior(kind, seconds)
+
+    def observe(self, uid: int, kind: str, completion: Completion) -> None:
+        """Fold one of ``uid``'s completions into ``uid``'s average for ``kind``."""
+        own = self._owners.get(uid)
+        if own is None:
+            own = self._owners[uid] = DurationEstimator(self._alpha, model_cap=self._cap)
+        if own.estimate(kind) is None:
+            while len(own) >= self._max_kinds:
+                own.forget(own.kinds()[0])
+            prior = self._priors.estimate(kind)
+            if prior is not None:
+                own.seed(kind, prior, self._priors.modelled(kind))
+        else:
+            own.touch(kind)
+        own.observe(kind, completion)
+
+    def kinds_of(self, uid: int) -> int:
+        """How many kinds ``uid``'s table holds."""
+        own = self._owners.get(uid)
+        return 0 if own is None else len(own)
+
+    def statistics(self) -> tuple[KindEstimate, ...]:
+        """Every prior, then every owner's kinds (by uid, then kind)."""
+        out = list(self._priors.statistics())
+        for uid in sorted(self._owners):
+            out.extend(self._owners[uid].statistics(uid))
+        return tuple(out)

@@ -42,6 +42,8 @@ class Limits:
         min_event_interval_s: the shortest statistics interval of ``StreamEvents``.
         max_event_interval_s: the longest statistics interval of ``StreamEvents``.
         max_weight: the largest fair-share weight of a context; the smallest is its inverse.
+        max_kinds_per_owner: the duration-estimate table's kinds per user (per device); a new
+            kind past it drops that user's least recently used one.
     """
 
     timeout_ceilings: Mapping[SchedClass, float] = field(default_factory=_default_timeout_ceilings)
@@ -51,6 +53,7 @@ class Limits:
     min_event_interval_s: float = 0.1
     max_event_interval_s: float = 3600.0
     max_weight: float = 16.0
+    max_kinds_per_owner: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_deadline_s", "max_estimate_s", "max_wait_s", "max_event_interval_s"):
@@ -67,6 +70,10 @@ class Limits:
             raise InvalidArgument(
                 "limits.min_event_interval_s must be > 0 and at most max_event_interval_s, "
                 f"got {self.min_event_interval_s}"
+            )
+        if self.max_kinds_per_owner < 1:
+            raise InvalidArgument(
+                f"limits.max_kinds_per_owner must be at least 1, got {self.max_kinds_per_owner}"
             )
         if not (math.isfinite(self.max_weight) and self.max_weight >= 1):
             raise InvalidArgument(

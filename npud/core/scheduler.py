@@ -46,7 +46,7 @@ from npud.core.distribution import (
     Distribution,
     RecentSamples,
 )
-from npud.core.estimates import DurationEstimator, KindEstimate
+from npud.core.estimates import KindEstimate, OwnerEstimates
 from npud.core.events import DeviceEvent, EventBus, JobEvent
 from npud.core.ids import ContextId
 from npud.core.job import Job, JobError, JobState
@@ -195,14 +195,14 @@ class Scheduler:
         *,
         policy: SchedulerPolicy | None = None,
         events: EventBus | None = None,
-        estimator: DurationEstimator | None = None,
+        estimator: OwnerEstimates | None = None,
     ) -> None:
         self._device = device
         self._clock = clock
         self._residency = residency
         self.policy = policy or SchedulerPolicy()
         self._events = events or EventBus()
-        self.estimator = estimator or DurationEstimator(
+        self.estimator = estimator or OwnerEstimates(
             self.policy.ema_alpha, model_cap=self.policy.model_cap
         )
         caps = device.capabilities
@@ -372,19 +372,24 @@ class Scheduler:
 
         What fair-share charging and the per-engine in-flight work use.
         """
-        est = self.estimator.estimate(job.kind)
+        est = self.estimator.estimate(self._uid_of(job), job.kind)
         return est if est is not None else job.estimate_s
+
+    def _uid_of(self, job: Job) -> int:
+        """The uid whose estimates ``job`` is held to (-1 once its context is gone)."""
+        ctx = self._contexts.get(job.context_id)
+        return -1 if ctx is None else ctx.owner.uid
 
     def admission_estimate(self, job: Job) -> float | None:
         """The duration admission control (time slice, deadlines) holds ``job`` to: its kind's
         measured average capped by the device's model (``DurationEstimator.admission``), else
         the client's hint."""
-        est = self.estimator.admission_s(job.kind)
+        est = self.estimator.admission_s(self._uid_of(job), job.kind)
         return est if est is not None else job.estimate_s
 
     def _basis(self, job: Job) -> str:
         """What :meth:`admission_estimate` was based on, for an error message."""
-        adm = self.estimator.admission(job.kind)
+        adm = self.estimator.admission(self._uid_of(job), job.kind)
         return "your estimate_s" if adm is None else adm.describe()
 
     def submit(self, ctx: Context, jobs: Sequence[Job]) -> None:
@@ -1287,8 +1292,8 @@ class Scheduler:
             if tenant is not None:
                 tenant.vtime += (run - job.charged_s) / tenant.ctx.weight
         job.charged_s = 0.0
-        if ok:
-            self.estimator.observe(job.kind, completion)
+        if ok and ctx is not None:
+            self.estimator.observe(ctx.owner.uid, job.kind, completion)
         status = completion.status
         if job.done:
             job.completion = job.completion or completion

@@ -27,6 +27,7 @@ from pathlib import Path
 from npud.clock import Clock
 from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
 from npud.core.context import Context, ContextQuotas, ContextState, ContextStatistics
+from npud.core.estimates import OwnerEstimates
 from npud.core.events import (
     DEVICE_ADDED,
     Change,
@@ -229,7 +230,15 @@ class Core:
             residency = ResidencyManager(
                 device, self._clock, budgets=budgets, state_dir=state_dir, sram_policy=sram_policy
             )
-        scheduler = Scheduler(device, self._clock, residency, policy=policy, events=self.events)
+        policy = policy or SchedulerPolicy()
+        estimates = OwnerEstimates(
+            policy.ema_alpha,
+            model_cap=policy.model_cap,
+            max_kinds=self.limits.bounds.max_kinds_per_owner,
+        )
+        scheduler = Scheduler(
+            device, self._clock, residency, policy=policy, events=self.events, estimator=estimates
+        )
         entry = DeviceEntry(device.name, device, scheduler, residency, node=node)
         scheduler.add_hooks(on_end=self._job_ended)
         self._devices[device.name] = entry

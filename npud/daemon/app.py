@@ -124,6 +124,7 @@ def core_limits(settings: Settings) -> Limits:
         min_event_interval_s=knobs.min_event_interval_s,
         max_event_interval_s=knobs.max_event_interval_s,
         max_weight=knobs.max_weight,
+        max_kinds_per_owner=knobs.max_kinds_per_owner,
     )
 
 
