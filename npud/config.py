@@ -226,6 +226,12 @@ class LimitSettings(BaseModel):
     # Duration-estimate kinds kept per user (per device); past it a user's least recently used
     # kind is forgotten.
     max_kinds_per_owner: int = Field(default=256, gt=0, le=1 << 20)
+    # The longest label (context, queue, job) and job kind, characters.
+    max_label_chars: int = Field(default=256, gt=0, le=1 << 16)
+    max_kind_chars: int = Field(default=64, gt=0, le=4096)
+    # Readbacks per SubmitStream request, and their bytes together.
+    max_readbacks: int = Field(default=16, gt=0, le=4096)
+    max_readback_bytes: int = Field(default=16 << 20, gt=0, le=64 << 20)
 
     @model_validator(mode="after")
     def _interval_order(self) -> LimitSettings:

@@ -36,7 +36,7 @@ from npud.core.buffers import Usage
 from npud.core.events import JobEvent
 from npud.core.ids import BufferId, ContextId, JobId, QueueId
 from npud.core.job import Job, JobState
-from npud.core.limits import bounded
+from npud.core.limits import Limits, bounded
 from npud.core.policy import SchedClass
 from npud.core.service import JobSpec
 from npud.errors import InvalidArgument, NotFound, NpudError, PermissionDenied
@@ -239,6 +239,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             try:
                 async for req in request_iterator:
                     try:
+                        _check_readbacks(req, state.core.limits.bounds)
                         [job] = self._submit(caller, ContextId(req.context_id), [req.job])
                     except NpudError as exc:
                         out.put_nowait(
@@ -259,6 +260,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 if resp is None:
                     break
                 yield resp
+            await reader  # a request that did not decode ends the stream INVALID_ARGUMENT
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -378,6 +380,24 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 _ZERO = "0 means none"
 
 _STATE_BY_NAME = {s.value: types_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
+
+
+def _check_readbacks(req: job_pb2.SubmitStreamRequest, bounds: Limits) -> None:
+    """A SubmitStream request's readbacks within ``bounds`` (count and bytes together).
+
+    Raises:
+        InvalidArgument: too many readbacks, or too many bytes, naming the limit.
+    """
+    if len(req.readbacks) > bounds.max_readbacks:
+        raise InvalidArgument(
+            f"readbacks: {len(req.readbacks)} in one request; the limit is {bounds.max_readbacks}"
+        )
+    total = sum(rb.size for rb in req.readbacks)
+    if total > bounds.max_readback_bytes:
+        raise InvalidArgument(
+            f"readbacks: {total} bytes in one request; the limit is {bounds.max_readback_bytes} "
+            "(read large results with ReadBuffer)"
+        )
 
 
 def _context_or_none(context_id: str) -> ContextId | None:

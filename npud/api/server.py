@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from npud.api.admin import AdminServicer
 from npud.api.buffers import BufferServicer
 from npud.api.contexts import ContextServicer
+from npud.api.decoding import DecodeGuard
 from npud.api.devices import DeviceServicer
 from npud.api.jobs import JobServicer
 from npud.api.state import ApiState
@@ -95,11 +96,12 @@ def build_server(
         RuntimeError: the address cannot be bound (grpc's own error).
     """
     server = grpc.aio.server(
+        interceptors=[DecodeGuard()],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     jobs = JobServicer(state)
     stats = StatsServicer(state, jobs)

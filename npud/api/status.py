@@ -20,6 +20,7 @@ from typing import Any, Final, NoReturn
 import grpc
 
 from npud import errors
+from npud.core.limits import clip
 
 _log = logging.getLogger(__name__)
 
@@ -73,10 +74,16 @@ def kind_of(error: BaseException) -> str:
     return "NpudError"
 
 
+MAX_MESSAGE_CHARS: Final = 1024
+"""The longest status message sent: a message echoing a 1 MiB id would overflow gRPC's 16 KiB
+trailer, and the client would see "Stream removed" instead of the error."""
+
+
 def message_of(error: BaseException) -> str:
-    """The message for the person at the other end (the class name when the error has none)."""
+    """The message for the person at the other end (the class name when the error has none),
+    clipped to :data:`MAX_MESSAGE_CHARS`."""
     text = str(error)
-    return text if text else type(error).__name__
+    return clip(text, MAX_MESSAGE_CHARS) if text else type(error).__name__
 
 
 def code_number(code: grpc.StatusCode) -> int:
@@ -101,17 +108,26 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseExceptio
     raise AssertionError("unreachable: context.abort() raises")  # pragma: no cover
 
 
-async def _fail(context: Any, rpc: str, exc: Exception) -> NoReturn:
+def _shutting_down(servicer: Any) -> bool:
+    """Whether the daemon behind ``servicer`` (its ``_state``) is draining for shutdown."""
+    return bool(getattr(getattr(servicer, "_state", None), "shutting_down", False))
+
+
+async def _fail(context: Any, rpc: str, exc: Exception, *, shutting_down: bool = False) -> NoReturn:
     """End an rpc for an exception its servicer let escape (called from an ``except``).
 
     grpc.aio's own abort passes through; an npud error becomes its status through the table;
-    anything else is a bug, logged with its traceback and ended INTERNAL saying so.
+    anything else is a bug, logged with its traceback and ended INTERNAL saying so. While the
+    daemon drains for shutdown, NOT_FOUND becomes UNAVAILABLE: the context was closed by the
+    shutdown, not by the caller, and "no context" would send a client looking for its own bug.
     """
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if not isinstance(exc, errors.NpudError):
         _log.exception("rpc %s failed unexpectedly", rpc)
         exc = errors.NpudError(f"internal error in {rpc}: {exc!r}")
+    elif shutting_down and isinstance(exc, errors.NotFound):
+        exc = errors.Unavailable(f"npud is shutting down and closed every context: {exc}")
     await abort(context, exc)
 
 
@@ -131,7 +147,7 @@ def unary(fn: Handler) -> Handler:
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            await _fail(context, fn.__name__, exc)
+            await _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
 
     return wrapper
 
@@ -145,6 +161,6 @@ def streaming(fn: StreamHandler) -> StreamHandler:
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
-            await _fail(context, fn.__name__, exc)
+            await _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
 
     return wrapper

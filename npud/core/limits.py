@@ -44,6 +44,10 @@ class Limits:
         max_weight: the largest fair-share weight of a context; the smallest is its inverse.
         max_kinds_per_owner: the duration-estimate table's kinds per user (per device); a new
             kind past it drops that user's least recently used one.
+        max_label_chars: the longest label of a context, queue or job.
+        max_kind_chars: the longest job kind.
+        max_readbacks: readbacks per SubmitStream request.
+        max_readback_bytes: bytes of all readbacks of one SubmitStream request together.
     """
 
     timeout_ceilings: Mapping[SchedClass, float] = field(default_factory=_default_timeout_ceilings)
@@ -54,6 +58,10 @@ class Limits:
     max_event_interval_s: float = 3600.0
     max_weight: float = 16.0
     max_kinds_per_owner: int = 256
+    max_label_chars: int = 256
+    max_kind_chars: int = 64
+    max_readbacks: int = 16
+    max_readback_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         for name in ("max_deadline_s", "max_estimate_s", "max_wait_s", "max_event_interval_s"):
@@ -71,10 +79,17 @@ class Limits:
                 "limits.min_event_interval_s must be > 0 and at most max_event_interval_s, "
                 f"got {self.min_event_interval_s}"
             )
-        if self.max_kinds_per_owner < 1:
-            raise InvalidArgument(
-                f"limits.max_kinds_per_owner must be at least 1, got {self.max_kinds_per_owner}"
-            )
+        for name in (
+            "max_kinds_per_owner",
+            "max_label_chars",
+            "max_kind_chars",
+            "max_readbacks",
+            "max_readback_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(
+                    f"limits.{name} must be at least 1, got {getattr(self, name)}"
+                )
         if not (math.isfinite(self.max_weight) and self.max_weight >= 1):
             raise InvalidArgument(
                 f"limits.max_weight must be finite and >= 1, got {self.max_weight}"
@@ -88,6 +103,26 @@ class Limits:
     def min_weight(self) -> float:
         """The smallest fair-share weight (the inverse of :attr:`max_weight`)."""
         return 1.0 / self.max_weight
+
+
+def check_text(name: str, text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters.
+
+    Raises:
+        InvalidArgument: it is longer; the message names ``name``, the length and the limit
+            (the text itself is not echoed).
+    """
+    if len(text) > limit:
+        raise InvalidArgument(f"{name} has {len(text)} characters; the limit is {limit}")
+    return text
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was cut: for echoing what a
+    client sent in an error message or a log line without letting it grow them."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def bounded(

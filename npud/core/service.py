@@ -50,7 +50,7 @@ from npud.core.ids import (
     new_queue_id,
 )
 from npud.core.job import DoneCallback, Job
-from npud.core.limits import Limits, bounded
+from npud.core.limits import Limits, bounded, check_text
 from npud.core.owner import Account, Owner
 from npud.core.policy import SchedClass, SchedulerPolicy
 from npud.core.queue import Queue
@@ -390,6 +390,7 @@ class Core:
         """
         entry = self.device(device)
         bounds = self.limits.bounds
+        check_text("label", label, bounds.max_label_chars)
         bounded(
             "weight",
             weight,
@@ -566,10 +567,11 @@ class Core:
         Raises:
             NotFound: no such context for ``owner``.
             FailedPrecondition: the context is closing.
-            InvalidArgument: ``depth_limit`` below 1.
+            InvalidArgument: ``depth_limit`` below 1, a label over ``Limits.max_label_chars``.
             QuotaExceeded: the context has ``max_queues`` queues already.
         """
         ctx = self._open_context(owner, ctx_id)
+        check_text("label", label, self.limits.bounds.max_label_chars)
         if depth_limit < 1:
             raise InvalidArgument(f"a queue's depth limit must be at least 1, got {depth_limit}")
         if len(ctx.queues) >= ctx.quotas.max_queues:
@@ -836,7 +838,8 @@ class Core:
             InvalidArgument: an empty batch, a bad command range, a dependency that is not a
                 job of this context (or a batch index out of range), a dependency cycle, an
                 engine out of range, more bindings than the device takes per job
-                (``Capabilities.max_bindings``).
+                (``Capabilities.max_bindings``); a number that is not finite or over its
+                bound, a kind or label over its length (:class:`~npud.core.limits.Limits`).
             FailedPrecondition: the context is closing; a write binding to a sealed buffer.
             QueueFull, QuotaExceeded: a queue depth, context or user quota would be exceeded.
             TimeSliceExceeded, DeadlineInfeasible: from the scheduler's admission control.
@@ -905,12 +908,15 @@ class Core:
         )
 
     def _check_numbers(self, sched_class: SchedClass, spec: JobSpec) -> None:
-        """Every float of ``spec`` finite and within :class:`Limits` (no NaN reaches a heap).
+        """Every float of ``spec`` finite and within :class:`Limits` (no NaN reaches a heap),
+        its kind and label no longer than the limits.
 
         Raises:
             InvalidArgument: naming the field, its value and the range.
         """
         bounds = self.limits.bounds
+        check_text("kind", spec.kind, bounds.max_kind_chars)
+        check_text("label", spec.label, bounds.max_label_chars)
         if spec.timeout_s is not None:
             bounded(
                 "timeout_s",

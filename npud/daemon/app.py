@@ -41,7 +41,7 @@ from npud.core.context import ContextState
 from npud.core.events import Change, ContextEvent, DeviceEvent, Event
 from npud.core.ids import ContextId
 from npud.core.job import Job
-from npud.core.limits import Limits
+from npud.core.limits import Limits, clip
 from npud.core.owner import SYSTEM
 from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
 from npud.core.registry import make_private
@@ -109,6 +109,11 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
     )
 
 
+LOG_TEXT_CHARS = 300
+"""The longest free text (an error message, a reason) one log line carries: kinds and labels
+are bounded at admission, and anything longer is clipped, so a client cannot grow the log."""
+
+
 def core_limits(settings: Settings) -> Limits:
     """The bounds on what clients may ask (``[limits]``), as core holds them."""
     knobs = settings.limits
@@ -125,6 +130,10 @@ def core_limits(settings: Settings) -> Limits:
         max_event_interval_s=knobs.max_event_interval_s,
         max_weight=knobs.max_weight,
         max_kinds_per_owner=knobs.max_kinds_per_owner,
+        max_label_chars=knobs.max_label_chars,
+        max_kind_chars=knobs.max_kind_chars,
+        max_readbacks=knobs.max_readbacks,
+        max_readback_bytes=knobs.max_readback_bytes,
     )
 
 
@@ -193,7 +202,9 @@ class Daemon:
             queue_wait_ms=None if job.queue_wait_s is None else round(job.queue_wait_s * 1e3, 3),
             run_ms=None if job.run_s is None else round(job.run_s * 1e3, 3),
             bytes_moved=moved,
-            error=None if job.error is None else f"{job.error.kind}: {job.error.message}",
+            error=None
+            if job.error is None
+            else clip(f"{job.error.kind}: {job.error.message}", LOG_TEXT_CHARS),
         )
 
     def _on_event(self, event: Event) -> None:
@@ -211,7 +222,9 @@ class Daemon:
             assert self.core is not None
             self.state.sessions.unbind(event.context_id)
             self.log.info(
-                "context.destroyed", context=event.context_id, reason=event.reason or None
+                "context.destroyed",
+                context=event.context_id,
+                reason=clip(event.reason, LOG_TEXT_CHARS) or None,
             )
             if self.state.shutting_down and not self.core.contexts(SYSTEM, all_users=True):
                 self._all_closed.set()

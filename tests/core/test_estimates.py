@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npud.core.estimates import DurationEstimator
+from npud.core.estimates import DurationEstimator, OwnerEstimates
 from npud.core.job import JobState
 from npud.core.policy import SchedClass, SchedulerPolicy
 from npud.devices.base import Completion, CompletionStatus, SubmitToken
 from npud.errors import DeadlineInfeasible, InvalidArgument, TimeSliceExceeded
-from tests.core.harness import make_bed
+from tests.core.harness import ALICE, make_bed
 
 
 def _done(modelled: float, measured: float) -> Completion:
@@ -30,6 +30,13 @@ def _done(modelled: float, measured: float) -> Completion:
 def _stalled(est: DurationEstimator, kind: str, modelled: float, measured: float) -> None:
     for _ in range(30):  # long enough for the average to follow the stalls
         est.observe(kind, _done(modelled, measured))
+
+
+def _stalled_for(
+    est: OwnerEstimates, uid: int, kind: str, modelled: float, measured: float
+) -> None:
+    for _ in range(30):
+        est.observe(uid, kind, _done(modelled, measured))
 
 
 def test_measured_average_follows_stalls_but_admission_is_capped_by_the_model() -> None:
@@ -97,8 +104,8 @@ def test_host_stalls_do_not_make_admission_refuse_a_job_the_device_models_under_
     bed = make_bed(SchedulerPolicy(time_slice_s=0.1))
     ctx = bed.context()
     tp = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
-    _stalled(bed.scheduler.estimator, "flood", 0.010, 0.160)
-    _stalled(bed.scheduler.estimator, "unmodelled", 0.0, 0.160)
+    _stalled_for(bed.scheduler.estimator, ALICE.uid, "flood", 0.010, 0.160)
+    _stalled_for(bed.scheduler.estimator, ALICE.uid, "unmodelled", 0.0, 0.160)
     [job] = bed.burn(ctx, tp, 0.010, kind="flood")
     with pytest.raises(TimeSliceExceeded, match=r"160\.\d+ ms \(measured average\)"):
         bed.burn(ctx, tp, 0.010, kind="unmodelled")
@@ -112,7 +119,7 @@ def test_deadline_admission_uses_the_capped_estimate_and_says_so() -> None:
     bed = make_bed()
     ctx = bed.context()
     lat = bed.queue(ctx, SchedClass.LATENCY, in_order=False)
-    _stalled(bed.scheduler.estimator, "decode", 0.005, 0.040)
+    _stalled_for(bed.scheduler.estimator, ALICE.uid, "decode", 0.005, 0.040)
     now = bed.core.now()
     [ok] = bed.burn(ctx, lat, 0.005, kind="decode", deadline=now + 0.015)
     with pytest.raises(DeadlineInfeasible, match=r"takes about 10\.000 ms \(measured average"):

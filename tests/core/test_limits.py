@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npud.core.estimates import DurationEstimator
+from npud.core.estimates import DurationEstimator, OwnerEstimates
 from npud.core.job import JobState
-from npud.core.limits import Limits, bounded
+from npud.core.limits import Limits, bounded, clip
 from npud.core.policy import SchedClass
 from npud.core.service import CoreLimits
 from npud.devices.base import Completion, CompletionStatus, SubmitToken
-from npud.errors import InvalidArgument
+from npud.errors import InvalidArgument, TimeSliceExceeded
 from tests.core.harness import ALICE, BOB, make_bed
 
 NAN, INF = math.nan, math.inf
@@ -115,3 +115,78 @@ def test_limits_refuse_non_finite_bounds() -> None:
         Limits(timeout_ceilings={SchedClass.LATENCY: NAN})
     with pytest.raises(InvalidArgument, match="max_weight"):
         Limits(max_weight=0.5)
+
+
+def test_one_users_kinds_do_not_move_another_users_estimates() -> None:
+    """After bob runs 0.5 s jobs named "prefill" and "decode", alice's 20 ms "prefill" is not
+    TimeSliceExceeded and her 20 ms "decode" with a 50 ms deadline is not DeadlineInfeasible;
+    bob's own next "prefill" is refused by his own history."""
+    bed = make_bed()
+    evil = bed.context(BOB)
+    bed.burn(evil, bed.queue(evil, owner=BOB), 0.5, owner=BOB, kind="prefill", timeout_s=2.0)
+    lat = bed.queue(evil, SchedClass.LATENCY, owner=BOB)
+    bed.burn(evil, lat, 0.5, owner=BOB, kind="decode", timeout_s=2.0)
+    bed.run()
+    victim = bed.context(ALICE)
+    [pre] = bed.burn(victim, bed.queue(victim), 0.02, kind="prefill")
+    deadline = bed.clock.now() + 0.05
+    [dec] = bed.burn(
+        victim, bed.queue(victim, SchedClass.LATENCY), 0.02, kind="decode", deadline=deadline
+    )
+    bed.run()
+    assert pre.state is dec.state is JobState.COMPLETED
+    with pytest.raises(TimeSliceExceeded):
+        bed.burn(evil, bed.queue(evil, owner=BOB), 0.5, owner=BOB, kind="prefill")
+    kinds = {(e.owner_uid, e.kind) for e in bed.scheduler.statistics().estimates}
+    assert kinds == {
+        (BOB.uid, "prefill"),
+        (BOB.uid, "decode"),
+        (ALICE.uid, "prefill"),
+        (ALICE.uid, "decode"),
+    }
+
+
+def test_a_users_kind_table_is_bounded_and_forgets_its_least_recent_kind() -> None:
+    """Past max_kinds, a user's least recently used kind is dropped; other users keep theirs;
+    a prior is where a forgotten kind starts again."""
+    est = OwnerEstimates(max_kinds=3)
+    est.set_prior("k0", 0.7)
+
+    def done(seconds: float) -> Completion:
+        return Completion(SubmitToken(1), CompletionStatus.OK, None, 0.0, 0.0, 0.0, seconds)
+
+    est.observe(2, "mine", done(0.01))
+    for i in range(5):
+        est.observe(1, f"k{i}", done(0.001))
+        est.observe(1, "k4" if i < 4 else "k3", done(0.001))  # keep k4/k3 recently used
+    assert est.kinds_of(1) == 3
+    assert est.kinds_of(2) == 1
+    assert est.estimate(2, "mine") == pytest.approx(0.01)
+    assert est.estimate(1, "k0") == pytest.approx(0.7)  # forgotten: back to the prior
+    assert est.estimate(1, "k1") is None
+
+
+def test_labels_and_kinds_are_bounded_without_echoing_them() -> None:
+    """A 1 MiB label on a context, queue or job and a 20 KB kind are refused naming the field,
+    its length and the limit, and the message does not carry the text."""
+    bed = make_bed()
+    big = "x" * (1 << 20)
+    with pytest.raises(InvalidArgument, match="label has 1048576 characters; the limit is 256"):
+        bed.core.create_context(BOB, label=big)
+    ctx = bed.context(BOB)
+    with pytest.raises(InvalidArgument, match="label") as info:
+        bed.queue(ctx, owner=BOB, label=big)
+    assert len(str(info.value)) < 100
+    queue = bed.queue(ctx, owner=BOB)
+    with pytest.raises(InvalidArgument, match="kind has 20000 characters; the limit is 64"):
+        bed.burn(ctx, queue, 0.001, owner=BOB, kind="k" * 20_000)
+    with pytest.raises(InvalidArgument, match="label"):
+        bed.burn(ctx, queue, 0.001, owner=BOB, label=big)
+    assert ctx.jobs == {}
+    assert len(ctx.queues) == 1
+
+
+def test_clip_says_how_much_it_cut() -> None:
+    """Echoed text is cut to the limit with the count of what was cut."""
+    assert clip("abc", 5) == "abc"
+    assert clip("x" * 1000, 10) == "x" * 10 + "... (990 more characters)"

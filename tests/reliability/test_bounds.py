@@ -16,6 +16,8 @@ import pytest
 
 from npud.isa import Program
 from npud.v1 import (
+    buffer_pb2,
+    buffer_pb2_grpc,
     context_pb2,
     context_pb2_grpc,
     job_pb2,
@@ -25,7 +27,9 @@ from npud.v1 import (
     types_pb2,
 )
 from tests.daemon.harness import DaemonProcess
-from tests.reliability.harness import NOBODY, OTHER, Actor, record
+from tests.reliability.harness import NOBODY, OTHER, Actor, record, rss_bytes
+
+BufferStub = buffer_pb2_grpc.BufferServiceStub
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +151,71 @@ def test_a_job_timeout_above_its_class_ceiling_is_refused(attacker: Attacker) ->
     assert "throughput" in (err.details() or "")
     ok = attacker.jobs.SubmitJobs(attacker.job(timeout_s=60.0), metadata=attacker.md, timeout=10)
     assert ok.jobs[0].state != types_pb2.JOB_STATE_UNSPECIFIED
+
+
+def test_readbacks_labels_kinds_and_echoed_ids_are_bounded(
+    attacker: Attacker, shared: DaemonProcess
+) -> None:
+    """8 readbacks of 32 MiB, 17 readbacks, a 1 MiB job label, a 20 KB kind, a 1 MiB context
+    or queue label: INVALID_ARGUMENT naming the limit, in-band for the stream; a 1 MiB id is
+    NOT_FOUND with a clipped message (not "Stream removed"); the daemon's RSS does not grow by
+    the bytes asked for, and no log line is longer than 4 KiB."""
+    a = attacker
+    rss_before = rss_bytes(shared.proc.pid)
+    buf = (
+        BufferStub(a.channel)
+        .CreateBuffer(
+            buffer_pb2.CreateBufferRequest(context_id=a.ctx, size=32 << 20), metadata=a.md
+        )
+        .buffer.buffer_id
+    )
+    job = job_pb2.JobSpec(queue_id=a.queue, command_inline=Program().burn(0.001).encode())
+
+    def stream(readbacks: list[job_pb2.Readback]) -> job_pb2.SubmitStreamResponse:
+        req = job_pb2.SubmitStreamRequest(tag=1, context_id=a.ctx, job=job, readbacks=readbacks)
+        [resp] = list(a.jobs.SubmitStream(iter([req]), metadata=a.md, timeout=30))
+        return resp
+
+    huge = stream([job_pb2.Readback(buffer_id=buf, offset=0, size=32 << 20)] * 8)
+    assert huge.error.code == Code.INVALID_ARGUMENT.value[0]
+    assert "16777216" in huge.error.message
+    many = stream([job_pb2.Readback(buffer_id=buf, offset=0, size=4)] * 17)
+    assert "the limit is 16" in many.error.message
+    ok = stream([job_pb2.Readback(buffer_id=buf, offset=0, size=4)] * 16)
+    assert not ok.HasField("error")
+    assert len(ok.readbacks) == 16
+    big = "x" * (1 << 20)
+    tries = [
+        (
+            a.jobs.SubmitJobs,
+            job_pb2.SubmitJobsRequest(context_id=a.ctx, jobs=[_with(job, label=big)]),
+        ),
+        (
+            a.jobs.SubmitJobs,
+            job_pb2.SubmitJobsRequest(context_id=a.ctx, jobs=[_with(job, kind="k" * 20_000)]),
+        ),
+        (a.contexts.CreateContext, context_pb2.CreateContextRequest(label=big)),
+        (a.jobs.CreateQueue, job_pb2.CreateQueueRequest(context_id=a.ctx, label=big)),
+    ]
+    for call, request in tries:
+        err = a.refused(call, request)
+        assert err.code() is Code.INVALID_ARGUMENT
+        assert "characters; the limit is" in (err.details() or "")
+        assert len(err.details() or "") < 300
+    err = a.refused(a.jobs.GetJob, job_pb2.GetJobRequest(context_id=a.ctx, job_id=big))
+    assert err.code() is Code.NOT_FOUND, err
+    assert len(err.details() or "") < 1200
+    growth = rss_bytes(shared.proc.pid) - rss_before
+    assert growth < 96 << 20, f"RSS grew by {growth >> 20} MiB"
+    longest = max(len(line) for line in shared.log().splitlines())
+    assert longest < 4096
+    record("bounds_rss_growth_mib", round(growth / (1 << 20), 1))
+    record("bounds_longest_log_line", longest)
+
+
+def _with(job: job_pb2.JobSpec, **fields: str) -> job_pb2.JobSpec:
+    out = job_pb2.JobSpec()
+    out.CopyFrom(job)
+    for name, value in fields.items():
+        setattr(out, name, value)
+    return out

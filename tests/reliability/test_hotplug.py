@@ -53,7 +53,7 @@ async def _bystander(
     q = await npu.create_queue(ctx, SchedulingClass.LATENCY)
     async with npu.submit_stream(ctx) as stream:
         while not stop.is_set():
-            result = await stream.run(JobSpec(q, Program().burn(0.002).encode(), timeout_s=30))
+            result = await stream.run(JobSpec(q, Program().burn(0.002).encode(), timeout_s=10))
             assert result.job is not None
             outcomes.append(result.job.state)
     await npu.destroy_context(ctx)
