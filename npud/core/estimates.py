@@ -33,8 +33,8 @@ class KindEstimate:
     """What is known of one kind: its average durations and how many samples made them.
 
     ``mean_s`` is the measured average; ``modelled_s`` the device's modelled average (``None``
-    when the device has no cost model for it); ``owner_uid`` the user whose jobs made it
-    (``None`` for a prior every user starts from).
+    when the device has no cost model for it); ``owner_uid`` and ``tenant`` the account whose
+    jobs made it (``owner_uid`` ``None`` for a prior every account starts from).
     """
 
     kind: str
@@ -42,6 +42,7 @@ class KindEstimate:
     samples: int
     modelled_s: float | None = None
     owner_uid: int | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +182,12 @@ class DurationEstimator:
         if modelled_s is not None:
             self._models[kind] = modelled_s
 
-    def statistics(self, owner_uid: int | None = None) -> tuple[KindEstimate, ...]:
+    def statistics(
+        self, owner_uid: int | None = None, tenant: str | None = None
+    ) -> tuple[KindEstimate, ...]:
         """A snapshot of every kind's estimate, sorted by kind."""
         return tuple(
-            KindEstimate(kind, mean, int(samples), self._models.get(kind), owner_uid)
+            KindEstimate(kind, mean, int(samples), self._models.get(kind), owner_uid, tenant)
             for kind, (mean, samples) in sorted(self._kinds.items())
         )
 
@@ -195,7 +198,8 @@ class DurationEstimator:
 # name the client chooses. Shared between users, one user's 0.5 s jobs named "prefill" made
 # another user's 20 ms "prefill" TimeSliceExceeded and its "decode" with a 50 ms deadline
 # DeadlineInfeasible: a user could refuse another's work by naming its own jobs alike. Each
-# user (uid) therefore has its own table; what one user runs never moves another's estimates.
+# account (uid, and tenant inside it) therefore has its own table; what one account runs never
+# moves another's estimates.
 # Priors (set by the operator or a test) are shared: every user starts a kind from them. A
 # table holds at most ``max_kinds`` kinds; a new kind past that drops the least recently used
 # one (which then starts again from the prior or the device's model), so a user inventing kinds
@@ -203,8 +207,12 @@ class DurationEstimator:
 # ---------------------------------------------------------------------------------------------
 
 
+Account = tuple[int, str | None]
+"""Whose estimates: ``(uid, tenant)`` (as :attr:`npud.core.owner.Owner.account`)."""
+
+
 class OwnerEstimates:
-    """Duration estimates per owner (uid) and kind, over shared priors (see the "why" above).
+    """Duration estimates per account and kind, over shared priors (see the "why" above).
 
     The scheduler asks with the job's owner; every method of :class:`DurationEstimator` has
     its owner-scoped form here.
@@ -225,24 +233,24 @@ class OwnerEstimates:
         self._cap = model_cap
         self._max_kinds = max_kinds
         self._priors = DurationEstimator(alpha, model_cap=model_cap)
-        self._owners: dict[int, DurationEstimator] = {}
+        self._owners: dict[Account, DurationEstimator] = {}
 
-    def _table(self, uid: int, kind: str) -> DurationEstimator:
+    def _table(self, uid: Account, kind: str) -> DurationEstimator:
         """The table that answers for ``uid``'s ``kind``: its own, else the shared priors."""
         own = self._owners.get(uid)
         if own is not None and own.estimate(kind) is not None:
             return own
         return self._priors
 
-    def estimate(self, uid: int, kind: str) -> float | None:
+    def estimate(self, uid: Account, kind: str) -> float | None:
         """``uid``'s measured average for ``kind`` (else the prior; ``None``: nothing known)."""
         return self._table(uid, kind).estimate(kind)
 
-    def admission_s(self, uid: int, kind: str) -> float | None:
+    def admission_s(self, uid: Account, kind: str) -> float | None:
         """What admission holds ``uid``'s ``kind`` to (see :meth:`DurationEstimator.admission`)."""
         return self._table(uid, kind).admission_s(kind)
 
-    def admission(self, uid: int, kind: str) -> AdmissionEstimate | None:
+    def admission(self, uid: Account, kind: str) -> AdmissionEstimate | None:
         """:meth:`admission_s` with what it was based on."""
         return self._table(uid, kind).admission(kind)
 
@@ -250,7 +258,7 @@ class OwnerEstimates:
         """Seed ``kind`` for every owner that has not measured it yet."""
         self._priors.set_prior(kind, seconds)
 
-    def observe(self, uid: int, kind: str, completion: Completion) -> None:
+    def observe(self, uid: Account, kind: str, completion: Completion) -> None:
         """Fold one of ``uid``'s completions into ``uid``'s average for ``kind``."""
         own = self._owners.get(uid)
         if own is None:
@@ -265,7 +273,7 @@ class OwnerEstimates:
             own.touch(kind)
         own.observe(kind, completion)
 
-    def kinds_of(self, uid: int) -> int:
+    def kinds_of(self, uid: Account) -> int:
         """How many kinds ``uid``'s table holds."""
         own = self._owners.get(uid)
         return 0 if own is None else len(own)
@@ -273,6 +281,6 @@ class OwnerEstimates:
     def statistics(self) -> tuple[KindEstimate, ...]:
         """Every prior, then every owner's kinds (by uid, then kind)."""
         out = list(self._priors.statistics())
-        for uid in sorted(self._owners):
-            out.extend(self._owners[uid].statistics(uid))
+        for uid, tenant in sorted(self._owners, key=lambda a: (a[0], a[1] or "")):
+            out.extend(self._owners[uid, tenant].statistics(uid, tenant))
         return tuple(out)

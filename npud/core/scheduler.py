@@ -46,7 +46,7 @@ from npud.core.distribution import (
     Distribution,
     RecentSamples,
 )
-from npud.core.estimates import KindEstimate, OwnerEstimates
+from npud.core.estimates import Account, KindEstimate, OwnerEstimates
 from npud.core.events import DeviceEvent, EventBus, JobEvent
 from npud.core.ids import ContextId
 from npud.core.job import Job, JobError, JobState
@@ -375,10 +375,10 @@ class Scheduler:
         est = self.estimator.estimate(self._uid_of(job), job.kind)
         return est if est is not None else job.estimate_s
 
-    def _uid_of(self, job: Job) -> int:
-        """The uid whose estimates ``job`` is held to (-1 once its context is gone)."""
+    def _uid_of(self, job: Job) -> Account:
+        """The account whose estimates ``job`` is held to (uid -1 once its context is gone)."""
         ctx = self._contexts.get(job.context_id)
-        return -1 if ctx is None else ctx.owner.uid
+        return (-1, None) if ctx is None else ctx.owner.account
 
     def admission_estimate(self, job: Job) -> float | None:
         """The duration admission control (time slice, deadlines) holds ``job`` to: its kind's
@@ -1293,7 +1293,7 @@ class Scheduler:
                 tenant.vtime += (run - job.charged_s) / tenant.ctx.weight
         job.charged_s = 0.0
         if ok and ctx is not None:
-            self.estimator.observe(ctx.owner.uid, job.kind, completion)
+            self.estimator.observe(ctx.owner.account, job.kind, completion)
         status = completion.status
         if job.done:
             job.completion = job.completion or completion

@@ -33,7 +33,7 @@ def _stalled(est: DurationEstimator, kind: str, modelled: float, measured: float
 
 
 def _stalled_for(
-    est: OwnerEstimates, uid: int, kind: str, modelled: float, measured: float
+    est: OwnerEstimates, uid: tuple[int, str | None], kind: str, modelled: float, measured: float
 ) -> None:
     for _ in range(30):
         est.observe(uid, kind, _done(modelled, measured))
@@ -104,8 +104,8 @@ def test_host_stalls_do_not_make_admission_refuse_a_job_the_device_models_under_
     bed = make_bed(SchedulerPolicy(time_slice_s=0.1))
     ctx = bed.context()
     tp = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
-    _stalled_for(bed.scheduler.estimator, ALICE.uid, "flood", 0.010, 0.160)
-    _stalled_for(bed.scheduler.estimator, ALICE.uid, "unmodelled", 0.0, 0.160)
+    _stalled_for(bed.scheduler.estimator, ALICE.account, "flood", 0.010, 0.160)
+    _stalled_for(bed.scheduler.estimator, ALICE.account, "unmodelled", 0.0, 0.160)
     [job] = bed.burn(ctx, tp, 0.010, kind="flood")
     with pytest.raises(TimeSliceExceeded, match=r"160\.\d+ ms \(measured average\)"):
         bed.burn(ctx, tp, 0.010, kind="unmodelled")
@@ -119,7 +119,7 @@ def test_deadline_admission_uses_the_capped_estimate_and_says_so() -> None:
     bed = make_bed()
     ctx = bed.context()
     lat = bed.queue(ctx, SchedClass.LATENCY, in_order=False)
-    _stalled_for(bed.scheduler.estimator, ALICE.uid, "decode", 0.005, 0.040)
+    _stalled_for(bed.scheduler.estimator, ALICE.account, "decode", 0.005, 0.040)
     now = bed.core.now()
     [ok] = bed.burn(ctx, lat, 0.005, kind="decode", deadline=now + 0.015)
     with pytest.raises(DeadlineInfeasible, match=r"takes about 10\.000 ms \(measured average"):

@@ -155,15 +155,17 @@ def test_a_users_kind_table_is_bounded_and_forgets_its_least_recent_kind() -> No
     def done(seconds: float) -> Completion:
         return Completion(SubmitToken(1), CompletionStatus.OK, None, 0.0, 0.0, 0.0, seconds)
 
-    est.observe(2, "mine", done(0.01))
+    one, two = (1, None), (1, "pod-b")  # two accounts of one uid (tenants) are apart too
+    est.observe(two, "mine", done(0.01))
     for i in range(5):
-        est.observe(1, f"k{i}", done(0.001))
-        est.observe(1, "k4" if i < 4 else "k3", done(0.001))  # keep k4/k3 recently used
-    assert est.kinds_of(1) == 3
-    assert est.kinds_of(2) == 1
-    assert est.estimate(2, "mine") == pytest.approx(0.01)
-    assert est.estimate(1, "k0") == pytest.approx(0.7)  # forgotten: back to the prior
-    assert est.estimate(1, "k1") is None
+        est.observe(one, f"k{i}", done(0.001))
+        est.observe(one, "k4" if i < 4 else "k3", done(0.001))  # keep k4/k3 recently used
+    assert est.kinds_of(one) == 3
+    assert est.kinds_of(two) == 1
+    assert est.estimate(two, "mine") == pytest.approx(0.01)
+    assert est.estimate(one, "mine") is None
+    assert est.estimate(one, "k0") == pytest.approx(0.7)  # forgotten: back to the prior
+    assert est.estimate(one, "k1") is None
 
 
 def test_labels_and_kinds_are_bounded_without_echoing_them() -> None:
