@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from npud.core.owner import Account
 from npud.devices.base import Completion
 
 DEFAULT_MODEL_CAP = 2.0
@@ -205,10 +206,6 @@ class DurationEstimator:
 # one (which then starts again from the prior or the device's model), so a user inventing kinds
 # costs the daemon bounded memory and forgets only its own history.
 # ---------------------------------------------------------------------------------------------
-
-
-Account = tuple[int, str | None]
-"""Whose estimates: ``(uid, tenant)`` (as :attr:`npud.core.owner.Owner.account`)."""
 
 
 class OwnerEstimates:

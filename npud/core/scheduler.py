@@ -46,10 +46,11 @@ from npud.core.distribution import (
     Distribution,
     RecentSamples,
 )
-from npud.core.estimates import Account, KindEstimate, OwnerEstimates
+from npud.core.estimates import KindEstimate, OwnerEstimates
 from npud.core.events import DeviceEvent, EventBus, JobEvent
 from npud.core.ids import ContextId
 from npud.core.job import Job, JobError, JobState
+from npud.core.owner import Account
 from npud.core.policy import (
     CLASS_ORDER,
     PolicyKind,
@@ -1315,6 +1316,11 @@ class Scheduler:
             self._set_state(job, JobState.READY)
             self._push_ready(job)
         elif ok:
+            if job.started_at is None:
+                # It ran while npud still counted an earlier job as its engine's head (that
+                # one's completion had not been delivered yet), so _start never stamped it:
+                # the device's measured run time says when it started.
+                job.started_at = max(job.submitted_at, now - run)
             self._finish(job, JobState.COMPLETED, None, completion)
         elif status is CompletionStatus.ERROR:
             self._finish(

@@ -221,7 +221,11 @@ def test_a_second_sigterm_during_the_drain_aborts_running_jobs_and_exits(tmp_pat
     """The first SIGTERM gives a running job the shutdown grace (here 300 s); a second one
     forces the stop: the job ends CANCELLED saying the grace ran out, and npud exits 0 long
     before the grace would have ended."""
-    d = start_daemon(tmp_path / "d", env={"NPUD_SHUTDOWN_GRACE_S": "300"})
+    # a 600 s THROUGHPUT job: this operator raises the class's timeout ceiling for it
+    d = start_daemon(
+        tmp_path / "d",
+        env={"NPUD_SHUTDOWN_GRACE_S": "300", "NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S": "900"},
+    )
     try:
         with npud.client.connect(d.socket) as npu:
             ctx = npu.create_context(label="force")
