@@ -23,7 +23,14 @@ def test_the_daemon_serves_vgem_and_computes_on_gem_buffers(tmp_path: Path) -> N
     """With ``--device vgem`` the daemon opens the vgem card node, lists it (driver vgem,
     execution simulated), runs out = a * b + a over gRPC on buffers that are GEM objects, with
     a result equal to numpy's, and exits 0 on SIGTERM."""
-    env = isolated_env({"NPUD_SOCKET_MODE": "0666", "NPUD_SHUTDOWN_GRACE_S": "5"})
+    # the guest is slow: the job asks for a 120 s watchdog, over THROUGHPUT's default ceiling
+    env = isolated_env(
+        {
+            "NPUD_SOCKET_MODE": "0666",
+            "NPUD_SHUTDOWN_GRACE_S": "5",
+            "NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S": "120",
+        }
+    )
     daemon = spawn_npud(tmp_path, env, args=("--device", "vgem"))
     try:
         daemon.wait_ready(timeout=300.0)  # python in the TCG guest is 15x slower than the host
