@@ -248,6 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "NPUD_SIM_PROFILE": args.profile,
             "NPUD_SIM_SLOWDOWN": repr(slowdown),
             "NPUD_SCHEDULER__TIME_SLICE_MS": repr(2 * args.step_ms),
+            # the gateway asks for 30 s watchdogs on the slowed board: raise the ceilings to it
+            "NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S": "30",
         }
         out: dict[str, Any] = {"profile": args.profile, "slowdown": slowdown}
         with running_daemon("npud", env=env) as daemon:
