@@ -89,8 +89,14 @@ def _guard_handler(method: str, handler: Any) -> Any:
                 checked = arguments(request)
             except InvalidArgument as exc:
                 await abort(context, exc)
-            async for response in inner(checked, context):
-                yield response
+            responses = inner(checked, context)
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                # closed now, not when collected: a cancelled stream's cleanup (its session,
+                # its reader task, its event feed) must run when the client goes
+                await responses.aclose()
 
         wrapped = generator
     elif inspect.iscoroutinefunction(inner):

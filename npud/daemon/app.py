@@ -224,7 +224,7 @@ class Daemon:
             self.log.info(
                 "context.destroyed",
                 context=event.context_id,
-                reason=clip(event.reason, LOG_TEXT_CHARS) or None,
+                reason=clip(event.reason or "", LOG_TEXT_CHARS) or None,
             )
             if self.state.shutting_down and not self.core.contexts(SYSTEM, all_users=True):
                 self._all_closed.set()

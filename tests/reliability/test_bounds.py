@@ -27,7 +27,15 @@ from npud.v1 import (
     types_pb2,
 )
 from tests.daemon.harness import DaemonProcess
-from tests.reliability.harness import NOBODY, OTHER, Actor, record, rss_bytes
+from tests.reliability.harness import (
+    NOBODY,
+    OTHER,
+    Actor,
+    launch,
+    record,
+    rss_bytes,
+    world_reachable_dir,
+)
 
 BufferStub = buffer_pb2_grpc.BufferServiceStub
 
@@ -65,6 +73,18 @@ class Attacker:
             queue_id=self.queue, command_inline=Program().burn(0.001).encode(), **fields
         )
         return job_pb2.SubmitJobsRequest(context_id=self.ctx, jobs=[spec])
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[DaemonProcess]:
+    """A daemon of this module's own: its 32 MiB buffers and refused floods touch no other
+    test's baseline."""
+    with world_reachable_dir("npud-bounds-") as tmp:
+        daemon = launch(tmp)
+        try:
+            yield daemon
+        finally:
+            assert daemon.stop() == 0, daemon.log()[-4000:]
 
 
 @pytest.fixture(scope="module")
