@@ -44,7 +44,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log = (tmp / "npud.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "npud.daemon.main", "--socket", str(socket), "--device", "sim"],
-        env=dict(os.environ, NPUD_STATE_DIR=str(tmp / "state")),
+        # the real model's steps ask for 120 s watchdogs: this operator raises the ceilings
+        env=dict(
+            os.environ,
+            NPUD_STATE_DIR=str(tmp / "state"),
+            NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S="120",
+            NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S="120",
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
