@@ -298,12 +298,19 @@ class Settings(BaseModel):
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``NPUD_A__B=v`` -> ``{"a": {"b": "v"}}`` for the fields Settings knows."""
+    """``NPUD_A__B=v`` -> ``{"a": {"b": "v"}}`` for the fields Settings knows.
+
+    Variables whose first part names no setting are the clients' and tools' own (for example
+    ``NPUD_TENANT_FILE``) and are left alone; inside a known section an unknown key is kept, so
+    a typo there is refused by validation, naming it.
+    """
     out: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == "NPUD_CONFIG":
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in Settings.model_fields:
+            continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -201,3 +201,16 @@ def test_limits_reach_core() -> None:
     assert bounds.timeout_ceiling(SchedClass.LATENCY) == 3.0
     assert bounds.max_weight == 4.0
     assert bounds.min_weight == 0.25
+
+
+def test_client_and_tool_variables_with_the_prefix_do_not_stop_the_daemon() -> None:
+    """NPUD_* variables that name no setting (a client's NPUD_TENANT_FILE, a test stage's
+    NPUD_CACHE) are not the daemon's and are ignored; a typo inside a known section is still
+    refused naming it."""
+    settings = load_settings(
+        None,
+        env={"NPUD_TENANT_FILE": "/run/t", "NPUD_CACHE": "/tmp/c", "NPUD_SIM_SLOWDOWN": "2"},
+    )
+    assert settings.sim_slowdown == 2.0
+    with pytest.raises(ConfigError, match="max_queuez"):
+        load_settings(None, env={"NPUD_QUOTAS__MAX_QUEUEZ": "3"})
