@@ -28,7 +28,10 @@ Q1="Which city is the capital of France?"
 Q2="Name the capital city of Germany."
 
 echo "== 1. starting npud on the simulated NPU (log: $RUN/npud.log)"
-"$BIN/npud" --device sim --socket "$SOCK" --state-dir "$RUN/state" >"$RUN/npud.log" 2>&1 &
+# On a host CPU a real-model step can take far longer than on an NPU: the clients ask for
+# 120 s step watchdogs, so this daemon raises its class ceilings to match ([limits] in npud.toml).
+NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S=120 NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S=120 \
+  "$BIN/npud" --device sim --socket "$SOCK" --state-dir "$RUN/state" >"$RUN/npud.log" 2>&1 &
 DAEMON=$!
 stop_daemon() { kill -TERM "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true; }
 trap stop_daemon EXIT
