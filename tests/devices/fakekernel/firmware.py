@@ -77,10 +77,11 @@ class IsaFirmware:
             if burn > 0:
                 with self.device.cond:  # a signalled fence (abort) ends the burn early
                     self.device.cond.wait_for(lambda j=job: j.fence.signaled or self._stop, burn)
+            # Counted before the fence signals: a waiter woken by the fence must see it.
+            self.executed += 1
             if not job.fence.signaled and not self._stop:
                 job.failure = reason
                 self.device.finish_raw(job, status=status)
-            self.executed += 1
 
     def _execute(self, job: FakeJob) -> tuple[int, str | None, float]:
         command = isa_bytes(job.command or b"")
