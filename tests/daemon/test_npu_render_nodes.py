@@ -191,6 +191,7 @@ def test_the_watchdog_resets_rknpu_with_its_soft_reset(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.005)
+async def _until(predicate: Any, timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.005)

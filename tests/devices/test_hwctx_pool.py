@@ -182,9 +182,10 @@ def test_amdxdna_exhaustion_queues_work_instead_of_failing() -> None:
         assert stats.live == 2
         assert stats.waiting >= 1
         assert fake.live_contexts() == 2
-        while len(done) < 4:
-            fake.complete(1)
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(30):
+            while len(done) < 4:
+                fake.complete(1)
+                await asyncio.sleep(0.005)
         assert done == ["ok"] * 4
         assert fake.live_contexts() <= 2
         assert device.pool_statistics().queued_total >= 1
@@ -216,9 +217,10 @@ def test_amdxdna_other_process_holding_contexts_is_learned() -> None:
             device.submit(sub, lambda c: done.append(c.status))
         stats = device.pool_statistics()
         assert (stats.live, stats.waiting, stats.kernel_refusals) == (1, 1, 1)
-        while len(done) < 2:
-            fake.complete(1)
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(30):
+            while len(done) < 2:
+                fake.complete(1)
+                await asyncio.sleep(0.005)
         assert done == ["ok", "ok"]
         device.close()
 

@@ -77,8 +77,9 @@ def _submit_each_level(driver: str) -> object:
                 out.handle, 0, 64, (Binding(out.handle, BufferUse.WRITE),), 0, priority=level
             )
             device.submit(sub, lambda c, done=done: done.append(c.status))
-            while not done:
-                await asyncio.sleep(0.001)
+            async with asyncio.timeout(30):
+                while not done:
+                    await asyncio.sleep(0.001)
             assert done == ["ok"]
         if driver == "ivpu":
             state: object = {"cmdqs": dict(fake.files[0].state["cmdqs"])}

@@ -16,7 +16,7 @@ from npud.llm.model import load_model
 from npud.llm.plan import KV, TOKENS, BufferKind, plan_memory
 from tests.cli.harness import start_daemon
 from tests.gateway.conftest import MODEL
-from tests.gateway.harness import start_gateway
+from tests.gateway.harness import start_gateway, until_batcher, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +52,7 @@ def test_npud_down_is_503_and_its_return_is_noticed(tmp_path: Path, tiny_dir: Pa
             c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a"}])
         (tmp_path / "npud" / "notify.sock").unlink()
         daemon = start_daemon(tmp_path / "npud")  # the same socket path
-        for _ in range(100):
-            if httpx.get(gateway.url + "/health", timeout=30).status_code == 200:
-                break
-            asyncio.run(asyncio.sleep(0.2))
+        wait_healthy(gateway)
         again = httpx.post(gateway.url + "/v1/chat/completions", json=chat("a", max_tokens=2))
         assert again.status_code == 200
     finally:
@@ -93,7 +90,7 @@ def test_npud_quota_refusal_is_429(tmp_path: Path, tiny_dir: Path) -> None:
                 first = asyncio.ensure_future(
                     c.post("/v1/chat/completions", json=chat("hold", max_tokens=60))
                 )
-                await asyncio.sleep(0.5)
+                await until_batcher(c, lambda b: b["decoding"] >= 1)  # it holds the memory
                 second = await c.post("/v1/chat/completions", json=chat("no room"))
                 return [await first, second]
 
@@ -133,11 +130,9 @@ def test_a_full_waiting_room_is_429(tmp_path: Path, tiny_dir: Path) -> None:
             async with httpx.AsyncClient(base_url=gateway.url, timeout=300) as c:
                 body = {"model": MODEL, "prompt": "one", "max_tokens": 250}
                 first = asyncio.ensure_future(c.post("/v1/completions", json=body))
-                while (await c.get("/health")).json()["batcher"]["decoding"] < 1:
-                    await asyncio.sleep(0.01)
+                await until_batcher(c, lambda b: b["decoding"] >= 1)
                 second = asyncio.ensure_future(c.post("/v1/completions", json=body))
-                while (await c.get("/health")).json()["batcher"]["waiting"] < 1:
-                    await asyncio.sleep(0.01)
+                await until_batcher(c, lambda b: b["waiting"] >= 1)
                 third = await c.post("/v1/completions", json={"model": MODEL, "prompt": "3"})
                 assert "wait for one of 1" in third.json()["error"]["message"]
                 return [third.status_code, (await first).status_code, (await second).status_code]

@@ -15,7 +15,7 @@ import pytest
 from npud.client import JobState, connect
 from tests.cli.harness import Daemon
 from tests.gateway.conftest import MODEL
-from tests.gateway.harness import GatewayProcess
+from tests.gateway.harness import GatewayProcess, wait_batcher
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +187,7 @@ def test_a_client_that_disconnects_before_the_answer_is_cancelled(
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        time.sleep(0.3)
+        wait_batcher(gateway, lambda b: b["cancelled"] > before or b["decoding"] >= 1)
     wait_for_baseline(npud.socket, baseline)
     assert httpx.get(gateway.url + "/health", timeout=30).json()["batcher"]["cancelled"] > before
     # and the gateway still serves

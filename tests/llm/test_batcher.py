@@ -69,6 +69,13 @@ async def generate(batcher: Batcher, request: Request) -> list[int]:
     return await collect(await batcher.submit(request))
 
 
+async def waiting_reaches(batcher: Batcher, n: int, timeout_s: float = 30.0) -> None:
+    """Let the loop run until ``n`` requests wait for a slot (a readiness wait)."""
+    async with asyncio.timeout(timeout_s):
+        while batcher.statistics().waiting != n:
+            await asyncio.sleep(0.001)
+
+
 def greedy(prompt: str, n: int, **kw: object) -> Request:
     return Request(tuple(TOK.encode(prompt)), n, stop_at_eos=False, **kw)  # type: ignore[arg-type]
 
@@ -177,7 +184,7 @@ def test_bad_requests_are_refused_before_anything_is_queued(
     async def crowded(batcher: Batcher) -> None:
         first = await batcher.submit(greedy("one", 50))
         waiting = asyncio.ensure_future(batcher.submit(greedy("two", 5)))
-        await asyncio.sleep(0)
+        await waiting_reaches(batcher, 1)
         with pytest.raises(QueueFull, match="wait for one of 1"):
             await batcher.submit(greedy("three", 5))
         first.cancel()
@@ -203,10 +210,10 @@ def test_interactive_prompts_go_before_batch_and_users_take_turns(
             await collect(seq)
 
         tasks = [asyncio.ensure_future(one(f"b{i}", Tier.BATCH, "bulk")) for i in range(2)]
-        await asyncio.sleep(0.05)
+        await waiting_reaches(batcher, 2)
         tasks += [asyncio.ensure_future(one(f"a{i}", Tier.INTERACTIVE, "alice")) for i in (1, 2)]
         tasks += [asyncio.ensure_future(one(f"c{i}", Tier.INTERACTIVE, "carol")) for i in (1, 2)]
-        await asyncio.sleep(0.05)
+        await waiting_reaches(batcher, 6)
         await collect(blocker)
         await asyncio.gather(*tasks)
 
