@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive
 
-from npud.errors import NpudError
+from npud.errors import InvalidArgument, NpudError
 from npud.gateway.engine import Engine
 from npud.gateway.failures import (
     Failure,
@@ -217,6 +217,8 @@ class Gateway:
             return too_large(self.settings.max_body).response()
         except BadRequest as exc:
             return bad_request(str(exc), exc.param).response()
+        except InvalidArgument as exc:  # the chat template refuses these messages
+            return bad_request(str(exc), "messages" if chat else "prompt").response()
         if options.model != self.settings.model_name:
             return unknown_model(options.model, self.settings.model_name).response()
         max_seq = self.engine.max_seq
@@ -231,13 +233,14 @@ class Gateway:
         sampler = None
         if options.temperature > 0:
             params = SamplingParams(options.temperature, 0, options.top_p, options.seed)
-            sampler = Sampler(params).pick_from_logits
+            sampler = Sampler(params)
         job = Request(
             tuple(prompt),
             max_tokens,
             tier=options.tier,
             user=self._user(request, options),
             sampler=sampler,
+            stop_ids=self.codec.end_ids,
         )
         gone = asyncio.ensure_future(_disconnect(request.receive))
         seq: BatchSequence | None = None

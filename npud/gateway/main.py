@@ -2,8 +2,9 @@
 
 ::
 
-    npud-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--socket PATH]
-                   [--served-model-name NAME] [--max-batch 8] [--max-seq N] [--no-priorities]
+    npud-llm serve [--model DIR|FILE.gguf|smollm2-135m] [--host 127.0.0.1] [--port 8000]
+                   [--socket PATH] [--served-model-name NAME] [--max-batch 8] [--max-seq N]
+                   [--no-priorities]
 
 ``npud-llm`` finds this command through the ``npud.llm.commands`` entry-point group (declared
 in ``pyproject.toml``), so :mod:`npud.llm` never imports the gateway, which sits above it.
@@ -24,10 +25,17 @@ from pathlib import Path
 from npud.errors import InvalidArgument, NpudError
 from npud.gateway.app import MAX_BODY, Settings, create_app
 from npud.gateway.engine import Engine
-from npud.gateway.text import ByteCodec
+from npud.gateway.text import BpeCodec, ByteCodec, Codec
+from npud.llm.bpe import tokenizer_from_metadata
+from npud.llm.catalog import CATALOG, cached_path
 from npud.llm.model import Model, load_model
 from npud.llm.tiny import ensure_default_model
 from npud.llm.tokenizer import ByteTokenizer
+
+DEFAULT_MAX_SEQ = 1024
+"""The context per sequence when neither ``--max-seq`` nor a smaller model limit says: every
+sequence holding a slot has a KV cache of this length on npud (SmolLM2's 8192 positions would
+be 360 MiB per sequence)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,14 +43,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="npud-llm serve", description="Serve a model over an OpenAI-compatible HTTP API."
     )
-    p.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
+    p.add_argument(
+        "--model",
+        help="a model directory, a .gguf file or a catalogued name such as smollm2-135m "
+        "(default: the tiny model)",
+    )
     p.add_argument("--served-model-name", help="the model's id in the API (default: dir name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--socket", type=Path, help="npud's socket (default: npud's default)")
     p.add_argument("--device", default="", help="npud device (default: the first)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoding at once")
-    p.add_argument("--max-seq", type=int, help="context length per sequence (default: model's)")
+    p.add_argument(
+        "--max-seq", type=int, help=f"context per sequence (default: {DEFAULT_MAX_SEQ} or less)"
+    )
     p.add_argument("--chunk", type=int, default=16, help="prefill chunk in tokens")
     p.add_argument("--depth", type=int, default=2, help="decode steps in flight")
     p.add_argument("--max-per-user", type=int, help="slots one user may hold (default: all)")
@@ -66,8 +80,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model(path: Path | None) -> Model:
-    return load_model(path if path is not None else ensure_default_model())
+def _model(spec: str | None) -> Model:
+    if spec is None:
+        return load_model(ensure_default_model())
+    if spec in CATALOG:
+        path = cached_path(spec)
+        if not path.exists():
+            raise InvalidArgument(
+                f"model {spec!r} is not in the cache yet: run `npud-llm pull {spec}`"
+            )
+        return load_model(path)
+    return load_model(Path(spec))
+
+
+def codec_for(model: Model) -> Codec:
+    """The codec of ``model``: its own tokenizer and chat template for a GGUF file, else the
+    byte tokenizer.
+
+    Raises:
+        InvalidArgument: the model has neither (its vocabulary is not the byte tokenizer's);
+            ModelFileError for a GGUF file whose tokenizer metadata is broken.
+    """
+    if model.source is not None and model.source.is_file():
+        from npud.llm.gguf_model import read_gguf
+
+        return BpeCodec(tokenizer_from_metadata(model.source, read_gguf(model.source).metadata))
+    tok = ByteTokenizer()
+    if model.config.vocab_size < tok.vocab_size:
+        raise InvalidArgument(
+            f"the model's vocabulary ({model.config.vocab_size} ids) is not the byte "
+            "tokenizer's and it brings no tokenizer of its own; the gateway cannot serve it"
+        )
+    return ByteCodec(tok)
 
 
 def build(args: argparse.Namespace) -> tuple[object, Settings]:
@@ -78,18 +122,16 @@ def build(args: argparse.Namespace) -> tuple[object, Settings]:
             tokenize (ModelFileError for a broken model directory).
     """
     model = _model(args.model)
-    tok = ByteTokenizer()
-    if model.config.vocab_size < tok.vocab_size:
-        raise InvalidArgument(
-            f"the model's vocabulary ({model.config.vocab_size} ids) is not the byte "
-            "tokenizer's; the gateway has no tokenizer for it"
-        )
+    codec = codec_for(model)
     if args.max_batch < 1 or args.port < 0 or args.max_body < 1:
         raise InvalidArgument("--max-batch and --max-body must be >= 1, --port >= 0")
     name = args.served_model_name or (model.source.name if model.source else "model")
+    if args.model in CATALOG and not args.served_model_name:
+        name = args.model
+    max_seq = args.max_seq or min(DEFAULT_MAX_SEQ, model.config.max_position_embeddings)
     options = {
         "max_batch": args.max_batch,
-        "max_seq": args.max_seq,
+        "max_seq": max_seq,
         "chunk": args.chunk,
         "depth": args.depth,
         "priorities": not args.no_priorities,
@@ -102,7 +144,7 @@ def build(args: argparse.Namespace) -> tuple[object, Settings]:
     }
     engine = Engine(model, args.socket, options)
     settings = Settings(name, args.max_body, os.environ.get(args.api_key_env) or None)
-    return create_app(engine, ByteCodec(tok), settings), settings
+    return create_app(engine, codec, settings), settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """From messages to prompt ids and from generated ids to text, with stop strings.
 
 :class:`Codec` is the seam between the gateway and a model's tokenizer: it renders a chat into
-prompt ids, encodes a plain prompt, and turns ids back into text incrementally (a character
-may span several ids, so text is released only once it is whole). :class:`ByteCodec` serves
-models whose vocabulary is the byte tokenizer's (the tiny demo model) with a plain chat layout;
-a model that brings its own tokenizer and chat template gets a codec of its own.
+prompt ids, encodes a plain prompt, turns ids back into text incrementally (a character may
+span several ids, so text is released only once it is whole) and names the ids that end a
+reply. :class:`ByteCodec` serves models whose vocabulary is the byte tokenizer's (the tiny
+demo model) with a plain chat layout; :class:`BpeCodec` serves a GGUF model with its own
+byte-level BPE vocabulary and Jinja chat template (SmolLM2).
 
 :class:`StopScanner` finds stop strings in streamed text and holds back the few characters that
 could be the start of one, so a client never receives part of a stop string.
@@ -16,6 +17,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Protocol
 
+from npud.llm.bpe import BpeTokenizer, Message
 from npud.llm.tokenizer import ByteTokenizer
 
 
@@ -47,11 +49,19 @@ class Codec(Protocol):
         """A fresh incremental decoder."""
         ...
 
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """Ids that end a reply besides the model's EOS (a template's end-of-turn token)."""
+        ...
+
 
 class _ByteDetokenizer:
+    # Why an incremental decoder: a byte-level id carries raw bytes, and a character of two
+    # to four UTF-8 bytes may be split over ids; the decoder holds an unfinished sequence
+    # until its last byte comes (and shows a sequence that can never finish as U+FFFD).
     __slots__ = ("_decoder", "_tok")
 
-    def __init__(self, tok: ByteTokenizer) -> None:
+    def __init__(self, tok: _RawBytes) -> None:
         self._tok = tok
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -60,6 +70,10 @@ class _ByteDetokenizer:
 
     def flush(self) -> str:
         return str(self._decoder.decode(b"", final=True))
+
+
+class _RawBytes(Protocol):
+    def decode_token(self, token: int) -> bytes: ...
 
 
 class ByteCodec:
@@ -83,6 +97,52 @@ class ByteCodec:
     def detokenizer(self) -> Detokenizer:
         """An incremental UTF-8 decoder over the ids' bytes (specials give no text)."""
         return _ByteDetokenizer(self.tokenizer)
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """None besides EOS."""
+        return frozenset()
+
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+"""Control tokens that end a turn in the chat formats npud knows (ChatML, Llama 3, Phi,
+GPT-2's end of text); those of them a BPE vocabulary holds as control tokens end a reply."""
+
+
+class BpeCodec:
+    """A GGUF model's own tokenizer: chats rendered by its chat template, text by its BPE,
+    replies ended by EOS or any :data:`END_OF_TURN` control token of its vocabulary."""
+
+    __slots__ = ("_end_ids", "tokenizer")
+
+    def __init__(self, tokenizer: BpeTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._end_ids = frozenset(
+            i for i in tokenizer.special if tokenizer.vocab[i] in END_OF_TURN
+        ) | frozenset(() if tokenizer.eos_id is None else (tokenizer.eos_id,))
+
+    def chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """The chat template applied to the messages, with the assistant's header, encoded.
+
+        Raises:
+            ModelFileError: the model has no chat template, or it fails to render.
+        """
+        return self.tokenizer.encode(
+            self.tokenizer.render([Message(role, content) for role, content in messages])
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """The prompt's ids (control tokens written in it are matched whole)."""
+        return self.tokenizer.encode(text)
+
+    def detokenizer(self) -> Detokenizer:
+        """An incremental UTF-8 decoder over the ids' bytes (control tokens give no text)."""
+        return _ByteDetokenizer(self.tokenizer)
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """EOS and the vocabulary's end-of-turn control tokens."""
+        return self._end_ids
 
 
 class StopScanner:

@@ -31,9 +31,11 @@ wait (at most ``max_waiting``, then :class:`~npud.errors.QueueFull`).
 
 Sampling
 --------
-Greedy rows take the device's ARGMAX, which the next step reads on the device. A row with a
-sampler reads back its logits, the host picks the id and writes it where ARGMAX put its own;
-while such a row decodes, steps are not pipelined (depth 1), since the next step must read the
+Greedy rows take the device's ARGMAX, which the next step reads on the device. While a row
+with a sampler is in the batch, the step also ends in TOPK (:mod:`npud.llm.sampling`): such a
+row reads back only its :data:`~npud.llm.sampling.MAX_CANDIDATES` best (logit, id) pairs, not
+its whole row of logits, the host draws the id from them and writes it over the ARGMAX's.
+While such a row decodes, steps are not pipelined (depth 1), since the next step must read the
 host's id.
 
 One event loop owns the batcher's state (the loop task plus the coroutines of the requests):
@@ -84,12 +86,14 @@ from npud.llm.compiler import (
     Compiler,
     Step,
     StepKind,
+    batch_candidates,
     decode_scratch,
     row_buffers,
 )
 from npud.llm.daemon import KEY_PREFIX, UNFINISHED, job_error
 from npud.llm.model import Model
 from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan, WeightDType, plan_memory
+from npud.llm.sampling import MAX_CANDIDATES
 from npud.llm.sequence import END, BatchSequence, Finish, Request, SeqState, Tier
 from npud.llm.tokenizer import check_ids
 
@@ -176,7 +180,7 @@ class Batcher:
         max_seq: int | None = None,
         chunk: int = 16,
         depth: int = 2,
-        weight_dtype: WeightDType | str = WeightDType.F32,
+        weight_dtype: WeightDType | str = WeightDType.NATIVE,
         priorities: bool = True,
         max_per_user: int | None = None,
         reserved_interactive: int = 0,
@@ -610,11 +614,13 @@ class Batcher:
             queue.appendleft(seq)  # its turn comes again when the round-robin gets back
             lane.users.move_to_end(self._user(seq))
             return
-        token = int.from_bytes(result.readbacks[0], "little", signed=True)
         seq.first_token_at = time.monotonic()
         seq.position = seq.submitted_to = len(seq.request.prompt)
-        if seq.request.sampler is not None and len(result.readbacks) > 1:
-            token = await self._sampled(seq, result.readbacks[1])
+        if seq.request.sampler is not None:
+            values, ids = result.readbacks
+            token = await self._sampled(seq, values, ids)
+        else:
+            token = int.from_bytes(result.readbacks[0], "little", signed=True)
         self._emit(seq, token)
         if seq.finish is None:
             seq.state = SeqState.DECODE
@@ -624,7 +630,7 @@ class Batcher:
         seq.generated.append(token)
         seq._events.put_nowait(token)
         eos = self.model.config.eos_token_id
-        if seq.request.stop_at_eos and token == eos:
+        if seq.request.stop_at_eos and (token == eos or token in seq.request.stop_ids):
             self._finish(seq, Finish.STOP)
         elif len(seq.generated) >= seq.request.max_new_tokens:
             self._finish(seq, Finish.LENGTH)
@@ -635,9 +641,9 @@ class Batcher:
         for seq in step.rows:
             seq.in_flight -= 1
         error = None if result.ok else job_error(f"decode step of {len(step.rows)}", result)
-        sampled_logits = iter(result.readbacks[len(step.rows) :]) if result.ok else iter(())
+        candidates = iter(result.readbacks[len(step.rows) :]) if result.ok else iter(())
         for index, seq in enumerate(step.rows):
-            logits = next(sampled_logits) if step.sampled[index] else None
+            drawn = (next(candidates), next(candidates)) if step.sampled[index] else None
             if seq.finish is not None:
                 self._maybe_release(seq)
                 continue
@@ -649,16 +655,17 @@ class Batcher:
             if not seq.generated:  # a joiner's first token
                 seq.first_token_at = time.monotonic()
                 self._counts["prefill_chunks"] += 1
-            if logits is not None:
-                token = await self._sampled(seq, logits)
+            if drawn is not None:
+                token = await self._sampled(seq, *drawn)
             self._emit(seq, token)
 
-    async def _sampled(self, seq: BatchSequence, logits: bytes) -> int:
+    async def _sampled(self, seq: BatchSequence, values: bytes, ids: bytes) -> int:
         # The host's pick replaces the device's ARGMAX id where the next step reads it.
         assert seq.request.sampler is not None
         assert self.context_id is not None
-        row = np.frombuffer(logits, dtype="<f4", count=self.model.config.vocab_size)
-        token = int(seq.request.sampler(row))
+        token = seq.request.sampler.pick(
+            np.frombuffer(values, dtype="<f4"), np.frombuffer(ids, dtype="<i4")
+        )
         if seq.tokens_buf is not None:
             data = token.to_bytes(4, "little", signed=True)
             await self.client.write_buffer(
@@ -677,8 +684,9 @@ class Batcher:
             n_prompt = len(seq.request.prompt)
             n = min(lane.chunk, n_prompt - start)
             last = start + n == n_prompt
+            top = MAX_CANDIDATES if last and seq.request.sampler is not None else 0
             step = self.compiler.step(
-                start, n, emit_token=last, kind=StepKind.PREFILL, chunk=lane.chunk
+                start, n, emit_token=last, kind=StepKind.PREFILL, chunk=lane.chunk, top=top
             )
             names = {TOKENS: seq.tokens_buf, KV: seq.kv_buf, SCRATCH: lane.scratch}
             bindings = tuple(
@@ -694,15 +702,16 @@ class Batcher:
                 timeout_s=self.job_timeout_s,
             )
             readbacks: tuple[Readback, ...] = ()
-            if last:
+            if last and top:
+                # safe to read the lane's scratch: its next chunk waits for this result
+                values, ids = batch_candidates(self.plan.scratch, 1, 0, top)
+                readbacks = (
+                    Readback(lane.scratch, values, top * 4),
+                    Readback(lane.scratch, ids, top * 4),
+                )
+            elif last:
                 assert seq.tokens_buf is not None
                 readbacks = (Readback(seq.tokens_buf, n_prompt * 4, 4),)
-                if seq.request.sampler is not None:
-                    # safe to read the lane's scratch: its next chunk waits for this result
-                    layout = self.plan.scratch
-                    width = layout.widths["logits"] * 4
-                    logits = Readback(lane.scratch, layout.offsets["logits"], width)
-                    readbacks = (*readbacks, logits)
             fut = await self._stream.submit(spec, readbacks)
             fut.add_done_callback(lambda _f: self._wake.set())
             seq.in_flight += 1
@@ -749,12 +758,14 @@ class Batcher:
             if not rows:
                 return
             positions = tuple(positions_list)
+            sampled = tuple(s.request.sampler is not None for s in rows)
+            top = MAX_CANDIDATES if any(sampled) else 0
             if joined:
                 step = self.compiler.mixed_batch(
-                    list(zip(positions, counts, strict=True)), max_rows=self._rows
+                    list(zip(positions, counts, strict=True)), max_rows=self._rows, top=top
                 )
             else:
-                step = self.compiler.decode_batch(positions, max_rows=self._rows)
+                step = self.compiler.decode_batch(positions, max_rows=self._rows, top=top)
             assert self._decode_scratch is not None
             names: dict[str, ClientBuffer | None] = {DECODE_SCRATCH: self._decode_scratch}
             for r, seq in enumerate(rows):
@@ -768,13 +779,12 @@ class Batcher:
             for seq, position, n in zip(rows, positions, counts, strict=True):
                 assert seq.tokens_buf is not None
                 readbacks.append(Readback(seq.tokens_buf, (position + n) * 4, 4))
-            sampled = tuple(s.request.sampler is not None for s in rows)
             layout = decode_scratch(self.model.config, self._rows)
-            width = layout.widths["logits"] * 4
             for r, is_sampled in enumerate(sampled):
-                if is_sampled:
-                    offset = layout.offsets["logits"] + r * width
-                    readbacks.append(Readback(self._decode_scratch, offset, width))
+                if is_sampled:  # its candidates only: 2 * top * 4 bytes, not the logits
+                    values, ids = batch_candidates(layout, len(rows), r, top)
+                    readbacks.append(Readback(self._decode_scratch, values, top * 4))
+                    readbacks.append(Readback(self._decode_scratch, ids, top * 4))
             spec = JobSpec(
                 queue=self._decode_queue,
                 command=step.command,

@@ -138,6 +138,14 @@ def decode_scratch(config: ModelConfig, rows: int) -> ScratchLayout:
     return scratch_layout(config, rows, head_rows=rows)
 
 
+def batch_candidates(layout: ScratchLayout, heads: int, row: int, top: int) -> tuple[int, int]:
+    """Where row ``row``'s TOPK candidates of a batched step over ``heads`` rows sit in the
+    decode scratch of ``layout``: the byte offsets of its ``top`` f32 values and of its
+    ``top`` I32 ids (each ``4 * top`` bytes)."""
+    base = layout.offsets["cands"]
+    return base + row * top * 4, base + (heads + row) * top * 4
+
+
 class Compiler:
     """Builds :class:`Step` programs for one model and memory plan (pure; no device needed)."""
 
@@ -148,7 +156,7 @@ class Compiler:
         self.plan = plan
         self._validated: set[tuple[object, ...]] = set()
         self._decode_templates: dict[int, DecodeTemplate] = {}
-        self._batch_templates: dict[tuple[int, int], DecodeTemplate] = {}
+        self._batch_templates: dict[tuple[int, int, int], DecodeTemplate] = {}
 
     def _w(self, name: str, slots: dict[str, int] | None = None) -> Tensor:
         placed = self.plan.weights[name]
@@ -264,6 +272,7 @@ class Compiler:
         emit: bool,
         top: int = 0,
         mode: Rows = Rows.LAST,
+        argmax: bool = False,
     ) -> Program:
         # Row-wise ops (norms, projections, residual adds, the MLP) run over every row of the
         # step at once; the position-dependent ones (EMBED of the input ids, ROPE, KV_WRITE,
@@ -367,7 +376,7 @@ class Compiler:
             elif top:
                 values, ids = s.candidates(scratch, heads, top)
                 prog.topk(values=values, ids=ids, x=act("logits", heads))
-            else:
+            if mode is Rows.LAST and (not top or argmax):
                 for index, r in enumerate(rows):
                     out_id = Tensor(r.tokens, (r.start + r.n) * 4, (1,), DType.I32)
                     prog.argmax(out=out_id, x=act("logits", 1, index))
@@ -460,7 +469,7 @@ class Compiler:
             "decode",
         )
 
-    def decode_batch(self, positions: Sequence[int], *, max_rows: int) -> Step:
+    def decode_batch(self, positions: Sequence[int], *, max_rows: int, top: int = 0) -> Step:
         """One decode step over ``len(positions)`` sequences, as ONE job.
 
         Row ``r`` reads its input id from ``tokens#r[positions[r]]``, writes its keys and
@@ -476,9 +485,13 @@ class Compiler:
                 two rows may be at the same position).
             max_rows: the rows the decode scratch buffer was sized for
                 (:func:`decode_scratch`); at most the KV cache length.
+            top: besides ARGMAX, end in TOPK of ``top`` candidates per row
+                (:func:`batch_candidates` says where row ``r``'s are): a row that samples
+                reads back only those, the host draws its id and writes it over the ARGMAX.
 
         Raises:
-            InvalidArgument: no rows, more than ``max_rows``, or a position past the cache.
+            InvalidArgument: no rows, more than ``max_rows``, a position past the cache, or
+                ``top`` outside 0..MAX_CANDIDATES.
         """
         rows = len(positions)
         if not 0 < rows <= max_rows:
@@ -487,7 +500,9 @@ class Compiler:
             raise InvalidArgument(f"{max_rows} rows exceed the KV cache length {self.plan.max_seq}")
         for position in positions:
             self._check(position, 1)
-        template = self._batch_templates.get((rows, max_rows))
+        if not 0 <= top <= MAX_CANDIDATES:
+            raise InvalidArgument(f"top must be within 0..{MAX_CANDIDATES}, got {top}")
+        template = self._batch_templates.get((rows, max_rows, top))
         if template is None:
             bindings = batch_bindings(self.plan, rows)
             slots = {name: index for index, (name, _) in enumerate(bindings)}
@@ -503,12 +518,14 @@ class Compiler:
                 slots,
                 scratch_name=DECODE_SCRATCH,
                 emit=True,
+                top=top,
+                argmax=True,
             )
             tokens_slots = [slots[row_buffers(r)[0]] for r in synthetic]
             template = DecodeTemplate(
                 prog.instructions, prog.encode(validate=True), synthetic, tokens_slots
             )
-            self._batch_templates[rows, max_rows] = template
+            self._batch_templates[rows, max_rows, top] = template
         return Step(
             StepKind.DECODE,
             min(positions),
@@ -519,18 +536,22 @@ class Compiler:
             "decode",
         )
 
-    def mixed_batch(self, rows: Sequence[tuple[int, int]], *, max_rows: int) -> Step:
+    def mixed_batch(self, rows: Sequence[tuple[int, int]], *, max_rows: int, top: int = 0) -> Step:
         """One step over sequences given as ``(start, n_tokens)`` per row, as ONE job: decoding
         rows of one token and joining rows carrying the last chunk of their prompt, each
         emitting its next id into ``tokens#r[start + n]``. Bindings as
-        :meth:`decode_batch`; all rows of one token is exactly :meth:`decode_batch`.
+        :meth:`decode_batch`, ``top`` too; all rows of one token is exactly
+        :meth:`decode_batch`.
 
         Raises:
             InvalidArgument: no rows, more tokens than ``max_rows``, a row of more tokens than
-                the plan's chunk, or positions past the cache.
+                the plan's chunk, positions past the cache, or ``top`` outside
+                0..MAX_CANDIDATES.
         """
         if all(n == 1 for _, n in rows):
-            return self.decode_batch([start for start, _ in rows], max_rows=max_rows)
+            return self.decode_batch([start for start, _ in rows], max_rows=max_rows, top=top)
+        if not 0 <= top <= MAX_CANDIDATES:
+            raise InvalidArgument(f"top must be within 0..{MAX_CANDIDATES}, got {top}")
         total = sum(n for _, n in rows)
         if not rows or total > max_rows or len(rows) > max_rows:
             raise InvalidArgument(f"a batched step holds 1..{max_rows} tokens, got {total}")
@@ -549,8 +570,10 @@ class Compiler:
             slots,
             scratch_name=DECODE_SCRATCH,
             emit=True,
+            top=top,
+            argmax=True,
         )
-        shape = (-len(rows), *(n for _, n in rows))
+        shape = (-len(rows), top, *(n for _, n in rows))
         command = prog.encode(validate=shape not in self._validated)
         self._validated.add(shape)
         return Step(

@@ -14,15 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from npud.client import Buffer as ClientBuffer
 from npud.errors import NpudError
-
-Pick = Callable[[npt.NDArray[np.float32]], int]
-"""Picks the next id from one row of logits (float32 ``[vocab]``), e.g.
-:meth:`npud.llm.sampling.Sampler.pick_from_logits` of one sequence's sampler."""
+from npud.llm.sampling import Sampler
 
 
 class Tier(enum.StrEnum):
@@ -47,7 +41,9 @@ class Request:
     """One generation request.
 
     ``user`` is whoever the isolation is per (an API key, a user name); ``sampler`` ``None``
-    means greedy on the device.
+    means greedy on the device, else the sequence's own sampler draws each id from the
+    device's TOPK candidates. ``stop_ids`` are ids that end the reply besides the model's EOS
+    (a chat template's end-of-turn token), with ``stop_at_eos``.
     """
 
     prompt: tuple[int, ...]
@@ -55,7 +51,8 @@ class Request:
     tier: Tier = Tier.INTERACTIVE
     user: str = ""
     stop_at_eos: bool = True
-    sampler: Pick | None = None
+    sampler: Sampler | None = None
+    stop_ids: frozenset[int] = frozenset()
 
 
 class SeqState(enum.Enum):

@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import pytest
 
 import npud.client.aio as aio
 from npud.errors import InvalidArgument, QueueFull
 from npud.llm.batcher import Batcher, BatchSequence, Finish, Request, Tier
 from npud.llm.model import Model
+from npud.llm.sampling import Sampler, SamplingParams
 from npud.llm.tokenizer import ByteTokenizer
 from tests.cli.harness import start_daemon
 from tests.llm.reference import ReferenceLlama
@@ -104,32 +104,31 @@ def test_batched_sequences_equal_each_alone_and_the_reference(
 
 
 def test_sampled_rows_are_reproducible_and_batch_independent(
-    socket: Path, tiny_model: Model
+    socket: Path, tiny_model: Model, reference: ReferenceLlama
 ) -> None:
-    """A sampled sequence (host-side pick from read-back logits) gives the same ids for the
-    same seed whether it decodes alone or beside greedy sequences."""
-
-    def sampler(seed: int) -> Callable[[np.ndarray], int]:
-        rng = np.random.default_rng(seed)
-
-        def pick(logits: np.ndarray) -> int:
-            p = np.exp((logits - logits.max()).astype(np.float64))
-            return int(rng.choice(len(p), p=p / p.sum()))
-
-        return pick
+    """A sampled sequence draws from the device's TOPK candidates: the same seed gives the
+    same ids alone and beside greedy sequences, and those ids are what the same sampler
+    draws from the reference's whole logits at every position."""
+    params = SamplingParams(temperature=1.0, top_p=0.95, seed=7)
 
     async def alone(batcher: Batcher) -> list[int]:
-        return await generate(batcher, greedy("sample me", 12, sampler=sampler(7)))
+        return await generate(batcher, greedy("sample me", 12, sampler=Sampler(params)))
 
     async def mixed(batcher: Batcher) -> list[int]:
         others = [generate(batcher, greedy(p, 12)) for p in PROMPTS[:3]]
-        mine = generate(batcher, greedy("sample me", 12, sampler=sampler(7)))
+        mine = generate(batcher, greedy("sample me", 12, sampler=Sampler(params)))
         results = await asyncio.gather(mine, *others)
         return results[0]
 
     first = run(socket, tiny_model, alone)
     assert len(first) == 12
     assert run(socket, tiny_model, mixed) == first
+    host = Sampler(params)
+    ids = TOK.encode("sample me")
+    expected = []
+    for _ in range(12):
+        expected.append(host.pick_from_logits(reference.logits(ids + expected)[-1]))
+    assert first == expected
 
 
 def test_cancel_mid_decode_frees_the_sequence_state(socket: Path, tiny_model: Model) -> None:
