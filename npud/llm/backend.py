@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from npud.llm.compiler import Step
+from npud.llm.compiler import Step, StepKind
 from npud.llm.plan import MemoryPlan
 
 
@@ -39,6 +39,27 @@ class BackendStatistics:
     bytes_written: int
     bytes_read: int
     device_busy_s: float
+
+
+JOB_TIMES_KEPT = 4096
+"""How many finished steps' times a backend keeps (the newest)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimes:
+    """One finished step's times: queued in npud, on the device, and the device's model of it.
+
+    ``run_s`` is the device time observed (dispatch to completion through npud; the device's
+    own clock for the direct backend). ``modelled_s`` is the simulated board's cost-model time
+    of the step (0.0 on hardware without a model): it depends only on the program, where its
+    buffers live and the board, so two runs whose steps have different ``modelled_s`` ran on
+    different device speeds. The direct backend has no scheduler: its ``queue_wait_s`` is 0.
+    """
+
+    kind: StepKind
+    queue_wait_s: float
+    run_s: float
+    modelled_s: float = 0.0
 
 
 TicketT = TypeVar("TicketT")

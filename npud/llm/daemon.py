@@ -66,7 +66,7 @@ from npud.errors import (
     NotFound,
     NpudError,
 )
-from npud.llm.backend import BackendStatistics
+from npud.llm.backend import JOB_TIMES_KEPT, BackendStatistics, JobTimes
 from npud.llm.compiler import Access, Step, StepKind
 from npud.llm.plan import BufferKind, BufferSpec, MemoryPlan
 
@@ -109,19 +109,8 @@ def job_error(label: str, result: JobResult) -> NpudError:
     return cls(f"{label}: {error.kind}: {error.message}")
 
 
-JOB_TIMES_KEPT = 4096
-
 UNFINISHED = (JobState.QUEUED, JobState.READY, JobState.RUNNING)
 """The states of a job that has not ended."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobTimes:
-    """npud's own account of one finished step: time queued in npud, time on the device."""
-
-    kind: StepKind
-    queue_wait_s: float
-    run_s: float
 
 
 @dataclass(slots=True, eq=False)
@@ -361,7 +350,8 @@ class DaemonBackend:
         self._completed += 1
         if result.job is not None:
             self._busy += result.job.run_s
-            self.job_times.append(JobTimes(step.kind, result.job.queue_wait_s, result.job.run_s))
+            job = result.job
+            self.job_times.append(JobTimes(step.kind, job.queue_wait_s, job.run_s, job.modelled_s))
 
     def now(self) -> float:
         """``time.monotonic()``."""

@@ -20,6 +20,7 @@ until the callback fires, so the figures are real time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import time
@@ -47,7 +48,7 @@ from npud.errors import (
     NotFound,
     Unavailable,
 )
-from npud.llm.backend import BackendStatistics
+from npud.llm.backend import JOB_TIMES_KEPT, BackendStatistics, JobTimes
 from npud.llm.compiler import Access, Step
 from npud.llm.plan import MemoryPlan
 
@@ -83,6 +84,10 @@ class DirectBackend:
         loop: the event loop the device completes on, when it needs one run (process mode).
         engine: the engine every step runs on.
         tier: where the plan's buffers are allocated.
+
+    ``job_times`` keeps the device's run time and modelled time of the last steps (no
+    scheduler: their queue wait is 0), the same record the daemon backend keeps, so that a
+    benchmark can check that two backends' steps ran at the same device speed.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class DirectBackend:
         self._read = 0
         self._busy = 0.0
         self._owned = False  # device (and loop) created by on_sim(): closed with the backend
+        self.job_times: collections.deque[JobTimes] = collections.deque(maxlen=JOB_TIMES_KEPT)
 
     @classmethod
     def on_sim(
@@ -246,13 +252,16 @@ class DirectBackend:
                 label=step.label,
             )
             ticket.tokens.append(
-                self.device.submit(submission, functools.partial(self._on_done, ticket))
+                self.device.submit(submission, functools.partial(self._on_done, ticket, step))
             )
             self._submitted += 1
         return ticket
 
-    def _on_done(self, ticket: DirectTicket, completion: Completion) -> None:
+    def _on_done(self, ticket: DirectTicket, step: Step, completion: Completion) -> None:
         ticket.completions.append(completion)
+        self.job_times.append(
+            JobTimes(step.kind, 0.0, completion.measured_s, completion.modelled_s)
+        )
         self._completed += 1
         self._busy += completion.modelled_s if self.clock is not None else completion.measured_s
         self._read += completion.bytes_read
