@@ -94,6 +94,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.daemon import NPUD_COMMAND, running_daemon
+from bench.device_speed import DRAM_ONLY_ENV, SpeedCheck, check_same_speed
 from npud.llm.metrics import percentile
 from npud.llm.model import load_model
 from npud.llm.tiny import ensure_default_model
@@ -128,9 +129,9 @@ def _decoder(
 ) -> None:
     """One decoder process: wait for ``go``, generate, send back its gaps (or its failure).
 
-    Always reports once on ``out`` as ``(name, report)``: ``gaps``, ``waits`` (in npud's queue)
-    and ``runs`` (on the device) of the decode steps that completed, ``steps`` (how many did),
-    and ``error`` (``None`` on success).
+    Always reports once on ``out`` as ``(name, report)``: ``gaps``, ``waits`` (in npud's queue),
+    ``runs`` (on the device) and ``modelled`` (the board's modelled time) of the decode steps
+    that completed, ``steps`` (how many did), and ``error`` (``None`` on success).
     """
     from npud.llm.daemon import DaemonBackend
     from npud.llm.generator import Generator
@@ -138,6 +139,7 @@ def _decoder(
     times: list[float] = []
     waits: list[float] = []
     runs: list[float] = []
+    modelled: list[float] = []
     try:
         model = load_model(model_dir)
         backend = DaemonBackend(
@@ -160,19 +162,25 @@ def _decoder(
                 steps = [t for t in backend.job_times if t.kind.value == "decode"]
                 waits = [t.queue_wait_s for t in steps]
                 runs = [t.run_s for t in steps]
+                modelled = [t.modelled_s for t in steps]
     except Exception as exc:
-        out.put((name, _report(times, waits, runs, _error(exc))))
+        out.put((name, _report(times, waits, runs, modelled, _error(exc))))
         return
-    out.put((name, _report(times, waits, runs, None)))
+    out.put((name, _report(times, waits, runs, modelled, None)))
 
 
 def _report(
-    times: list[float], waits: list[float], runs: list[float], error: str | None
+    times: list[float],
+    waits: list[float],
+    runs: list[float],
+    modelled: list[float],
+    error: str | None,
 ) -> dict[str, Any]:
     return {
         "gaps": [b - a for a, b in itertools.pairwise(times)],
         "waits": waits,
         "runs": runs,
+        "modelled": modelled,
         "steps": max(0, len(times) - 1),  # the first token comes from the prefill
         "error": error,
     }
@@ -300,6 +308,7 @@ def _dead(error: str) -> dict[str, Any]:
         "gaps": [],
         "waits": [],
         "runs": [],
+        "modelled": [],
         "steps": 0,
         "tokens": 0,
         "seconds": 0.0,
@@ -326,8 +335,14 @@ def _modelled_step_s(model_dir: str, profile: str) -> float:
 
 
 def _device_env(args: argparse.Namespace) -> dict[str, str]:
-    """The daemon's simulated board (profile, slowdown) and its time slice, if one is set."""
-    env = {"NPUD_SIM_PROFILE": args.profile, "NPUD_SIM_SLOWDOWN": repr(args.slowdown)}
+    """The daemon's simulated board (profile, slowdown), its buffers in DRAM as the direct
+    baseline's and the calibration's are (see ``bench/device_speed.py``), and its time slice,
+    if one is set."""
+    env = {
+        "NPUD_SIM_PROFILE": args.profile,
+        "NPUD_SIM_SLOWDOWN": repr(args.slowdown),
+        **DRAM_ONLY_ENV,
+    }
     if args.time_slice_ms:
         env["NPUD_SCHEDULER__TIME_SLICE_MS"] = repr(args.time_slice_ms)
     return env
@@ -335,7 +350,9 @@ def _device_env(args: argparse.Namespace) -> dict[str, str]:
 
 def _direct_baseline(
     model_dir: str, tokens: int, depth: int, profile: str, slowdown: float
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
+    """One decoder on the direct backend: its inter-token gaps and its decode steps' modelled
+    times (s)."""
     from npud.llm.direct import DirectBackend
     from npud.llm.generator import Generator
 
@@ -343,8 +360,10 @@ def _direct_baseline(
     backend = DirectBackend.on_sim(mode="process", profile=profile, slowdown=slowdown)
     with Generator(model, backend, depth=depth) as gen:
         gen.generate(DECODE_PROMPT, 4, stop_at_eos=False)
+        backend.job_times.clear()
         result = gen.generate(DECODE_PROMPT, tokens, stop_at_eos=False)
-    return list(result.stats.inter_token_s)
+        modelled = [t.modelled_s for t in backend.job_times if t.kind.value == "decode"]
+    return list(result.stats.inter_token_s), modelled
 
 
 def _ms(samples: list[float], q: float) -> float | None:
@@ -422,6 +441,7 @@ class _Pooled:
     gaps: list[float] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)
+    modelled: list[float] = field(default_factory=list)  # the decode steps' modelled times
     failures: list[dict[str, Any]] = field(default_factory=list)
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
@@ -434,6 +454,7 @@ class _Pooled:
             self.gaps += run.reports[n]["gaps"]
             self.waits += run.reports[n]["waits"]
             self.runs += run.reports[n]["runs"]
+            self.modelled += run.reports[n].get("modelled", [])
         self.failures += run.failures()
         prefill = run.reports.get("prefiller")
         if prefill is not None:
@@ -537,9 +558,10 @@ def compare_depths(
     round, so each sees the same load in aggregate and none always goes first.
 
     Returns per variant (``direct/d1``, ``daemon/d2``, ...) the inter-token gaps in ms, the
-    decode rate (gaps / their sum), p50/p99 and, for the daemon, npud's median run time of a
-    step (what the gap would be without any per-step overhead); and ``ratio/dN``, daemon rate
-    over direct.
+    decode rate (gaps / their sum), p50/p99, the median modelled device step and, for the
+    daemon, npud's median run time of a step (what the gap would be without any per-step
+    overhead); ``ratio/dN``, daemon rate over direct; and ``device_speed``, whether every
+    variant's steps ran at the same modelled device speed (:mod:`bench.device_speed`).
     """
     from npud.llm.daemon import DaemonBackend
     from npud.llm.direct import DirectBackend
@@ -564,15 +586,17 @@ def compare_depths(
         names = list(gens)
         gaps: dict[str, list[float]] = {n: [] for n in names}
         runs: dict[str, list[float]] = {n: [] for n in names}  # npud's run time per step
+        modelled: dict[str, list[float]] = {n: [] for n in names}  # the board's, per step
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 backend = gens[name].backend
-                if isinstance(backend, DaemonBackend):
-                    backend.job_times.clear()
+                backend.job_times.clear()
                 res = gens[name].generate(DECODE_PROMPT, tokens, stop_at_eos=False)
                 gaps[name] += list(res.stats.inter_token_s)
+                steps = [t for t in backend.job_times if t.kind.value == "decode"]
+                modelled[name] += [t.modelled_s for t in steps]
                 if isinstance(backend, DaemonBackend):
-                    runs[name] += [t.run_s for t in backend.job_times if t.kind.value == "decode"]
+                    runs[name] += [t.run_s for t in steps]
     finally:
         for gen in gens.values():
             gen.close()
@@ -585,16 +609,18 @@ def compare_depths(
             "gaps_ms": [x * 1e3 for x in g],
             # npud's own run time of a decode step (device dispatch to completion), daemon only
             "run_p50_ms": percentile(runs[name], 0.5) * 1e3 if runs[name] else None,
+            "modelled_p50_ms": percentile(modelled[name], 0.5) * 1e3 if modelled[name] else None,
         }
     for depth in depths:
         d, n = out[f"direct/d{depth}"], out[f"daemon/d{depth}"]
         out[f"ratio/d{depth}"] = n["tokens_per_s"] / d["tokens_per_s"]
+    out["device_speed"] = check_same_speed(modelled).as_dict()
     return out
 
 
 def _depths_main(args: argparse.Namespace, model_dir: str) -> int:
     depths = [int(d) for d in args.compare_depths.split(",")]
-    with running_daemon("npud", command=args.npud_cmd) as daemon:
+    with running_daemon("npud", command=args.npud_cmd, env=dict(DRAM_ONLY_ENV)) as daemon:
         got = compare_depths(
             model_dir, str(daemon.socket), depths, args.rounds, args.tokens, args.job_timeout
         )
@@ -612,6 +638,7 @@ def _depths_main(args: argparse.Namespace, model_dir: str) -> int:
                 f"{ratio}",
                 flush=True,
             )
+    print(got["device_speed"]["text"], flush=True)
     if args.json:
         results = {
             "model": model_dir,
@@ -732,8 +759,11 @@ def main() -> int:
         "slowed_step_ms": modelled_step * args.slowdown * 1e3,
         "policies": [],
     }
+    direct_modelled: list[float] = []
     if not args.skip_direct:
-        gaps = _direct_baseline(model_dir, args.tokens, args.depth, args.profile, args.slowdown)
+        gaps, direct_modelled = _direct_baseline(
+            model_dir, args.tokens, args.depth, args.profile, args.slowdown
+        )
         results["direct"] = {
             "p50_ms": percentile(gaps, 0.5) * 1e3,
             "p99_ms": percentile(gaps, 0.99) * 1e3,
@@ -787,9 +817,28 @@ def main() -> int:
                 f"  {policy} {f['leg']} {f['role']} FAILED after {f['steps']} steps: {f['error']}",
                 flush=True,
             )
+    speed = _speed_check(
+        direct_modelled if not args.skip_direct else None,
+        pooled,
+        modelled_step * args.slowdown,
+    )
+    results["device_speed"] = speed.as_dict()
+    print(f"device speed of every leg: {speed.describe()}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _speed_check(
+    direct: list[float] | None, pooled: dict[str, dict[str, _Pooled]], calibrated_s: float
+) -> SpeedCheck:
+    """Whether the direct baseline and every (policy, leg) ran their decode steps at the device
+    speed the run calibrated the board to (``calibrated_s`` per step)."""
+    steps: dict[str, list[float]] = {} if direct is None else {"direct": direct}
+    for policy, legs in pooled.items():
+        for leg, got in legs.items():
+            steps[f"{policy}/{leg}"] = got.modelled
+    return check_same_speed(steps, reference_s=calibrated_s)
 
 
 if __name__ == "__main__":

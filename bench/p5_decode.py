@@ -17,6 +17,12 @@ Figures: decode tokens/s through the daemon against direct (interleaved rounds, 
 unslowed: what npud's path costs per token); the loaded inter-token p99 against the unloaded
 p99 and against fifo's; the median gap and the prefill rate under both policies.
 
+Every comparison is checked to have run at one device speed (``bench/device_speed.py``): the
+median modelled decode step of every leg (direct, and each policy's legs) and the step the board
+was calibrated to must agree within 5 %. The daemons keep their buffers in DRAM, as the direct
+backend and the calibration do. Each check is a row of its own ("device step, slowest leg vs
+fastest"); when it fails, a note says so and the goals judged on those legs are missed.
+
 decode.py reports a decoder or prefiller that failed (its error and the steps it completed)
 instead of waiting for it. Under ``fifo`` that is a finding about the baseline: it is named in
 the notes and beside the fifo figure, which then comes from the steps that completed. Under
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.daemon import ROOT, running_daemon
+from bench.device_speed import DRAM_ONLY_ENV, TOLERANCE, SpeedCheck, check_same_speed
 from bench.results import BenchResult, Metric
 from npud.devices.sim.profiles import get_profile
 
@@ -152,8 +159,11 @@ def _failure_text(failures: list[dict[str, Any]]) -> str:
     )
 
 
-def _interleaved_rates(socket: str, rounds: int, tokens: int) -> dict[str, list[float]]:
-    """Decode tokens/s of one decoder, direct and through the daemon, alternating per round.
+def _interleaved_rates(
+    socket: str, rounds: int, tokens: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Inter-token gaps of one decoder, direct and through the daemon, alternating per round,
+    and the modelled times of each one's decode steps (s).
 
     Why interleaved: decode.py measures the direct backend once, then the daemon a minute
     later; on a shared machine the load changes in between by more than the difference being
@@ -168,6 +178,7 @@ def _interleaved_rates(socket: str, rounds: int, tokens: int) -> dict[str, list[
     model = load_model(str(ensure_default_model()))
     prompt = [256, *b"npud decode "]
     gaps: dict[str, list[float]] = {"direct": [], "daemon": []}
+    modelled: dict[str, list[float]] = {"direct": [], "daemon": []}
     with (
         Generator(model, DirectBackend.on_sim(mode="process")) as direct,
         Generator(model, DaemonBackend(socket_path=socket, label="bench/p5")) as daemon,
@@ -177,9 +188,14 @@ def _interleaved_rates(socket: str, rounds: int, tokens: int) -> dict[str, list[
             gen.generate(prompt, 4, stop_at_eos=False)  # warm: weights, stream, caches
         for r in range(rounds):
             for name in ["direct", "daemon"] if r % 2 == 0 else ["daemon", "direct"]:
+                backend = gens[name].backend
+                backend.job_times.clear()
                 res = gens[name].generate(prompt, tokens, stop_at_eos=False)
                 gaps[name] += list(res.stats.inter_token_s)
-    return gaps
+                modelled[name] += [
+                    t.modelled_s for t in backend.job_times if t.kind.value == "decode"
+                ]
+    return gaps, modelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +207,7 @@ class _Board:
     direct: dict[str, float]
     npud: dict[str, Any]
     fifo: dict[str, Any]
+    speed: dict[str, Any]  # decode.py's device-speed check of every leg (SpeedCheck.as_dict)
 
 
 def _run_board(profile: str, quick: bool) -> _Board:
@@ -234,7 +251,28 @@ def _run_board(profile: str, quick: bool) -> _Board:
         raise RuntimeError(
             f"bench/decode.py gave no samples for an npud figure on {profile}: {npud}"
         )
-    return _Board(profile, float(got.get("slowdown", 0.0)), direct, npud, fifo)
+    try:
+        speed = dict(got["device_speed"])
+        speed["ok"] = bool(speed["ok"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"bench/decode.py's JSON lacks the device-speed check: {exc!r}") from exc
+    return _Board(profile, float(got.get("slowdown", 0.0)), direct, npud, fifo, speed)
+
+
+def _speed_metric(label: str, speed: dict[str, Any]) -> Metric:
+    """A row for one device-speed check: the slowest leg's median step against the fastest."""
+    steps = [leg["step_ms"] for leg in speed["legs"].values() if leg["step_ms"] is not None]
+    if speed.get("reference_ms") is not None:
+        steps.append(speed["reference_ms"])
+    return Metric(
+        f"{label}: device step, slowest leg vs fastest",
+        max(steps) if steps else 0.0,
+        "ms",
+        min(steps) if steps else None,
+        "fastest leg (median modelled step)",
+        f"<= {1 + speed['tolerance']:.2f}x",
+        bool(speed["ok"]),
+    )
 
 
 def boards_for(quick: bool) -> tuple[str, ...]:
@@ -261,10 +299,15 @@ def run(quick: bool) -> BenchResult:
         ],
     }
     rounds, per_round = (2, 6) if quick else (8, 32)
-    with running_daemon("npud") as d:
-        gaps = _interleaved_rates(str(d.socket), rounds, per_round)
+    with running_daemon("npud", env=dict(DRAM_ONLY_ENV)) as d:
+        gaps, modelled = _interleaved_rates(str(d.socket), rounds, per_round)
     daemon_rate = len(gaps["daemon"]) / sum(gaps["daemon"])
     direct_rate = len(gaps["direct"]) / sum(gaps["direct"])
+    interleaved_speed: SpeedCheck = check_same_speed(modelled, tolerance=TOLERANCE)
+    result.params["device_speed"] = {
+        "interleaved": interleaved_speed.as_dict(),
+        **{b.profile: b.speed for b in boards},
+    }
     result.samples = {f"{k}_gap_ms": [g * 1e3 for g in v] for k, v in gaps.items()}
     for b in boards:
         for policy, fig in (("npud", b.npud), ("fifo", b.fifo)):
@@ -277,9 +320,15 @@ def run(quick: bool) -> BenchResult:
             direct_rate,
             "direct in-process",
             f">= {RATE_GOAL * 100:.0f} % of direct",
-            daemon_rate >= RATE_GOAL * direct_rate,
+            daemon_rate >= RATE_GOAL * direct_rate and interleaved_speed.ok,
         )
     )
+    result.add(_speed_metric("unslowed, direct vs daemon", interleaved_speed.as_dict()))
+    if not interleaved_speed.ok:
+        result.notes.append(
+            f"unslowed direct vs daemon: the legs did not run at one device speed, so the rate "
+            f"row is marked missed: {interleaved_speed.describe()}."
+        )
     loaded = f"{decoders} decoder{'s' if decoders != 1 else ''} + prefill"
     for b in boards:
         npud, fifo = b.npud, b.fifo
@@ -294,7 +343,7 @@ def run(quick: bool) -> BenchResult:
         # the loaded p99 is compared with its arithmetic bound, two decode steps, instead.
         engines = get_profile(b.profile).engines
         fits = engines >= decoders + 1
-        ratio_ok = npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"]
+        ratio_ok = npud["loaded_p99_ms"] <= P99_GOAL * npud["unloaded_p99_ms"] and b.speed["ok"]
         result.add(
             Metric(
                 f"{b.profile}: inter-token p99, {loaded}",
@@ -354,6 +403,12 @@ def run(quick: bool) -> BenchResult:
                 "fifo policy" if fifo["prefill_tokens_per_s"] is not None else "",
             )
         )
+        result.add(_speed_metric(b.profile, b.speed))
+        if not b.speed["ok"]:
+            result.notes.append(
+                f"{b.profile}: the legs did not run at one device speed; every comparison of "
+                f"them is in doubt: {b.speed.get('text', '')}."
+            )
         result.add(
             Metric(
                 f"{b.profile}: one decoder's p99, daemon vs direct",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench import p5_decode
+from bench.device_speed import check_same_speed
 
 
 def _policy(name: str, failures: list[dict[str, Any]], loaded_p99: float | None) -> dict[str, Any]:
@@ -40,6 +41,9 @@ def _policy(name: str, failures: list[dict[str, Any]], loaded_p99: float | None)
     }
 
 
+SAME_SPEED = check_same_speed({"direct": [0.1] * 3, "npud/one": [0.101] * 3}).as_dict()
+FASTER_DAEMON = check_same_speed({"direct": [0.1] * 3, "npud/one": [0.077] * 3}).as_dict()
+
 TIMED_OUT = {"leg": "loaded", "role": "decoder 2", "error": "JobTimedOut: decode@14", "steps": 7}
 
 
@@ -50,14 +54,21 @@ def canned(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state: dict[str, Any] = {"policies": []}
 
     def fake_decode(args: list[str], timeout_s: float) -> dict[str, Any]:
-        return {"direct": {"p50_ms": 8.0, "p99_ms": 16.0}, "policies": state["policies"]}
+        return {
+            "direct": {"p50_ms": 8.0, "p99_ms": 16.0},
+            "policies": state["policies"],
+            "device_speed": state.get("speed", SAME_SPEED),
+        }
 
     @contextlib.contextmanager
     def fake_daemon(policy: str = "npud", **_: Any) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(socket=Path("/nonexistent/npud.sock"))
 
-    def fake_rates(socket: str, rounds: int, tokens: int) -> dict[str, list[float]]:
-        return {"direct": [0.010] * 4, "daemon": [0.011] * 4}
+    def fake_rates(
+        socket: str, rounds: int, tokens: int
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        gaps = {"direct": [0.010] * 4, "daemon": [0.011] * 4}
+        return gaps, {"direct": [1e-4] * 4, "daemon": state.get("daemon_step_s", [1e-4] * 4)}
 
     monkeypatch.setattr(p5_decode, "_decode", fake_decode)
     monkeypatch.setattr(p5_decode, "running_daemon", fake_daemon)
@@ -94,3 +105,28 @@ def test_a_failure_under_npud_fails_the_benchmark(canned: dict[str, Any]) -> Non
     canned["policies"] = [_policy("npud", [TIMED_OUT], 50.0), _policy("fifo", [], 80.0)]
     with pytest.raises(RuntimeError, match=r"decoder 2 after 7 steps: JobTimedOut"):
         p5_decode.run(quick=True)
+
+
+def test_legs_at_different_device_speeds_are_flagged(canned: dict[str, Any]) -> None:
+    """A board whose legs' steps ran at different speeds gets a missed speed row and a note;
+    interleaved legs at different speeds miss the rate goal whatever the rate."""
+    canned["policies"] = [_policy("npud", [], 50.0), _policy("fifo", [], 80.0)]
+    canned["speed"] = FASTER_DAEMON
+    canned["daemon_step_s"] = [0.75e-4] * 4
+    result = p5_decode.run(quick=True)
+    by_name = {m.name: m for m in result.metrics}
+    row = by_name["rk3588: device step, slowest leg vs fastest"]
+    assert (row.value, row.baseline, row.met) == (100.0, 77.0, False)
+    assert by_name["unslowed, direct vs daemon: device step, slowest leg vs fastest"].met is False
+    assert by_name["decode tokens/s via daemon"].met is False
+    assert any("did not run at one device speed" in n for n in result.notes)
+
+
+def test_legs_at_one_device_speed_pass_the_check(canned: dict[str, Any]) -> None:
+    """Legs within the tolerance give met speed rows and no note about speeds."""
+    canned["policies"] = [_policy("npud", [], 50.0), _policy("fifo", [], 80.0)]
+    result = p5_decode.run(quick=True)
+    rows = [m for m in result.metrics if "device step" in m.name]
+    assert len(rows) == 2
+    assert all(m.met for m in rows)
+    assert not any("device speed" in n for n in result.notes)
