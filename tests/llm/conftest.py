@@ -4,10 +4,6 @@ daemon per test module."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 
 from npud.llm.model import Model, load_model
 from npud.llm.tiny import make_tiny
+from tests.daemon.harness import spawn_npud
 from tests.llm.reference import ReferenceLlama
 
 
@@ -38,34 +35,21 @@ def reference(tiny_dir: Path) -> ReferenceLlama:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A daemon serving a simulated NPU on a private socket; yields the socket path."""
-    tmp = tmp_path_factory.mktemp("npud")
-    socket = tmp / "npud.sock"
-    log = (tmp / "npud.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "npud.daemon.main", "--socket", str(socket), "--device", "sim"],
-        # the real model's steps ask for 120 s watchdogs: this operator raises the ceilings
-        env=dict(
-            os.environ,
-            NPUD_STATE_DIR=str(tmp / "state"),
-            NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S="120",
-            NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S="120",
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    """A daemon serving a simulated NPU on a private socket; yields the socket path once the
+    daemon has said READY=1 (its gRPC socket exists before its identity socket does, so the
+    socket file alone is not readiness: on a slow CPU a client came in between)."""
+    # the environment is kept (an operator's NPUD_* settings, e.g. a slow board's watchdog
+    # scale, reach this daemon); the real model's steps ask for 120 s watchdogs, so this
+    # operator raises the ceilings
+    env = dict(
+        os.environ,
+        NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S="120",
+        NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S="120",
     )
+    proc = spawn_npud(tmp_path_factory.mktemp("npud"), env)
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            assert proc.poll() is None, (tmp / "npud.log").read_text()
-            assert time.monotonic() < deadline, "npud did not bind its socket in 30 s"
-            time.sleep(0.05)
-        yield socket
+        # generous: the daemon's start is seconds on a host, a minute under emulation
+        proc.wait_ready(timeout=300)
+        yield proc.socket
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop(timeout=60)
