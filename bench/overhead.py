@@ -150,9 +150,10 @@ async def _npud_runner(stack: contextlib.AsyncExitStack, path: str) -> Once:
 
 
 async def _device_runner(stack: contextlib.AsyncExitStack) -> Once:
-    from npud.devices.base import MemoryTier, Submission, submit_and_wait
+    from npud.devices.base import Submission, submit_and_wait
     from npud.devices.sim import SimDevice
     from npud.isa import Program
+    from npud.vocab import MemoryTier
 
     null = Program().encode()
     dev = SimDevice(mode="process", name="overhead-direct")
@@ -175,13 +176,12 @@ async def _device_runner(stack: contextlib.AsyncExitStack) -> Once:
 
 async def _core_runner(stack: contextlib.AsyncExitStack) -> Once:
     from npud.clock import MonotonicClock
-    from npud.core.buffers import Usage
-    from npud.core.job import Job, JobState
+    from npud.core.job import Job
     from npud.core.owner import Owner
-    from npud.core.policy import SchedClass
     from npud.core.service import Core, JobSpec
     from npud.devices.sim import SimDevice
     from npud.isa import Program
+    from npud.vocab import BufferUsage, JobState, SchedulingClass
 
     null = Program().encode()
     loop = asyncio.get_running_loop()
@@ -193,11 +193,11 @@ async def _core_runner(stack: contextlib.AsyncExitStack) -> Once:
     me = Owner(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), name="bench")
     ctx = core.create_context(me, label="overhead")
     stack.callback(core.destroy_context, me, ctx.id, grace_s=0.0)
-    q = core.create_queue(me, ctx.id, sched_class=SchedClass.LATENCY)
+    q = core.create_queue(me, ctx.id, sched_class=SchedulingClass.LATENCY)
 
     async def once() -> None:
         # what the SubmitStream servicer does for one inline job, without gRPC
-        cmd = core.create_buffer(me, ctx.id, len(null), usage=Usage.COMMAND, recycle=True)
+        cmd = core.create_buffer(me, ctx.id, len(null), usage=BufferUsage.COMMAND, recycle=True)
         core.write_buffer(me, ctx.id, cmd.id, 0, null)
         [job] = core.submit(me, ctx.id, [JobSpec(q.id, cmd.id, kind="null")])
         done: asyncio.Future[Job] = loop.create_future()

@@ -92,9 +92,10 @@ async def _measure(
     import npud.client.aio
     from npud.client import BufferUsage, CommandRef, JobSpec, SchedulingClass
     from npud.client import requests as rq
-    from npud.devices.base import CompletionStatus, MemoryTier, Submission, submit_and_wait
+    from npud.devices.base import CompletionStatus, Submission, submit_and_wait
     from npud.devices.sim import SimDevice
     from npud.isa.program import Program
+    from npud.vocab import MemoryTier
 
     null = Program().encode()
     warm = max(10, per_round // 5)

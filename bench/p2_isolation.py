@@ -34,15 +34,15 @@ async def _one_policy(
     policy: str, *, flood_s: float, depth: int, duration_s: float, seed: int
 ) -> dict[str, Any]:
     from npud.clock import MonotonicClock
-    from npud.core.buffers import Usage
     from npud.core.context import ContextQuotas
-    from npud.core.job import Job, JobState
+    from npud.core.job import Job
     from npud.core.owner import Owner
-    from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+    from npud.core.policy import PolicyKind, SchedulerPolicy
     from npud.core.service import Core, JobSpec
     from npud.devices.sim import SimDevice
     from npud.errors import TimeSliceExceeded
     from npud.isa.program import Program
+    from npud.vocab import BufferUsage, JobState, SchedulingClass
 
     loop = asyncio.get_running_loop()
     clock = MonotonicClock(loop)
@@ -55,7 +55,7 @@ async def _one_policy(
     stopping = False
     failures: list[str] = []
 
-    def setup(sched_class: SchedClass, seconds: float, label: str) -> tuple[Any, JobSpec]:
+    def setup(sched_class: SchedulingClass, seconds: float, label: str) -> tuple[Any, JobSpec]:
         ctx = core.create_context(
             owner, quotas=ContextQuotas(max_queued_jobs=depth + 64), label=label
         )
@@ -63,12 +63,14 @@ async def _one_policy(
             owner, ctx.id, sched_class=sched_class, in_order=False, depth_limit=depth + 64
         )
         blob = Program().burn(seconds).encode()
-        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=Usage.COMMAND)
+        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=BufferUsage.COMMAND)
         core.write_buffer(owner, ctx.id, cmd.id, 0, blob)
         return ctx.id, JobSpec(q.id, cmd.id, kind=label, estimate_s=seconds)
 
-    floods = [setup(SchedClass.THROUGHPUT, flood_s, f"flood{i}") for i in range(FLOOD_CONTEXTS)]
-    probe_ctx, probe_spec = setup(SchedClass.LATENCY, PROBE_RUN_S, "probe")
+    floods = [
+        setup(SchedulingClass.THROUGHPUT, flood_s, f"flood{i}") for i in range(FLOOD_CONTEXTS)
+    ]
+    probe_ctx, probe_spec = setup(SchedulingClass.LATENCY, PROBE_RUN_S, "probe")
     flood_done = 0
     flood_runs: list[float] = []
     refused: list[str] = []

@@ -43,13 +43,12 @@ def _rss_mb() -> float:
 def _batch(contexts: int, per_ctx: int, batch: int) -> dict[str, Any]:
     """The batch-submit part (runs in its own process): rate and RSS."""
     from npud.clock import VirtualClock
-    from npud.core.buffers import Usage
     from npud.core.context import ContextQuotas
     from npud.core.owner import Owner
-    from npud.core.policy import SchedClass
     from npud.core.service import Core, CoreLimits, JobSpec
     from npud.devices.sim import SimDevice
     from npud.isa.program import Program
+    from npud.vocab import BufferUsage, SchedulingClass
 
     clock = VirtualClock()
     device = SimDevice("rk3588", clock=clock, mode="virtual")
@@ -67,11 +66,11 @@ def _batch(contexts: int, per_ctx: int, batch: int) -> dict[str, Any]:
         q = core.create_queue(
             owner,
             ctx.id,
-            sched_class=SchedClass.THROUGHPUT,
+            sched_class=SchedulingClass.THROUGHPUT,
             in_order=False,
             depth_limit=per_ctx + 1,
         )
-        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=Usage.COMMAND)
+        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=BufferUsage.COMMAND)
         core.write_buffer(owner, ctx.id, cmd.id, 0, blob)
         setups.append((ctx.id, [JobSpec(q.id, cmd.id, kind="burn")] * batch))
     rss_before = _rss_mb()

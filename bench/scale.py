@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Usage
 from npud.core.context import ContextQuotas
 from npud.core.owner import Owner
-from npud.core.policy import SchedClass
 from npud.core.scheduler import Scheduler
 from npud.core.service import Core, CoreLimits, JobSpec
 from npud.devices.sim import SimDevice
 from npud.isa.program import Program
+from npud.vocab import BufferUsage, SchedulingClass
 
 DECISION_ROUNDS = 20_000
 """Decisions timed per round at most (fewer when fewer jobs are READY)."""
@@ -66,11 +65,11 @@ def main() -> None:
         queue = core.create_queue(
             owner,
             ctx.id,
-            sched_class=SchedClass.BACKGROUND if i % 10 == 0 else SchedClass.THROUGHPUT,
+            sched_class=SchedulingClass.BACKGROUND if i % 10 == 0 else SchedulingClass.THROUGHPUT,
             in_order=False,
             depth_limit=per_ctx + 1,
         )
-        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=Usage.COMMAND)
+        cmd = core.create_buffer(owner, ctx.id, len(blob), usage=BufferUsage.COMMAND)
         core.write_buffer(owner, ctx.id, cmd.id, 0, blob)
         setups.append((ctx.id, JobSpec(queue.id, cmd.id, kind="burn")))
     setup_s = time.perf_counter() - t0
@@ -123,7 +122,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(rounds):
             eligible(False)
-            cls, _by_share = choose([SchedClass.THROUGHPUT, SchedClass.BACKGROUND])
+            cls, _by_share = choose([SchedulingClass.THROUGHPUT, SchedulingClass.BACKGROUND])
             assert cls is not None
             job = pop(cls)
             assert job is not None

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.results import percentile
-from npud.devices.base import Binding, BufferUse, Completion, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.sim import SimDevice
 from npud.isa import DType, Program, T
+from npud.vocab import MemoryTier
 
 D = 1024  # the decode job's width
 PM, PK = 256, 2048  # the prefill chunk: [PM, PK] x [PK, PK], four times

@@ -30,10 +30,10 @@ from typing import Any, Protocol, runtime_checkable
 from npud.api.convert import device_to_wire
 from npud.api.state import ApiState, Caller
 from npud.api.status import unary
-from npud.devices.base import DeviceHealth, MemoryTier
 from npud.errors import DeviceLost, FailedPrecondition, InvalidArgument, PermissionDenied
 from npud.log import get_logger
 from npud.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from npud.vocab import DeviceHealth, MemoryTier
 
 MAX_FAULT_COUNT = 1024
 """Most allocations one OUT_OF_MEMORY injection may fail."""

@@ -15,10 +15,10 @@ from npud.api.convert import (
 )
 from npud.api.state import ApiState
 from npud.api.status import streaming, unary
-from npud.core.buffers import Persistence
 from npud.core.ids import BufferId, ContextId
 from npud.errors import InvalidArgument, PermissionDenied
 from npud.v1 import buffer_pb2, buffer_pb2_grpc
+from npud.vocab import Persistence
 
 
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):

@@ -13,9 +13,9 @@ from npud.api.status import streaming, unary
 from npud.core.context import ContextQuotas
 from npud.core.ids import ContextId
 from npud.core.limits import bounded
-from npud.core.policy import SchedClass
 from npud.errors import PermissionDenied
 from npud.v1 import context_pb2, context_pb2_grpc
+from npud.vocab import SchedulingClass
 
 
 class ContextServicer(context_pb2_grpc.ContextServiceServicer):
@@ -61,7 +61,7 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
                 why="0 means 1; the fair-share weights the daemon's policy allows",
             )
         default_class = class_from_wire(
-            request.default_class, "default_class", default=SchedClass.THROUGHPUT
+            request.default_class, "default_class", default=SchedulingClass.THROUGHPUT
         )
         assert default_class is not None
         ctx = state.core.create_context(

@@ -8,21 +8,22 @@ raises :class:`~npud.errors.InvalidArgument` naming the field and the value.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Mapping
+from typing import TypeVar
 
-from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
+from npud.core.buffers import Buffer
 from npud.core.context import Context
 from npud.core.distribution import Distribution
 from npud.core.events import DEVICE_ADDED, DeviceEvent
 from npud.core.events import ContextEvent as CoreContextEvent
-from npud.core.job import Job, JobError, JobInfo, JobState
+from npud.core.job import Job, JobError, JobInfo
 from npud.core.owner import Owner
-from npud.core.policy import SchedClass
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyStatistics
 from npud.core.service import Core, DeviceReport
-from npud.devices.base import BufferUse, Device, DeviceHealth, MemoryTier
+from npud.devices.base import BufferUse, Device
 from npud.errors import InvalidArgument
 from npud.v1 import (
     buffer_pb2,
@@ -32,127 +33,114 @@ from npud.v1 import (
     stats_pb2,
     types_pb2,
 )
+from npud.vocab import (
+    BufferUsage,
+    DeviceHealth,
+    JobState,
+    MemoryTier,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
+)
+from npud.vocab.wire import (
+    CLASS,
+    HEALTH,
+    PERSISTENCE,
+    PREFERENCE,
+    STATE,
+    TIER,
+    USAGE,
+    UnknownWireValue,
+    WireEnum,
+)
 
 from .status import STATUS_OF, code_number
 
-_CLASS_TO_WIRE = {
-    SchedClass.LATENCY: types_pb2.SCHEDULING_CLASS_LATENCY,
-    SchedClass.THROUGHPUT: types_pb2.SCHEDULING_CLASS_THROUGHPUT,
-    SchedClass.BACKGROUND: types_pb2.SCHEDULING_CLASS_BACKGROUND,
-}
-_CLASS_FROM_WIRE = {v: k for k, v in _CLASS_TO_WIRE.items()}
+_E = TypeVar("_E", bound=enum.Enum)
+_W = TypeVar("_W", bound=int)
 
-_STATE_TO_WIRE = {
-    JobState.QUEUED: types_pb2.JOB_STATE_QUEUED,
-    JobState.READY: types_pb2.JOB_STATE_READY,
-    JobState.RUNNING: types_pb2.JOB_STATE_RUNNING,
-    JobState.COMPLETED: types_pb2.JOB_STATE_COMPLETED,
-    JobState.FAILED: types_pb2.JOB_STATE_FAILED,
-    JobState.CANCELLED: types_pb2.JOB_STATE_CANCELLED,
-    JobState.TIMED_OUT: types_pb2.JOB_STATE_TIMED_OUT,
-    JobState.REJECTED: types_pb2.JOB_STATE_REJECTED,
-}
-_STATE_FROM_WIRE = {v: k for k, v in _STATE_TO_WIRE.items()}
-
-_TIER_TO_WIRE = {
-    MemoryTier.SRAM: types_pb2.MEMORY_TIER_SRAM,
-    MemoryTier.DRAM: types_pb2.MEMORY_TIER_DRAM,
-    MemoryTier.HOST: types_pb2.MEMORY_TIER_HOST,
-}
-_HEALTH_TO_WIRE = {
-    DeviceHealth.OK: types_pb2.DEVICE_HEALTH_OK,
-    DeviceHealth.RESETTING: types_pb2.DEVICE_HEALTH_RESETTING,
-    DeviceHealth.LOST: types_pb2.DEVICE_HEALTH_LOST,
-}
-_USAGE_TO_WIRE = {
-    Usage.WEIGHTS: types_pb2.BUFFER_USAGE_WEIGHTS,
-    Usage.STATE: types_pb2.BUFFER_USAGE_STATE,
-    Usage.SCRATCH: types_pb2.BUFFER_USAGE_SCRATCH,
-    Usage.COMMAND: types_pb2.BUFFER_USAGE_COMMAND,
-}
-_USAGE_FROM_WIRE = {v: k for k, v in _USAGE_TO_WIRE.items()}
-_PERSISTENCE_TO_WIRE = {
-    Persistence.EPHEMERAL: types_pb2.PERSISTENCE_EPHEMERAL,
-    Persistence.PERSISTENT: types_pb2.PERSISTENCE_PERSISTENT,
-}
-_PERSISTENCE_FROM_WIRE = {v: k for k, v in _PERSISTENCE_TO_WIRE.items()}
-_PREFERENCE_TO_WIRE = {
-    TierPreference.ANY: types_pb2.TIER_PREFERENCE_ANY,
-    TierPreference.SRAM: types_pb2.TIER_PREFERENCE_SRAM,
-    TierPreference.DRAM: types_pb2.TIER_PREFERENCE_DRAM,
-}
-_PREFERENCE_FROM_WIRE = {v: k for k, v in _PREFERENCE_TO_WIRE.items()}
-_ACCESS_FROM_WIRE = {
-    types_pb2.BUFFER_ACCESS_READ: BufferUse.READ,
-    types_pb2.BUFFER_ACCESS_WRITE: BufferUse.WRITE,
-    types_pb2.BUFFER_ACCESS_READ_WRITE: BufferUse.READWRITE,
-}
+# BufferUse is the device contract's flag (READWRITE is READ | WRITE), not a vocabulary enum:
+# its pairing with the wire's BufferAccess is spelled out here, where only the daemon needs it.
+ACCESS: WireEnum[BufferUse, types_pb2.BufferAccess.ValueType] = WireEnum.explicit(
+    types_pb2.BufferAccess,
+    {
+        BufferUse.READ: types_pb2.BUFFER_ACCESS_READ,
+        BufferUse.WRITE: types_pb2.BUFFER_ACCESS_WRITE,
+        BufferUse.READWRITE: types_pb2.BUFFER_ACCESS_READ_WRITE,
+    },
+    "BUFFER_ACCESS_",
+)
 
 
-def _bad_enum(field: str, value: int, enum_name: str) -> InvalidArgument:
-    return InvalidArgument(f"{field}: {value} is not a valid {enum_name}")
+def _required(converter: WireEnum[_E, _W], value: int, field: str) -> _E:
+    """The member ``value`` names; UNSPECIFIED and unknown numbers are the caller's mistake.
+
+    Raises:
+        InvalidArgument: UNSPECIFIED or a number the enum does not have, naming ``field``.
+    """
+    try:
+        member = converter.from_wire(value)
+    except UnknownWireValue:
+        member = None
+    if member is None:
+        raise InvalidArgument(f"{field}: {value} is not a valid {converter.name}")
+    return member
 
 
-def class_from_wire(value: int, field: str, *, default: SchedClass | None) -> SchedClass | None:
+def _defaulted(converter: WireEnum[_E, _W], value: int, field: str, default: _E) -> _E:
+    """The member ``value`` names, ``default`` for UNSPECIFIED.
+
+    Raises:
+        InvalidArgument: a number the enum does not have, naming ``field``.
+    """
+    try:
+        return converter.from_wire_or(value, default)
+    except UnknownWireValue as exc:
+        raise InvalidArgument(f"{field}: {exc}") from None
+
+
+def class_from_wire(
+    value: int, field: str, *, default: SchedulingClass | None
+) -> SchedulingClass | None:
     """A wire SchedulingClass (UNSPECIFIED -> ``default``).
 
     Raises:
         InvalidArgument: an unknown value.
     """
-    if value == types_pb2.SCHEDULING_CLASS_UNSPECIFIED:
+    if value == CLASS.unspecified:
         return default
-    try:
-        return _CLASS_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise _bad_enum(field, value, "SchedulingClass") from None
+    return _required(CLASS, value, field)
 
 
 def state_from_wire(value: int) -> JobState:
     """A wire JobState. Raises InvalidArgument for UNSPECIFIED or an unknown value."""
-    try:
-        return _STATE_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise _bad_enum("states", value, "JobState") from None
+    return _required(STATE, value, "states")
 
 
-def usage_from_wire(value: int) -> Usage:
+def usage_from_wire(value: int) -> BufferUsage:
     """A wire BufferUsage (UNSPECIFIED -> SCRATCH). Raises InvalidArgument."""
-    if value == types_pb2.BUFFER_USAGE_UNSPECIFIED:
-        return Usage.SCRATCH
-    try:
-        return _USAGE_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise _bad_enum("usage", value, "BufferUsage") from None
+    return _defaulted(USAGE, value, "usage", BufferUsage.SCRATCH)
 
 
 def persistence_from_wire(value: int) -> Persistence:
     """A wire Persistence (UNSPECIFIED -> EPHEMERAL). Raises InvalidArgument."""
-    if value == types_pb2.PERSISTENCE_UNSPECIFIED:
-        return Persistence.EPHEMERAL
-    try:
-        return _PERSISTENCE_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise _bad_enum("persistence", value, "Persistence") from None
+    return _defaulted(PERSISTENCE, value, "persistence", Persistence.EPHEMERAL)
 
 
 def preference_from_wire(value: int) -> TierPreference:
     """A wire TierPreference (UNSPECIFIED -> ANY). Raises InvalidArgument."""
-    if value == types_pb2.TIER_PREFERENCE_UNSPECIFIED:
-        return TierPreference.ANY
-    try:
-        return _PREFERENCE_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise _bad_enum("tier_preference", value, "TierPreference") from None
+    return _defaulted(PREFERENCE, value, "tier_preference", TierPreference.ANY)
 
 
 def access_from_wire(value: int, field: str) -> BufferUse:
     """A wire BufferAccess. Raises InvalidArgument for UNSPECIFIED or an unknown value."""
     try:
-        return _ACCESS_FROM_WIRE[value]  # type: ignore[index]
-    except KeyError:
-        raise InvalidArgument(
-            f"{field}: access must be READ, WRITE or READ_WRITE, got {value}"
-        ) from None
+        member = ACCESS.from_wire(value)
+    except UnknownWireValue:
+        member = None
+    if member is None:
+        raise InvalidArgument(f"{field}: access must be READ, WRITE or READ_WRITE, got {value}")
+    return member
 
 
 def owner_to_wire(owner: Owner, *, admin: bool) -> context_pb2.Owner:
@@ -177,7 +165,7 @@ def distribution_to_wire(d: Distribution) -> types_pb2.Distribution:
 def state_counts_to_wire(ended: Mapping[str, int]) -> list[types_pb2.StateCount]:
     """StateCount messages for a ``final state name -> count`` table, in state order."""
     return [
-        types_pb2.StateCount(state=_STATE_TO_WIRE[JobState(name)], count=count)
+        types_pb2.StateCount(state=STATE.to_wire(JobState(name)), count=count)
         for name, count in sorted(ended.items())
     ]
 
@@ -217,7 +205,7 @@ def device_to_wire(
         ],
         tiers=[
             device_pb2.TierMemory(
-                tier=_TIER_TO_WIRE[t.tier],
+                tier=TIER.to_wire(t.tier),
                 capacity_bytes=t.capacity_bytes,
                 used_bytes=used.get(t.tier, 0),
                 bandwidth_bytes_per_s=t.bandwidth_bytes_per_s or 0.0,
@@ -231,7 +219,7 @@ def device_to_wire(
         max_hw_contexts=caps.max_hw_contexts,
         has_preemption=caps.has_preemption,
         simulated=caps.simulated,
-        health=_HEALTH_TO_WIRE[health],
+        health=HEALTH.to_wire(health),
         node=node,
     )
 
@@ -245,7 +233,7 @@ def context_to_wire(core: Core, ctx: Context, *, admin: bool) -> context_pb2.Con
         context_id=stats.id,
         device=stats.device,
         owner=owner_to_wire(stats.owner, admin=admin),
-        default_class=_CLASS_TO_WIRE[stats.default_class],
+        default_class=CLASS.to_wire(stats.default_class),
         weight=stats.weight,
         quotas=context_pb2.Quotas(
             memory_bytes=quotas.memory_bytes or 0,
@@ -274,11 +262,11 @@ def buffer_to_wire(buf: Buffer, ctx_id: str) -> buffer_pb2.Buffer:
         buffer_id=buf.id,
         context_id=ctx_id,
         size=buf.size,
-        usage=_USAGE_TO_WIRE[buf.usage],
-        persistence=_PERSISTENCE_TO_WIRE[buf.persistence],
-        tier_preference=_PREFERENCE_TO_WIRE[buf.tier_preference],
+        usage=USAGE.to_wire(buf.usage),
+        persistence=PERSISTENCE.to_wire(buf.persistence),
+        tier_preference=PREFERENCE.to_wire(buf.tier_preference),
         key=buf.key or "",
-        resident_tier=types_pb2.MEMORY_TIER_UNSPECIFIED if tier is None else _TIER_TO_WIRE[tier],
+        resident_tier=TIER.to_wire(tier),
         pins=buf.pins,
         users=len(buf.users),
         valid=buf.valid,
@@ -292,7 +280,7 @@ def queue_to_wire(queue: Queue) -> job_pb2.Queue:
     return job_pb2.Queue(
         queue_id=s.id,
         context_id=s.context_id,
-        scheduling_class=_CLASS_TO_WIRE[s.sched_class],
+        scheduling_class=CLASS.to_wire(s.sched_class),
         priority=s.priority,
         depth_limit=s.depth_limit,
         in_order=s.in_order,
@@ -330,10 +318,10 @@ def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
         job_id=info.id,
         context_id=info.context_id,
         queue_id=info.queue_id,
-        state=_STATE_TO_WIRE[info.state],
+        state=STATE.to_wire(info.state),
         kind=info.kind,
         label=info.label,
-        scheduling_class=_CLASS_TO_WIRE[info.sched_class],
+        scheduling_class=CLASS.to_wire(info.sched_class),
         queue_wait_s=max(0.0, wait),
         run_s=max(0.0, run),
         engine=-1 if info.engine is None else info.engine,
@@ -343,7 +331,7 @@ def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
     # core's clock is monotonic; each transition is placed on the wall clock by its age now
     wall_now = time.time()
     for state, at in info.times:
-        entry = msg.transitions.add(state=_STATE_TO_WIRE[state])
+        entry = msg.transitions.add(state=STATE.to_wire(state))
         entry.time.FromNanoseconds(round((wall_now - (now - at)) * 1e9))
     if info.completion is not None:
         msg.modelled_s = info.completion.modelled_s
@@ -372,7 +360,7 @@ def residency_to_wire(res: ResidencyStatistics) -> stats_pb2.ResidencyStats:
         spilled_bytes=sum(res.spilled_bytes.values()),
         restored_bytes=sum(res.restored_bytes.values()),
         uploaded_bytes=sum(res.uploaded_bytes.values()),
-        uploaded_weight_bytes=by_usage.get(Usage.WEIGHTS, 0),
+        uploaded_weight_bytes=by_usage.get(BufferUsage.WEIGHTS, 0),
         attaches=res.attaches,
         hits=res.hits,
         misses=res.misses,
@@ -390,7 +378,7 @@ def residency_to_wire(res: ResidencyStatistics) -> stats_pb2.ResidencyStats:
         recycled=res.recycled,
         traffic=[
             stats_pb2.TierTraffic(
-                tier=_TIER_TO_WIRE[tier],
+                tier=TIER.to_wire(tier),
                 uploaded_bytes=res.uploaded_bytes.get(tier, 0),
                 spilled_bytes=res.spilled_bytes.get(tier, 0),
                 restored_bytes=res.restored_bytes.get(tier, 0),
@@ -399,8 +387,8 @@ def residency_to_wire(res: ResidencyStatistics) -> stats_pb2.ResidencyStats:
             for tier in tiers
         ],
         uploaded_by_usage=[
-            stats_pb2.UsageBytes(usage=_USAGE_TO_WIRE[usage], bytes=by_usage.get(usage, 0))
-            for usage in _USAGE_TO_WIRE
+            stats_pb2.UsageBytes(usage=USAGE.to_wire(usage), bytes=by_usage.get(usage, 0))
+            for usage in USAGE.members()
         ],
     )
 
@@ -414,13 +402,13 @@ def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb
     return stats_pb2.DeviceStats(
         device=report.name,
         simulated=caps.simulated,
-        health=_HEALTH_TO_WIRE[health],
+        health=HEALTH.to_wire(health),
         policy=str(sched.policy),
         contexts=report.contexts,
         queues=report.queues,
         classes=[
             stats_pb2.ClassStats(
-                scheduling_class=_CLASS_TO_WIRE[c.sched_class],
+                scheduling_class=CLASS.to_wire(c.sched_class),
                 queued=c.queued + c.ready,
                 running=c.running,
                 wait=distribution_to_wire(c.queue_wait),
@@ -439,7 +427,7 @@ def device_stats_to_wire(report: DeviceReport, health: DeviceHealth) -> stats_pb
         ],
         memory=[
             device_pb2.TierMemory(
-                tier=_TIER_TO_WIRE[t.tier],
+                tier=TIER.to_wire(t.tier),
                 capacity_bytes=t.capacity_bytes,
                 used_bytes=t.used_bytes,
                 bandwidth_bytes_per_s=caps.tier(t.tier).bandwidth_bytes_per_s or 0.0,

@@ -31,15 +31,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import grpc
 
 from npud.core.owner import Owner
 from npud.errors import Unauthenticated
-
-TOKEN_KEY: Final = "npud-token"  # noqa: S105 - a metadata key, not a secret
-"""The call metadata key that carries the session token."""
+from npud.vocab import TOKEN_KEY
 
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 

@@ -32,15 +32,14 @@ from npud.api.convert import (
 )
 from npud.api.state import ApiState, Caller, EventFeed
 from npud.api.status import code_number, kind_of, message_of, status_of, streaming, unary
-from npud.core.buffers import Usage
 from npud.core.events import JobEvent
 from npud.core.ids import BufferId, ContextId, JobId, QueueId
-from npud.core.job import Job, JobState
+from npud.core.job import Job
 from npud.core.limits import Limits, bounded
-from npud.core.policy import SchedClass
 from npud.core.service import JobSpec
 from npud.errors import InvalidArgument, NotFound, NpudError, PermissionDenied
 from npud.v1 import job_pb2, job_pb2_grpc, types_pb2
+from npud.vocab import BufferUsage, JobState, SchedulingClass
 
 
 def _error_info(exc: BaseException) -> types_pb2.ErrorInfo:
@@ -114,7 +113,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         core = self._state.core
         where = f"jobs[{index}]"
         bounds = core.limits.bounds
-        ceiling = max(bounds.timeout_ceiling(c) for c in SchedClass)
+        ceiling = max(bounds.timeout_ceiling(c) for c in SchedulingClass)
         bounded(f"{where}.deadline_s", msg.deadline_s, high=bounds.max_deadline_s, why=_ZERO)
         bounded(f"{where}.timeout_s", msg.timeout_s, high=ceiling, why=_ZERO)
         bounded(f"{where}.estimate_s", msg.estimate_s, high=bounds.max_estimate_s, why=_ZERO)
@@ -129,7 +128,11 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             if not msg.command_inline:
                 raise InvalidArgument(f"{where}: command_inline is empty")
             buf = core.create_buffer(
-                caller.owner, ctx_id, len(msg.command_inline), usage=Usage.COMMAND, recycle=True
+                caller.owner,
+                ctx_id,
+                len(msg.command_inline),
+                usage=BufferUsage.COMMAND,
+                recycle=True,
             )
             inline.append(buf.id)
             core.write_buffer(caller.owner, ctx_id, buf.id, 0, msg.command_inline)

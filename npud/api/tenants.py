@@ -35,7 +35,6 @@ from typing import Any, Final
 from npud.api.state import ApiState, Caller
 from npud.api.status import unary
 from npud.core.owner import SYSTEM, Owner, TenantQuota
-from npud.devices.base import MemoryTier
 from npud.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -46,6 +45,7 @@ from npud.errors import (
     Unauthenticated,
 )
 from npud.v1 import tenant_pb2, tenant_pb2_grpc
+from npud.vocab import MemoryTier
 
 NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 """What a tenant name may be: short, printable, safe in a file name and a metric label."""

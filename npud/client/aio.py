@@ -29,10 +29,9 @@ import grpc.aio
 from npud.client import requests as rq
 from npud.client.client import CHANNEL_OPTIONS, channel_target
 from npud.client.errors import from_rpc_error
-from npud.client.identity import TOKEN_KEY, Identity, handshake_async, tenant_credential
+from npud.client.identity import Identity, handshake_async, tenant_credential
 from npud.client.types import (
     Buffer,
-    BufferUsage,
     Context,
     Device,
     DeviceEvent,
@@ -40,15 +39,11 @@ from npud.client.types import (
     Job,
     JobResult,
     JobSpec,
-    JobState,
     Owner,
-    Persistence,
     Queue,
     Quotas,
     Readback,
-    SchedulingClass,
     Stats,
-    TierPreference,
     event_from_wire,
     id_of,
     job_result_from_wire,
@@ -70,6 +65,14 @@ from npud.v1 import (
     system_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
+)
+from npud.vocab import (
+    TOKEN_KEY,
+    BufferUsage,
+    JobState,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
 )
 
 T = TypeVar("T")

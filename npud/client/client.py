@@ -38,10 +38,9 @@ import grpc
 
 from npud.client import requests as rq
 from npud.client.errors import from_rpc_error
-from npud.client.identity import TOKEN_KEY, Identity, handshake, tenant_credential
+from npud.client.identity import Identity, handshake, tenant_credential
 from npud.client.types import (
     Buffer,
-    BufferUsage,
     Context,
     Device,
     DeviceEvent,
@@ -49,15 +48,11 @@ from npud.client.types import (
     Job,
     JobResult,
     JobSpec,
-    JobState,
     Owner,
-    Persistence,
     Queue,
     Quotas,
     Readback,
-    SchedulingClass,
     Stats,
-    TierPreference,
     event_from_wire,
     id_of,
     job_result_from_wire,
@@ -79,6 +74,14 @@ from npud.v1 import (
     system_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
+)
+from npud.vocab import (
+    TOKEN_KEY,
+    BufferUsage,
+    JobState,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
 )
 
 T = TypeVar("T")

@@ -24,7 +24,6 @@ from typing import Final
 from npud.config import identity_socket_for
 from npud.errors import Unauthenticated, Unavailable
 
-TOKEN_KEY: Final = "npud-token"  # noqa: S105 - a metadata key, not a secret
 TENANT_CREDENTIAL_ENV: Final = "NPUD_TENANT_CREDENTIAL"
 TENANT_FILE_ENV: Final = "NPUD_TENANT_FILE"
 _MAX_REPLY: Final = 4096

@@ -11,25 +11,17 @@ from typing import Final
 
 from npud.client.types import (
     Buffer,
-    BufferUsage,
     Context,
     Job,
     JobSpec,
-    JobState,
-    Persistence,
     Queue,
     Quotas,
     Readback,
-    SchedulingClass,
-    TierPreference,
-    class_to_wire,
     id_of,
-    persistence_to_wire,
-    state_to_wire,
-    tier_preference_to_wire,
-    usage_to_wire,
 )
 from npud.v1 import buffer_pb2, context_pb2, job_pb2
+from npud.vocab import BufferUsage, JobState, Persistence, SchedulingClass, TierPreference
+from npud.vocab.wire import CLASS, PERSISTENCE, PREFERENCE, STATE, USAGE
 
 CHUNK_SIZE: Final = 1 << 20
 """Bytes per WriteBuffer chunk (well under grpc's 4 MiB default message limit)."""
@@ -38,6 +30,15 @@ ContextRef = str | Context
 BufferRef = str | Buffer
 QueueRef = str | Queue
 JobRef = str | Job
+
+
+def _class(value: SchedulingClass | None) -> SchedulingClass | None:
+    """A class from a member or its name ("latency"); None stays None (the daemon's default).
+
+    Raises:
+        ValueError: a string that names no class.
+    """
+    return None if value is None else SchedulingClass(value)
 
 
 def create_context(
@@ -50,7 +51,7 @@ def create_context(
     """CreateContextRequest."""
     return context_pb2.CreateContextRequest(
         device=device,
-        default_class=class_to_wire(default_class),
+        default_class=CLASS.to_wire(_class(default_class)),
         weight=weight,
         quotas=(quotas or Quotas()).to_wire(),
         label=label,
@@ -70,9 +71,9 @@ def create_buffer(
     return buffer_pb2.CreateBufferRequest(
         context_id=id_of(ctx),
         size=size,
-        usage=usage_to_wire(usage),
-        persistence=persistence_to_wire(persistence),
-        tier_preference=tier_preference_to_wire(tier),
+        usage=USAGE.to_wire(BufferUsage(usage)),
+        persistence=PERSISTENCE.to_wire(Persistence(persistence)),
+        tier_preference=PREFERENCE.to_wire(TierPreference(tier)),
         key=key,
     )
 
@@ -118,7 +119,7 @@ def create_queue(
     """CreateQueueRequest."""
     return job_pb2.CreateQueueRequest(
         context_id=id_of(ctx),
-        scheduling_class=class_to_wire(scheduling_class),
+        scheduling_class=CLASS.to_wire(_class(scheduling_class)),
         priority=priority,
         depth_limit=depth_limit,
         out_of_order=not in_order,
@@ -158,7 +159,7 @@ def list_jobs(
     return job_pb2.ListJobsRequest(
         context_id=context_or_all(ctx),
         queue_id="" if queue is None else id_of(queue),
-        states=[state_to_wire(s) for s in states],
+        states=[STATE.to_wire(JobState(s)) for s in states],
         all=all_owners,
     )
 

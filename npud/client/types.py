@@ -9,11 +9,9 @@ proto field names, so ``npuctl -o json`` and these objects read alike. Durations
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from npud.v1 import (
     buffer_pb2,
@@ -23,64 +21,25 @@ from npud.v1 import (
     stats_pb2,
     types_pb2,
 )
-
-
-class SchedulingClass(enum.StrEnum):
-    """How a queue's jobs compete: LATENCY first, THROUGHPUT fair-shared, BACKGROUND when idle."""
-
-    LATENCY = "latency"
-    THROUGHPUT = "throughput"
-    BACKGROUND = "background"
-
-
-class JobState(enum.StrEnum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    READY = "ready"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    REJECTED = "rejected"
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the job has finished (one way or another)."""
-        return self not in (JobState.QUEUED, JobState.READY, JobState.RUNNING)
-
-
-class MemoryTier(enum.StrEnum):
-    """Where device memory lives."""
-
-    SRAM = "sram"
-    DRAM = "dram"
-    HOST = "host"
-
-
-class TierPreference(enum.StrEnum):
-    """Where a client would like a buffer placed."""
-
-    ANY = "any"
-    SRAM = "sram"
-    DRAM = "dram"
-
-
-class BufferUsage(enum.StrEnum):
-    """What a buffer holds (decides what eviction does with its contents)."""
-
-    WEIGHTS = "weights"
-    STATE = "state"
-    SCRATCH = "scratch"
-    COMMAND = "command"
-
-
-class Persistence(enum.StrEnum):
-    """How long a buffer lives."""
-
-    EPHEMERAL = "ephemeral"
-    PERSISTENT = "persistent"
+from npud.vocab import (
+    BufferUsage,
+    DeviceHealth,
+    JobState,
+    MemoryTier,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
+)
+from npud.vocab.wire import (
+    CLASS,
+    HEALTH,
+    PERSISTENCE,
+    PREFERENCE,
+    STATE,
+    TIER,
+    USAGE,
+    WireEnum,
+)
 
 
 class Access(enum.StrEnum):
@@ -91,78 +50,9 @@ class Access(enum.StrEnum):
     READ_WRITE = "read_write"
 
 
-class DeviceHealth(enum.StrEnum):
-    """A device's overall state."""
-
-    OK = "ok"
-    RESETTING = "resetting"
-    LOST = "lost"
-
-
-E = TypeVar("E", bound=enum.Enum)
-
-
-def _from_wire(enum_type: type[E], prefix: str, name: str) -> E | None:
-    """``SCHEDULING_CLASS_LATENCY`` -> ``SchedulingClass.LATENCY`` (None for UNSPECIFIED)."""
-    short = name.removeprefix(prefix)
-    return enum_type.__members__.get(short)
-
-
-@functools.cache  # a handful of values; the decode loop converts every step
-def class_from_wire(value: types_pb2.SchedulingClass.ValueType) -> SchedulingClass | None:
-    """The client enum for a wire SchedulingClass (None when unspecified)."""
-    return _from_wire(SchedulingClass, "SCHEDULING_CLASS_", types_pb2.SchedulingClass.Name(value))
-
-
-@functools.cache  # a handful of values; the decode loop converts every step
-def class_to_wire(value: SchedulingClass | None) -> types_pb2.SchedulingClass.ValueType:
-    """The wire value of a SchedulingClass or its name (UNSPECIFIED for None).
-
-    Raises:
-        ValueError: a string that names no class.
-    """
-    if value is None:
-        return types_pb2.SCHEDULING_CLASS_UNSPECIFIED
-    return types_pb2.SchedulingClass.Value(f"SCHEDULING_CLASS_{SchedulingClass(value).name}")
-
-
-@functools.cache  # a handful of values; the decode loop converts every step
-def state_from_wire(value: types_pb2.JobState.ValueType) -> JobState:
-    """The client enum for a wire JobState."""
-    state = _from_wire(JobState, "JOB_STATE_", types_pb2.JobState.Name(value))
-    return JobState.QUEUED if state is None else state
-
-
-@functools.cache  # a handful of values; the decode loop converts every step
-def state_to_wire(value: JobState) -> types_pb2.JobState.ValueType:
-    """The wire value of a JobState."""
-    return types_pb2.JobState.Value(f"JOB_STATE_{value.name}")
-
-
-def tier_from_wire(value: types_pb2.MemoryTier.ValueType) -> MemoryTier | None:
-    """The client enum for a wire MemoryTier (None when unspecified / not resident)."""
-    return _from_wire(MemoryTier, "MEMORY_TIER_", types_pb2.MemoryTier.Name(value))
-
-
-def usage_to_wire(value: BufferUsage) -> types_pb2.BufferUsage.ValueType:
-    """The wire value of a BufferUsage."""
-    return types_pb2.BufferUsage.Value(f"BUFFER_USAGE_{value.name}")
-
-
-def persistence_to_wire(value: Persistence) -> types_pb2.Persistence.ValueType:
-    """The wire value of a Persistence."""
-    return types_pb2.Persistence.Value(f"PERSISTENCE_{value.name}")
-
-
-def tier_preference_to_wire(value: TierPreference) -> types_pb2.TierPreference.ValueType:
-    """The wire value of a TierPreference."""
-    return types_pb2.TierPreference.Value(f"TIER_PREFERENCE_{value.name}")
-
-
-@functools.cache  # a handful of values; the decode loop converts every step
-def access_to_wire(value: Access) -> types_pb2.BufferAccess.ValueType:
-    """The wire value of an Access."""
-    return types_pb2.BufferAccess.Value(f"BUFFER_ACCESS_{value.name}")
+ACCESS: WireEnum[Access, types_pb2.BufferAccess.ValueType] = WireEnum.pair(
+    Access, types_pb2.BufferAccess, "BUFFER_ACCESS_"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +71,18 @@ class Distribution:
         return cls(msg.count, msg.p50_s, msg.p99_s, msg.mean_s, msg.max_s)
 
 
+def _state(value: int) -> JobState:
+    """A wire JobState; a daemon never sends UNSPECIFIED, and a job it names is at least QUEUED.
+
+    Raises:
+        UnknownWireValue: a state this client does not know (a newer daemon).
+    """
+    return STATE.from_wire_or(value, JobState.QUEUED)
+
+
 def state_counts_from_wire(counts: Iterable[types_pb2.StateCount]) -> dict[JobState, int]:
     """A ``final state -> jobs`` table from StateCount messages."""
-    return {state_from_wire(c.state): c.count for c in counts}
+    return {_state(c.state): c.count for c in counts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,23 +119,20 @@ class TierMemory:
     budget_bytes: int = 0  # what npud lets itself hold there (default: the capacity)
 
 
-def _engines(items: object) -> tuple[Engine, ...]:
-    return tuple(
-        Engine(e.index, e.name, e.utilisation)
-        for e in items  # type: ignore[attr-defined]
-    )
+def _engines(items: Iterable[device_pb2.Engine]) -> tuple[Engine, ...]:
+    return tuple(Engine(e.index, e.name, e.utilisation) for e in items)
 
 
-def _tiers(items: object) -> tuple[TierMemory, ...]:
+def _tiers(items: Iterable[device_pb2.TierMemory]) -> tuple[TierMemory, ...]:
     return tuple(
         TierMemory(
-            tier_from_wire(t.tier),
+            TIER.from_wire(t.tier),
             t.capacity_bytes,
             t.used_bytes,
             t.bandwidth_bytes_per_s,
             t.budget_bytes,
         )
-        for t in items  # type: ignore[attr-defined]
+        for t in items
     )
 
 
@@ -277,9 +173,7 @@ class Device:
             max_hw_contexts=msg.max_hw_contexts,
             has_preemption=msg.has_preemption,
             simulated=msg.simulated,
-            health=_from_wire(
-                DeviceHealth, "DEVICE_HEALTH_", types_pb2.DeviceHealth.Name(msg.health)
-            ),
+            health=HEALTH.from_wire(msg.health),
             node=msg.node,
         )
 
@@ -348,7 +242,7 @@ class Context:
             context_id=msg.context_id,
             device=msg.device,
             owner=Owner.from_wire(msg.owner),
-            default_class=class_from_wire(msg.default_class),
+            default_class=CLASS.from_wire(msg.default_class),
             weight=msg.weight,
             quotas=Quotas(
                 msg.quotas.memory_bytes, msg.quotas.max_queued_jobs, msg.quotas.max_queues
@@ -392,17 +286,11 @@ class Buffer:
             buffer_id=msg.buffer_id,
             context_id=msg.context_id,
             size=msg.size,
-            usage=_from_wire(BufferUsage, "BUFFER_USAGE_", types_pb2.BufferUsage.Name(msg.usage)),
-            persistence=_from_wire(
-                Persistence, "PERSISTENCE_", types_pb2.Persistence.Name(msg.persistence)
-            ),
-            tier_preference=_from_wire(
-                TierPreference,
-                "TIER_PREFERENCE_",
-                types_pb2.TierPreference.Name(msg.tier_preference),
-            ),
+            usage=USAGE.from_wire(msg.usage),
+            persistence=PERSISTENCE.from_wire(msg.persistence),
+            tier_preference=PREFERENCE.from_wire(msg.tier_preference),
             key=msg.key,
-            resident_tier=tier_from_wire(msg.resident_tier),
+            resident_tier=TIER.from_wire(msg.resident_tier),
             pins=msg.pins,
             users=msg.users,
             valid=msg.valid,
@@ -433,7 +321,7 @@ class Queue:
         return cls(
             queue_id=msg.queue_id,
             context_id=msg.context_id,
-            scheduling_class=class_from_wire(msg.scheduling_class),
+            scheduling_class=CLASS.from_wire(msg.scheduling_class),
             priority=msg.priority,
             depth_limit=msg.depth_limit,
             in_order=msg.in_order,
@@ -488,10 +376,10 @@ class Job:
             job_id=msg.job_id,
             context_id=msg.context_id,
             queue_id=msg.queue_id,
-            state=state_from_wire(msg.state),
+            state=_state(msg.state),
             kind=msg.kind,
             label=msg.label,
-            scheduling_class=class_from_wire(msg.scheduling_class),
+            scheduling_class=CLASS.from_wire(msg.scheduling_class),
             error=JobError.from_wire(msg.error) if msg.HasField("error") else None,
             queue_wait_s=msg.queue_wait_s,
             run_s=msg.run_s,
@@ -502,7 +390,7 @@ class Job:
             age_s=msg.age_s,
             context_label=msg.context_label,
             transitions=tuple(
-                (state_from_wire(t.state), t.time.ToDatetime(tzinfo=UTC)) for t in msg.transitions
+                (_state(t.state), t.time.ToDatetime(tzinfo=UTC)) for t in msg.transitions
             ),
         )
 
@@ -516,7 +404,7 @@ class Bind:
 
     def to_wire(self) -> job_pb2.Binding:
         """The wire message."""
-        return job_pb2.Binding(buffer_id=_id(self.buffer), access=access_to_wire(self.access))
+        return job_pb2.Binding(buffer_id=_id(self.buffer), access=ACCESS.to_wire(self.access))
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,9 +562,7 @@ class ResidencyStats:
         """Convert a wire ResidencyStats."""
         by_usage: dict[BufferUsage, int] = {}
         for entry in msg.uploaded_by_usage:
-            usage = _from_wire(
-                BufferUsage, "BUFFER_USAGE_", types_pb2.BufferUsage.Name(entry.usage)
-            )
+            usage = USAGE.from_wire(entry.usage)
             if usage is not None:
                 by_usage[usage] = entry.bytes
         return cls(
@@ -705,7 +591,7 @@ class ResidencyStats:
             recycled=msg.recycled,
             traffic=tuple(
                 TierTraffic(
-                    tier_from_wire(t.tier),
+                    TIER.from_wire(t.tier),
                     t.uploaded_bytes,
                     t.spilled_bytes,
                     t.restored_bytes,
@@ -746,15 +632,13 @@ class DeviceStats:
         return cls(
             device=msg.device,
             simulated=msg.simulated,
-            health=_from_wire(
-                DeviceHealth, "DEVICE_HEALTH_", types_pb2.DeviceHealth.Name(msg.health)
-            ),
+            health=HEALTH.from_wire(msg.health),
             policy=msg.policy,
             contexts=msg.contexts,
             queues=msg.queues,
             classes=tuple(
                 ClassStats(
-                    class_from_wire(c.scheduling_class),
+                    CLASS.from_wire(c.scheduling_class),
                     c.queued,
                     c.running,
                     Distribution.from_wire(c.wait),

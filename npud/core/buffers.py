@@ -16,23 +16,8 @@ import enum
 from dataclasses import dataclass, field
 
 from npud.core.ids import BufferId, ContextId
-from npud.devices.base import DeviceBuffer, MemoryTier
-
-
-class Persistence(enum.StrEnum):
-    """How long a buffer lives."""
-
-    EPHEMERAL = "ephemeral"
-    PERSISTENT = "persistent"
-
-
-class Usage(enum.StrEnum):
-    """What a buffer holds; decides what eviction does with its contents."""
-
-    WEIGHTS = "weights"  # read-mostly; may be dropped and reloaded from its backing copy
-    STATE = "state"  # e.g. a KV cache; spilled to host memory and restored bit-exact
-    SCRATCH = "scratch"  # contents need not survive eviction
-    COMMAND = "command"  # a command stream
+from npud.devices.base import DeviceBuffer
+from npud.vocab import BufferUsage, MemoryTier, Persistence, TierPreference
 
 
 class Location(enum.StrEnum):
@@ -42,14 +27,6 @@ class Location(enum.StrEnum):
     RESIDENT = "resident"  # in device memory (``Buffer.device`` says which tier)
     HOST = "host"  # spilled to (or staged in) host memory, restored bit-exact on next use
     BACKED = "backed"  # only the backing copy (a file in the state directory) holds it
-
-
-class TierPreference(enum.StrEnum):
-    """Where the client would like the buffer placed."""
-
-    ANY = "any"
-    SRAM = "sram"
-    DRAM = "dram"
 
 
 @dataclass(slots=True, eq=False)
@@ -65,7 +42,7 @@ class Buffer:
 
     id: BufferId
     size: int
-    usage: Usage
+    usage: BufferUsage
     persistence: Persistence
     tier_preference: TierPreference = TierPreference.ANY
     key: str | None = None

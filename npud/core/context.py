@@ -19,8 +19,8 @@ from npud.core.distribution import Distribution, RecentSamples
 from npud.core.ids import BufferId, ContextId, JobId, QueueId
 from npud.core.job import Job
 from npud.core.owner import Owner
-from npud.core.policy import SchedClass
 from npud.core.queue import Queue
+from npud.vocab import SchedulingClass
 
 
 class ContextState(enum.StrEnum):
@@ -49,7 +49,7 @@ class ContextStatistics:
     device: str
     label: str
     state: ContextState
-    default_class: SchedClass
+    default_class: SchedulingClass
     weight: float
     quotas: ContextQuotas
     created_at: float
@@ -72,7 +72,7 @@ class Context:
     owner: Owner
     device: str
     quotas: ContextQuotas = field(default_factory=ContextQuotas)
-    default_class: SchedClass = SchedClass.THROUGHPUT
+    default_class: SchedulingClass = SchedulingClass.THROUGHPUT
     weight: float = 1.0
     label: str = ""
     created_at: float = 0.0

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from npud.core.ids import ContextId, JobId, QueueId
-from npud.devices.base import DeviceHealth
+from npud.vocab import DeviceHealth
 
 _log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Change(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
-    """A job changed state (``state`` is the new :class:`~npud.core.job.JobState` value)."""
+    """A job changed state (``state`` is the new :class:`~npud.vocab.JobState` value)."""
 
     time: float
     device: str

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from npud.core.buffers import Buffer, Usage
+from npud.core.buffers import Buffer
+from npud.vocab import BufferUsage
 
 # Modelled costs of moving bytes (seconds per byte and per buffer). They rank buffers against
 # one another; only their ratios matter, so round public figures are enough: a memcpy between
@@ -55,11 +56,11 @@ def eviction_action(buffer: Buffer, *, backed: bool) -> str:
 
     ``backed`` says whether an up-to-date backing copy (a file in the state directory) exists.
     """
-    if not buffer.valid or buffer.usage is Usage.SCRATCH:
+    if not buffer.valid or buffer.usage is BufferUsage.SCRATCH:
         return EvictionAction.DROP
     if backed:
         return EvictionAction.DROP_BACKED
-    if not buffer.users and buffer.usage is not Usage.STATE:
+    if not buffer.users and buffer.usage is not BufferUsage.STATE:
         return EvictionAction.FORGET
     return EvictionAction.SPILL
 

@@ -25,7 +25,6 @@ on the core thread, after the terminal state is set.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,43 +33,14 @@ from typing import TYPE_CHECKING
 from npud.clock import TimerHandle
 from npud.core.buffers import Buffer
 from npud.core.ids import ContextId, JobId, QueueId
-from npud.core.policy import SchedClass
 from npud.devices.base import BufferUse, Completion, SubmitToken
 from npud.errors import NpudError
+from npud.vocab import JobState, SchedulingClass
 
 if TYPE_CHECKING:
     from npud.core.queue import Queue
 
 _log = logging.getLogger(__name__)
-
-
-class JobState(enum.StrEnum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    READY = "ready"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    REJECTED = "rejected"
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the job has ended (it never leaves a terminal state)."""
-        return self in TERMINAL_STATES
-
-
-TERMINAL_STATES = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMED_OUT,
-        JobState.REJECTED,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +67,7 @@ class JobInfo:
     id: JobId
     context_id: ContextId
     queue_id: QueueId
-    sched_class: SchedClass
+    sched_class: SchedulingClass
     kind: str
     label: str
     state: JobState
@@ -164,7 +134,7 @@ class Job:
     _buffers: tuple[Buffer, ...] | None = None
 
     @property
-    def sched_class(self) -> SchedClass:
+    def sched_class(self) -> SchedulingClass:
         """The scheduling class of the job's queue."""
         return self.queue.sched_class
 
@@ -176,7 +146,7 @@ class Job:
     @property
     def done(self) -> bool:
         """Whether the job has reached a terminal state."""
-        return self.state in TERMINAL_STATES
+        return self.state.terminal
 
     @property
     def submitted_at(self) -> float:

@@ -19,14 +19,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from npud.core.policy import SchedClass
 from npud.errors import InvalidArgument
+from npud.vocab import SchedulingClass
 
 
-def _default_timeout_ceilings() -> dict[SchedClass, float]:
+def _default_timeout_ceilings() -> dict[SchedulingClass, float]:
     # A job holds its engine until it ends or its watchdog fires, and no job is preempted, so
     # a class's ceiling is the longest one job of that class may keep an engine from everyone.
-    return {SchedClass.LATENCY: 10.0, SchedClass.THROUGHPUT: 60.0, SchedClass.BACKGROUND: 600.0}
+    return {
+        SchedulingClass.LATENCY: 10.0,
+        SchedulingClass.THROUGHPUT: 60.0,
+        SchedulingClass.BACKGROUND: 600.0,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,9 @@ class Limits:
         max_readback_bytes: bytes of all readbacks of one SubmitStream request together.
     """
 
-    timeout_ceilings: Mapping[SchedClass, float] = field(default_factory=_default_timeout_ceilings)
+    timeout_ceilings: Mapping[SchedulingClass, float] = field(
+        default_factory=_default_timeout_ceilings
+    )
     max_deadline_s: float = 3600.0
     max_estimate_s: float = 3600.0
     max_wait_s: float = 3600.0
@@ -68,7 +74,7 @@ class Limits:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InvalidArgument(f"limits.{name} must be a finite number > 0, got {value}")
-        for cls in SchedClass:
+        for cls in SchedulingClass:
             ceiling = self.timeout_ceiling(cls)
             if not (math.isfinite(ceiling) and ceiling > 0):
                 raise InvalidArgument(
@@ -95,7 +101,7 @@ class Limits:
                 f"limits.max_weight must be finite and >= 1, got {self.max_weight}"
             )
 
-    def timeout_ceiling(self, sched_class: SchedClass) -> float:
+    def timeout_ceiling(self, sched_class: SchedulingClass) -> float:
         """The longest timeout a job of ``sched_class`` may ask for."""
         return self.timeout_ceilings.get(sched_class, 60.0)
 

@@ -29,7 +29,8 @@ gets no SRAM placements and reports the tier empty.
 
 from __future__ import annotations
 
-from npud.core.buffers import Buffer, TierPreference, Usage
+from npud.core.buffers import Buffer
+from npud.vocab import BufferUsage, TierPreference
 
 MAX_SHARE = 2  # a STATE/SCRATCH candidate may use at most 1/MAX_SHARE of SRAM
 SMALL_SHARE = 8  # other buffers qualify at 1/SMALL_SHARE of SRAM ...
@@ -44,7 +45,7 @@ def wants_sram(buffer: Buffer, *, sram_budget: int, policy: bool) -> bool:
         return True
     if buffer.tier_preference is TierPreference.DRAM or not policy:
         return False
-    if buffer.usage in (Usage.STATE, Usage.SCRATCH):
+    if buffer.usage in (BufferUsage.STATE, BufferUsage.SCRATCH):
         return buffer.size * MAX_SHARE <= sram_budget
     return buffer.size * SMALL_SHARE <= sram_budget and buffer.binds >= HOT_BINDS
 
@@ -57,9 +58,9 @@ def sram_rank(buffer: Buffer) -> tuple[int, int]:
     """
     if buffer.tier_preference is TierPreference.SRAM:
         group = 0
-    elif buffer.usage is Usage.STATE:
+    elif buffer.usage is BufferUsage.STATE:
         group = 1
-    elif buffer.usage is Usage.SCRATCH:
+    elif buffer.usage is BufferUsage.SCRATCH:
         group = 2
     else:
         group = 3

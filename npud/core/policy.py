@@ -19,20 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from npud.errors import InvalidArgument
+from npud.vocab import SchedulingClass
 
-
-class SchedClass(enum.StrEnum):
-    """A queue's scheduling class."""
-
-    LATENCY = "latency"  # decode steps, interactive work: first, earliest deadline first
-    THROUGHPUT = "throughput"  # prefill chunks, batches: fair share between contexts
-    BACKGROUND = "background"  # anything that may wait: runs when nothing else is ready
-
-
-CLASS_ORDER: tuple[SchedClass, ...] = (
-    SchedClass.LATENCY,
-    SchedClass.THROUGHPUT,
-    SchedClass.BACKGROUND,
+CLASS_ORDER: tuple[SchedulingClass, ...] = (
+    SchedulingClass.LATENCY,
+    SchedulingClass.THROUGHPUT,
+    SchedulingClass.BACKGROUND,
 )
 
 
@@ -43,14 +35,22 @@ class PolicyKind(enum.StrEnum):
     FIFO = "fifo"
 
 
-def _default_min_share() -> dict[SchedClass, float]:
-    return {SchedClass.LATENCY: 0.0, SchedClass.THROUGHPUT: 0.10, SchedClass.BACKGROUND: 0.05}
+def _default_min_share() -> dict[SchedulingClass, float]:
+    return {
+        SchedulingClass.LATENCY: 0.0,
+        SchedulingClass.THROUGHPUT: 0.10,
+        SchedulingClass.BACKGROUND: 0.05,
+    }
 
 
-def _default_timeouts() -> dict[SchedClass, float]:
+def _default_timeouts() -> dict[SchedulingClass, float]:
     # Well before the kernels' own job timeouts (rocket 500 ms, amdxdna 16 s): npud's watchdog
     # must fire first so that npud, not the kernel, decides what happens to the other jobs.
-    return {SchedClass.LATENCY: 0.25, SchedClass.THROUGHPUT: 0.40, SchedClass.BACKGROUND: 0.40}
+    return {
+        SchedulingClass.LATENCY: 0.25,
+        SchedulingClass.THROUGHPUT: 0.40,
+        SchedulingClass.BACKGROUND: 0.40,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +83,14 @@ class SchedulerPolicy:
     """
 
     kind: PolicyKind = PolicyKind.NPUD
-    min_share: Mapping[SchedClass, float] = field(default_factory=_default_min_share)
+    min_share: Mapping[SchedulingClass, float] = field(default_factory=_default_min_share)
     share_window_s: float = 1.0
     latency_window_s: float = 0.5
     deep_credits: int = 4
     latency_credits: int = 2
     fifo_credits: int = 1 << 20
     time_slice_s: float | None = 0.1
-    timeouts: Mapping[SchedClass, float] = field(default_factory=_default_timeouts)
+    timeouts: Mapping[SchedulingClass, float] = field(default_factory=_default_timeouts)
     reject_late: bool = True
     unknown_cost_s: float = 0.001
     resident_lookahead: int = 4
@@ -113,12 +113,12 @@ class SchedulerPolicy:
         if not self.model_cap >= 1.0:
             raise InvalidArgument(f"model_cap must be >= 1, got {self.model_cap}")
 
-    def timeout_for(self, sched_class: SchedClass) -> float:
+    def timeout_for(self, sched_class: SchedulingClass) -> float:
         """The watchdog timeout of a class (jobs may set a shorter or longer one)."""
         return self.timeouts.get(sched_class, 1.0)
 
 
-def native_priority(sched_class: SchedClass, levels: int) -> int:
+def native_priority(sched_class: SchedulingClass, levels: int) -> int:
     """Map an npud class onto a device's native priority levels (0 is the most urgent).
 
     LATENCY takes the most urgent level, BACKGROUND the least, THROUGHPUT the one after
@@ -127,8 +127,8 @@ def native_priority(sched_class: SchedClass, levels: int) -> int:
     """
     if levels <= 1:
         return 0
-    if sched_class is SchedClass.LATENCY:
+    if sched_class is SchedulingClass.LATENCY:
         return 0
-    if sched_class is SchedClass.THROUGHPUT:
+    if sched_class is SchedulingClass.THROUGHPUT:
         return 1
     return levels - 1

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from npud.core.distribution import Distribution, RecentSamples
 from npud.core.ids import ContextId, QueueId
-from npud.core.policy import SchedClass
+from npud.vocab import SchedulingClass
 
 if TYPE_CHECKING:
-    from npud.core.job import Job, JobState
+    from npud.core.job import Job
+    from npud.vocab import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ class QueueStatistics:
 
     id: QueueId
     context_id: ContextId
-    sched_class: SchedClass
+    sched_class: SchedulingClass
     priority: int
     depth_limit: int
     in_order: bool
@@ -46,7 +47,7 @@ class Queue:
 
     id: QueueId
     context_id: ContextId
-    sched_class: SchedClass
+    sched_class: SchedulingClass
     priority: int = 0
     depth_limit: int = 1024
     in_order: bool = True

@@ -29,8 +29,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from npud.core.buffers import TierPreference, Usage
 from npud.errors import InvalidArgument, Unavailable
+from npud.vocab import BufferUsage, TierPreference
 
 MANIFEST_NAME = "registrations.json"
 BLOB_DIR = "blobs"
@@ -44,7 +44,7 @@ class Registration:
 
     key: str
     size: int
-    usage: Usage
+    usage: BufferUsage
     tier_preference: TierPreference
     sha256: str  # hex digest of the contents; also the backing file's name
 
@@ -197,7 +197,7 @@ class Registry:
                 reg = Registration(
                     key=str(item["key"]),
                     size=int(item["size"]),
-                    usage=Usage(item["usage"]),
+                    usage=BufferUsage(item["usage"]),
                     tier_preference=TierPreference(item["tier_preference"]),
                     sha256=str(item["sha256"]),
                 )

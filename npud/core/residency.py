@@ -73,14 +73,14 @@ from pathlib import Path
 from typing import Any
 
 from npud.clock import Clock
-from npud.core.buffers import Buffer, Location, Persistence, TierPreference, Usage
+from npud.core.buffers import Buffer, Location
 from npud.core.eviction import EvictionAction, GreedyDual, eviction_action
 from npud.core.ids import BufferId, ContextId, new_buffer_id
 from npud.core.keys import HASH_PREFIX, Name, pending, resolve
 from npud.core.keys import own as check_own
 from npud.core.placement import sram_rank, wants_sram
 from npud.core.registry import Registration, Registry
-from npud.devices.base import Binding, BoHandle, BufferUse, Device, DeviceBuffer, MemoryTier
+from npud.devices.base import Binding, BoHandle, BufferUse, Device, DeviceBuffer
 from npud.errors import (
     AlreadyExists,
     DeviceLost,
@@ -93,6 +93,7 @@ from npud.errors import (
     Unavailable,
     Unsupported,
 )
+from npud.vocab import BufferUsage, MemoryTier, Persistence, TierPreference
 
 PAGE = 4096  # budgets are checked in pages: DRM drivers allocate GEM objects page-granular
 _DEVICE_TIERS = (MemoryTier.SRAM, MemoryTier.DRAM)
@@ -123,7 +124,7 @@ class ResidencyStatistics:
     staged while not resident); ``spilled_bytes`` and ``restored_bytes`` are keyed by the device
     tier the bytes left or entered; ``migrated_bytes`` by the destination tier.
     ``uploaded_by_usage`` is the same client writes by the usage of the buffer written (a
-    process that opens persistent WEIGHTS by key adds nothing to ``Usage.WEIGHTS``).
+    process that opens persistent WEIGHTS by key adds nothing to ``BufferUsage.WEIGHTS``).
     """
 
     device: str
@@ -155,7 +156,7 @@ class ResidencyStatistics:
     recycled: int = 0  # buffers that took a spare allocation instead of allocating
     spare_buffers: int = 0  # device allocations parked for reuse (included in used_bytes)
     spare_bytes: int = 0
-    uploaded_by_usage: Mapping[Usage, int] = field(default_factory=dict)  # client writes
+    uploaded_by_usage: Mapping[BufferUsage, int] = field(default_factory=dict)  # client writes
 
     def tier(self, tier: MemoryTier) -> TierUsage:
         """The usage of one tier."""
@@ -204,7 +205,9 @@ class _Counters:
     spilled: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     restored: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
     migrated: dict[MemoryTier, int] = field(default_factory=lambda: dict.fromkeys(MemoryTier, 0))
-    uploaded_usage: dict[Usage, int] = field(default_factory=lambda: dict.fromkeys(Usage, 0))
+    uploaded_usage: dict[BufferUsage, int] = field(
+        default_factory=lambda: dict.fromkeys(BufferUsage, 0)
+    )
 
 
 class ResidencyManager:
@@ -285,7 +288,7 @@ class ResidencyManager:
         ctx: ContextId,
         size: int,
         *,
-        usage: Usage,
+        usage: BufferUsage,
         persistence: Persistence = Persistence.EPHEMERAL,
         tier: TierPreference = TierPreference.ANY,
         key: str | None = None,
@@ -358,7 +361,7 @@ class ResidencyManager:
         entry = _Entry(buf, stored=stored, namespace=uid if persistent else None)
         if persistence is Persistence.PERSISTENT:
             entry.hasher = hashlib.sha256()
-        elif recycle and usage is Usage.COMMAND and _pages(size) <= RECYCLE_MAX_BYTES:
+        elif recycle and usage is BufferUsage.COMMAND and _pages(size) <= RECYCLE_MAX_BYTES:
             entry.recycle = True
             self._recycling.add(ctx)
         self._entries[buf.id] = entry

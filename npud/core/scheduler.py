@@ -49,25 +49,11 @@ from npud.core.distribution import (
 from npud.core.estimates import KindEstimate, OwnerEstimates
 from npud.core.events import DeviceEvent, EventBus, JobEvent
 from npud.core.ids import ContextId
-from npud.core.job import Job, JobError, JobState
+from npud.core.job import Job, JobError
 from npud.core.owner import Account
-from npud.core.policy import (
-    CLASS_ORDER,
-    PolicyKind,
-    SchedClass,
-    SchedulerPolicy,
-    native_priority,
-)
+from npud.core.policy import CLASS_ORDER, PolicyKind, SchedulerPolicy, native_priority
 from npud.core.queue import Queue
-from npud.devices.base import (
-    Binding,
-    BufferUse,
-    Completion,
-    CompletionStatus,
-    Device,
-    DeviceHealth,
-    Submission,
-)
+from npud.devices.base import Binding, BufferUse, Completion, CompletionStatus, Device, Submission
 from npud.errors import (
     Cancelled,
     DeadlineInfeasible,
@@ -81,6 +67,7 @@ from npud.errors import (
     QuotaExceeded,
     TimeSliceExceeded,
 )
+from npud.vocab import DeviceHealth, JobState, SchedulingClass
 
 _log = logging.getLogger(__name__)
 
@@ -108,7 +95,7 @@ class ResidencyPort(Protocol):
 class ClassStatistics:
     """One scheduling class on one device."""
 
-    sched_class: SchedClass
+    sched_class: SchedulingClass
     queued: int  # waiting for dependencies or a predecessor
     ready: int  # eligible, waiting for a slot
     running: int  # on the device
@@ -155,7 +142,7 @@ class SchedulerStatistics:
     held: int
     estimates: tuple[KindEstimate, ...]
 
-    def by_class(self, sched_class: SchedClass) -> ClassStatistics:
+    def by_class(self, sched_class: SchedulingClass) -> ClassStatistics:
         """The statistics of one class."""
         return next(c for c in self.classes if c.sched_class is sched_class)
 
@@ -482,7 +469,7 @@ class Scheduler:
             self._check_cycles(jobs)
         if not self._fifo and self.policy.time_slice_s is not None:
             for job in jobs:
-                if job.queue.sched_class is not SchedClass.LATENCY:
+                if job.queue.sched_class is not SchedulingClass.LATENCY:
                     self._check_slice(job, job.queue.sched_class, self.admission_estimate(job))
         if any_deadline:
             self._check_deadlines(jobs)
@@ -493,7 +480,7 @@ class Scheduler:
         batch_edf = [
             (j.deadline, self.admission_estimate(j) or 0.0, id(j))
             for j in jobs
-            if j.deadline is not None and j.sched_class is SchedClass.LATENCY
+            if j.deadline is not None and j.sched_class is SchedulingClass.LATENCY
         ]
         for job in jobs:
             if job.deadline is None:
@@ -506,7 +493,7 @@ class Scheduler:
             if est is None:
                 continue
             backlog = 0.0
-            if job.sched_class is SchedClass.LATENCY:
+            if job.sched_class is SchedulingClass.LATENCY:
                 ahead = sum(e for d, e, i in batch_edf if d <= job.deadline and i != id(job))
                 backlog = self._backlog(job) + ahead / len(self._engines)
             if now + backlog + est > job.deadline:
@@ -516,9 +503,9 @@ class Scheduler:
                     f"it, but its deadline is {(job.deadline - now) * 1e3:.3f} ms away"
                 )
 
-    def _check_slice(self, job: Job, cls: SchedClass, est: float | None) -> None:
+    def _check_slice(self, job: Job, cls: SchedulingClass, est: float | None) -> None:
         slice_s = self.policy.time_slice_s
-        if self._fifo or slice_s is None or cls is SchedClass.LATENCY or est is None:
+        if self._fifo or slice_s is None or cls is SchedulingClass.LATENCY or est is None:
             return
         if est <= slice_s:
             return
@@ -623,7 +610,7 @@ class Scheduler:
             return
         self._set_state(job, JobState.READY)
         self._push_ready(job)
-        if job.sched_class is SchedClass.LATENCY:
+        if job.sched_class is SchedulingClass.LATENCY:
             self._last_latency = self._clock.now()
             if not self._fifo:
                 self._recall_deep()
@@ -633,10 +620,10 @@ class Scheduler:
         prio = -job.queue.priority
         if self._fifo:
             heapq.heappush(self._arrival, (job.seq, job))
-        elif cls is SchedClass.LATENCY:
+        elif cls is SchedulingClass.LATENCY:
             deadline = job.deadline if job.deadline is not None else _INF
             heapq.heappush(self._lat, (deadline, prio, job.seq, job))
-        elif cls is SchedClass.THROUGHPUT:
+        elif cls is SchedulingClass.THROUGHPUT:
             tenant = self._tenants[job.context_id]
             heapq.heappush(tenant.ready, (prio, job.seq, job))
             if not tenant.in_heap:
@@ -810,17 +797,17 @@ class Scheduler:
 
     def _latency_mode(self, now: float) -> bool:
         return (
-            self._ready[SchedClass.LATENCY] > 0
+            self._ready[SchedulingClass.LATENCY] > 0
             or self._lat_inflight > 0
             or now - self._last_latency <= self.policy.latency_window_s
         )
 
     def _can_take(
-        self, engine: _Engine, cls: SchedClass, shallow: bool, idle_only: bool = False
+        self, engine: _Engine, cls: SchedulingClass, shallow: bool, idle_only: bool = False
     ) -> bool:
         if self._fifo:
             return len(engine.inflight) < self.policy.fifo_credits
-        if cls is SchedClass.LATENCY:
+        if cls is SchedulingClass.LATENCY:
             return engine.latency < self.policy.latency_credits
         if idle_only:
             return not engine.inflight
@@ -872,7 +859,7 @@ class Scheduler:
             if engine.other <= 1:
                 continue
             for job in list(engine.inflight)[1:]:
-                if job.sched_class is SchedClass.LATENCY or job.done or job.recall:
+                if job.sched_class is SchedulingClass.LATENCY or job.done or job.recall:
                     continue
                 if job.token is None:
                     continue
@@ -886,12 +873,12 @@ class Scheduler:
                 else:
                     self._recalls += 1
 
-    def _eligible(self, shallow: bool) -> list[SchedClass]:
+    def _eligible(self, shallow: bool) -> list[SchedulingClass]:
         """The classes with READY work and a free credit on some engine (hot path)."""
         ready = self._ready
-        lat = ready[SchedClass.LATENCY] > 0
-        tp = ready[SchedClass.THROUGHPUT] > 0
-        bg = ready[SchedClass.BACKGROUND] > 0
+        lat = ready[SchedulingClass.LATENCY] > 0
+        tp = ready[SchedulingClass.THROUGHPUT] > 0
+        bg = ready[SchedulingClass.BACKGROUND] > 0
         if not (lat or tp or bg):
             return []
         engines = self._engines
@@ -900,11 +887,11 @@ class Scheduler:
             if not any(len(e.inflight) < limit for e in engines):
                 return []
             return [c for c in CLASS_ORDER if ready[c] > 0]
-        out: list[SchedClass] = []
+        out: list[SchedulingClass] = []
         if lat:
             limit = self.policy.latency_credits
             if any(e.latency < limit for e in engines):
-                out.append(SchedClass.LATENCY)
+                out.append(SchedulingClass.LATENCY)
         if tp or bg:
             if shallow:
                 other_ok = any(e.other == 0 for e in engines)
@@ -913,9 +900,9 @@ class Scheduler:
                 other_ok = any(len(e.inflight) < limit for e in engines)
             if other_ok:
                 if tp:
-                    out.append(SchedClass.THROUGHPUT)
+                    out.append(SchedulingClass.THROUGHPUT)
                 if bg:
-                    out.append(SchedClass.BACKGROUND)
+                    out.append(SchedulingClass.BACKGROUND)
         return out
 
     # ---- Why a minimum share per class ------------------------------------------------
@@ -931,16 +918,16 @@ class Scheduler:
     # to each other, so the decay factor applied to all of them cancels out.
     # ------------------------------------------------------------------------------------
 
-    def _choose_class(self, eligible: list[SchedClass]) -> tuple[SchedClass | None, bool]:
+    def _choose_class(self, eligible: list[SchedulingClass]) -> tuple[SchedulingClass | None, bool]:
         """The class to serve next (``None`` when the best one has no credit now), and whether
         it was chosen because it is below its minimum share."""
         if self._fifo:
             return eligible[0], False
         usage = self._usage
-        total = usage[SchedClass.LATENCY] + usage[SchedClass.THROUGHPUT]
-        total += usage[SchedClass.BACKGROUND]
+        total = usage[SchedulingClass.LATENCY] + usage[SchedulingClass.THROUGHPUT]
+        total += usage[SchedulingClass.BACKGROUND]
         if total > 0.0:
-            worst: SchedClass | None = None
+            worst: SchedulingClass | None = None
             worst_gap = 0.0
             for cls in eligible:
                 gap = self.policy.min_share.get(cls, 0.0) - usage[cls] / total
@@ -956,7 +943,7 @@ class Scheduler:
                 return (cls if cls in eligible else None), False
         return None, False
 
-    def _charge_class(self, cls: SchedClass, seconds: float) -> None:
+    def _charge_class(self, cls: SchedulingClass, seconds: float) -> None:
         now = self._clock.now()
         if now > self._usage_at:
             factor = 0.5 ** ((now - self._usage_at) / self.policy.share_window_s)
@@ -979,7 +966,7 @@ class Scheduler:
                 return
             # shallow mode: work other than latency waits for an idle engine unless it is
             # owed its minimum share (see "Why credits, and why recalls")
-            idle_only = shallow and cls is not SchedClass.LATENCY and not by_share
+            idle_only = shallow and cls is not SchedulingClass.LATENCY and not by_share
             if idle_only and all(e.inflight for e in self._engines):
                 return
             job = self._pop(cls)
@@ -1010,12 +997,12 @@ class Scheduler:
                 continue
             self._dispatch(job, engine, est)
 
-    def _pop(self, cls: SchedClass) -> Job | None:
+    def _pop(self, cls: SchedulingClass) -> Job | None:
         if self._fifo:
             return self._pop_best(self._arrival, 0)
-        if cls is SchedClass.LATENCY:
+        if cls is SchedulingClass.LATENCY:
             return self._pop_best(self._lat, 2)
-        if cls is SchedClass.BACKGROUND:
+        if cls is SchedulingClass.BACKGROUND:
             return self._pop_best(self._bg, 1)
         while self._tp:
             vtime, _, tenant = heapq.heappop(self._tp)
@@ -1076,7 +1063,7 @@ class Scheduler:
         return chosen
 
     def _refund(self, job: Job) -> None:
-        if job.charged_s and job.sched_class is SchedClass.THROUGHPUT:
+        if job.charged_s and job.sched_class is SchedulingClass.THROUGHPUT:
             tenant = self._tenants.get(job.context_id)
             if tenant is not None:
                 tenant.vtime -= job.charged_s / tenant.ctx.weight
@@ -1139,7 +1126,7 @@ class Scheduler:
     # ------------------------------------------------------------------------------------
 
     def _choose_engine(
-        self, job: Job, cls: SchedClass, shallow: bool, idle_only: bool = False
+        self, job: Job, cls: SchedulingClass, shallow: bool, idle_only: bool = False
     ) -> _Engine | None:
         if job.engine_request is not None:
             engine = self._engines[job.engine_request]
@@ -1186,7 +1173,7 @@ class Scheduler:
         )
         residency.begin_run(buffers)
         cost = est if est is not None else self.policy.unknown_cost_s
-        if cls is not SchedClass.THROUGHPUT or self._fifo:
+        if cls is not SchedulingClass.THROUGHPUT or self._fifo:
             job.charged_s = cost
         self._charge_class(cls, job.charged_s)
         job.on_device = True
@@ -1196,7 +1183,7 @@ class Scheduler:
         self._set_state(job, JobState.RUNNING)
         engine.inflight.append(job)
         engine.load_s += job.charged_s
-        if cls is SchedClass.LATENCY:
+        if cls is SchedulingClass.LATENCY:
             engine.latency += 1
             self._lat_inflight += 1
             self._last_latency = self._clock.now()
@@ -1243,7 +1230,7 @@ class Scheduler:
             with contextlib.suppress(ValueError):
                 engine.inflight.remove(job)
         engine.load_s = max(0.0, engine.load_s - job.charged_s) if engine.inflight else 0.0
-        if job.sched_class is SchedClass.LATENCY:
+        if job.sched_class is SchedulingClass.LATENCY:
             engine.latency -= 1
             self._lat_inflight -= 1
         else:
@@ -1288,7 +1275,7 @@ class Scheduler:
             ctx.device_time_s += run
         cls = job.sched_class
         self._charge_class(cls, run - job.charged_s)
-        if cls is SchedClass.THROUGHPUT and not self._fifo:
+        if cls is SchedulingClass.THROUGHPUT and not self._fifo:
             tenant = self._tenants.get(job.context_id)
             if tenant is not None:
                 tenant.vtime += (run - job.charged_s) / tenant.ctx.weight
@@ -1466,7 +1453,7 @@ class Scheduler:
         )
         return busy + min(running, now - start)
 
-    def shares(self) -> Mapping[SchedClass, float]:
+    def shares(self) -> Mapping[SchedulingClass, float]:
         """Each class's share of device time over the recent window (sums to 1, or all 0)."""
         total = sum(self._usage.values())
         if total <= 0:

@@ -10,8 +10,8 @@ core thread (the daemon's event loop); it never blocks.
 Typical use from the API layer::
 
     ctx = core.create_context(owner, device="sim0")
-    q = core.create_queue(owner, ctx.id, sched_class=SchedClass.LATENCY)
-    cmd = core.create_buffer(owner, ctx.id, len(stream), usage=Usage.COMMAND)
+    q = core.create_queue(owner, ctx.id, sched_class=SchedulingClass.LATENCY)
+    cmd = core.create_buffer(owner, ctx.id, len(stream), usage=BufferUsage.COMMAND)
     core.write_buffer(owner, ctx.id, cmd.id, 0, stream)
     [job] = core.submit(owner, ctx.id, [JobSpec(q.id, cmd.id, kind="decode")])
     job.add_done_callback(lambda j: ...)  # or core.wait(owner, ctx.id, job.id, callback)
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npud.clock import Clock
-from npud.core.buffers import Buffer, Persistence, TierPreference, Usage
+from npud.core.buffers import Buffer
 from npud.core.context import Context, ContextQuotas, ContextState, ContextStatistics
 from npud.core.estimates import OwnerEstimates
 from npud.core.events import (
@@ -52,24 +52,25 @@ from npud.core.ids import (
 from npud.core.job import DoneCallback, Job
 from npud.core.limits import Limits, bounded, check_text
 from npud.core.owner import Account, Owner
-from npud.core.policy import SchedClass, SchedulerPolicy
+from npud.core.policy import SchedulerPolicy
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyManager, ResidencyStatistics
 from npud.core.scheduler import Scheduler, SchedulerStatistics
-from npud.devices.base import (
-    BufferUse,
-    Capabilities,
-    Device,
-    DeviceHealth,
-    DeviceStatistics,
-    MemoryTier,
-)
+from npud.devices.base import BufferUse, Capabilities, Device, DeviceStatistics
 from npud.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     QuotaExceeded,
+)
+from npud.vocab import (
+    BufferUsage,
+    DeviceHealth,
+    MemoryTier,
+    Persistence,
+    SchedulingClass,
+    TierPreference,
 )
 
 
@@ -372,7 +373,7 @@ class Core:
         *,
         device: str | None = None,
         quotas: ContextQuotas | None = None,
-        default_class: SchedClass = SchedClass.THROUGHPUT,
+        default_class: SchedulingClass = SchedulingClass.THROUGHPUT,
         weight: float = 1.0,
         label: str = "",
     ) -> Context:
@@ -556,7 +557,7 @@ class Core:
         owner: Owner,
         ctx_id: ContextId,
         *,
-        sched_class: SchedClass | None = None,
+        sched_class: SchedulingClass | None = None,
         priority: int = 0,
         depth_limit: int = 1024,
         in_order: bool = True,
@@ -641,7 +642,7 @@ class Core:
         ctx_id: ContextId,
         size: int,
         *,
-        usage: Usage,
+        usage: BufferUsage,
         persistence: Persistence = Persistence.EPHEMERAL,
         tier: TierPreference = TierPreference.ANY,
         key: str | None = None,
@@ -907,7 +908,7 @@ class Core:
             context_label=ctx.label,
         )
 
-    def _check_numbers(self, sched_class: SchedClass, spec: JobSpec) -> None:
+    def _check_numbers(self, sched_class: SchedulingClass, spec: JobSpec) -> None:
         """Every float of ``spec`` finite and within :class:`Limits` (no NaN reaches a heap),
         its kind and label no longer than the limits.
 

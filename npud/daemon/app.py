@@ -43,7 +43,7 @@ from npud.core.ids import ContextId
 from npud.core.job import Job
 from npud.core.limits import Limits, clip
 from npud.core.owner import SYSTEM
-from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+from npud.core.policy import PolicyKind, SchedulerPolicy
 from npud.core.registry import make_private
 from npud.core.service import Core, CoreLimits
 from npud.daemon.budgets import residency_budgets
@@ -52,10 +52,11 @@ from npud.daemon.hotplug import EventSource, HotplugWatcher, MonitorEvents
 from npud.daemon.metrics import MetricsServer, Sources, registry_for
 from npud.daemon.recovery import DeviceRecovery
 from npud.daemon.systemd import Notifier
-from npud.devices.base import Device, DeviceHealth
+from npud.devices.base import Device
 from npud.devices.discovery import NodeInfo
 from npud.errors import ConfigError, NpudError, Unavailable
 from npud.log import get_logger
+from npud.vocab import DeviceHealth, SchedulingClass
 
 SHUTDOWN_REASON = "npud is shutting down"
 
@@ -99,9 +100,9 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
     return SchedulerPolicy(
         kind=PolicyKind(settings.policy),
         min_share={
-            SchedClass.LATENCY: 0.0,
-            SchedClass.THROUGHPUT: knobs.throughput_min_share,
-            SchedClass.BACKGROUND: knobs.background_min_share,
+            SchedulingClass.LATENCY: 0.0,
+            SchedulingClass.THROUGHPUT: knobs.throughput_min_share,
+            SchedulingClass.BACKGROUND: knobs.background_min_share,
         },
         time_slice_s=knobs.time_slice_ms / 1e3 if knobs.time_slice_ms > 0 else None,
         latency_window_s=knobs.latency_window_s,
@@ -119,9 +120,9 @@ def core_limits(settings: Settings) -> Limits:
     knobs = settings.limits
     return Limits(
         timeout_ceilings={
-            SchedClass.LATENCY: knobs.latency_timeout_max_s,
-            SchedClass.THROUGHPUT: knobs.throughput_timeout_max_s,
-            SchedClass.BACKGROUND: knobs.background_timeout_max_s,
+            SchedulingClass.LATENCY: knobs.latency_timeout_max_s,
+            SchedulingClass.THROUGHPUT: knobs.throughput_timeout_max_s,
+            SchedulingClass.BACKGROUND: knobs.background_timeout_max_s,
         },
         max_deadline_s=knobs.max_deadline_s,
         max_estimate_s=knobs.max_estimate_s,

@@ -9,7 +9,7 @@ the residency manager.
 from __future__ import annotations
 
 from npud.config import Settings
-from npud.devices.base import MemoryTier
+from npud.vocab import MemoryTier
 
 
 def residency_budgets(settings: Settings) -> dict[MemoryTier, int]:

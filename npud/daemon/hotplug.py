@@ -45,9 +45,10 @@ from npud.core.service import Core, DeviceEntry
 from npud.daemon.budgets import residency_budgets
 from npud.daemon.devices import Nodes, wanted
 from npud.daemon.recovery import DeviceRecovery
-from npud.devices.base import Device, DeviceHealth
+from npud.devices.base import Device
 from npud.devices.discovery import NodeEvent, NodeInfo, NodeMonitor
 from npud.errors import ConfigError, NpudError
+from npud.vocab import DeviceHealth
 
 ARRIVALS = frozenset({"add", "bind", "change", "online", "move"})
 """Actions after which the node is (still) there: it may be served."""

@@ -45,9 +45,8 @@ from npud.api.identity import TokenStatistics
 from npud.api.sessions import SessionStatistics
 from npud.api.tenants import TenantStatistics
 from npud.core.distribution import Buckets
-from npud.core.job import TERMINAL_STATES
 from npud.core.service import Core, CoreStatistics
-from npud.devices.base import DeviceHealth
+from npud.vocab import TERMINAL_STATES, DeviceHealth
 
 FINAL_STATES: Final = tuple(sorted(str(s) for s in TERMINAL_STATES))
 """The job states ``npud_jobs_finished_total`` always has a series for."""

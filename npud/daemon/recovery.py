@@ -32,9 +32,10 @@ from npud.config import Settings
 from npud.core.policy import SchedulerPolicy
 from npud.core.service import Core, DeviceEntry
 from npud.daemon.devices import Nodes, SystemNodes, _make_sim
-from npud.devices.base import Device, DeviceHealth
+from npud.devices.base import Device
 from npud.devices.discovery import NodeInfo
 from npud.errors import DeviceLost, NpudError
+from npud.vocab import DeviceHealth
 
 
 class DeviceRecovery:

@@ -42,10 +42,8 @@ from npud.devices.base import (
     CompletionCallback,
     CompletionStatus,
     DeviceBuffer,
-    DeviceHealth,
     DeviceStatistics,
     EngineInfo,
-    MemoryTier,
     Submission,
     SubmitToken,
     TierInfo,
@@ -59,6 +57,7 @@ from npud.errors import (
     NpudError,
     Unsupported,
 )
+from npud.vocab import DeviceHealth, MemoryTier
 
 KernelHandle = NewType("KernelHandle", int)
 """A kernel object id other than a BO: an ivpu cmdq id, an amdxdna hwctx or syncobj handle."""

@@ -47,16 +47,11 @@ from npud.devices.accel import (
     KernelHandle,
     pointer,
 )
-from npud.devices.base import (
-    BoHandle,
-    Capabilities,
-    CompletionStatus,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.hwctx_pool import ContextsExhausted, HwContextPool, PoolStatistics
 from npud.devices.priority import AMDXDNA as PRIORITIES
 from npud.errors import InvalidArgument, NpudError
+from npud.vocab import MemoryTier
 
 ERT_STATE_MASK = 0xF
 ERT_CMD_STATE_COMPLETED = 4

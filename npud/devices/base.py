@@ -40,19 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NewType, Protocol, runtime_checkable
 
+from npud.vocab import DeviceHealth, MemoryTier
+
 BoHandle = NewType("BoHandle", int)
 """A kernel (or simulated kernel) buffer-object handle: meaningful only to its device."""
 
 SubmitToken = NewType("SubmitToken", int)
 """A device's name for one submission, used to abort it."""
-
-
-class MemoryTier(enum.StrEnum):
-    """Where device memory lives. HOST is system memory the device cannot compute on directly."""
-
-    SRAM = "sram"
-    DRAM = "dram"
-    HOST = "host"
 
 
 class BufferUse(enum.Flag):
@@ -70,14 +64,6 @@ class CompletionStatus(enum.StrEnum):
     ERROR = "error"  # the device reported a job error (bad command stream, fault in the job)
     ABORTED = "aborted"  # aborted by :meth:`Device.abort` or by :meth:`Device.reset_engine`
     DEVICE_LOST = "device_lost"  # the device went away while the job was in flight
-
-
-class DeviceHealth(enum.StrEnum):
-    """The device's overall state as an adapter sees it."""
-
-    OK = "ok"
-    RESETTING = "resetting"
-    LOST = "lost"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,14 +38,10 @@ from npud.devices.accel import (
     absolute_timeout_ns,
     pointer,
 )
-from npud.devices.base import (
-    BoHandle,
-    Capabilities,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, Capabilities, EngineInfo
 from npud.devices.priority import ETHOSU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument
+from npud.vocab import MemoryTier
 
 # How long one BO_WAIT blocks before the waiter checks for shutdown. Closing the device joins the
 # waiter thread on the event loop, so this bounds how long a close (e.g. a hot-unplug) can hold

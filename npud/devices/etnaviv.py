@@ -49,16 +49,10 @@ from typing import NoReturn
 from npud.abi import etnaviv
 from npud.abi.header import IoctlSpec
 from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer, translate
-from npud.devices.base import (
-    BoHandle,
-    BufferUse,
-    Capabilities,
-    CompletionStatus,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, BufferUse, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import ETNAVIV as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError, OutOfDeviceMemory, Unsupported
+from npud.vocab import MemoryTier
 
 PAGE = 4096
 NO_SOFTPIN = (1 << 64) - 1

@@ -47,15 +47,10 @@ from npud.devices.accel import (
     SlotStatistics,
     pointer,
 )
-from npud.devices.base import (
-    BoHandle,
-    Capabilities,
-    CompletionStatus,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import IVPU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError
+from npud.vocab import MemoryTier
 
 # PCI device ids -> product generation (ivpu_drv.c pci_ids / ivpu_hw.h)
 BOARDS = {

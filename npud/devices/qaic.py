@@ -43,15 +43,10 @@ from npud.devices.accel import (
     KernelFile,
     pointer,
 )
-from npud.devices.base import (
-    BoHandle,
-    BufferUse,
-    Capabilities,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, BufferUse, Capabilities, EngineInfo
 from npud.devices.priority import QAIC as PRIORITIES
 from npud.errors import DeviceError, DeviceLost, InvalidArgument
+from npud.vocab import MemoryTier
 
 TO_DEVICE = 1
 FROM_DEVICE = 2

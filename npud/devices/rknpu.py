@@ -73,12 +73,12 @@ from npud.devices.base import (
     CompletionStatus,
     DeviceStatistics,
     EngineInfo,
-    MemoryTier,
     SubmitToken,
     TierInfo,
 )
 from npud.devices.priority import RKNPU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError, OutOfDeviceMemory
+from npud.vocab import MemoryTier
 
 PAGE = 4096
 REGCMD_BYTES = 8

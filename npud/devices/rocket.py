@@ -36,16 +36,10 @@ from collections.abc import Callable
 
 from npud.abi import rocket
 from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer
-from npud.devices.base import (
-    BoHandle,
-    BufferUse,
-    Capabilities,
-    CompletionStatus,
-    EngineInfo,
-    MemoryTier,
-)
+from npud.devices.base import BoHandle, BufferUse, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import ROCKET as PRIORITIES
 from npud.errors import InvalidArgument
+from npud.vocab import MemoryTier
 
 REGCMD_BYTES = 8  # one register command is a 64-bit word
 MAX_BO_SIZE = (1 << 32) - 4096  # drm_rocket_create_bo.size is a __u32

@@ -46,10 +46,8 @@ from npud.devices.base import (
     CompletionCallback,
     CompletionStatus,
     DeviceBuffer,
-    DeviceHealth,
     DeviceStatistics,
     EngineInfo,
-    MemoryTier,
     Submission,
     SubmitToken,
     TierInfo,
@@ -66,6 +64,7 @@ from npud.errors import (
     OutOfDeviceMemory,
 )
 from npud.isa import CommandStreamError
+from npud.vocab import DeviceHealth, MemoryTier
 
 _ROW_BYTES = 4096  # dumb buffers are allocated as rows of 1024 32-bit pixels: one page each
 _ADDRESS_BASE = 0x1_0000_0000

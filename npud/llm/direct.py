@@ -36,7 +36,6 @@ from npud.devices.base import (
     CompletionStatus,
     Device,
     DeviceBuffer,
-    MemoryTier,
     Submission,
     SubmitToken,
 )
@@ -51,6 +50,7 @@ from npud.errors import (
 from npud.llm.backend import JOB_TIMES_KEPT, BackendStatistics, JobTimes
 from npud.llm.compiler import Access, Step
 from npud.llm.plan import MemoryPlan
+from npud.vocab import MemoryTier
 
 _USE = {Access.READ: BufferUse.READ, Access.WRITE: BufferUse.WRITE}
 

@@ -34,7 +34,6 @@ import grpc.aio
 
 import npud.client.aio
 from npud.client.aio import AsyncClient
-from npud.client.types import DeviceHealth
 from npud.config import default_socket_path
 from npud.errors import NpudError
 from npud.log import configure, get_logger
@@ -43,6 +42,7 @@ from npud.plugin.service import DevicePluginService, Watchers
 from npud.plugin.shares import ShareTable
 from npud.plugin.v1beta1 import deviceplugin_pb2 as dp
 from npud.plugin.v1beta1 import deviceplugin_pb2_grpc as dp_grpc
+from npud.vocab import DeviceHealth
 
 API_VERSION: Final = "v1beta1"
 KUBELET_DIR: Final = Path("/var/lib/kubelet/device-plugins")

@@ -8,10 +8,9 @@ import pytest
 
 from npud.api.convert import context_to_wire, queue_to_wire
 from npud.client.types import Context as ClientContext
-from npud.client.types import JobState as ClientState
 from npud.client.types import Queue as ClientQueue
-from npud.core.policy import SchedClass
 from npud.v1 import types_pb2
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 
@@ -21,8 +20,8 @@ def test_queues_and_contexts_carry_their_own_job_counts_and_durations() -> None:
     time; the client reads the same numbers back."""
     bed = make_bed()
     ctx = bed.context()
-    fast = bed.queue(ctx, SchedClass.LATENCY)
-    slow = bed.queue(ctx, SchedClass.THROUGHPUT)
+    fast = bed.queue(ctx, SchedulingClass.LATENCY)
+    slow = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     bed.burn(ctx, fast, 0.002, n=3)
     bed.burn(ctx, slow, 0.02, n=2)
     bed.run()
@@ -53,10 +52,10 @@ def test_queues_and_contexts_carry_their_own_job_counts_and_durations() -> None:
 
     client_q = ClientQueue.from_wire(q_slow)
     assert client_q.submitted == 3
-    assert client_q.ended == {ClientState.COMPLETED: 2, ClientState.FAILED: 1}
+    assert client_q.ended == {JobState.COMPLETED: 2, JobState.FAILED: 1}
     assert client_q.run.p50_s == q_slow.run.p50_s
     client_c = ClientContext.from_wire(c)
-    assert client_c.ended[ClientState.COMPLETED] == 5
+    assert client_c.ended[JobState.COMPLETED] == 5
     assert client_c.wait.count == c.wait.count
     assert client_c.device_time_s == c.device_time_s
     assert ALICE.uid == client_c.owner.uid

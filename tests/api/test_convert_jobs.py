@@ -10,9 +10,8 @@ import pytest
 
 from npud.api.convert import job_to_wire
 from npud.client.types import Job as ClientJob
-from npud.client.types import JobState as ClientState
-from npud.core.policy import SchedClass
 from npud.v1 import job_pb2, types_pb2
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 
@@ -21,7 +20,7 @@ def test_a_job_message_names_its_context_by_id_and_label() -> None:
     bed = make_bed()
     ctx = bed.core.create_context(ALICE, label="chat-alice")
     plain = bed.context()
-    [job] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.002, label="step")
+    [job] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.002, label="step")
     [other] = bed.burn(plain, bed.queue(plain), 0.001)
     bed.run()
     assert job.statistics().context_label == "chat-alice"
@@ -44,7 +43,7 @@ def test_a_job_message_names_its_context_by_id_and_label() -> None:
     client = ClientJob.from_wire(msg)
     assert client.context_label == "chat-alice"
     assert client.context_id == ctx.id
-    assert client.state is ClientState.COMPLETED
+    assert client.state is JobState.COMPLETED
     assert "context_label" in {f.name for f in job_pb2.Job.DESCRIPTOR.fields}
 
 
@@ -54,7 +53,7 @@ def test_a_job_message_carries_the_wall_clock_time_of_every_state_it_entered() -
     their age), and the client reads them back as UTC datetimes."""
     bed = make_bed()
     ctx = bed.context()
-    [job] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.25)
+    [job] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.25)
     bed.clock.advance(0.1)
     bed.run()
     before = time.time()
@@ -72,9 +71,9 @@ def test_a_job_message_carries_the_wall_clock_time_of_every_state_it_entered() -
         assert before - age - 1e-3 <= stamp <= after - age + 1e-3
     assert stamps[-1] - stamps[0] == pytest.approx(job.finished_at - job.submitted_at, abs=1e-6)
     client = ClientJob.from_wire(msg)
-    assert [s for s, _ in client.transitions][-1] is ClientState.COMPLETED
-    done = client.entered(ClientState.COMPLETED)
+    assert [s for s, _ in client.transitions][-1] is JobState.COMPLETED
+    done = client.entered(JobState.COMPLETED)
     assert done is not None
     assert done.tzinfo is UTC
     assert done.timestamp() == pytest.approx(stamps[-1], abs=1e-6)
-    assert client.entered(ClientState.FAILED) is None
+    assert client.entered(JobState.FAILED) is None

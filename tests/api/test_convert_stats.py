@@ -5,13 +5,10 @@ work."""
 from __future__ import annotations
 
 from npud.api.convert import device_stats_to_wire, residency_to_wire
-from npud.client.types import BufferUsage, DeviceStats, MemoryTier
-from npud.core.buffers import Persistence, Usage
-from npud.core.policy import SchedClass
+from npud.client.types import DeviceStats
 from npud.core.residency import ResidencyStatistics
-from npud.devices.base import DeviceHealth
-from npud.devices.base import MemoryTier as CoreTier
 from npud.v1 import stats_pb2, types_pb2
+from npud.vocab import BufferUsage, DeviceHealth, MemoryTier, Persistence, SchedulingClass
 from tests.core.harness import ALICE, BOB, Bed, make_bed
 
 WEIGHTS = b"w" * 8192
@@ -26,15 +23,15 @@ def _busy_bed() -> tuple[Bed, ResidencyStatistics]:
         ALICE,
         alice.id,
         len(WEIGHTS),
-        usage=Usage.WEIGHTS,
+        usage=BufferUsage.WEIGHTS,
         persistence=Persistence.PERSISTENT,
         key="model@1",
     )
     core.write_buffer(ALICE, alice.id, w.id, 0, WEIGHTS)
     core.seal_buffer(ALICE, alice.id, w.id)
-    scratch = core.create_buffer(ALICE, alice.id, 100, usage=Usage.SCRATCH)
+    scratch = core.create_buffer(ALICE, alice.id, 100, usage=BufferUsage.SCRATCH)
     core.write_buffer(ALICE, alice.id, scratch.id, 0, b"s" * 100)
-    bed.burn(alice, bed.queue(alice, SchedClass.LATENCY), 0.001)
+    bed.burn(alice, bed.queue(alice, SchedulingClass.LATENCY), 0.001)
     bed.run()
     bob = bed.context(BOB)
     core.open_persistent(BOB, bob.id, f"~{ALICE.uid}/model@1")
@@ -54,7 +51,7 @@ def test_every_residency_counter_of_core_is_on_the_wire() -> None:
     assert msg.spilled_bytes == sum(res.spilled_bytes.values())
     assert msg.restored_bytes == sum(res.restored_bytes.values())
     assert msg.uploaded_bytes == sum(res.uploaded_bytes.values())
-    assert msg.uploaded_weight_bytes == res.uploaded_by_usage[Usage.WEIGHTS]
+    assert msg.uploaded_weight_bytes == res.uploaded_by_usage[BufferUsage.WEIGHTS]
     assert msg.attaches == res.attaches
     assert msg.hits == res.hits
     assert msg.misses == res.misses
@@ -76,10 +73,10 @@ def test_every_residency_counter_of_core_is_on_the_wire() -> None:
         types_pb2.MEMORY_TIER_HOST,
     }
     dram = traffic[types_pb2.MEMORY_TIER_DRAM]
-    assert dram.uploaded_bytes == res.uploaded_bytes[CoreTier.DRAM]
-    assert dram.spilled_bytes == res.spilled_bytes[CoreTier.DRAM]
-    assert dram.restored_bytes == res.restored_bytes[CoreTier.DRAM]
-    assert dram.migrated_bytes == res.migrated_bytes[CoreTier.DRAM]
+    assert dram.uploaded_bytes == res.uploaded_bytes[MemoryTier.DRAM]
+    assert dram.spilled_bytes == res.spilled_bytes[MemoryTier.DRAM]
+    assert dram.restored_bytes == res.restored_bytes[MemoryTier.DRAM]
+    assert dram.migrated_bytes == res.migrated_bytes[MemoryTier.DRAM]
     assert sum(t.uploaded_bytes for t in msg.traffic) == msg.uploaded_bytes
     usages = {u.usage: u.bytes for u in msg.uploaded_by_usage}
     assert usages[types_pb2.BUFFER_USAGE_WEIGHTS] == len(WEIGHTS)
@@ -130,14 +127,14 @@ def test_the_client_reads_every_residency_field() -> None:
     assert got.uploaded_by_usage[BufferUsage.WEIGHTS] == len(WEIGHTS)
     assert got.uploaded_by_usage[BufferUsage.SCRATCH] == 100
     dram = next(t for t in got.traffic if t.tier is MemoryTier.DRAM)
-    assert dram.uploaded_bytes == report.residency.uploaded_bytes[CoreTier.DRAM]
+    assert dram.uploaded_bytes == report.residency.uploaded_bytes[MemoryTier.DRAM]
 
 
 def test_engine_utilisation_on_the_wire_counts_the_running_job() -> None:
     """DeviceStats.engines[i].utilisation is non-zero while a long job runs on engine i."""
     bed = make_bed()
     ctx = bed.context()
-    bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 8.0, engine=0, timeout_s=9.0)
+    bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 8.0, engine=0, timeout_s=9.0)
     bed.clock.advance(5.0)
     wire = device_stats_to_wire(bed.core.device_report(), DeviceHealth.OK)
     assert [round(e.utilisation, 3) for e in wire.engines] == [1.0, 0.0, 0.0]

@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Usage
 from npud.core.context import Context, ContextQuotas
 from npud.core.ids import BufferId, ContextId
 from npud.core.job import Job
 from npud.core.owner import Owner
-from npud.core.policy import SchedClass, SchedulerPolicy
+from npud.core.policy import SchedulerPolicy
 from npud.core.queue import Queue
 from npud.core.scheduler import Scheduler
 from npud.core.service import Core, JobSpec
 from npud.devices.sim import SimDevice
 from npud.isa.program import Program
+from npud.vocab import BufferUsage, SchedulingClass
 
 ALICE = Owner(uid=1000, gid=1000, pid=4242, name="alice")
 BOB = Owner(uid=1001, gid=1001, pid=4343, name="bob")
@@ -55,7 +55,7 @@ class Bed:
     def queue(
         self,
         ctx: Context,
-        sched_class: SchedClass = SchedClass.THROUGHPUT,
+        sched_class: SchedulingClass = SchedulingClass.THROUGHPUT,
         *,
         owner: Owner = ALICE,
         **kwargs: object,
@@ -66,7 +66,7 @@ class Bed:
         key = (ctx.id, seconds)
         if key not in self._burns:
             blob = Program().burn(seconds).encode()
-            buf = self.core.create_buffer(owner, ctx.id, len(blob), usage=Usage.COMMAND)
+            buf = self.core.create_buffer(owner, ctx.id, len(blob), usage=BufferUsage.COMMAND)
             self.core.write_buffer(owner, ctx.id, buf.id, 0, blob)
             self._burns[key] = buf.id
         return self._burns[key]

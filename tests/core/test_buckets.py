@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npud.core.distribution import DURATION_BOUNDS_S, BucketCounts
-from npud.core.policy import SchedClass
+from npud.vocab import SchedulingClass
 from tests.core.harness import make_bed
 
 
@@ -31,17 +31,17 @@ def test_the_scheduler_counts_each_finished_job_once_per_class() -> None:
     none in LATENCY; the snapshot is frozen (later jobs do not change it)."""
     bed = make_bed()
     ctx = bed.context()
-    q = bed.queue(ctx, SchedClass.THROUGHPUT)
+    q = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     bed.burn(ctx, q, 0.002, n=5)
     bed.run()
     stats = bed.scheduler.statistics()
-    tp = stats.by_class(SchedClass.THROUGHPUT)
+    tp = stats.by_class(SchedulingClass.THROUGHPUT)
     assert tp.run_buckets.count == 5
     assert tp.queue_wait_buckets.count == 5
     assert dict(tp.run_buckets.cumulative())[0.0025] == 5
     assert dict(tp.run_buckets.cumulative())[0.001] == 0
-    assert stats.by_class(SchedClass.LATENCY).run_buckets.count == 0
+    assert stats.by_class(SchedulingClass.LATENCY).run_buckets.count == 0
     bed.burn(ctx, q, 0.002)
     bed.run()
     assert tp.run_buckets.count == 5
-    assert bed.scheduler.statistics().by_class(SchedClass.THROUGHPUT).run_buckets.count == 6
+    assert bed.scheduler.statistics().by_class(SchedulingClass.THROUGHPUT).run_buckets.count == 6

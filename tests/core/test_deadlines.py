@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.job import JobState
-from npud.core.policy import SchedClass
 from npud.errors import DeadlineInfeasible
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 D = 0.005  # a decode step
@@ -16,9 +15,9 @@ def test_feasible_deadlines_are_met_in_earliest_deadline_first_order() -> None:
     """Jobs submitted in scrambled deadline order start in deadline order and all meet them."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY, in_order=False)
     bed.scheduler.estimator.set_prior("decode", D)
-    blocker = bed.queue(ctx, SchedClass.LATENCY)
+    blocker = bed.queue(ctx, SchedulingClass.LATENCY)
     # occupy engine 0 so that the batch below waits and EDF decides its order
     bed.burn(ctx, blocker, 2 * D, engine=0, kind="warmup")
     now = bed.core.now()
@@ -44,7 +43,7 @@ def test_an_infeasible_deadline_is_rejected_at_submit_and_nothing_runs() -> None
     """A deadline shorter than the kind's measured duration raises DeadlineInfeasible."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     bed.burn(ctx, queue, D, kind="decode")  # measure the kind once
     bed.run()
     before = bed.device.statistics().submitted
@@ -65,7 +64,7 @@ def test_a_job_that_can_no_longer_make_its_deadline_is_rejected_before_it_runs()
     bed = make_bed()
     ctx = bed.context()
     bed.scheduler.estimator.set_prior("decode", D)
-    lat = bed.queue(ctx, SchedClass.LATENCY)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY)
     first = bed.burn(ctx, lat, 10 * D, kind="long", engine=0)
     # admission sees engines 1 and 2 idle; but the in-order queue makes it wait for `first`
     [late] = bed.burn(ctx, lat, D, kind="decode", deadline=bed.core.now() + 3 * D)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.buffers import Usage
-from npud.core.job import JobState
-from npud.core.policy import SchedClass
 from npud.core.service import JobSpec
 from npud.devices.base import BufferUse
 from npud.devices.sim.wire import MAX_BINDINGS, WireError, encode_run
 from npud.errors import InvalidArgument, JobFailed
+from npud.vocab import BufferUsage, JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 
@@ -22,8 +20,8 @@ def test_more_bindings_than_the_device_takes_are_refused_at_admission() -> None:
     limit = bed.device.capabilities.max_bindings
     assert limit == MAX_BINDINGS
     ctx = bed.context()
-    q = bed.queue(ctx, SchedClass.THROUGHPUT)
-    buf = bed.core.create_buffer(ALICE, ctx.id, 64, usage=Usage.SCRATCH)
+    q = bed.queue(ctx, SchedulingClass.THROUGHPUT)
+    buf = bed.core.create_buffer(ALICE, ctx.id, 64, usage=BufferUsage.SCRATCH)
     spec = bed.spec(ctx, q, 0.001)
     with pytest.raises(InvalidArgument, match=f"at most {limit}"):
         bed.core.submit(
@@ -44,7 +42,7 @@ def test_a_failure_on_the_way_to_the_device_fails_the_job_and_frees_its_engine()
     naming the error), its engine and buffers are free, and the next job completes."""
     bed = make_bed()
     ctx = bed.context()
-    q = bed.queue(ctx, SchedClass.LATENCY)
+    q = bed.queue(ctx, SchedulingClass.LATENCY)
     real = bed.device.submit
     calls = []
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.job import JobState
 from npud.core.limits import Limits
-from npud.core.policy import SchedClass
 from npud.core.service import CoreLimits
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import make_bed
 
 LONG = 600.0  # the job npuctl showed at 0.0 % while it ran
 # an operator who allows jobs this long raises the timeout ceilings
-LONG_JOBS = CoreLimits(bounds=Limits(timeout_ceilings=dict.fromkeys(SchedClass, 2 * LONG)))
+LONG_JOBS = CoreLimits(bounds=Limits(timeout_ceilings=dict.fromkeys(SchedulingClass, 2 * LONG)))
 
 
 def test_an_engine_running_a_long_job_reads_busy_before_the_job_finishes() -> None:
@@ -21,7 +20,7 @@ def test_an_engine_running_a_long_job_reads_busy_before_the_job_finishes() -> No
     = finished + elapsed running), and the lifetime utilisation grows with it."""
     bed = make_bed(limits=LONG_JOBS)
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     [job] = bed.burn(ctx, queue, LONG, engine=0, timeout_s=2 * LONG)
     window = bed.scheduler.policy.share_window_s
     bed.clock.advance(10.0)
@@ -48,7 +47,7 @@ def test_recent_utilisation_counts_only_the_part_of_a_run_inside_the_window() ->
     bed = make_bed(limits=LONG_JOBS)
     window = bed.scheduler.policy.share_window_s
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     bed.burn(ctx, queue, 10 * window, engine=1, timeout_s=100 * window)
     bed.clock.advance(window / 2)
     started = bed.scheduler.statistics().engines[1]
@@ -65,7 +64,7 @@ def test_a_latency_job_lands_on_the_engine_that_frees_up_first() -> None:
     work charged (engine 1) nor the next in a rotation."""
     bed = make_bed()
     ctx = bed.context()
-    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    busy = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     for engine, seconds in ((0, 0.030), (1, 0.010), (2, 0.050)):
         bed.scheduler.estimator.set_prior(f"busy{engine}", seconds)
     bed.burn(ctx, busy, 0.030, engine=0, kind="busy0")  # ends at ~30 ms
@@ -73,7 +72,7 @@ def test_a_latency_job_lands_on_the_engine_that_frees_up_first() -> None:
     bed.burn(ctx, busy, 0.010, engine=1, kind="busy1")  # ends at ~35 ms
     bed.burn(ctx, busy, 0.050, engine=2, kind="busy2")  # ends at ~75 ms
     bed.clock.advance(0.001)
-    lat = bed.queue(ctx, SchedClass.LATENCY)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY)
     [probe] = bed.burn(ctx, lat, 0.001, kind="probe")
     assert probe.engine == 0
     bed.run()
@@ -87,13 +86,13 @@ def test_two_short_jobs_in_flight_beat_one_long_one() -> None:
     remaining work decides, not how many jobs are in flight."""
     bed = make_bed()
     ctx = bed.context()
-    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    busy = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     bed.scheduler.estimator.set_prior("short", 0.002)
     bed.scheduler.estimator.set_prior("long", 0.050)
     bed.burn(ctx, busy, 0.002, engine=0, kind="short", n=2)
     bed.burn(ctx, busy, 0.050, engine=1, kind="long")
     bed.burn(ctx, busy, 0.050, engine=2, kind="long")
-    [probe] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.001, kind="probe")
+    [probe] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.001, kind="probe")
     assert probe.engine == 0
 
 
@@ -101,12 +100,12 @@ def test_an_idle_engine_is_chosen_before_any_busy_one() -> None:
     """With one engine idle, a job goes there even if a busy engine is about to free up."""
     bed = make_bed()
     ctx = bed.context()
-    busy = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    busy = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     for engine, seconds in ((0, 0.030), (2, 0.0011)):
         bed.scheduler.estimator.set_prior(f"busy{engine}", seconds)
         bed.burn(ctx, busy, seconds, engine=engine, kind=f"busy{engine}")
     bed.clock.advance(0.001)
-    [probe] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.001, kind="probe")
+    [probe] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.001, kind="probe")
     assert probe.engine == 1
 
 
@@ -117,7 +116,7 @@ def test_the_record_of_recent_runs_is_bounded_without_anyone_reading_statistics(
     bed = make_bed()
     window = bed.scheduler.policy.share_window_s
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     step = window / 8
     for _ in range(80):  # ten windows of jobs, one every eighth of a window
         bed.burn(ctx, queue, step / 4, engine=0)

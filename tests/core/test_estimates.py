@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npud.core.estimates import DurationEstimator, OwnerEstimates
-from npud.core.job import JobState
-from npud.core.policy import SchedClass, SchedulerPolicy
+from npud.core.policy import SchedulerPolicy
 from npud.devices.base import Completion, CompletionStatus, SubmitToken
 from npud.errors import DeadlineInfeasible, InvalidArgument, TimeSliceExceeded
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 
@@ -103,7 +103,7 @@ def test_host_stalls_do_not_make_admission_refuse_a_job_the_device_models_under_
     the 100 ms slice; the same measurements without a model are refused (TimeSliceExceeded)."""
     bed = make_bed(SchedulerPolicy(time_slice_s=0.1))
     ctx = bed.context()
-    tp = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    tp = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     _stalled_for(bed.scheduler.estimator, ALICE.account, "flood", 0.010, 0.160)
     _stalled_for(bed.scheduler.estimator, ALICE.account, "unmodelled", 0.0, 0.160)
     [job] = bed.burn(ctx, tp, 0.010, kind="flood")
@@ -118,7 +118,7 @@ def test_deadline_admission_uses_the_capped_estimate_and_says_so() -> None:
     (capped at 10 ms) and refused with an 8 ms one, the message naming the cap."""
     bed = make_bed()
     ctx = bed.context()
-    lat = bed.queue(ctx, SchedClass.LATENCY, in_order=False)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY, in_order=False)
     _stalled_for(bed.scheduler.estimator, ALICE.account, "decode", 0.005, 0.040)
     now = bed.core.now()
     [ok] = bed.burn(ctx, lat, 0.005, kind="decode", deadline=now + 0.015)

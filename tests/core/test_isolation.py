@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from npud.core.job import Job, JobState
-from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+from npud.core.job import Job
+from npud.core.policy import PolicyKind, SchedulerPolicy
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import Bed, make_bed
 
 T = 0.010  # the duration of one throughput job
@@ -14,12 +15,12 @@ def _flood_then_decode(bed: Bed, steps: int = 1, gap: float = 0.002) -> list[Job
     """Four contexts flood THROUGHPUT; later a fifth runs ``steps`` decode steps in a row."""
     for _ in range(4):
         ctx = bed.context()
-        queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+        queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
         bed.burn(ctx, queue, T, n=FLOOD)
     # a long throughput-only stretch (deep queues), arriving mid-way through running jobs
     bed.clock.advance(0.5 * T * FLOOD + 0.4 * T)
     decoder = bed.context()
-    lat = bed.queue(decoder, SchedClass.LATENCY)
+    lat = bed.queue(decoder, SchedulingClass.LATENCY)
     done: list[Job] = []
 
     def step(_: Job | None = None) -> None:

@@ -9,12 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npud.core.estimates import DurationEstimator, OwnerEstimates
-from npud.core.job import JobState
 from npud.core.limits import Limits, bounded, clip
-from npud.core.policy import SchedClass
 from npud.core.service import CoreLimits
 from npud.devices.base import Completion, CompletionStatus, SubmitToken
 from npud.errors import InvalidArgument, TimeSliceExceeded
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, BOB, make_bed
 
 NAN, INF = math.nan, math.inf
@@ -45,7 +44,7 @@ def test_a_non_finite_job_number_is_refused_naming_it_and_admits_nothing(
         bed.burn(evil, bed.queue(evil, owner=BOB), 0.005, owner=BOB, **{field: value})
     assert evil.jobs == {}
     victim = bed.context(ALICE)
-    queue = bed.queue(victim, SchedClass.LATENCY)
+    queue = bed.queue(victim, SchedulingClass.LATENCY)
     jobs = bed.burn(victim, queue, 0.005, n=4)
     start = bed.clock.now()
     bed.run()
@@ -59,11 +58,11 @@ def test_a_timeout_over_its_class_ceiling_is_refused_and_the_ceiling_is_admitted
     """timeout_s above the class's ceiling is refused naming the class and ceiling; exactly the
     ceiling is admitted; each class has its own."""
     limits = Limits(
-        timeout_ceilings={c: 2.0 if c is SchedClass.LATENCY else 8.0 for c in SchedClass}
+        timeout_ceilings={c: 2.0 if c is SchedulingClass.LATENCY else 8.0 for c in SchedulingClass}
     )
     bed = make_bed(limits=CoreLimits(bounds=limits))
     ctx = bed.context()
-    lat = bed.queue(ctx, SchedClass.LATENCY)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY)
     with pytest.raises(InvalidArgument, match=r"timeout_s = 2\.5 .*latency job"):
         bed.burn(ctx, lat, 0.001, timeout_s=2.5)
     [ok] = bed.burn(ctx, lat, 0.001, timeout_s=2.0)
@@ -112,7 +111,7 @@ def test_limits_refuse_non_finite_bounds() -> None:
     with pytest.raises(InvalidArgument, match="max_wait_s"):
         Limits(max_wait_s=INF)
     with pytest.raises(InvalidArgument, match="timeout ceiling"):
-        Limits(timeout_ceilings={SchedClass.LATENCY: NAN})
+        Limits(timeout_ceilings={SchedulingClass.LATENCY: NAN})
     with pytest.raises(InvalidArgument, match="max_weight"):
         Limits(max_weight=0.5)
 
@@ -124,14 +123,14 @@ def test_one_users_kinds_do_not_move_another_users_estimates() -> None:
     bed = make_bed()
     evil = bed.context(BOB)
     bed.burn(evil, bed.queue(evil, owner=BOB), 0.5, owner=BOB, kind="prefill", timeout_s=2.0)
-    lat = bed.queue(evil, SchedClass.LATENCY, owner=BOB)
+    lat = bed.queue(evil, SchedulingClass.LATENCY, owner=BOB)
     bed.burn(evil, lat, 0.5, owner=BOB, kind="decode", timeout_s=2.0)
     bed.run()
     victim = bed.context(ALICE)
     [pre] = bed.burn(victim, bed.queue(victim), 0.02, kind="prefill")
     deadline = bed.clock.now() + 0.05
     [dec] = bed.burn(
-        victim, bed.queue(victim, SchedClass.LATENCY), 0.02, kind="decode", deadline=deadline
+        victim, bed.queue(victim, SchedulingClass.LATENCY), 0.02, kind="decode", deadline=deadline
     )
     bed.run()
     assert pre.state is dec.state is JobState.COMPLETED

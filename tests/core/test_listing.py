@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from npud.core.buffers import Persistence, Usage
 from npud.core.context import Context
-from npud.core.job import Job, JobState
-from npud.core.policy import SchedClass
+from npud.core.job import Job
 from npud.core.queue import Queue
 from npud.errors import NotFound
+from npud.vocab import BufferUsage, JobState, Persistence, SchedulingClass
 from tests.core.harness import ALICE, BOB, ROOT, Bed, make_bed
 
 
@@ -32,7 +31,7 @@ class World:
 
 def _two_users(bed: Bed) -> World:
     a1, a2, b1 = bed.context(), bed.context(), bed.context(BOB)
-    qa1, qa2, qb1 = bed.queue(a1, SchedClass.LATENCY), bed.queue(a2), bed.queue(b1, owner=BOB)
+    qa1, qa2, qb1 = bed.queue(a1, SchedulingClass.LATENCY), bed.queue(a2), bed.queue(b1, owner=BOB)
     [ja1] = bed.burn(a1, qa1, 0.001)
     [ja2] = bed.burn(a2, qa2, 0.001)
     [jb1] = bed.burn(b1, qb1, 0.001, owner=BOB)
@@ -102,7 +101,7 @@ def test_buffers_of_every_context_name_their_holder_and_closing_contexts_are_not
     core = bed.core
     a1, a2 = bed.context(), bed.context()
     shared = core.create_buffer(
-        ALICE, a1.id, 64, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="k@1"
+        ALICE, a1.id, 64, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key="k@1"
     )
     core.write_buffer(ALICE, a1.id, shared.id, 0, b"x" * 64)
     core.seal_buffer(ALICE, a1.id, shared.id)

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 
-from npud.core.job import JobState
-from npud.core.policy import SchedClass
 from npud.errors import Cancelled, InvalidArgument, NotFound
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, BOB, make_bed
 
 
@@ -16,7 +15,7 @@ def test_no_job_starts_before_its_predecessor_in_the_queue_completes() -> None:
     """An in-order queue runs one job at a time although three engines are free."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     jobs = bed.burn(ctx, queue, 0.003, n=8)
     bed.run()
     assert all(j.state is JobState.COMPLETED for j in jobs)
@@ -30,7 +29,7 @@ def test_an_out_of_order_queue_runs_its_jobs_concurrently() -> None:
     """Without in-order, jobs of one queue spread over the engines."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     jobs = bed.burn(ctx, queue, 0.003, n=bed.engines)
     bed.run()
     assert {j.engine for j in jobs} == set(range(bed.engines))
@@ -41,8 +40,8 @@ def test_dependencies_across_queues_are_honoured() -> None:
     """A job depending on a job of another queue starts only after it completes."""
     bed = make_bed()
     ctx = bed.context()
-    q1 = bed.queue(ctx, SchedClass.THROUGHPUT)
-    q2 = bed.queue(ctx, SchedClass.LATENCY)
+    q1 = bed.queue(ctx, SchedulingClass.THROUGHPUT)
+    q2 = bed.queue(ctx, SchedulingClass.LATENCY)
     [a] = bed.burn(ctx, q1, 0.02)
     [b] = bed.burn(ctx, q2, 0.001, depends_on=(a.id,))
     specs = [bed.spec(ctx, q1, 0.004), bed.spec(ctx, q2, 0.001, depends_on=(0,))]
@@ -61,7 +60,7 @@ def test_a_dependency_cycle_is_rejected_and_nothing_is_admitted() -> None:
     """A batch whose jobs depend on each other in a cycle raises InvalidArgument."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     specs = [
         bed.spec(ctx, queue, 0.001, depends_on=(2,), label="a"),
         bed.spec(ctx, queue, 0.001, depends_on=(0,), label="b"),
@@ -94,8 +93,8 @@ def test_dependents_of_a_failed_job_are_cancelled_and_say_why() -> None:
     """When a dependency fails, its dependents end CANCELLED naming it; the queue carries on."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT)
-    other = bed.queue(ctx, SchedClass.THROUGHPUT)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT)
+    other = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     bed.device.inject_job_error(message="bad op")
     [bad] = bed.burn(ctx, queue, 0.001)
     [dependent] = bed.burn(ctx, other, 0.001, depends_on=(bad.id,))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.job import JobState
-from npud.core.policy import SchedClass
 from npud.errors import DeviceLost, JobFailed, JobTimedOut
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import make_bed
 
 
@@ -14,7 +13,7 @@ def test_a_hung_job_times_out_the_engine_is_reset_and_later_jobs_run() -> None:
     """inject_hang: TIMED_OUT within its timeout, engine reset, queued and later jobs run."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     bed.device.inject_hang(0)
     [hung] = bed.burn(ctx, queue, 0.002, engine=0, timeout_s=0.05)
     behind = bed.burn(ctx, queue, 0.002, engine=0, n=3)
@@ -36,12 +35,12 @@ def test_the_class_default_timeout_applies_when_the_job_sets_none() -> None:
     """A hung LATENCY job without its own timeout ends at the class default."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     bed.device.inject_hang(0)
     [hung] = bed.burn(ctx, queue, 0.001, engine=0)
     bed.run()
     assert hung.state is JobState.TIMED_OUT
-    default = bed.scheduler.policy.timeout_for(SchedClass.LATENCY)
+    default = bed.scheduler.policy.timeout_for(SchedulingClass.LATENCY)
     assert hung.run_s == pytest.approx(default)
 
 
@@ -49,7 +48,7 @@ def test_a_device_job_error_fails_only_that_job() -> None:
     """A completion with an error fails its job; the others complete."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     bed.device.inject_job_error(1, "illegal instruction")
     jobs = bed.burn(ctx, queue, 0.002, n=6)
     bed.run()
@@ -65,7 +64,7 @@ def test_device_loss_fails_running_and_queued_jobs_and_refuses_new_ones() -> Non
     """After loss every live job is FAILED with DeviceLost and submit raises DeviceLost."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     jobs = bed.burn(ctx, queue, 0.01, n=5)
     bed.clock.advance(0.015)
     bed.device.lose("unplugged")

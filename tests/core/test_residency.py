@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Location, Persistence, TierPreference, Usage
+from npud.core.buffers import Location
 from npud.core.ids import ContextId
 from npud.core.residency import ResidencyManager
 from npud.devices.base import (
@@ -22,10 +22,8 @@ from npud.devices.base import (
     Capabilities,
     CompletionCallback,
     DeviceBuffer,
-    DeviceHealth,
     DeviceStatistics,
     EngineInfo,
-    MemoryTier,
     Submission,
     SubmitToken,
     TierInfo,
@@ -40,6 +38,7 @@ from npud.errors import (
     ResourceExhausted,
     Unsupported,
 )
+from npud.vocab import BufferUsage, DeviceHealth, MemoryTier, Persistence, TierPreference
 
 KiB = 1024
 A = ContextId("ctx-a")
@@ -170,7 +169,7 @@ def manager(
 def test_create_allocates_and_write_read_round_trips() -> None:
     """create() allocates device memory at once; write/read go through the device mapping."""
     res, dev = manager()
-    buf = res.create(A, 4 * KiB, usage=Usage.SCRATCH)
+    buf = res.create(A, 4 * KiB, usage=BufferUsage.SCRATCH)
     assert buf.device is not None
     assert buf.location is Location.RESIDENT
     res.write(buf, 10, b"hello")
@@ -186,25 +185,27 @@ def test_create_allocates_and_write_read_round_trips() -> None:
 def test_out_of_range_and_bad_arguments_are_refused() -> None:
     """Bad sizes, ranges and keys raise InvalidArgument; too-large buffers OutOfDeviceMemory."""
     res, _ = manager()
-    buf = res.create(A, 16, usage=Usage.SCRATCH)
+    buf = res.create(A, 16, usage=BufferUsage.SCRATCH)
     with pytest.raises(InvalidArgument):
         res.write(buf, 10, b"0123456789")
     with pytest.raises(InvalidArgument):
         res.read(buf, -1, 4)
     with pytest.raises(InvalidArgument):
-        res.create(A, 0, usage=Usage.SCRATCH)
+        res.create(A, 0, usage=BufferUsage.SCRATCH)
     with pytest.raises(InvalidArgument):
-        res.create(A, 8, usage=Usage.SCRATCH, key="x")
+        res.create(A, 8, usage=BufferUsage.SCRATCH, key="x")
     with pytest.raises(InvalidArgument):
-        res.create(A, 8, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="sha256:zz")
+        res.create(
+            A, 8, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key="sha256:zz"
+        )
     with pytest.raises(OutOfDeviceMemory):
-        res.create(A, 65 * KiB, usage=Usage.SCRATCH)
+        res.create(A, 65 * KiB, usage=BufferUsage.SCRATCH)
 
 
 def test_get_hides_buffers_of_other_contexts() -> None:
     """get() is NotFound for unknown ids and for ids the context holds no reference to."""
     res, _ = manager()
-    buf = res.create(A, 64, usage=Usage.SCRATCH)
+    buf = res.create(A, 64, usage=BufferUsage.SCRATCH)
     assert res.get(A, buf.id) is buf
     with pytest.raises(NotFound):
         res.get(B, buf.id)
@@ -218,9 +219,9 @@ def test_get_hides_buffers_of_other_contexts() -> None:
 def test_ephemeral_release_frees_device_memory() -> None:
     """Releasing an EPHEMERAL buffer frees its device allocation; release_context frees all."""
     res, dev = manager()
-    one = res.create(A, 1 * KiB, usage=Usage.SCRATCH)
-    res.create(A, 2 * KiB, usage=Usage.STATE)
-    res.create(B, 4 * KiB, usage=Usage.SCRATCH)
+    one = res.create(A, 1 * KiB, usage=BufferUsage.SCRATCH)
+    res.create(A, 2 * KiB, usage=BufferUsage.STATE)
+    res.create(B, 4 * KiB, usage=BufferUsage.SCRATCH)
     res.release(A, one)
     assert dev.used(MemoryTier.DRAM) == 6 * KiB
     res.release_context(A)
@@ -234,7 +235,7 @@ def test_persistent_key_is_shared_and_warm_after_last_user() -> None:
     leave, and a third attaches with no upload."""
     res, dev = manager()
     weights = res.create(
-        A, 8 * KiB, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="m/v1/w0"
+        A, 8 * KiB, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key="m/v1/w0"
     )
     res.write(weights, 0, b"\x01" * 8 * KiB)
     res.seal(A, weights)
@@ -256,7 +257,9 @@ def test_persistent_key_is_shared_and_warm_after_last_user() -> None:
     assert after.misses == 0
     assert dev.used(MemoryTier.DRAM) == 8 * KiB
     with pytest.raises(AlreadyExists):
-        res.create(C, 8, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="m/v1/w0")
+        res.create(
+            C, 8, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key="m/v1/w0"
+        )
     with pytest.raises(NotFound):
         res.open_persistent(C, "m/v1/unknown")
 
@@ -268,14 +271,14 @@ def test_seal_keys_by_content_hash_and_deduplicates() -> None:
 
     res, dev = manager()
     data = bytes(range(256)) * 16
-    first = res.create(A, len(data), usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT)
+    first = res.create(A, len(data), usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT)
     for off in range(0, len(data), 1000):
         res.write(first, off, data[off : off + 1000])
     assert res.seal(A, first) is first
     assert first.key == "sha256:" + hashlib.sha256(data).hexdigest()
     with pytest.raises(FailedPrecondition):
         res.write(first, 0, b"x")
-    second = res.create(B, len(data), usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT)
+    second = res.create(B, len(data), usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT)
     res.write(second, 100, data[100:])  # out of order: the hash is recomputed at seal
     res.write(second, 0, data[:100])
     shared = res.seal(B, second)
@@ -291,7 +294,11 @@ def test_seal_rejects_a_wrong_content_hash_key() -> None:
     """A sha256: key that does not match the contents is refused at seal."""
     res, _ = manager()
     buf = res.create(
-        A, 4, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="sha256:" + "0" * 64
+        A,
+        4,
+        usage=BufferUsage.WEIGHTS,
+        persistence=Persistence.PERSISTENT,
+        key="sha256:" + "0" * 64,
     )
     res.write(buf, 0, b"abcd")
     with pytest.raises(InvalidArgument):
@@ -302,17 +309,17 @@ def test_quota_refusal_names_quota_and_usage_and_allocates_nothing() -> None:
     """Exceeding a context's quota raises QuotaExceeded (a ResourceExhausted) with the numbers;
     nothing is allocated."""
     res, dev = manager()
-    res.create(A, 3 * KiB, usage=Usage.SCRATCH, quota_bytes=4 * KiB)
+    res.create(A, 3 * KiB, usage=BufferUsage.SCRATCH, quota_bytes=4 * KiB)
     before = dev.used(MemoryTier.DRAM), len(res.buffers())
     with pytest.raises(ResourceExhausted) as info:
-        res.create(A, 2 * KiB, usage=Usage.SCRATCH)
+        res.create(A, 2 * KiB, usage=BufferUsage.SCRATCH)
     assert isinstance(info.value, QuotaExceeded)
     assert "4096" in str(info.value)
     assert "3072" in str(info.value)
     assert (dev.used(MemoryTier.DRAM), len(res.buffers())) == before
     assert res.context_usage(A) == 3 * KiB
     shared = res.create(
-        B, 2 * KiB, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key="big"
+        B, 2 * KiB, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key="big"
     )
     with pytest.raises(QuotaExceeded):
         res.open_persistent(A, "big")
@@ -323,7 +330,7 @@ def test_quota_refusal_names_quota_and_usage_and_allocates_nothing() -> None:
 def test_prepare_binding_and_run_bracket() -> None:
     """prepare/begin_run/end_run keep in_use balanced; binding gives the current handle."""
     res, _ = manager()
-    buf = res.create(A, 64, usage=Usage.STATE)
+    buf = res.create(A, 64, usage=BufferUsage.STATE)
     assert res.prepare([buf, buf])
     assert res.is_resident([buf])
     res.begin_run([buf, buf])
@@ -341,12 +348,12 @@ def test_eviction_spills_state_bit_exact_and_drops_scratch() -> None:
     """Under pressure a STATE buffer is spilled to host and restored bit-exact; scratch is
     dropped; counters record both."""
     res, dev = manager(dram=16 * KiB)
-    state = res.create(A, 8 * KiB, usage=Usage.STATE)
+    state = res.create(A, 8 * KiB, usage=BufferUsage.STATE)
     pattern = bytes((i * 7 + 3) % 256 for i in range(8 * KiB))
     res.write(state, 0, pattern)
-    scratch = res.create(A, 8 * KiB, usage=Usage.SCRATCH)
+    scratch = res.create(A, 8 * KiB, usage=BufferUsage.SCRATCH)
     res.write(scratch, 0, b"\xff" * 16)
-    big = res.create(B, 16 * KiB, usage=Usage.SCRATCH)
+    big = res.create(B, 16 * KiB, usage=BufferUsage.SCRATCH)
     assert big.device is not None
     assert state.device is None
     assert state.location is Location.HOST
@@ -369,12 +376,12 @@ def test_eviction_spills_state_bit_exact_and_drops_scratch() -> None:
 def test_pinned_and_running_buffers_are_never_evicted() -> None:
     """prepare() returns False rather than evict a pinned or running buffer."""
     res, _ = manager(dram=16 * KiB)
-    pinned = res.create(A, 8 * KiB, usage=Usage.STATE)
+    pinned = res.create(A, 8 * KiB, usage=BufferUsage.STATE)
     res.pin(pinned, ctx=A)
-    running = res.create(A, 8 * KiB, usage=Usage.STATE)
+    running = res.create(A, 8 * KiB, usage=BufferUsage.STATE)
     assert res.prepare([running])
     res.begin_run([running])
-    newcomer = res.create(B, 8 * KiB, usage=Usage.STATE)
+    newcomer = res.create(B, 8 * KiB, usage=BufferUsage.STATE)
     assert newcomer.device is None
     assert not res.prepare([newcomer])
     assert pinned.device is not None
@@ -391,8 +398,8 @@ def test_pinned_and_running_buffers_are_never_evicted() -> None:
 def test_a_set_that_can_never_fit_raises() -> None:
     """prepare() raises OutOfDeviceMemory when a job's buffers exceed the whole budget."""
     res, _ = manager(dram=16 * KiB)
-    one = res.create(A, 10 * KiB, usage=Usage.SCRATCH)
-    two = res.create(A, 10 * KiB, usage=Usage.SCRATCH)
+    one = res.create(A, 10 * KiB, usage=BufferUsage.SCRATCH)
+    two = res.create(A, 10 * KiB, usage=BufferUsage.SCRATCH)
     with pytest.raises(OutOfDeviceMemory):
         res.prepare([one, two])
 
@@ -400,8 +407,8 @@ def test_a_set_that_can_never_fit_raises() -> None:
 def test_budget_smaller_than_capacity_is_respected() -> None:
     """A budget below the device capacity caps what npud allocates."""
     res, dev = manager(dram=64 * KiB, budgets={MemoryTier.DRAM: 8 * KiB})
-    res.create(A, 6 * KiB, usage=Usage.SCRATCH)
-    res.create(A, 6 * KiB, usage=Usage.SCRATCH)
+    res.create(A, 6 * KiB, usage=BufferUsage.SCRATCH)
+    res.create(A, 6 * KiB, usage=BufferUsage.SCRATCH)
     assert dev.used(MemoryTier.DRAM) == 6 * KiB
     assert res.statistics().tier(MemoryTier.DRAM).budget_bytes == 8 * KiB
 
@@ -409,7 +416,7 @@ def test_budget_smaller_than_capacity_is_respected() -> None:
 def test_device_without_sram_reports_an_empty_tier() -> None:
     """With no SRAM (capacity 0) the tier is reported empty and SRAM requests land in DRAM."""
     res, _ = manager(sram=0)
-    buf = res.create(A, 64, usage=Usage.STATE, tier=TierPreference.SRAM)
+    buf = res.create(A, 64, usage=BufferUsage.STATE, tier=TierPreference.SRAM)
     assert buf.device is not None
     assert buf.device.tier is MemoryTier.DRAM
     sram = res.statistics().tier(MemoryTier.SRAM)

@@ -20,16 +20,16 @@ from hypothesis.stateful import (
 )
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Buffer, Location, Persistence, Usage
+from npud.core.buffers import Buffer, Location
 from npud.core.ids import ContextId
 from npud.core.residency import ResidencyManager
-from npud.devices.base import MemoryTier
 from npud.errors import FailedPrecondition, NotFound, OutOfDeviceMemory
+from npud.vocab import BufferUsage, MemoryTier, Persistence
 from tests.core.test_residency import KiB, MemDevice
 
 CTXS = [ContextId(f"ctx-{i}") for i in range(3)]
 SIZES = st.sampled_from([256, 1 * KiB, 3 * KiB, 6 * KiB])
-USAGES = st.sampled_from([Usage.STATE, Usage.SCRATCH, Usage.WEIGHTS])
+USAGES = st.sampled_from([BufferUsage.STATE, BufferUsage.SCRATCH, BufferUsage.WEIGHTS])
 
 op = st.one_of(
     st.tuples(st.just("create"), SIZES, USAGES),
@@ -50,7 +50,7 @@ def test_pinned_and_running_buffers_are_never_evicted(
     res = ResidencyManager(dev, VirtualClock())
     keep: list[tuple[Buffer, bytes]] = []
     for i in range(protected):
-        buf = res.create(CTXS[0], 2 * KiB, usage=Usage.STATE)
+        buf = res.create(CTXS[0], 2 * KiB, usage=BufferUsage.STATE)
         data = bytes([i + 1]) * buf.size
         res.write(buf, 0, data)
         if i % 2:
@@ -64,7 +64,7 @@ def test_pinned_and_running_buffers_are_never_evicted(
     for kind, a, b in ops:
         if kind == "create":
             assert isinstance(a, int)
-            assert isinstance(b, Usage)
+            assert isinstance(b, BufferUsage)
             others.append(res.create(CTXS[1], a, usage=b))
         elif others:
             x = others[int(a) % len(others)]  # type: ignore[call-overload]
@@ -118,7 +118,7 @@ class ResidencyMachine(RuleBasedStateMachine):
                     refs.discard(bid)
 
     @rule(ctx=st.sampled_from(CTXS), size=SIZES, usage=USAGES, persistent=st.booleans())
-    def alloc(self, ctx: ContextId, size: int, usage: Usage, persistent: bool) -> None:
+    def alloc(self, ctx: ContextId, size: int, usage: BufferUsage, persistent: bool) -> None:
         """Create a buffer and fill it; persistent weights are sealed and shareable."""
         persistence = Persistence.PERSISTENT if persistent else Persistence.EPHEMERAL
         buf = self.res.create(ctx, size, usage=usage, persistence=persistence)
@@ -131,7 +131,7 @@ class ResidencyMachine(RuleBasedStateMachine):
         self.bufs[buf.id] = buf
         self.order.setdefault(buf.id, len(self.order))
         self.refs[ctx].add(buf.id)
-        if usage is not Usage.SCRATCH:
+        if usage is not BufferUsage.SCRATCH:
             self.expected[buf.id] = data if not buf.sealed else self.res.read(buf, 0, buf.size)
         self._forget_dead()
 
@@ -188,7 +188,7 @@ class ResidencyMachine(RuleBasedStateMachine):
             if buf.id in self.expected:
                 assert self.res.read(buf, 0, buf.size) == self.expected[buf.id]
         self.res.begin_run(job)
-        written = [b for b in job if b.usage is Usage.STATE and not b.sealed]
+        written = [b for b in job if b.usage is BufferUsage.STATE and not b.sealed]
         for buf in written:
             assert buf.device is not None
             new = self.rng.randbytes(buf.size)
@@ -204,7 +204,7 @@ class ResidencyMachine(RuleBasedStateMachine):
     def finish(self) -> None:
         """The oldest running job completes."""
         job = self.running.pop(0)
-        self.res.end_run(job, written=[b for b in job if b.usage is Usage.STATE])
+        self.res.end_run(job, written=[b for b in job if b.usage is BufferUsage.STATE])
         self._forget_dead()
 
     @precondition(lambda self: bool(self.bufs))

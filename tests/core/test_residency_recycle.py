@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Buffer, Persistence, Usage
+from npud.core.buffers import Buffer
 from npud.core.ids import ContextId
 from npud.core.residency import RECYCLE_PER_CONTEXT, ResidencyManager
-from npud.devices.base import BufferUse, MemoryTier
+from npud.devices.base import BufferUse
 from npud.devices.sim.device import SimDevice
+from npud.vocab import BufferUsage, MemoryTier, Persistence
 
 KiB = 1024
 A, B = ContextId("ctx-a"), ContextId("ctx-b")
@@ -30,7 +31,7 @@ def _setup(dram: int = 1024 * KiB) -> tuple[ResidencyManager, SimDevice]:
 
 
 def _cmd(res: ResidencyManager, ctx: ContextId, size: int = 100) -> Buffer:
-    return res.create(ctx, size, usage=Usage.COMMAND, recycle=True)
+    return res.create(ctx, size, usage=BufferUsage.COMMAND, recycle=True)
 
 
 def _handle(buf: Buffer) -> int:
@@ -122,13 +123,13 @@ def test_a_job_that_outlives_its_context_frees_the_allocation() -> None:
 def test_spares_go_before_anything_is_evicted() -> None:
     """Under memory pressure the spares are freed first; no live buffer is evicted for room."""
     res, dev = _setup(dram=64 * KiB)
-    keep = res.create(A, 32 * KiB, usage=Usage.STATE)
+    keep = res.create(A, 32 * KiB, usage=BufferUsage.STATE)
     res.write(keep, 0, b"\1" * 16)
     cmds = [_cmd(res, A) for _ in range(RECYCLE_PER_CONTEXT)]
     for buf in cmds:
         res.release(A, buf)
     assert res.statistics().spare_bytes == 16 * KiB
-    big = res.create(B, 32 * KiB, usage=Usage.SCRATCH)  # needs 32 KiB: 16 free + 16 spare
+    big = res.create(B, 32 * KiB, usage=BufferUsage.SCRATCH)  # needs 32 KiB: 16 free + 16 spare
     stats = res.statistics()
     assert big.device is not None
     assert keep.device is not None
@@ -143,9 +144,9 @@ def test_spares_go_before_anything_is_evicted() -> None:
 def test_prepare_counts_spares_as_room() -> None:
     """A job whose buffer only fits once the spares go is placed, not held."""
     res, _ = _setup(dram=64 * KiB)
-    filler = res.create(A, 48 * KiB, usage=Usage.STATE)
+    filler = res.create(A, 48 * KiB, usage=BufferUsage.STATE)
     res.pin(filler)  # nothing to evict
-    state = res.create(B, 16 * KiB, usage=Usage.STATE)
+    state = res.create(B, 16 * KiB, usage=BufferUsage.STATE)
     res.write(state, 0, b"\2" * 8)
     assert res.evict(state)  # spilled to host memory
     cmds = [_cmd(res, A) for _ in range(RECYCLE_PER_CONTEXT)]
@@ -175,12 +176,14 @@ def test_undo_leaves_the_device_as_it_was() -> None:
 def test_only_ephemeral_command_buffers_are_recycled() -> None:
     """recycle=True on other usages or on persistent buffers frees their memory as before."""
     res, dev = _setup()
-    res.release(A, res.create(A, 100, usage=Usage.SCRATCH, recycle=True))
+    res.release(A, res.create(A, 100, usage=BufferUsage.SCRATCH, recycle=True))
     res.release(
         A,
-        res.create(A, 100, usage=Usage.COMMAND, persistence=Persistence.PERSISTENT, recycle=True),
+        res.create(
+            A, 100, usage=BufferUsage.COMMAND, persistence=Persistence.PERSISTENT, recycle=True
+        ),
     )
-    res.release(A, res.create(A, 100, usage=Usage.COMMAND))  # not asked to recycle
+    res.release(A, res.create(A, 100, usage=BufferUsage.COMMAND))  # not asked to recycle
     assert dev.statistics().buffers == 0
     assert res.statistics().spare_buffers == 0
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Location, Persistence, Usage
+from npud.core.buffers import Location
 from npud.core.registry import MANIFEST_NAME, Registry
 from npud.core.residency import ResidencyManager
-from npud.devices.base import MemoryTier
 from npud.errors import NotFound, Unavailable
+from npud.vocab import BufferUsage, MemoryTier, Persistence
 from tests.core.test_residency import A, B, KiB, MemDevice
 
 WEIGHTS = bytes((i * 31 + 7) % 251 for i in range(12 * KiB))
@@ -26,7 +26,7 @@ def _daemon(state_dir: Path, dram: int = 64 * KiB) -> tuple[ResidencyManager, Me
 
 def _upload(res: ResidencyManager, key: str | None = "llama/v1/wq") -> str:
     buf = res.create(
-        A, len(WEIGHTS), usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key=key
+        A, len(WEIGHTS), usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT, key=key
     )
     res.write(buf, 0, WEIGHTS)
     sealed = res.seal(A, buf)
@@ -57,7 +57,7 @@ def test_backed_weights_are_dropped_on_eviction_and_reread(tmp_path: Path) -> No
     res, dev = _daemon(tmp_path, dram=16 * KiB)
     key = _upload(res)
     weights = res.open_persistent(A, key)
-    other = res.create(B, 16 * KiB, usage=Usage.SCRATCH)
+    other = res.create(B, 16 * KiB, usage=BufferUsage.SCRATCH)
     assert other.device is not None
     assert weights.device is None
     assert weights.location is Location.BACKED

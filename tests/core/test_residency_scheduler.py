@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Persistence, Usage
-from npud.core.job import JobState
 from npud.core.owner import Owner
 from npud.core.service import Core, JobSpec
-from npud.devices.base import BufferUse, MemoryTier
+from npud.devices.base import BufferUse
 from npud.devices.sim.device import SimDevice
 from npud.isa import Program, T
+from npud.vocab import BufferUsage, JobState, MemoryTier, Persistence
 
 KiB = 1024
 N = 64
@@ -47,19 +46,19 @@ def test_scheduled_jobs_stay_correct_while_residency_evicts_and_restores() -> No
         queue = core.create_queue(owner, ctx.id)
         w = rng.integers(-2, 3, size=(N, N)).astype(np.float32)
         weights = core.create_buffer(
-            owner, ctx.id, w.nbytes, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT
+            owner, ctx.id, w.nbytes, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT
         )
         core.write_buffer(owner, ctx.id, weights.id, 0, w.tobytes())
         weights = core.seal_buffer(owner, ctx.id, weights.id)
-        cmd = core.create_buffer(owner, ctx.id, len(prog), usage=Usage.COMMAND)
+        cmd = core.create_buffer(owner, ctx.id, len(prog), usage=BufferUsage.COMMAND)
         core.write_buffer(owner, ctx.id, cmd.id, 0, prog)
-        tmp = core.create_buffer(owner, ctx.id, N * 4, usage=Usage.SCRATCH)
-        acc = core.create_buffer(owner, ctx.id, N * 4, usage=Usage.STATE)
+        tmp = core.create_buffer(owner, ctx.id, N * 4, usage=BufferUsage.SCRATCH)
+        acc = core.create_buffer(owner, ctx.id, N * 4, usage=BufferUsage.STATE)
         ref = np.zeros(N, dtype=np.float32)
         specs = []
         for _ in range(STEPS):
             x = rng.integers(-2, 3, size=(1, N)).astype(np.float32)
-            xb = core.create_buffer(owner, ctx.id, N * 4, usage=Usage.STATE)  # a client input
+            xb = core.create_buffer(owner, ctx.id, N * 4, usage=BufferUsage.STATE)  # a client input
             core.write_buffer(owner, ctx.id, xb.id, 0, x.tobytes())
             ref = ref + (x @ w)[0]
             bindings = (

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Buffer, Persistence, Usage
+from npud.core.buffers import Buffer
 from npud.core.ids import ContextId
 from npud.core.keys import content_digest, resolve
 from npud.core.residency import ResidencyManager
@@ -25,6 +25,7 @@ from npud.errors import (
     NotFound,
     PermissionDenied,
 )
+from npud.vocab import BufferUsage, Persistence
 from tests.core.test_residency import KiB, MemDevice
 
 VICTIM, ATTACKER = 1000, 1001
@@ -43,7 +44,12 @@ def _manager(state_dir: Path | None = None) -> ResidencyManager:
 
 def _create(res: ResidencyManager, ctx: ContextId, uid: int, key: str | None) -> Buffer:
     return res.create(
-        ctx, len(WEIGHTS), usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT, key=key, uid=uid
+        ctx,
+        len(WEIGHTS),
+        usage=BufferUsage.WEIGHTS,
+        persistence=Persistence.PERSISTENT,
+        key=key,
+        uid=uid,
     )
 
 

@@ -16,14 +16,15 @@ import numpy.typing as npt
 import pytest
 
 from npud.clock import VirtualClock
-from npud.core.buffers import Buffer, Location, Persistence, Usage
+from npud.core.buffers import Buffer, Location
 from npud.core.ids import ContextId
 from npud.core.residency import ResidencyManager
-from npud.devices.base import BufferUse, Completion, CompletionStatus, MemoryTier, Submission
+from npud.devices.base import BufferUse, Completion, CompletionStatus, Submission
 from npud.devices.sim.cost import estimate, op_cost
 from npud.devices.sim.device import SimDevice
 from npud.devices.sim.profiles import get_profile
 from npud.isa import Program, T
+from npud.vocab import BufferUsage, MemoryTier, Persistence
 
 KiB = 1024
 R, W, RW = BufferUse.READ, BufferUse.WRITE, BufferUse.READWRITE
@@ -79,7 +80,9 @@ def test_shared_weights_one_allocation_and_a_later_attach_uploads_nothing() -> N
     rng = np.random.default_rng(1)
     w = rng.integers(-3, 4, size=(64, 64)).astype(np.float32)
     ctxs = [ContextId(f"ctx-{i}") for i in range(3)]
-    weights = res.create(ctxs[0], w.nbytes, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT)
+    weights = res.create(
+        ctxs[0], w.nbytes, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT
+    )
     res.write(weights, 0, w.tobytes())
     weights = res.seal(ctxs[0], weights)
     assert weights.key is not None
@@ -87,9 +90,9 @@ def test_shared_weights_one_allocation_and_a_later_attach_uploads_nothing() -> N
 
     def step(ctx: ContextId, shared: Buffer) -> None:
         x = rng.integers(-3, 4, size=(1, 64)).astype(np.float32)
-        cmd = res.create(ctx, 4 * KiB, usage=Usage.COMMAND)
-        xb = res.create(ctx, x.nbytes, usage=Usage.SCRATCH)
-        out = res.create(ctx, x.nbytes, usage=Usage.SCRATCH)
+        cmd = res.create(ctx, 4 * KiB, usage=BufferUsage.COMMAND)
+        xb = res.create(ctx, x.nbytes, usage=BufferUsage.SCRATCH)
+        out = res.create(ctx, x.nbytes, usage=BufferUsage.SCRATCH)
         res.write(xb, 0, x.tobytes())
         prog = Program().matmul(T(2, 0, (1, 64)), T(0, 0, (1, 64)), T(1, 0, (64, 64)))
         _run(res, dev, clock, cmd, prog, [(xb, R), (shared, R), (out, W)])
@@ -105,7 +108,7 @@ def test_shared_weights_one_allocation_and_a_later_attach_uploads_nothing() -> N
         res.statistics().tier(MemoryTier.DRAM).used_bytes
         == dev.statistics().used_bytes[MemoryTier.DRAM]
     )
-    weight_allocations = [b for b in res.buffers() if b.usage is Usage.WEIGHTS]
+    weight_allocations = [b for b in res.buffers() if b.usage is BufferUsage.WEIGHTS]
     assert len(weight_allocations) == 1
     res.release_context(ctxs[0])
     res.release_context(ctxs[1])
@@ -139,16 +142,18 @@ def test_jobs_complete_correctly_under_a_budget_smaller_than_the_working_set(
     for i in range(3):
         ctx = ContextId(f"ctx-{i}")
         w = rng.integers(-2, 3, size=(n, n)).astype(np.float32)
-        wb = res.create(ctx, w.nbytes, usage=Usage.WEIGHTS, persistence=Persistence.PERSISTENT)
+        wb = res.create(
+            ctx, w.nbytes, usage=BufferUsage.WEIGHTS, persistence=Persistence.PERSISTENT
+        )
         res.write(wb, 0, w.tobytes())
         tenants.append(
             _Tenant(
                 w=w,
                 weights=res.seal(ctx, wb),
-                cmd=res.create(ctx, 4 * KiB, usage=Usage.COMMAND),
-                x=res.create(ctx, n * 4, usage=Usage.SCRATCH),
-                tmp=res.create(ctx, n * 4, usage=Usage.SCRATCH),
-                state=res.create(ctx, n * 4, usage=Usage.STATE),
+                cmd=res.create(ctx, 4 * KiB, usage=BufferUsage.COMMAND),
+                x=res.create(ctx, n * 4, usage=BufferUsage.SCRATCH),
+                tmp=res.create(ctx, n * 4, usage=BufferUsage.SCRATCH),
+                state=res.create(ctx, n * 4, usage=BufferUsage.STATE),
                 ref=np.zeros(n, dtype=np.float32),
                 last=bytes(n * 4),
             )
@@ -235,11 +240,11 @@ def test_sram_placement_speeds_up_decode_by_what_the_cost_model_predicts() -> No
         prog, d, cache, _ = _decode_step(0)
         x = (rng.standard_normal((1, d)) / 4).astype(np.float32)
         w = (rng.standard_normal((d, d)) / 16).astype(np.float32)
-        xb = res.create(ctx, x.nbytes, usage=Usage.SCRATCH)
-        wb = res.create(ctx, w.nbytes, usage=Usage.WEIGHTS)
-        kv = res.create(ctx, 2 * cache, usage=Usage.STATE)
-        act = res.create(ctx, 2 * d * 4, usage=Usage.SCRATCH)
-        cmd = res.create(ctx, 4 * KiB, usage=Usage.COMMAND)
+        xb = res.create(ctx, x.nbytes, usage=BufferUsage.SCRATCH)
+        wb = res.create(ctx, w.nbytes, usage=BufferUsage.WEIGHTS)
+        kv = res.create(ctx, 2 * cache, usage=BufferUsage.STATE)
+        act = res.create(ctx, 2 * d * 4, usage=BufferUsage.SCRATCH)
+        cmd = res.create(ctx, 4 * KiB, usage=BufferUsage.COMMAND)
         res.write(xb, 0, x.tobytes())
         res.write(wb, 0, w.tobytes())
         modelled: list[float] = []

@@ -14,8 +14,9 @@ import itertools
 import statistics
 from dataclasses import dataclass, field
 
-from npud.core.job import Job, JobState
-from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+from npud.core.job import Job
+from npud.core.policy import PolicyKind, SchedulerPolicy
+from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import Bed, make_bed
 
 STEP = 0.028
@@ -62,7 +63,7 @@ def _scene(policy: SchedulerPolicy | None, decoders: int, prefill: bool, steps: 
 def _decoder(bed: Bed, run: _Run, steps: int) -> list[float]:
     """A decode loop keeping two steps submitted; returns the list its step ends go into."""
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.LATENCY)
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
     ends: list[float] = []
     submitted = [0]
 
@@ -86,7 +87,7 @@ def _later(bed: Bed, fn: object) -> None:
 def _prefiller(bed: Bed, run: _Run, done: object) -> None:
     """Prompts back to back until ``done()``: each prompt's chunks submitted at once."""
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT)
 
     def prompt() -> None:
         if done():  # type: ignore[operator]

@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from npud.core.context import Context, ContextQuotas, ContextState
-from npud.core.job import TERMINAL_STATES, Job, JobState
-from npud.core.policy import SchedClass
+from npud.core.job import Job
 from npud.core.queue import Queue
 from npud.errors import DeviceLost, FailedPrecondition, QueueFull, QuotaExceeded
+from npud.vocab import TERMINAL_STATES, JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
 DURATIONS = (0.0005, 0.002, 0.006)
-CLASSES = (SchedClass.LATENCY, SchedClass.THROUGHPUT, SchedClass.BACKGROUND)
+CLASSES = (SchedulingClass.LATENCY, SchedulingClass.THROUGHPUT, SchedulingClass.BACKGROUND)
 
 
 class SchedulerMachine(RuleBasedStateMachine):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.buffers import Usage
 from npud.core.context import ContextQuotas
 from npud.core.events import ContextEvent, Event, JobEvent
-from npud.core.job import JobState
-from npud.core.policy import SchedClass, SchedulerPolicy
+from npud.core.policy import SchedulerPolicy
 from npud.core.service import CoreLimits, JobSpec
 from npud.errors import (
     Cancelled,
@@ -19,6 +17,7 @@ from npud.errors import (
     QuotaExceeded,
     TimeSliceExceeded,
 )
+from npud.vocab import BufferUsage, JobState, SchedulingClass
 from tests.core.harness import ALICE, BOB, ROOT, make_bed
 
 
@@ -69,14 +68,14 @@ def test_a_throughput_job_over_the_time_slice_is_refused_with_advice_to_chunk() 
     """An estimated duration over the slice raises TimeSliceExceeded; LATENCY is exempt."""
     bed = make_bed(SchedulerPolicy(time_slice_s=0.02))
     ctx = bed.context()
-    tp = bed.queue(ctx, SchedClass.THROUGHPUT)
+    tp = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     bed.burn(ctx, tp, 0.05, kind="prefill")  # unknown kind: admitted, then measured
     bed.run()
     with pytest.raises(TimeSliceExceeded, match=r"50\.00 ms.*20\.00 ms.*at least 3 chunks"):
         bed.burn(ctx, tp, 0.05, kind="prefill")
     with pytest.raises(TimeSliceExceeded):
         bed.burn(ctx, tp, 0.05, kind="new", estimate_s=0.05)  # the client's own estimate
-    [lat] = bed.burn(ctx, bed.queue(ctx, SchedClass.LATENCY), 0.05, kind="prefill")
+    [lat] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.05, kind="prefill")
     bed.run()
     assert lat.state is JobState.COMPLETED
 
@@ -108,7 +107,7 @@ def test_closing_a_context_drains_running_jobs_cancels_queued_and_leaves_no_trac
     bed.core.subscribe(seen.append)
     ctx = bed.context()
     queue = bed.queue(ctx)
-    buf = bed.core.create_buffer(ALICE, ctx.id, 4096, usage=Usage.STATE)
+    buf = bed.core.create_buffer(ALICE, ctx.id, 4096, usage=BufferUsage.STATE)
     running, queued = bed.burn(ctx, queue, 0.01, n=2, bindings=((buf.id, _rw()),))
     bed.clock.advance(0.001)
     closed: list[str] = []
@@ -201,14 +200,14 @@ def test_statistics_report_depths_waits_and_utilisation() -> None:
     """Scheduler statistics show per-class depth, wait/run percentiles and engine utilisation."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedClass.THROUGHPUT, in_order=False)
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT, in_order=False)
     bed.burn(ctx, queue, 0.01, n=3 * bed.engines)
     mid = bed.core.statistics().device("sim0").scheduler
-    tp = mid.by_class(SchedClass.THROUGHPUT)
+    tp = mid.by_class(SchedulingClass.THROUGHPUT)
     assert tp.running == 3 * bed.engines  # deep submission: several in flight per engine
     bed.run()
     report = bed.core.device_report()
-    tp = report.scheduler.by_class(SchedClass.THROUGHPUT)
+    tp = report.scheduler.by_class(SchedulingClass.THROUGHPUT)
     assert tp.running == tp.ready == tp.queued == 0
     assert tp.run.count == 9
     assert tp.run.p50_s == pytest.approx(0.01)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from npud.core.buffers import Usage
 from npud.core.owner import Owner, TenantQuota
 from npud.core.service import CoreLimits
 from npud.errors import NotFound, QuotaExceeded
+from npud.vocab import BufferUsage
 from tests.core.harness import make_bed
 
 MiB = 1 << 20
@@ -39,15 +39,15 @@ def test_tenants_of_one_uid_see_and_spend_apart() -> None:
     assert [c.id for c in core.contexts(POD_A, all_users=True)] == [a.id]
     assert [c.id for c in core.contexts(POD_B)] == [b.id]
     with pytest.raises(NotFound):
-        core.create_buffer(POD_A, b.id, 4096, usage=Usage.SCRATCH)
-    core.create_buffer(POD_A_OTHER_PROCESS, a.id, 2 * MiB, usage=Usage.SCRATCH)
+        core.create_buffer(POD_A, b.id, 4096, usage=BufferUsage.SCRATCH)
+    core.create_buffer(POD_A_OTHER_PROCESS, a.id, 2 * MiB, usage=BufferUsage.SCRATCH)
     with pytest.raises(QuotaExceeded, match="per tenant is 2097152"):
-        core.create_buffer(POD_A, a.id, 1, usage=Usage.SCRATCH)
+        core.create_buffer(POD_A, a.id, 1, usage=BufferUsage.SCRATCH)
     core.create_context(POD_A)
     with pytest.raises(QuotaExceeded, match="per tenant is 2"):
         core.create_context(POD_A)
     assert core.user_memory(0, "a") == 2 * MiB
-    core.create_buffer(POD_B, b.id, 2 * MiB, usage=Usage.SCRATCH)
+    core.create_buffer(POD_B, b.id, 2 * MiB, usage=BufferUsage.SCRATCH)
     core.create_context(POD_B)
     # The plain user of the same uid counts neither tenant's contexts against its limit.
     for _ in range(10):

@@ -10,8 +10,8 @@ import npud.client
 from npud.client import MemoryTier as ClientTier
 from npud.config import Settings, load_settings
 from npud.daemon.budgets import residency_budgets
-from npud.devices.base import MemoryTier
 from npud.errors import ConfigError, ResourceExhausted
+from npud.vocab import MemoryTier
 from tests.daemon.harness import ROOT, start_daemon
 
 MIB = 1 << 20

@@ -191,14 +191,14 @@ def test_example_file_lists_every_limit() -> None:
 
 def test_limits_reach_core() -> None:
     """[limits] knobs become core's bounds."""
-    from npud.core.policy import SchedClass
     from npud.daemon.app import core_limits
+    from npud.vocab import SchedulingClass
 
     s = load_settings(
         None, env={"NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S": "3", "NPUD_LIMITS__MAX_WEIGHT": "4"}
     )
     bounds = core_limits(s)
-    assert bounds.timeout_ceiling(SchedClass.LATENCY) == 3.0
+    assert bounds.timeout_ceiling(SchedulingClass.LATENCY) == 3.0
     assert bounds.max_weight == 4.0
     assert bounds.min_weight == 0.25
 

@@ -18,9 +18,10 @@ from npud.core.policy import SchedulerPolicy
 from npud.core.service import Core
 from npud.daemon.hotplug import HotplugWatcher, QueuedEvents
 from npud.daemon.recovery import DeviceRecovery
-from npud.devices.base import Device, DeviceHealth
+from npud.devices.base import Device
 from npud.devices.discovery import NodeEvent, NodeInfo
 from npud.log import get_logger
+from npud.vocab import DeviceHealth
 from tests.daemon.fakenodes import FakeMachine, accel_node, event, settings_for, until
 
 

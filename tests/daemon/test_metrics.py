@@ -8,9 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from npud.config import load_settings
-from npud.core.policy import SchedClass
 from npud.daemon.metrics import MetricsServer, Sources, registry_for
 from npud.errors import ConfigError
+from npud.vocab import SchedulingClass
 from tests.core.harness import make_bed
 
 
@@ -19,7 +19,7 @@ def test_collector_reads_the_snapshots_and_costs_nothing_per_job() -> None:
     collecting twice gives the same numbers (reading changes nothing)."""
     bed = make_bed()
     ctx = bed.context()
-    q = bed.queue(ctx, SchedClass.LATENCY)
+    q = bed.queue(ctx, SchedulingClass.LATENCY)
     bed.burn(ctx, q, 0.001, n=7)
     bed.run()
     registry, collector = registry_for(Sources(bed.core))
@@ -148,7 +148,7 @@ def test_the_renderer_writes_what_prometheus_client_writes() -> None:
 
     bed = make_bed()
     ctx = bed.context()
-    q = bed.queue(ctx, SchedClass.THROUGHPUT)
+    q = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     bed.burn(ctx, q, 0.003, n=4)
     bed.run()
     registry, _ = registry_for(Sources(bed.core))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from npud.config import load_settings
-from npud.core.policy import PolicyKind, SchedClass, SchedulerPolicy
+from npud.core.policy import PolicyKind, SchedulerPolicy
 from npud.daemon.app import scheduler_policy
 from npud.errors import ConfigError
+from npud.vocab import SchedulingClass
 
 
 def test_default_settings_give_the_default_policy() -> None:
@@ -29,9 +30,9 @@ def test_every_knob_reaches_the_policy() -> None:
     policy = scheduler_policy(load_settings(None, env=env))
     assert policy.kind is PolicyKind.FIFO
     assert dict(policy.min_share) == {
-        SchedClass.LATENCY: 0.0,
-        SchedClass.THROUGHPUT: 0.25,
-        SchedClass.BACKGROUND: 0.0,
+        SchedulingClass.LATENCY: 0.0,
+        SchedulingClass.THROUGHPUT: 0.25,
+        SchedulingClass.BACKGROUND: 0.0,
     }
     assert policy.time_slice_s == 0.25
     assert policy.latency_window_s == 2.0

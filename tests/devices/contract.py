@@ -28,12 +28,12 @@ from npud.devices.base import (
     Completion,
     Device,
     DeviceBuffer,
-    MemoryTier,
     Submission,
     SubmitToken,
 )
 from npud.devices.sim import SimDevice
 from npud.isa import Program, T
+from npud.vocab import MemoryTier
 
 
 @dataclass

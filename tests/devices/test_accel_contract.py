@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from npud.devices.base import DeviceHealth
+from npud.vocab import DeviceHealth
 from tests.devices.accel_harness import ACCEL_DRIVERS, REPORTS_JOB_ERRORS, factory
 from tests.devices.contract import (
     AdapterFactory,

@@ -13,16 +13,10 @@ from npud.abi import drm, ethosu, ivpu, rocket
 from npud.abi.header import IoctlSpec
 from npud.abi.ioc import Direction, ioc
 from npud.devices.accel import AccelDevice
-from npud.devices.base import (
-    Binding,
-    BufferUse,
-    Completion,
-    DeviceHealth,
-    MemoryTier,
-    Submission,
-)
+from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.qaic import QaicDevice
 from npud.errors import DeviceError, DeviceLost, InvalidArgument, PermissionDenied
+from npud.vocab import DeviceHealth, MemoryTier
 from tests.devices.accel_harness import make
 from tests.devices.fakekernel.base import AbiMismatch
 from tests.devices.fakekernel.qaic import FakeQaic

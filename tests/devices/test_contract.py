@@ -6,16 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from npud.devices.base import (
-    Binding,
-    BufferUse,
-    Device,
-    DeviceHealth,
-    MemoryTier,
-    Submission,
-    SubmitToken,
-)
+from npud.devices.base import Binding, BufferUse, Device, Submission, SubmitToken
 from npud.errors import InvalidArgument, NotFound, Unsupported
+from npud.vocab import DeviceHealth, MemoryTier
 from tests.devices.contract import (
     ADAPTERS,
     AdapterFactory,

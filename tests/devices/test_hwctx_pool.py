@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npud.devices.base import Binding, BufferUse, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Submission
 from npud.devices.hwctx_pool import ContextsExhausted, HwContextPool
 from npud.errors import ResourceExhausted
+from npud.vocab import MemoryTier
 from tests.devices.accel_harness import make
 
 

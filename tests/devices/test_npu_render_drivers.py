@@ -11,11 +11,12 @@ import pytest
 
 from npud.abi import drm, etnaviv, rknpu
 from npud.devices.accel import AccelDevice
-from npud.devices.base import Binding, BufferUse, Completion, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.etnaviv import AddressRange, EtnavivDevice
 from npud.devices.rknpu import RknpuDevice
 from npud.errors import InvalidArgument, OutOfDeviceMemory, Unsupported
 from npud.isa import Program
+from npud.vocab import MemoryTier
 from tests.devices.accel_harness import make
 from tests.devices.contract import add_job, download, upload
 from tests.devices.fakekernel.etnaviv import GC7000, VIPNANO_QI, FakeEtnaviv

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npud.devices import priority
-from npud.devices.base import Binding, BufferUse, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Submission
 from npud.errors import InvalidArgument
+from npud.vocab import MemoryTier
 from tests.devices.accel_harness import make
 
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from npud.clock import VirtualClock
-from npud.devices.base import Device, MemoryTier
+from npud.devices.base import Device
 from npud.devices.vgem import VgemDevice
 from npud.errors import InvalidArgument, NotFound
+from npud.vocab import MemoryTier
 from tests.devices import test_contract as _suite
 from tests.devices.contract import (
     DeviceUnderTest,

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from npud.core.buffers import Persistence, Usage
 from npud.core.context import ContextQuotas
-from npud.core.job import JobState
 from npud.core.service import CoreLimits
-from npud.devices.base import DeviceHealth
 from npud.devices.sim import SimDevice
 from npud.errors import DeviceLost, FailedPrecondition, NotFound, QuotaExceeded
+from npud.vocab import BufferUsage, DeviceHealth, JobState, Persistence
 from tests.core.harness import ALICE, BOB, make_bed
 
 MiB = 1 << 20
@@ -25,15 +23,15 @@ def test_user_memory_quota_spans_contexts_and_spares_other_users() -> None:
     quotas = ContextQuotas(memory_bytes=2 * MiB)
     a1 = core.create_context(ALICE, quotas=quotas)
     a2 = core.create_context(ALICE, quotas=quotas)
-    core.create_buffer(ALICE, a1.id, 2 * MiB, usage=Usage.SCRATCH)
-    core.create_buffer(ALICE, a2.id, MiB, usage=Usage.SCRATCH)
+    core.create_buffer(ALICE, a1.id, 2 * MiB, usage=BufferUsage.SCRATCH)
+    core.create_buffer(ALICE, a2.id, MiB, usage=BufferUsage.SCRATCH)
     before = core.user_memory(ALICE.uid)
     with pytest.raises(QuotaExceeded, match="limit per user"):
-        core.create_buffer(ALICE, a2.id, MiB, usage=Usage.SCRATCH)
+        core.create_buffer(ALICE, a2.id, MiB, usage=BufferUsage.SCRATCH)
     assert core.user_memory(ALICE.uid) == before
     assert len(core.buffers(ALICE, a2.id)) == 1
     b = core.create_context(BOB, quotas=quotas)
-    core.create_buffer(BOB, b.id, 2 * MiB, usage=Usage.SCRATCH)
+    core.create_buffer(BOB, b.id, 2 * MiB, usage=BufferUsage.SCRATCH)
     assert core.user_memory(BOB.uid) >= 2 * MiB
 
 
@@ -46,7 +44,7 @@ def test_user_memory_quota_counts_attached_persistent_buffers(tmp_path: Path) ->
         BOB,
         owner_ctx.id,
         2 * MiB,
-        usage=Usage.WEIGHTS,
+        usage=BufferUsage.WEIGHTS,
         persistence=Persistence.PERSISTENT,
         key="w@1",
     )
@@ -54,7 +52,7 @@ def test_user_memory_quota_counts_attached_persistent_buffers(tmp_path: Path) ->
     core.seal_buffer(BOB, owner_ctx.id, weights.id)
     a1 = core.create_context(ALICE)
     a2 = core.create_context(ALICE)
-    core.create_buffer(ALICE, a1.id, 2 * MiB, usage=Usage.SCRATCH)
+    core.create_buffer(ALICE, a1.id, 2 * MiB, usage=BufferUsage.SCRATCH)
     with pytest.raises(QuotaExceeded):
         core.open_persistent(ALICE, a2.id, f"~{BOB.uid}/w@1")
     assert core.buffers(ALICE, a2.id) == []

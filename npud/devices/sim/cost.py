@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from npud.devices.base import MemoryTier
 from npud.devices.sim.profiles import BoardProfile
 from npud.isa import DType, Instruction, Op, Program, accesses
+from npud.vocab import MemoryTier
 
 _NARROWNESS = {
     DType.Q4_1: 0,

@@ -49,10 +49,8 @@ from npud.devices.base import (
     CompletionCallback,
     CompletionStatus,
     DeviceBuffer,
-    DeviceHealth,
     DeviceStatistics,
     EngineInfo,
-    MemoryTier,
     Submission,
     SubmitToken,
     TierInfo,
@@ -71,6 +69,7 @@ from npud.errors import (
     Unsupported,
 )
 from npud.isa import CommandStreamError
+from npud.vocab import DeviceHealth, MemoryTier
 
 Mode = Literal["virtual", "process"]
 

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from npud.devices.base import CompletionStatus, MemoryTier
+from npud.devices.base import CompletionStatus
 from npud.devices.sim.device import JobOutcome, run_job
 from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
 from npud.devices.sim.wire import (
@@ -58,6 +58,7 @@ from npud.devices.sim.wire import (
     decode_run,
     encode_done,
 )
+from npud.vocab import MemoryTier
 
 LANE_JOIN_S = 2.0  # at exit, how long to let lanes finish an op before leaving without them
 # A command stream shorter than this holds no compute op: the header is 16 bytes, BURN's record

@@ -14,7 +14,8 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from npud.devices.base import BoHandle, MemoryTier
+from npud.devices.base import BoHandle
+from npud.vocab import MemoryTier
 
 PAGE = 4096
 """Allocation granularity: sizes round up to whole pages, as GEM objects do."""

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npud.clock import VirtualClock
-from npud.devices.base import Binding, BufferUse, Completion, DeviceBuffer, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Completion, DeviceBuffer, Submission
 from npud.devices.sim import SimDevice
 from npud.isa import DType, Program, Tensor
+from npud.vocab import MemoryTier
 
 NP = {DType.F32: np.float32, DType.F16: np.float16, DType.I8: np.int8, DType.I32: np.int32}
 

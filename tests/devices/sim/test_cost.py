@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npud.devices.base import MemoryTier
 from npud.devices.sim import PROFILES, RK3588, estimate, op_cost
 from npud.isa import DType, Program, T
+from npud.vocab import MemoryTier
 from tests.devices.sim.rig import Rig
 
 SRAM, DRAM = MemoryTier.SRAM, MemoryTier.DRAM

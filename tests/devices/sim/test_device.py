@@ -8,11 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npud.clock import VirtualClock
-from npud.devices.base import Binding, BufferUse, Completion, DeviceHealth, MemoryTier, Submission
+from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.sim import PROFILES, SimDevice
 from npud.errors import DeviceLost, InvalidArgument, OutOfDeviceMemory
 from npud.isa import DType, Op, Program, T
 from npud.isa.layout import HEADER, RECORD_HEADER, TENSOR
+from npud.vocab import DeviceHealth, MemoryTier
 from tests.devices.contract import add_job, burn_job, check_add, sim_virtual, upload
 from tests.devices.sim.rig import Rig
 

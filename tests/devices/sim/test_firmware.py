@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from npud.devices.base import CompletionStatus, MemoryTier
+from npud.devices.base import CompletionStatus
 from npud.devices.sim.device import run_job
 from npud.devices.sim.firmware import Firmware
 from npud.devices.sim.profiles import get_profile
 from npud.devices.sim.wire import RUN_HANG, DoneMessage, RunMessage, decode_done
 from npud.isa import Program, T
+from npud.vocab import MemoryTier
 
 REPLY_WAIT_S = 30.0  # a hang guard only: no assertion depends on how long anything took
 

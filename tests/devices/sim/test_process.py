@@ -14,8 +14,6 @@ from npud.devices.base import (
     BufferUse,
     Completion,
     DeviceBuffer,
-    DeviceHealth,
-    MemoryTier,
     Submission,
     SubmitToken,
     submit_and_wait,
@@ -23,6 +21,7 @@ from npud.devices.base import (
 from npud.devices.sim import SimDevice
 from npud.errors import DeviceLost
 from npud.isa import DType, Program, T
+from npud.vocab import DeviceHealth, MemoryTier
 from tests.devices.contract import add_job, burn_job, command, download, upload
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize
 
-from npud.devices.base import MemoryTier
 from npud.devices.sim.cost import compute_dtype, op_cost
 from npud.devices.sim.executor import DequantCache, dequantize
 from npud.devices.sim.profiles import RK3588
 from npud.isa import CommandStreamError, DType, Program, T, decode
+from npud.vocab import MemoryTier
 from tests.devices.sim.rig import Rig
 
 QUANTS = [DType.Q8_0, DType.Q4_1]

@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from npud.devices.base import Completion, MemoryTier, submit_and_wait
+from npud.devices.base import Completion, submit_and_wait
 from npud.devices.sim import PROFILES, RK3588, SimDevice, estimate
 from npud.devices.sim.profiles import slowed
 from npud.errors import InvalidArgument
 from npud.isa import DType, Program, T
+from npud.vocab import MemoryTier
 from tests.devices.contract import add_job, check_add, sim_virtual
 
 SRAM, DRAM = MemoryTier.SRAM, MemoryTier.DRAM
