@@ -23,11 +23,12 @@ Work goes to npud as ordinary jobs in one context:
 Isolation between users
 -----------------------
 A lane keeps one chunk in flight and picks the next one round-robin over the users who have a
-prompt waiting, so one user's long prompt costs another user's prompt at most one chunk per
-turn, whatever its length. Admission to the decode batch (a "slot") is bounded per user
-(``max_per_user``), and the batch tier may not take the last ``reserved_interactive`` slots, so
-a flood from one user or tier cannot take the batch from the others. Requests beyond the slots
-wait (at most ``max_waiting``, then :class:`~npud.errors.QueueFull`).
+prompt waiting (:class:`~npud.llm.turns.Turns`), so one user's long prompt costs another
+user's prompt at most one chunk per turn, whatever its length. Admission to the decode batch
+(a "slot", :mod:`npud.llm.admission`) is bounded per user, and the batch tier may not take the
+last reserved slots, so a flood from one user or tier cannot take the batch from the others.
+Users share the batcher's one npud context; a user reaches only the sequences its own
+requests return (npud sees one client, the batcher, and no user names at all).
 
 Sampling
 --------
@@ -56,46 +57,26 @@ from typing import Any
 
 import numpy as np
 
-from npud.client import (
-    Access as ClientAccess,
-)
-from npud.client import (
-    Bind,
-    BufferUsage,
-    JobResult,
-    JobSpec,
-    Persistence,
-    Readback,
-    SchedulingClass,
-)
 from npud.client import Buffer as ClientBuffer
+from npud.client import BufferUsage, JobResult, SchedulingClass
 from npud.client.aio import AsyncClient, AsyncSubmitStream
-from npud.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    NpudError,
-    QueueFull,
-    TimeSliceExceeded,
-    Unavailable,
-)
+from npud.errors import InvalidArgument, NpudError, TimeSliceExceeded, Unavailable
+from npud.llm.admission import Admission
+from npud.llm.batch_step import DecodeStep, StepJobs
 from npud.llm.compiler import (
-    DECODE_SCRATCH,
-    Access,
     Compiler,
     Step,
     StepKind,
-    batch_candidates,
     decode_scratch,
-    row_buffers,
 )
-from npud.llm.daemon import KEY_PREFIX, UNFINISHED, job_error
+from npud.llm.daemon import UNFINISHED, job_error
 from npud.llm.model import Model
-from npud.llm.plan import KV, SCRATCH, TOKENS, BufferKind, MemoryPlan, WeightDType, plan_memory
+from npud.llm.packs import attach_pack
+from npud.llm.plan import KV, TOKENS, BufferKind, MemoryPlan, WeightDType, plan_memory
 from npud.llm.sampling import MAX_CANDIDATES
 from npud.llm.sequence import END, BatchSequence, Finish, Request, SeqState, Tier
 from npud.llm.tokenizer import check_ids
+from npud.llm.turns import Turns
 
 __all__ = ["BatchSequence", "Batcher", "BatcherStatistics", "Finish", "Request", "Tier"]
 
@@ -132,25 +113,8 @@ class _Lane:
     queue_id: str
     scratch: ClientBuffer
     chunk: int
-    users: collections.OrderedDict[str, collections.deque[BatchSequence]] = field(
-        default_factory=collections.OrderedDict
-    )
+    users: Turns = field(default_factory=Turns)
     in_flight: tuple[BatchSequence, list[Step], asyncio.Future[JobResult]] | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _DecodeStep:
-    rows: tuple[BatchSequence, ...]
-    positions: tuple[int, ...]
-    tokens: tuple[int, ...]  # per row: 1 for a decoding sequence, its last chunk for a joiner
-    sampled: tuple[bool, ...]
-    future: asyncio.Future[JobResult]
-
-
-def _access(access: Access) -> ClientAccess:
-    if access is Access.READ:
-        return ClientAccess.READ
-    return ClientAccess.READ_WRITE
 
 
 class Batcher:
@@ -202,29 +166,25 @@ class Batcher:
         self.compiler = Compiler(model.config, self.plan)
         self.depth = depth
         self.priorities = priorities
-        self.max_per_user = max_batch if max_per_user is None else max(1, max_per_user)
-        self.reserved_interactive = reserved_interactive
-        self.max_waiting = max_waiting
+        self.admission = Admission(
+            max_batch=self.max_batch,
+            max_per_user=max_batch if max_per_user is None else max(1, max_per_user),
+            reserved_interactive=reserved_interactive,
+            max_waiting=max_waiting,
+            per_user=priorities,
+        )
         self.job_timeout_s = job_timeout_s
         self.device = device
         self.label = label
         self.context_id: str | None = None
-        self._weights: dict[str, ClientBuffer] = {}
-        self._decode_scratch: ClientBuffer | None = None
+        self._jobs: StepJobs | None = None
         self._decode_queue = ""
         self._lanes: dict[Tier, _Lane] = {}
         self._stream: AsyncSubmitStream | None = None
-        self._waiting: collections.OrderedDict[str, collections.deque[BatchSequence]] = (
-            collections.OrderedDict()
-        )
-        self._waiting_batch: collections.OrderedDict[str, collections.deque[BatchSequence]] = (
-            collections.OrderedDict()
-        )
-        self._slots: dict[int, BatchSequence] = {}  # admitted, not yet released
         self._decoding: list[BatchSequence] = []
         self._joining: list[BatchSequence] = []  # their last chunk rides in the next step
         self._rows = min(self.max_batch + self.plan.chunk, self.plan.max_seq)
-        self._inflight: collections.deque[_DecodeStep] = collections.deque()
+        self._inflight: collections.deque[DecodeStep] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[Any]] = set()
@@ -250,20 +210,18 @@ class Batcher:
                 ctx, SchedulingClass.LATENCY, label=f"{self.label}/decode"
             )
             self._decode_queue = decode.queue_id
-            for spec in self.plan.buffers:
-                if spec.kind is BufferKind.WEIGHTS:
-                    self._weights[spec.name] = await self._materialise(spec.name)
-            size = decode_scratch(self.model.config, self._rows).size
-            self._decode_scratch = await self.client.create_buffer(
-                ctx, size, usage=BufferUsage.SCRATCH
-            )
+            weights = {
+                spec.name: await attach_pack(self.client, ctx.context_id, spec)
+                for spec in self.plan.buffers
+                if spec.kind is BufferKind.WEIGHTS
+            }
+            layout = decode_scratch(self.model.config, self._rows)
+            scratch = await self.client.create_buffer(ctx, layout.size, usage=BufferUsage.SCRATCH)
+            self._jobs = StepJobs(weights, scratch, layout, self.plan.scratch, self.job_timeout_s)
             tiers = (Tier.INTERACTIVE, Tier.BATCH) if self.priorities else (Tier.INTERACTIVE,)
             for tier in tiers:
-                cls = (
-                    SchedulingClass.BACKGROUND
-                    if tier is Tier.BATCH
-                    else (SchedulingClass.THROUGHPUT)
-                )
+                batch = tier is Tier.BATCH
+                cls = SchedulingClass.BACKGROUND if batch else SchedulingClass.THROUGHPUT
                 queue = await self.client.create_queue(
                     ctx, cls, label=f"{self.label}/prefill/{tier}"
                 )
@@ -276,37 +234,6 @@ class Batcher:
             await self._destroy_context()
             raise
         self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _materialise(self, name: str) -> ClientBuffer:
-        assert self.context_id is not None
-        ctx = self.context_id
-        spec = next(s for s in self.plan.buffers if s.name == name)
-        assert spec.pack is not None
-        key = KEY_PREFIX + spec.pack.key
-        try:
-            buf = await self.client.open_persistent(ctx, key)
-        except NotFound:
-            try:
-                buf = await self.client.create_buffer(
-                    ctx,
-                    spec.size,
-                    usage=BufferUsage.WEIGHTS,
-                    persistence=Persistence.PERSISTENT,
-                    key=key,
-                )
-            except AlreadyExists:
-                buf = await self.client.open_persistent(ctx, key)
-        if buf.sealed:
-            return buf
-        # as npud.llm.daemon: only a sealed buffer is reused as is; npud checks the bytes
-        # against the key's digest when sealing
-        try:
-            return await self.client.write_buffer(ctx, buf, spec.pack.data, seal=True)
-        except FailedPrecondition:  # another process of this user sealed it meanwhile
-            buf = await self.client.open_persistent(ctx, key)
-            if not buf.sealed:
-                raise
-            return buf
 
     async def _destroy_context(self) -> None:
         if self.context_id is not None:
@@ -381,18 +308,12 @@ class Batcher:
         self.check(request)
         if self._failure is not None or self._closed:
             raise self._failure or Unavailable("the batcher is closed")
-        if self._waiting_count() >= self.max_waiting:
-            raise QueueFull(
-                f"{self.max_waiting} requests already wait for one of {self.max_batch} "
-                "decode slots; retry later"
-            )
         seq = BatchSequence(next(self._ids), request, "")
+        self.admission.enqueue(seq, user=self._user(seq), batch=self._batch_lane(seq))
         seq.label = f"seq{seq.seq_id}"
         seq.submitted_at = time.monotonic()
         seq._cancel = self._cancel
         self._counts["sequences"] += 1
-        waiting = self._waiting_batch if self._batch_lane(seq) else self._waiting
-        waiting.setdefault(self._user(seq), collections.deque()).append(seq)
         self._wake.set()
         try:
             await seq._granted.wait()
@@ -412,11 +333,6 @@ class Batcher:
 
     def _batch_lane(self, seq: BatchSequence) -> bool:
         return self.priorities and seq.request.tier is Tier.BATCH
-
-    def _waiting_count(self) -> int:
-        return sum(len(q) for q in self._waiting.values()) + sum(
-            len(q) for q in self._waiting_batch.values()
-        )
 
     async def _allocate(self, seq: BatchSequence) -> None:
         assert self.context_id is not None
@@ -441,24 +357,15 @@ class Batcher:
             return
         seq.state = SeqState.PREFILL
         lane = self._lanes[Tier.BATCH if self._batch_lane(seq) else Tier.INTERACTIVE]
-        lane.users.setdefault(self._user(seq), collections.deque()).append(seq)
+        lane.users.push(self._user(seq), seq)
         self._wake.set()
 
     def _cancel(self, seq: BatchSequence, finish: Finish) -> None:
         if seq.finish is not None:
             return
-        for waiting in (self._waiting, self._waiting_batch):
-            queue = waiting.get(self._user(seq))
-            if queue is not None and seq in queue:
-                queue.remove(seq)
-                if not queue:
-                    del waiting[self._user(seq)]
+        self.admission.withdraw(seq, user=self._user(seq))
         for lane in self._lanes.values():
-            queue = lane.users.get(self._user(seq))
-            if queue is not None and seq in queue:
-                queue.remove(seq)
-                if not queue:
-                    del lane.users[self._user(seq)]
+            lane.users.remove(self._user(seq), seq)
             if lane.in_flight is not None and lane.in_flight[0] is seq:
                 self._chore(self._cancel_jobs(lane.queue_id, seq.label))
         if finish is Finish.CANCELLED:
@@ -498,7 +405,7 @@ class Batcher:
     def _maybe_release(self, seq: BatchSequence) -> None:
         if seq.in_flight > 0 or seq.finish is None:
             return
-        self._slots.pop(seq.seq_id, None)
+        self.admission.release(seq)
         buffers = [b for b in (seq.tokens_buf, seq.kv_buf) if b is not None]
         seq.tokens_buf = seq.kv_buf = None
         if buffers:
@@ -519,12 +426,7 @@ class Batcher:
         task.add_done_callback(self._chores.discard)
 
     def _fail_all(self, error: NpudError) -> None:
-        everyone = [*self._slots.values()]
-        for waiting in (self._waiting, self._waiting_batch):
-            for queue in waiting.values():
-                everyone += queue
-            waiting.clear()
-        for seq in everyone:
+        for seq in self.admission.drain():
             seq.in_flight = 0
             self._finish(seq, Finish.ERROR, error)
 
@@ -546,36 +448,9 @@ class Batcher:
             raise
 
     def _admit(self) -> None:
-        # Why slots are granted here and not at submit: the batch is bounded (max_batch rows
-        # per step), and who gets the next free slot is the isolation policy: interactive
-        # before batch, users round-robin, no user beyond max_per_user, the batch tier never
-        # into the reserved slots.
-        while len(self._slots) < self.max_batch:
-            seq = self._pick(self._waiting, self.max_batch)
-            if seq is None:
-                seq = self._pick(self._waiting_batch, self.max_batch - self.reserved_interactive)
-            if seq is None:
-                return
-            self._slots[seq.seq_id] = seq
+        for seq in self.admission.grant():
             seq.state = SeqState.ADMITTED
             seq._granted.set()
-
-    def _pick(
-        self, waiting: collections.OrderedDict[str, collections.deque[BatchSequence]], limit: int
-    ) -> BatchSequence | None:
-        if len(self._slots) >= limit:
-            return None
-        held = collections.Counter(s.request.user for s in self._slots.values())
-        for user in list(waiting):
-            if held[user] >= self.max_per_user and self.priorities:
-                continue
-            queue = waiting[user]
-            seq = queue.popleft()
-            del waiting[user]
-            if queue:
-                waiting[user] = queue  # to the back: round-robin between users
-            return seq
-        return None
 
     async def _reap(self) -> None:
         for lane in self._lanes.values():
@@ -602,7 +477,7 @@ class Batcher:
                 lane.chunk = max(1, lane.chunk // 2)
                 self._counts["rechunks"] += 1
                 seq.prefill_at = 0
-                lane.users.setdefault(self._user(seq), collections.deque()).appendleft(seq)
+                lane.users.push_front(self._user(seq), seq)
                 return
             self._finish(seq, Finish.ERROR, error)
             return
@@ -610,9 +485,8 @@ class Batcher:
         end = steps[-1].start_pos + steps[-1].n_tokens
         seq.prefill_at = end
         if end < len(seq.request.prompt):
-            queue = lane.users.setdefault(self._user(seq), collections.deque())
-            queue.appendleft(seq)  # its turn comes again when the round-robin gets back
-            lane.users.move_to_end(self._user(seq))
+            # its turn comes again when the round-robin gets back
+            lane.users.push_front(self._user(seq), seq, to_back=True)
             return
         seq.first_token_at = time.monotonic()
         seq.position = seq.submitted_to = len(seq.request.prompt)
@@ -637,7 +511,7 @@ class Batcher:
         elif seq.position >= self.plan.max_seq:
             self._finish(seq, Finish.CONTEXT)
 
-    async def _on_decode(self, step: _DecodeStep, result: JobResult) -> None:
+    async def _on_decode(self, step: DecodeStep, result: JobResult) -> None:
         for seq in step.rows:
             seq.in_flight -= 1
         error = None if result.ok else job_error(f"decode step of {len(step.rows)}", result)
@@ -688,30 +562,8 @@ class Batcher:
             step = self.compiler.step(
                 start, n, emit_token=last, kind=StepKind.PREFILL, chunk=lane.chunk, top=top
             )
-            names = {TOKENS: seq.tokens_buf, KV: seq.kv_buf, SCRATCH: lane.scratch}
-            bindings = tuple(
-                Bind(names.get(name) or self._weights[name], _access(access))
-                for name, access in step.bindings
-            )
-            spec = JobSpec(
-                queue=lane.queue_id,
-                command=step.command,
-                bindings=bindings,
-                kind=step.tag,
-                label=f"{seq.label} {step.label}",
-                timeout_s=self.job_timeout_s,
-            )
-            readbacks: tuple[Readback, ...] = ()
-            if last and top:
-                # safe to read the lane's scratch: its next chunk waits for this result
-                values, ids = batch_candidates(self.plan.scratch, 1, 0, top)
-                readbacks = (
-                    Readback(lane.scratch, values, top * 4),
-                    Readback(lane.scratch, ids, top * 4),
-                )
-            elif last:
-                assert seq.tokens_buf is not None
-                readbacks = (Readback(seq.tokens_buf, n_prompt * 4, 4),)
+            assert self._jobs is not None
+            spec, readbacks = self._jobs.prefill(step, seq, lane.queue_id, lane.scratch, top=top)
             fut = await self._stream.submit(spec, readbacks)
             fut.add_done_callback(lambda _f: self._wake.set())
             seq.in_flight += 1
@@ -724,12 +576,10 @@ class Batcher:
         # depth + 1 steps after its first. Carried in a decode step (a row of the chunk's
         # tokens beside the one-token rows), its first token comes in the batch's cadence and
         # the next step follows it at once; the wait moves into the time to first token.
-        while lane.in_flight is None and lane.users:
-            user = next(iter(lane.users))
-            queue = lane.users.pop(user)
-            seq = queue.popleft()
-            if queue:
-                lane.users[user] = queue  # the user's next prompt goes to the back
+        while lane.in_flight is None:
+            seq = lane.users.pop()  # the user's next prompt goes to the back
+            if seq is None:
+                break
             remaining = len(seq.request.prompt) - seq.prefill_at
             if not self._batch_lane(seq) and remaining <= self.plan.chunk:
                 self._joining.append(seq)
@@ -766,32 +616,10 @@ class Batcher:
                 )
             else:
                 step = self.compiler.decode_batch(positions, max_rows=self._rows, top=top)
-            assert self._decode_scratch is not None
-            names: dict[str, ClientBuffer | None] = {DECODE_SCRATCH: self._decode_scratch}
-            for r, seq in enumerate(rows):
-                tokens_name, kv_name = row_buffers(r)
-                names[tokens_name], names[kv_name] = seq.tokens_buf, seq.kv_buf
-            bindings = tuple(
-                Bind(names.get(name) or self._weights[name], _access(access))
-                for name, access in step.bindings
-            )
-            readbacks: list[Readback] = []
-            for seq, position, n in zip(rows, positions, counts, strict=True):
-                assert seq.tokens_buf is not None
-                readbacks.append(Readback(seq.tokens_buf, (position + n) * 4, 4))
-            layout = decode_scratch(self.model.config, self._rows)
-            for r, is_sampled in enumerate(sampled):
-                if is_sampled:  # its candidates only: 2 * top * 4 bytes, not the logits
-                    values, ids = batch_candidates(layout, len(rows), r, top)
-                    readbacks.append(Readback(self._decode_scratch, values, top * 4))
-                    readbacks.append(Readback(self._decode_scratch, ids, top * 4))
-            spec = JobSpec(
-                queue=self._decode_queue,
-                command=step.command,
-                bindings=bindings,
-                kind="decode",
-                label=f"decode x{len(rows)}",
-                timeout_s=self.job_timeout_s,
+            ends = [p + n for p, n in zip(positions, counts, strict=True)]
+            assert self._jobs is not None
+            spec, readbacks = self._jobs.decode(
+                step, self._decode_queue, rows, ends, sampled, top=top
             )
             fut = await self._stream.submit(spec, readbacks)
             fut.add_done_callback(lambda _f: self._wake.set())
@@ -805,7 +633,7 @@ class Batcher:
                 seq.state = SeqState.DECODE
                 seq.submitted_to = len(seq.request.prompt)
                 self._decoding.append(seq)
-            self._inflight.append(_DecodeStep(tuple(rows), positions, tuple(counts), sampled, fut))
+            self._inflight.append(DecodeStep(tuple(rows), positions, tuple(counts), sampled, fut))
             self._counts["decode_steps"] += 1
             self._counts["decode_rows"] += len(rows)
 
@@ -820,13 +648,13 @@ class Batcher:
 
     def statistics(self) -> BatcherStatistics:
         """A frozen snapshot of the batcher's counters."""
-        prefilling = sum(
-            len(q) for lane in self._lanes.values() for q in lane.users.values()
-        ) + sum(1 for lane in self._lanes.values() if lane.in_flight is not None)
+        prefilling = sum(len(lane.users) for lane in self._lanes.values()) + sum(
+            1 for lane in self._lanes.values() if lane.in_flight is not None
+        )
         prefilling += len(self._joining)
         c = self._counts
         return BatcherStatistics(
-            waiting=self._waiting_count(),
+            waiting=self.admission.waiting,
             prefilling=prefilling,
             decoding=len(self._decoding),
             sequences=c["sequences"],
