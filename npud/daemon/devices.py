@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from npud.config import Settings
-from npud.devices.accel import KernelFile
+from npud.devices.accel.kernel import KernelFile
 from npud.devices.accel_adapters import ADAPTERS, adapter_for
 from npud.devices.base import Device
 from npud.devices.discovery import NodeInfo, enumerate_nodes

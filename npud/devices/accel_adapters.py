@@ -9,7 +9,7 @@ amdxdna additionally needs its program (``cu_configs``) and qaic an ``activate``
 
 from __future__ import annotations
 
-from npud.devices.accel import AccelDevice
+from npud.devices.accel.device import AccelDevice
 from npud.devices.amdxdna import AmdxdnaDevice
 from npud.devices.ethosu import EthosuDevice
 from npud.devices.etnaviv import EtnavivDevice

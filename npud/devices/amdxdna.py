@@ -38,15 +38,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from npud.abi import amdxdna, drm
-from npud.devices.accel import (
-    AccelDevice,
-    CommandSlot,
-    CommandSlots,
-    InFlight,
-    KernelFile,
-    KernelHandle,
-    pointer,
-)
+from npud.devices.accel.device import AccelDevice, InFlight
+from npud.devices.accel.kernel import KernelFile, KernelHandle, pointer
+from npud.devices.accel.slots import CommandSlot, CommandSlots
 from npud.devices.base import BoHandle, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.hwctx_pool import ContextsExhausted, HwContextPool, PoolStatistics
 from npud.devices.priority import AMDXDNA as PRIORITIES

@@ -17,8 +17,8 @@ How npud drives it:
 - bindings map to regions 0..7 in order (more than eight is refused); every job may use all of
   the NPU's SRAM (``sram_size``): jobs run one at a time anyway.
 - completion: ``BO_WAIT`` on the job's command-stream BO is a blocking ioctl, so the device has
-  ONE waiter thread (:class:`~npud.devices.accel.WaiterThread`) that waits in submission order
-  (exact: the NPU runs jobs in order) and hands completions to the loop. The UAPI has no job
+  ONE waiter thread (:class:`~npud.devices.accel.waiter.WaiterThread`) that waits in submission
+  order (exact: the NPU runs jobs in order) and hands completions to the loop. The UAPI has no job
   status, so a completed job is OK; a hang is npud's watchdog's to catch (the kernel's timeout
   power-cycles the NPU and signals the fence).
 """
@@ -31,13 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from npud.abi import ethosu
-from npud.devices.accel import (
-    BlockingWaitDevice,
-    InFlight,
-    KernelFile,
-    absolute_timeout_ns,
-    pointer,
-)
+from npud.devices.accel.device import InFlight
+from npud.devices.accel.kernel import KernelFile, absolute_timeout_ns, pointer
+from npud.devices.accel.waiter import BlockingWaitDevice
 from npud.devices.base import BoHandle, Capabilities, EngineInfo
 from npud.devices.priority import ETHOSU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument

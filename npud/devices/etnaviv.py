@@ -48,7 +48,8 @@ from typing import NoReturn
 
 from npud.abi import etnaviv
 from npud.abi.header import IoctlSpec
-from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer, translate
+from npud.devices.accel.device import AccelDevice, BoRecord, InFlight
+from npud.devices.accel.kernel import KernelFile, pointer, translate
 from npud.devices.base import BoHandle, BufferUse, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import ETNAVIV as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError, OutOfDeviceMemory, Unsupported

@@ -37,16 +37,9 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from npud.abi import ivpu
-from npud.devices.accel import (
-    AccelDevice,
-    CommandSlot,
-    CommandSlots,
-    InFlight,
-    KernelFile,
-    KernelHandle,
-    SlotStatistics,
-    pointer,
-)
+from npud.devices.accel.device import AccelDevice, InFlight
+from npud.devices.accel.kernel import KernelFile, KernelHandle, pointer
+from npud.devices.accel.slots import CommandSlot, CommandSlots, SlotStatistics
 from npud.devices.base import BoHandle, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import IVPU as PRIORITIES
 from npud.errors import DeviceLost, InvalidArgument, NpudError

@@ -36,13 +36,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from npud.abi import qaic
-from npud.devices.accel import (
-    BlockingWaitDevice,
-    BoRecord,
-    InFlight,
-    KernelFile,
-    pointer,
-)
+from npud.devices.accel.device import BoRecord, InFlight
+from npud.devices.accel.kernel import KernelFile, pointer
+from npud.devices.accel.waiter import BlockingWaitDevice
 from npud.devices.base import BoHandle, BufferUse, Capabilities, EngineInfo
 from npud.devices.priority import QAIC as PRIORITIES
 from npud.errors import DeviceError, DeviceLost, InvalidArgument

@@ -59,13 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from npud.abi import rknpu
-from npud.devices.accel import (
-    AccelDevice,
-    BoRecord,
-    InFlight,
-    KernelFile,
-    translate,
-)
+from npud.devices.accel.device import AccelDevice, BoRecord, InFlight
+from npud.devices.accel.kernel import KernelFile, translate
 from npud.devices.base import (
     BoHandle,
     BufferUse,
@@ -120,7 +115,7 @@ class _Job:
 class _Submitter:
     """One engine's submitter thread: runs blocking SUBMITs in order, reports on the loop.
 
-    Unlike :class:`~npud.devices.accel.WaiterThread`, stopping does not join: a SUBMIT in the
+    Unlike :class:`~npud.devices.accel.waiter.WaiterThread`, stopping does not join: a SUBMIT in the
     kernel returns only when its job ends (or times out), and the device closes meanwhile.
     """
 

@@ -35,7 +35,8 @@ import asyncio
 from collections.abc import Callable
 
 from npud.abi import rocket
-from npud.devices.accel import AccelDevice, BoRecord, InFlight, KernelFile, pointer
+from npud.devices.accel.device import AccelDevice, BoRecord, InFlight
+from npud.devices.accel.kernel import KernelFile, pointer
 from npud.devices.base import BoHandle, BufferUse, Capabilities, CompletionStatus, EngineInfo
 from npud.devices.priority import ROCKET as PRIORITIES
 from npud.errors import InvalidArgument

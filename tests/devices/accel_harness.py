@@ -13,7 +13,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from npud.devices.accel import AccelDevice, KernelFile
+from npud.devices.accel.device import AccelDevice
+from npud.devices.accel.kernel import KernelFile
 from npud.devices.amdxdna import AmdxdnaDevice
 from npud.devices.ethosu import EthosuDevice
 from npud.devices.etnaviv import EtnavivDevice

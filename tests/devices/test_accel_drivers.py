@@ -12,7 +12,7 @@ import pytest
 from npud.abi import drm, ethosu, ivpu, rocket
 from npud.abi.header import IoctlSpec
 from npud.abi.ioc import Direction, ioc
-from npud.devices.accel import AccelDevice
+from npud.devices.accel.device import AccelDevice
 from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.qaic import QaicDevice
 from npud.errors import DeviceError, DeviceLost, InvalidArgument, PermissionDenied

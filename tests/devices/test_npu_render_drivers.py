@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from npud.abi import drm, etnaviv, rknpu
-from npud.devices.accel import AccelDevice
+from npud.devices.accel.device import AccelDevice
 from npud.devices.base import Binding, BufferUse, Completion, Submission
 from npud.devices.etnaviv import AddressRange, EtnavivDevice
 from npud.devices.rknpu import RknpuDevice

@@ -1,23 +1,12 @@
-"""What every real-NPU adapter shares: the kernel file, the buffer table, completion delivery.
+"""The Device skeleton the accel adapters share: identity, the buffer table, in-flight jobs.
 
-The five accel adapters (:mod:`~npud.devices.rocket`, :mod:`~npud.devices.ivpu`,
-:mod:`~npud.devices.amdxdna`, :mod:`~npud.devices.ethosu`, :mod:`~npud.devices.qaic`) differ in
-how they allocate, submit and learn of completion, and agree on everything else, which lives here:
-
-- :class:`KernelFile`, the injectable file-descriptor operations (``ioctl``, ``mmap``,
-  ``fileno``, ``close``). In the daemon it is an opened ``/dev/accel/accel*`` node whose ioctls
-  go through the one choke point of :mod:`npud.abi`; in tests it is a fake kernel that validates
-  every request the way the driver does (``tests/devices/fakekernel``).
-- :class:`AccelDevice`, the :class:`~npud.devices.base.Device` skeleton: identity from
-  ``DRM_IOCTL_VERSION``, the buffer table with CPU maps and dma-buf export, in-flight tracking,
-  device loss, statistics. Subclasses fill in a handful of hooks.
-- Completion delivery without a thread per job: :meth:`AccelDevice._watch_fd` puts a pollable fd
-  (a sync_file exported from a syncobj, or a dma-buf whose write fence is the job's) on the
-  event loop with ``loop.add_reader``; where the kernel offers only a blocking wait ioctl,
-  :class:`WaiterThread` is the device's ONE waiter thread, handing results back with
-  ``loop.call_soon_threadsafe``; :class:`BlockingWaitDevice` is the skeleton of such adapters.
-
-Everything except the waiter thread runs on the core thread (the event loop).
+:class:`AccelDevice` implements :class:`~npud.devices.base.Device` for a DRM accel node:
+identity from ``DRM_IOCTL_VERSION``, the buffer table (:class:`BoRecord`) with CPU maps and
+dma-buf export, the jobs the kernel holds (:class:`InFlight`) with a bounded kernel depth per
+engine, device loss and statistics. Completion without a thread per job:
+:meth:`AccelDevice._watch_fd` puts a pollable fd (a sync_file exported from a syncobj, or a
+dma-buf whose write fence is the job's) on the event loop with ``loop.add_reader``. Subclasses
+fill in a handful of hooks. Everything here runs on the core thread (the event loop).
 """
 
 from __future__ import annotations
@@ -26,15 +15,14 @@ import asyncio
 import contextlib
 import mmap
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NewType, Protocol
+from typing import Any, ClassVar
 
 from npud.abi import drm
 from npud.abi.header import IoctlSpec, Struct
+from npud.devices.accel.kernel import KernelFile, opener_for, translate
 from npud.devices.base import (
     BoHandle,
     Capabilities,
@@ -48,75 +36,8 @@ from npud.devices.base import (
     SubmitToken,
     TierInfo,
 )
-from npud.devices.errno_map import error_for
-from npud.errors import (
-    DeviceError,
-    DeviceLost,
-    InvalidArgument,
-    NotFound,
-    NpudError,
-    Unsupported,
-)
+from npud.errors import DeviceError, DeviceLost, InvalidArgument, NotFound, NpudError, Unsupported
 from npud.vocab import DeviceHealth, MemoryTier
-
-KernelHandle = NewType("KernelHandle", int)
-"""A kernel object id other than a BO: an ivpu cmdq id, an amdxdna hwctx or syncobj handle."""
-
-
-class KernelFile(Protocol):
-    """The file-descriptor operations an adapter needs; injectable so tests use a fake kernel.
-
-    ``ioctl`` passes ``arg`` (a cffi struct from :mod:`npud.abi`, updated in place) to the
-    request of ``spec`` and raises ``OSError`` carrying the errno, with ``spec.name`` in the
-    message, exactly as the :mod:`npud.abi` choke point does (retrying EINTR/EAGAIN first).
-    """
-
-    def ioctl(self, spec: IoctlSpec, arg: Struct | None) -> int | None:
-        """Run one ioctl. Raises OSError(errno)."""
-        ...
-
-    def mmap(self, offset: int, length: int) -> mmap.mmap | memoryview:
-        """Map ``length`` bytes at the fake offset ``offset`` (shared, read-write)."""
-        ...
-
-    def fileno(self) -> int:
-        """The file descriptor."""
-        ...
-
-    def close(self) -> None:
-        """Close the file; idempotent."""
-        ...
-
-
-def open_node(path: str) -> KernelFile:
-    """Open a real accel node (``/dev/accel/accelN``) as a :class:`KernelFile`.
-
-    Its ioctls go through :mod:`npud.abi`'s one choke point (EINTR/EAGAIN retry, errno kept).
-
-    Raises:
-        DeviceLost: the node does not exist or cannot be opened.
-    """
-    from npud.abi.drmfile import DrmFile
-
-    try:
-        return DrmFile.open(path)
-    except OSError as exc:
-        raise DeviceLost(f"cannot open {path}: {exc.strerror}") from exc
-
-
-def opener_for(target: Callable[[], KernelFile] | str) -> Callable[[], KernelFile]:
-    """An opener from a node path or an opener (tests pass a fake kernel's ``open``)."""
-    if isinstance(target, str):
-        path = target
-        return lambda: open_node(path)
-    return target
-
-
-def translate(
-    exc: OSError, spec: IoctlSpec, overrides: dict[int, type[NpudError]] | None = None
-) -> NpudError:
-    """The npud error for a failed ioctl, through the one errno table (driver overrides first)."""
-    return error_for(exc, ioctl=spec.name, overrides=overrides)
 
 
 @dataclass(slots=True, eq=False)
@@ -142,49 +63,6 @@ class InFlight:
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     fd: int = -1  # the fd watched on the loop, if any
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class WaiterThread:
-    """The device's ONE waiter thread for kernels that only offer a blocking wait ioctl.
-
-    ``wait(fn, deliver)`` queues ``fn`` (a blocking wait on one job, returning its result); the
-    thread runs the waits in submission order and hands each result to ``deliver`` on the event
-    loop with ``loop.call_soon_threadsafe``. Jobs on one engine complete in order, so waiting in
-    submission order is exact there; across engines an earlier slow job delays the report of a
-    later fast one (the docs say so for the drivers that use this).
-    """
-
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]] | None]
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"npud-wait-{name}", daemon=True)
-        self._thread.start()
-
-    def wait(self, fn: Callable[[], Any], deliver: Callable[[Any], None]) -> None:
-        """Queue one blocking wait; ``deliver(result or exception)`` runs on the loop."""
-        self._queue.put((fn, deliver))
-
-    def stop(self) -> None:
-        """Stop after the queued waits (each wait has its own timeout). Idempotent."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=10.0)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fn, deliver = item
-            try:
-                result: Any = fn()
-            except Exception as exc:  # delivered to the loop, which decides
-                result = exc
-            try:
-                self._loop.call_soon_threadsafe(deliver, result)
-            except RuntimeError:  # loop closed: nobody is listening any more
-                return
 
 
 class AccelDevice:
@@ -717,169 +595,9 @@ class AccelDevice:
         self._dispatch_all()
 
 
-class BlockingWaitDevice(AccelDevice):
-    """An adapter whose kernel reports completion only through a blocking wait ioctl.
-
-    ethosu (``BO_WAIT``) and qaic (``WAIT_BO``) are such kernels. The device owns ONE
-    :class:`WaiterThread`, started by :meth:`_start_waiter` from ``_probe`` and stopped at close;
-    a subclass's ``_submit`` hands it the job's blocking wait with :meth:`_wait_in_thread`. The
-    wait function runs on the waiter thread, loops in short slices while :meth:`_still_waiting`
-    and returns ``None`` when the job is done or the ``OSError``/``NpudError`` that ended the
-    wait; :meth:`_on_waited` then reports the job on the loop. The kernel has no job status, so
-    a finished wait is an OK job.
-    """
-
-    wait_ioctl: ClassVar[IoctlSpec]
-    """The wait ioctl, for translating its failure into an npud error."""
-
-    _waiter: WaiterThread | None = None  # while open
-    _stopping: threading.Event  # set at close: the waits in the thread give up
-
-    def _start_waiter(self) -> None:
-        """Start the device's waiter thread (from ``_probe``, once the loop is known)."""
-        self._stopping = threading.Event()
-        self._waiter = WaiterThread(self.name, self.loop)
-
-    def _wait_in_thread(self, record: InFlight, wait: Callable[[], object]) -> None:
-        """Queue ``wait`` (the job's blocking wait) on the waiter thread; report it when done."""
-        assert self._waiter is not None
-        token = record.token
-        self._waiter.wait(wait, lambda result: self._on_waited(token, result))
-
-    def _still_waiting(self, token: SubmitToken) -> bool:
-        """On the waiter thread: whether the job is still wanted (not closing, not finished)."""
-        return not self._stopping.is_set() and token in self._inflight
-
-    def _on_waited(self, token: SubmitToken, result: object) -> None:
-        """On the loop: report the job whose wait ended with ``result``.
-
-        A refused wait (``OSError``) fails the job, or loses the device when the errno says so;
-        an npud error from the wait (the file is gone) loses the device.
-        """
-        record = self._inflight.get(token)
-        if record is None:
-            return
-        if isinstance(result, OSError):
-            error = translate(result, self.wait_ioctl, self.errno_overrides)
-            if isinstance(error, DeviceLost):
-                self._lose(str(error))
-                return
-            self._finish(record, CompletionStatus.ERROR, str(error))
-            return
-        if isinstance(result, NpudError):
-            self._lose(str(result))
-            return
-        self._finish(record, CompletionStatus.OK, None)
-
-    def _shutdown(self) -> None:
-        """Stop the waiter thread after its queued waits (each gives up once stopping)."""
-        if self._waiter is not None:
-            self._stopping.set()
-            with contextlib.suppress(RuntimeError):
-                self._waiter.stop()
-            self._waiter = None
-
-
 def system_memory() -> int:
     """Bytes of system RAM: the pool NPUs with shmem-backed BOs allocate from."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 0
-
-
-def absolute_timeout_ns(seconds: float) -> int:
-    """An absolute CLOCK_MONOTONIC deadline in ns, as ``drm_timeout_abs_to_jiffies`` expects."""
-    return time.monotonic_ns() + int(seconds * 1e9)
-
-
-def pointer(ffi: Any, cdata: Any) -> int:
-    """The address of a cffi array as the ``__u64`` the UAPI wants (0 for ``None``)."""
-    return 0 if cdata is None else int(ffi.cast("uintptr_t", cdata))
-
-
-@dataclass(slots=True, eq=False)
-class CommandSlot:
-    """A driver-owned command BO that one in-flight job uses at a time."""
-
-    handle: BoHandle
-    size: int
-    mapping: mmap.mmap | memoryview
-
-
-@dataclass(frozen=True, slots=True)
-class SlotStatistics:
-    """A snapshot of a device's command slots."""
-
-    slots: int
-    idle: int
-    reused: int
-    bytes: int
-
-
-class CommandSlots:
-    """Command BOs reused across jobs, one per in-flight job.
-
-    Why: ivpu refuses a command buffer still in use by an earlier job (EBUSY) and reports the
-    job's status in it; amdxdna writes the command's state into its command BO. So a
-    submission's command bytes are copied into a slot the job owns until it completes, and two
-    jobs built from the same npud command buffer can be in flight together. Slots come in
-    power-of-two sizes (at least a page) so a few cover any mix of jobs.
-    """
-
-    def __init__(
-        self,
-        alloc: Callable[[int], tuple[BoHandle, mmap.mmap | memoryview]],
-        free: Callable[[BoHandle], None],
-    ) -> None:
-        self._alloc = alloc
-        self._free = free
-        self._idle: list[CommandSlot] = []
-        self._all: list[CommandSlot] = []
-        self.reused = 0
-
-    def take(self, data: bytes | memoryview) -> CommandSlot:
-        """A slot holding ``data`` at offset 0 (zero-filled after it); owned until :meth:`give`."""
-        need = len(data)
-        fits = [s for s in self._idle if s.size >= need]
-        if fits:
-            slot = min(fits, key=lambda s: s.size)
-            self._idle.remove(slot)
-            self.reused += 1
-        else:
-            size = max(4096, 1 << (need - 1).bit_length())
-            handle, mapping = self._alloc(size)
-            slot = CommandSlot(handle, size, mapping)
-            self._all.append(slot)
-        view = memoryview(slot.mapping)
-        view[:need] = data
-        view[need : slot.size] = bytes(slot.size - need)
-        view.release()
-        return slot
-
-    def give(self, slot: CommandSlot) -> None:
-        """Return a slot whose job completed."""
-        self._idle.append(slot)
-
-    def statistics(self) -> SlotStatistics:
-        """A frozen snapshot: slots made, idle now, reuses, bytes held."""
-        return SlotStatistics(
-            slots=len(self._all),
-            idle=len(self._idle),
-            reused=self.reused,
-            bytes=sum(s.size for s in self._all),
-        )
-
-    def handles(self) -> set[BoHandle]:
-        """Every slot's handle."""
-        return {s.handle for s in self._all}
-
-    def close(self) -> None:
-        """Free every slot (device close)."""
-        for slot in self._all:
-            if isinstance(slot.mapping, mmap.mmap):
-                slot.mapping.close()
-            with contextlib.suppress(NpudError):
-                self._free(slot.handle)
-        self._all.clear()
-        self._idle.clear()
