@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from npud.core.buffers import Buffer
@@ -18,6 +18,7 @@ from npud.core.context import Context
 from npud.core.distribution import Distribution
 from npud.core.events import DEVICE_ADDED, DeviceEvent
 from npud.core.events import ContextEvent as CoreContextEvent
+from npud.core.ids import BufferId
 from npud.core.job import Job, JobError, JobInfo
 from npud.core.owner import Owner
 from npud.core.queue import Queue
@@ -141,6 +142,29 @@ def access_from_wire(value: int, field: str) -> BufferUse:
     if member is None:
         raise InvalidArgument(f"{field}: access must be READ, WRITE or READ_WRITE, got {value}")
     return member
+
+
+def bindings_from_wire(
+    bindings: Iterable[job_pb2.Binding], where: str
+) -> tuple[tuple[BufferId, BufferUse], ...]:
+    """A job's wire bindings as (buffer, use) pairs, in slot order.
+
+    Raises:
+        InvalidArgument: a binding's access is UNSPECIFIED or unknown (naming ``where`` and
+            the binding's index).
+    """
+    convert = ACCESS.from_wire
+    pairs = []
+    for i, b in enumerate(bindings):
+        try:
+            use = convert(b.access)
+        except UnknownWireValue:
+            use = None
+        if use is None:  # the field name is built only for the error
+            access_from_wire(b.access, f"{where}.bindings[{i}]")
+            raise AssertionError("access_from_wire accepted what ACCESS refused")  # unreachable
+        pairs.append((BufferId(b.buffer_id), use))
+    return tuple(pairs)
 
 
 def owner_to_wire(owner: Owner, *, admin: bool) -> context_pb2.Owner:

@@ -10,6 +10,9 @@ admission fails the buffer is released at once, so a refused submission leaves n
 The buffer is created with ``recycle=True``: its device allocation is kept (per context, a
 few at most) for the context's next inline stream, so a decode step does not pay a device
 allocation and free (see "Recycled command allocations" in :mod:`npud.core.residency`).
+On ``SubmitStream`` the buffers themselves outlive their jobs: the stream keeps them for its
+next inline streams (:mod:`npud.api.command_pool`), so a decode step does not pay a buffer's
+creation and release in core either.
 """
 
 # ruff: noqa: N802 - servicer methods carry the rpc names of the .proto
@@ -22,8 +25,9 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
+from npud.api.command_pool import CommandPool
 from npud.api.convert import (
-    access_from_wire,
+    bindings_from_wire,
     class_from_wire,
     error_to_wire,
     job_to_wire,
@@ -107,36 +111,42 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         ctx_id: ContextId,
         msg: job_pb2.JobSpec,
         index: int,
-        inline: list[BufferId],
+        inline: list[tuple[BufferId, bool]],
+        *,
+        pool: CommandPool | None,
     ) -> JobSpec:
-        """A core JobSpec from a wire JobSpec; inline streams become COMMAND buffers."""
+        """A core JobSpec from a wire JobSpec; inline streams become COMMAND buffers (from
+        ``pool`` when given; each is appended to ``inline`` with whether it was created)."""
         core = self._state.core
         where = f"jobs[{index}]"
         bounds = core.limits.bounds
-        ceiling = max(bounds.timeout_ceiling(c) for c in SchedulingClass)
-        bounded(f"{where}.deadline_s", msg.deadline_s, high=bounds.max_deadline_s, why=_ZERO)
-        bounded(f"{where}.timeout_s", msg.timeout_s, high=ceiling, why=_ZERO)
-        bounded(f"{where}.estimate_s", msg.estimate_s, high=bounds.max_estimate_s, why=_ZERO)
+        # 0 (none) is the common case and needs no check; NaN and infinities are not 0
+        if msg.deadline_s:
+            bounded(f"{where}.deadline_s", msg.deadline_s, high=bounds.max_deadline_s, why=_ZERO)
+        if msg.timeout_s:
+            ceiling = max(bounds.timeout_ceiling(c) for c in SchedulingClass)
+            bounded(f"{where}.timeout_s", msg.timeout_s, high=ceiling, why=_ZERO)
+        if msg.estimate_s:
+            bounded(f"{where}.estimate_s", msg.estimate_s, high=bounds.max_estimate_s, why=_ZERO)
         which = msg.WhichOneof("command")
         if which is None:
             raise InvalidArgument(f"{where}: a job needs command_inline or command_buffer")
-        bindings = tuple(
-            (BufferId(b.buffer_id), access_from_wire(b.access, f"{where}.bindings[{i}]"))
-            for i, b in enumerate(msg.bindings)
-        )
+        bindings = bindings_from_wire(msg.bindings, where)
         if which == "command_inline":
-            if not msg.command_inline:
+            data = msg.command_inline
+            if not data:
                 raise InvalidArgument(f"{where}: command_inline is empty")
-            buf = core.create_buffer(
-                caller.owner,
-                ctx_id,
-                len(msg.command_inline),
-                usage=BufferUsage.COMMAND,
-                recycle=True,
-            )
-            inline.append(buf.id)
-            core.write_buffer(caller.owner, ctx_id, buf.id, 0, msg.command_inline)
-            command, offset, size = buf.id, 0, None
+            if pool is not None:
+                buf_id, new = pool.take(ctx_id, data)
+                inline.append((buf_id, new))
+            else:
+                buf = core.create_buffer(
+                    caller.owner, ctx_id, len(data), usage=BufferUsage.COMMAND, recycle=True
+                )
+                inline.append((buf.id, True))
+                core.write_buffer(caller.owner, ctx_id, buf.id, 0, data)
+            command, offset = inline[-1][0], 0
+            size: int | None = len(data)
         else:
             ref = msg.command_buffer
             command, offset = BufferId(ref.buffer_id), ref.offset
@@ -163,27 +173,43 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 
         asyncio.get_running_loop().call_soon(release)
 
-    def _submit(self, caller: Caller, ctx_id: ContextId, specs: list[job_pb2.JobSpec]) -> list[Job]:
-        """Submit a batch all-or-nothing; inline command buffers live as long as their job."""
+    def _submit(
+        self,
+        caller: Caller,
+        ctx_id: ContextId,
+        specs: list[job_pb2.JobSpec],
+        pool: CommandPool | None = None,
+    ) -> list[Job]:
+        """Submit a batch all-or-nothing; inline command buffers live as long as their job,
+        or go back to ``pool`` when it ends."""
         core = self._state.core
         self._state.require_serving()
-        inline: list[BufferId] = []
+        inline: list[tuple[BufferId, bool]] = []
         inline_of: list[BufferId | None] = []
         try:
             converted = []
             for i, msg in enumerate(specs):
                 before = len(inline)
-                converted.append(self._convert(caller, ctx_id, msg, i, inline))
-                inline_of.append(inline[-1] if len(inline) > before else None)
+                converted.append(self._convert(caller, ctx_id, msg, i, inline, pool=pool))
+                inline_of.append(inline[-1][0] if len(inline) > before else None)
             jobs = core.submit(caller.owner, ctx_id, converted)
         except BaseException:
-            for buf_id in inline:
-                with contextlib.suppress(NpudError):
-                    core.release_buffer(caller.owner, ctx_id, buf_id, undo=True)
+            for buf_id, new in inline:
+                if pool is None:
+                    with contextlib.suppress(NpudError):
+                        core.release_buffer(caller.owner, ctx_id, buf_id, undo=True)
+                elif new:
+                    pool.drop_new(ctx_id, buf_id)
+                else:
+                    pool.give_back(ctx_id, buf_id)
             raise
         for job, cmd in zip(jobs, inline_of, strict=True):
-            if cmd is not None:
+            if cmd is None:
+                continue
+            if pool is None:
                 job.add_done_callback(partial(self._inline_done, caller, ctx_id, cmd))
+            else:
+                job.add_done_callback(partial(_give_back, pool, ctx_id, cmd))
         return jobs
 
     def _inline_done(self, caller: Caller, ctx_id: ContextId, cmd: BufferId, _job: Job) -> None:
@@ -207,6 +233,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         state = self._state
         caller = state.caller(context)
         out: asyncio.Queue[job_pb2.SubmitStreamResponse | None] = asyncio.Queue()
+        pool = CommandPool(state.core, caller.owner)
         pending = 0
         reading = True
 
@@ -243,7 +270,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 async for req in request_iterator:
                     try:
                         _check_readbacks(req, state.core.limits.bounds)
-                        [job] = self._submit(caller, ContextId(req.context_id), [req.job])
+                        [job] = self._submit(caller, ContextId(req.context_id), [req.job], pool)
                     except NpudError as exc:
                         out.put_nowait(
                             job_pb2.SubmitStreamResponse(tag=req.tag, error=_error_info(exc))
@@ -267,6 +294,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+            pool.close()
 
     # ---- waiting, cancelling, listing ---------------------------------------------------
 
@@ -381,6 +409,11 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 
 
 _ZERO = "0 means none"
+
+
+def _give_back(pool: CommandPool, ctx_id: ContextId, buf_id: BufferId, _job: Job) -> None:
+    pool.give_back(ctx_id, buf_id)
+
 
 _STATE_BY_NAME = {s.value: types_pb2.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
 
