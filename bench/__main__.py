@@ -43,6 +43,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("P5", "bench.p5_decode"),
     ("P6", "bench.p6_scale"),
     ("P7", "bench.p7_metrics"),
+    ("P8", "bench.p8_gateway"),
 )
 
 TABLE_BEGIN = "<!-- bench:table:begin -->"
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; returns 1 if one failed to run, else 0 (missed goals included)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the runner works")
-    parser.add_argument("--only", default="", help="comma-separated keys (P1..P6)")
+    parser.add_argument("--only", default="", help="comma-separated keys (P1..P8)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--docs", action="store_true", help="refresh docs/benchmarks.md")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"]
+KEYS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def quick_run(
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=340,
         check=False,
     )
     return proc, out
@@ -57,7 +57,7 @@ def test_quick_mode_exits_zero(quick_run: tuple[subprocess.CompletedProcess[str]
 def test_every_benchmark_produced_metrics(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
-    """The JSON holds P1..P6 in order, each without error and with finite, well-formed metrics."""
+    """The JSON holds P1..P8 in order, each without error and with finite, well-formed metrics."""
     _, out = quick_run
     report = _report(out)
     assert report["quick"] is True
