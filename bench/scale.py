@@ -29,7 +29,7 @@ from pathlib import Path
 from npud.clock import VirtualClock
 from npud.core.context import ContextQuotas
 from npud.core.owner import Owner
-from npud.core.scheduler import Scheduler
+from npud.core.sched import Scheduler
 from npud.core.service import Core, CoreLimits, JobSpec
 from npud.devices.sim import SimDevice
 from npud.isa.program import Program
@@ -107,13 +107,14 @@ def main() -> None:
             f"bench/scale.py: {ready_now} READY jobs, too few to time a decision; "
             "raise --contexts or --jobs-per-context"
         )
+    queues = sched._queues
     eligible, choose, pop, push = (
-        sched._eligible,
-        sched._choose_class,
-        sched._pop,
-        sched._push_ready,
+        sched._dispatch.eligible,
+        sched._shares.choose,
+        queues.pop,
+        queues.push,
     )
-    ready = sched._ready
+    ready = queues.ready
     best_pick = best_insert = float("inf")
     gc.collect()
     gc.disable()
@@ -130,7 +131,7 @@ def main() -> None:
             picked.append(job)
         t1 = time.perf_counter()
         for job in picked:
-            sched._refund(job)
+            queues.refund(job)
             push(job)
         t2 = time.perf_counter()
         best_pick = min(best_pick, (t1 - t0) / rounds)
@@ -148,7 +149,7 @@ def main() -> None:
         if nxt is None:
             break
         clock.advance_to(nxt)
-        done = sum(sched._ended.values()) - start_done
+        done = sum(sched._ledger.ended.values()) - start_done
     drain_s = time.perf_counter() - t0
     gc.enable()
 

@@ -55,7 +55,7 @@ from npud.core.owner import Account, Owner
 from npud.core.policy import SchedulerPolicy
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyManager, ResidencyStatistics
-from npud.core.scheduler import Scheduler, SchedulerStatistics
+from npud.core.sched import Scheduler, SchedulerStatistics
 from npud.devices.base import BufferUse, Capabilities, Device, DeviceStatistics
 from npud.errors import (
     AlreadyExists,
@@ -319,7 +319,7 @@ class Core:
         entry = self.device(name)
         # The scheduler's own loss path (what the device's loss listener calls): fail the
         # device's jobs, clear its queues, publish the LOST event.
-        entry.scheduler._on_device_lost(reason)
+        entry.scheduler.device_lost(reason)
         self._close_lost_contexts(entry)
 
     def _close_lost_contexts(self, old: DeviceEntry) -> None:

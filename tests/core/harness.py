@@ -11,7 +11,7 @@ from npud.core.job import Job
 from npud.core.owner import Owner
 from npud.core.policy import SchedulerPolicy
 from npud.core.queue import Queue
-from npud.core.scheduler import Scheduler
+from npud.core.sched import Scheduler
 from npud.core.service import Core, JobSpec
 from npud.devices.sim import SimDevice
 from npud.isa.program import Program

@@ -1,0 +1,242 @@
+"""The life of a job in the scheduler: every state change, its accounting, its events.
+
+A job enters QUEUED (:meth:`JobLifecycle.enqueue`), becomes READY when its dependencies have
+completed and it heads its in-order queue (:meth:`~JobLifecycle.maybe_ready`), RUNNING when it
+is dispatched, and ends (:meth:`~JobLifecycle.finish`) COMPLETED, FAILED, CANCELLED, REJECTED
+or TIMED_OUT; a job that ends other than COMPLETED takes its dependents with it. Each change
+is counted, timestamped on the job and published on the event bus. The lifecycle also keeps
+the scheduler's contexts and finalises a closing context when its last device work is back.
+
+Ownership: jobs belong to their contexts; the lifecycle moves a job between a context's live
+jobs and its history (where ``policy.history`` finished jobs are kept for listing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+
+from npud.clock import Clock, TimerHandle
+from npud.core.buffers import Buffer
+from npud.core.context import Context, ContextState
+from npud.core.events import EventBus, JobEvent
+from npud.core.ids import ContextId
+from npud.core.job import Job, JobError
+from npud.core.policy import PolicyKind, SchedulerPolicy
+from npud.core.sched.engines import Engine, Engines
+from npud.core.sched.port import ResidencyPort
+from npud.core.sched.runqueue import RunQueues
+from npud.core.sched.statistics import Ledger
+from npud.devices.base import Completion, Device
+from npud.errors import Cancelled, NpudError
+from npud.vocab import JobState, SchedulingClass
+
+_log = logging.getLogger(__name__)
+
+Hook = Callable[[Job], None]
+Closer = tuple[Callable[[Context], None], TimerHandle | None]
+
+
+class JobLifecycle:
+    """The state changes of one device's jobs, and the contexts they belong to."""
+
+    def __init__(
+        self,
+        *,
+        device: Device,
+        clock: Clock,
+        residency: ResidencyPort,
+        policy: SchedulerPolicy,
+        events: EventBus,
+        engines: Engines,
+        queues: RunQueues,
+        ledger: Ledger,
+    ) -> None:
+        self.contexts: dict[ContextId, Context] = {}
+        self.closers: dict[ContextId, Closer] = {}  # closing contexts: on_closed, grace timer
+        self.on_end: list[Hook] = []
+        self.on_forget: list[Hook] = []
+        self._device = device
+        self._clock = clock
+        self._residency = residency
+        self._policy = policy
+        self._fifo = policy.kind is PolicyKind.FIFO
+        self._events = events
+        self._engines = engines
+        self._queues = queues
+        self._ledger = ledger
+        self._seq = itertools.count(1)
+
+    def enqueue(self, ctx: Context, job: Job, now: float) -> None:
+        """Make an admitted ``job`` QUEUED: ``ctx`` owns it from now on."""
+        job.seq = next(self._seq)
+        job.state = JobState.QUEUED
+        job.times[JobState.QUEUED] = now
+        self._ledger.counts[job.sched_class][JobState.QUEUED] += 1
+        ctx.jobs[job.id] = job
+        ctx.submitted += 1
+        for buf in job.buffers():
+            ctx.buffer_jobs[buf.id] = ctx.buffer_jobs.get(buf.id, 0) + 1
+        queue = job.queue
+        queue.depth += 1
+        queue.submitted += 1
+        if queue.in_order:
+            queue.pending.append(job)
+        self._ledger.submitted += 1
+        self.publish(job)
+
+    def set_state(self, job: Job, state: JobState) -> None:
+        """Move ``job`` to ``state``, count and timestamp it (READY and RUNNING publish here;
+        QUEUED and the terminal states publish where they are set)."""
+        self._ledger.moved(job, state)
+        job.state = state
+        job.times[state] = self._clock.now()
+        if state is JobState.READY or state is JobState.RUNNING:
+            self.publish(job)
+
+    def maybe_ready(self, job: Job) -> None:
+        """Make a QUEUED ``job`` READY if nothing holds it back any more."""
+        if job.state is not JobState.QUEUED or job.unmet:
+            return
+        queue = job.queue
+        if queue.in_order and queue.head() is not job:
+            return
+        ctx = self.contexts.get(job.context_id)
+        if ctx is None or not ctx.open:
+            return
+        self.set_state(job, JobState.READY)
+        self._queues.push(job)
+        if job.sched_class is SchedulingClass.LATENCY:
+            self._engines.last_latency = self._clock.now()
+            if not self._fifo:
+                self._ledger.recalls += self._engines.recall_deep(self._device)
+
+    @staticmethod
+    def dependency_error(dep: Job) -> JobError:
+        """The error of a job that can never run because its dependency ``dep`` failed."""
+        return JobError(
+            Cancelled, f"its dependency {dep.id} ended {dep.state.value.upper()}, so it never ran"
+        )
+
+    def finish(
+        self,
+        job: Job,
+        state: JobState,
+        error: JobError | None,
+        completion: Completion | None = None,
+    ) -> None:
+        """End ``job`` (and, transitively, dependents that can no longer run)."""
+        stack: list[tuple[Job, JobState, JobError | None, Completion | None]] = [
+            (job, state, error, completion)
+        ]
+        while stack:
+            j, s, err, comp = stack.pop()
+            if j.done:
+                continue
+            if j.state is JobState.READY and not j.held:
+                self._queues.ready[j.sched_class] -= 1
+            j.held = False
+            self.set_state(j, s)
+            j.error = err
+            if comp is not None:
+                j.completion = comp
+            self._account_end(j, s)
+            self.publish(j)
+            for hook in self.on_end:
+                hook(j)
+            j._settle()
+            for dep in j.dependents:
+                if dep.done:
+                    continue
+                if s is JobState.COMPLETED:
+                    dep.unmet -= 1
+                    self.maybe_ready(dep)
+                else:
+                    stack.append((dep, JobState.CANCELLED, self.dependency_error(j), None))
+            j.dependents.clear()
+            if j.queue.in_order:
+                head = j.queue.head()
+                if head is not None:
+                    self.maybe_ready(head)
+
+    def _account_end(self, job: Job, state: JobState) -> None:
+        self._ledger.record_end(job, state)
+        job.queue.record_end(state, job.queue_wait_s, job.run_s)
+        ctx = self.contexts.get(job.context_id)
+        if ctx is None:
+            return
+        wait, run = job.queue_wait_s, job.run_s
+        ctx.jobs.pop(job.id, None)
+        ctx.ended[state.value] = ctx.ended.get(state.value, 0) + 1
+        if wait is not None:
+            ctx.waits.add(wait)
+        if run is not None:
+            ctx.runs.add(run)
+        for buf in job.buffers():
+            left = ctx.buffer_jobs.get(buf.id, 0) - 1
+            if left > 0:
+                ctx.buffer_jobs[buf.id] = left
+            else:
+                ctx.buffer_jobs.pop(buf.id, None)
+        ctx.history.append(job)
+        if len(ctx.history) > self._policy.history:
+            old = ctx.history.popleft()
+            for hook in self.on_forget:
+                hook(old)
+
+    def publish(self, job: Job) -> None:
+        """Publish ``job``'s current state on the event bus (if anyone listens)."""
+        if not self._events.wants_jobs:
+            return
+        err = job.error
+        self._events.publish(
+            JobEvent(
+                time=self._clock.now(),
+                device=self._device.name,
+                context_id=job.context_id,
+                queue_id=job.queue.id,
+                job_id=job.id,
+                state=job.state.value,
+                kind=job.kind,
+                error_kind=None if err is None else err.kind,
+                error_message=None if err is None else err.message,
+            )
+        )
+
+    def off_device(self, job: Job, engine: Engine, written: Sequence[Buffer]) -> bool:
+        """Undo the device-side bookkeeping of ``job``; returns whether it headed its engine."""
+        was_head = self._engines.take(job, engine)
+        if job.watchdog is not None:
+            job.watchdog.cancel()
+            job.watchdog = None
+        job.on_device = False
+        ctx = self.contexts.get(job.context_id)
+        if ctx is not None:
+            ctx.on_device -= 1
+        try:
+            self._residency.end_run(job.buffers(), written)
+        except NpudError:
+            _log.exception("end_run for job %s failed", job.id)
+        return was_head
+
+    def finalize(self, ctx: Context) -> None:
+        """A closing ``ctx`` has nothing left on the device: release it and run its closer."""
+        ctx.state = ContextState.CLOSED
+        self._queues.fair.detach(ctx.id)
+        self.contexts.pop(ctx.id, None)
+        try:
+            self._residency.release_context(ctx.id)
+        except NpudError:
+            _log.exception("releasing the buffers of context %s failed", ctx.id)
+        on_closed, timer = self.closers.pop(ctx.id, (None, None))
+        if timer is not None:
+            timer.cancel()
+        for job in ctx.history:
+            for hook in self.on_forget:
+                hook(job)
+        ctx.history.clear()
+        ctx.buffers.clear()
+        ctx.buffer_jobs.clear()
+        if on_closed is not None:
+            on_closed(ctx)
