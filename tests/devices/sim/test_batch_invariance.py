@@ -180,3 +180,76 @@ def test_embed_rows_equal_each_row_alone(ids: list[int], d: int, seed: int) -> N
     for r, token in enumerate(ids):
         assert batched[r * d * 4 : (r + 1) * d * 4] == run([token])
         assert batched[r * d * 4 : (r + 1) * d * 4] == table[token].tobytes()
+
+
+def _quantised_matmul(a: np.ndarray, blocks: bytes, dtype: DType, n: int) -> bytes:
+    """MATMUL of every row of ``a`` with ``n`` rows of GGUF blocks (transposed), as the LLM's
+    quantised projections run; the output bytes."""
+    m, k = a.shape
+    memory = [_f32(a), bytearray(blocks), bytearray(m * n * 4)]
+    prog = Program().matmul(
+        out=Tensor(2, 0, (m, n), DType.F32),
+        a=Tensor(0, 0, (m, k), DType.F32),
+        b=Tensor(1, 0, (n, k), dtype),
+        transpose_b=True,
+    )
+    _run(prog, memory)
+    return bytes(memory[2])
+
+
+@SETTINGS
+@given(
+    m=st.integers(2, 9),
+    blocks=st.integers(1, 6),
+    n=st.integers(1, 80),
+    dtype=st.sampled_from([DType.Q4_1, DType.Q8_0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_quantised_matmul_rows_equal_each_row_alone(
+    m: int, blocks: int, n: int, dtype: DType, seed: int
+) -> None:
+    """MATMUL over Q4_1 or Q8_0 weight blocks (a GGUF model's projections, as the batched
+    decode step reads them) gives each row the same bits as that row alone."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    k = 32 * blocks
+    a = _rows(seed, m, k)
+    w = _rows(seed + 1, n, k, scale=1 / np.sqrt(k))
+    raw = quantize(w, GGMLQuantizationType[dtype.name]).tobytes()
+    batched = _quantised_matmul(a, raw, dtype, n)
+    width = n * 4
+    for r in range(m):
+        alone = _quantised_matmul(a[r : r + 1], raw, dtype, n)
+        assert batched[r * width : (r + 1) * width] == alone, f"row {r} of {m}"
+
+
+@SETTINGS
+@given(
+    m=st.integers(2, 9),
+    width=st.integers(8, 400),
+    k=st.integers(1, 8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_topk_rows_equal_each_row_alone(m: int, width: int, k: int, seed: int) -> None:
+    """TOPK (the sampled rows' candidates) gives each row the same values and ids as that row
+    alone, ties included (values rounded so that ties occur)."""
+    x = np.round(_rows(seed, m, width) * 4) / 4
+
+    def run(rows: np.ndarray) -> bytes:
+        count = rows.shape[0]
+        memory = [_f32(rows), bytearray(count * k * 8)]
+        prog = Program().topk(
+            values=Tensor(1, 0, (count, k), DType.F32),
+            ids=Tensor(1, count * k * 4, (count, k), DType.I32),
+            x=Tensor(0, 0, rows.shape, DType.F32),
+        )
+        _run(prog, memory)
+        return bytes(memory[1])
+
+    batched = run(x)
+    for r in range(m):
+        alone = run(x[r : r + 1])
+        assert batched[r * k * 4 : (r + 1) * k * 4] == alone[: k * 4], f"values of row {r}"
+        ids_at = m * k * 4 + r * k * 4
+        assert batched[ids_at : ids_at + k * 4] == alone[k * 4 :], f"ids of row {r}"
