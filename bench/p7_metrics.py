@@ -35,6 +35,7 @@ def stop(*_):
     print(n, spent, size, flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
 next_at = time.monotonic()
 while True:
     t0 = time.monotonic()
@@ -143,6 +144,12 @@ def run(quick: bool) -> BenchResult:
             start_new_session=True,
         )
         try:
+            # Why wait for "ready": on a loaded host the scraper's interpreter may still be
+            # starting when a quick run ends, and a SIGTERM before its handler is installed
+            # killed it without its counts (the run then failed with "-15").
+            assert scraper.stdout is not None
+            if scraper.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the scraper did not start ({scraper.poll()})")
             pid = daemon.process.proc.pid
             per = asyncio.run(_measure(daemon.socket, pid, scraper, rounds, window_s))
         finally:
