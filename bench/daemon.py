@@ -1,10 +1,13 @@
 """A real npud daemon for a benchmark: started on a private socket, ready when it says so.
 
-The daemon is started with this interpreter (``python -m npud.daemon --device sim``) on a
-temporary socket and state directory, with a chosen scheduling policy. Readiness is not guessed:
-the launcher binds a datagram socket, passes it as ``NOTIFY_SOCKET`` and waits for the daemon's
-``READY=1``, as systemd would. If the daemon dies while the benchmark runs, :meth:`check` raises
-with the tail of its log, so the runner reports the benchmark as failed to run.
+The daemon is started by npud's one launcher, :mod:`npud.testing.daemon` (the tests start
+theirs there too): this interpreter runs ``python -m npud.daemon --device sim`` on a temporary
+socket and state directory, and readiness is the daemon's own ``READY=1`` on a
+``NOTIFY_SOCKET``, as systemd would see it. What is benchmark-specific stays here: the
+scheduling policy, short grace periods, its own session (a Ctrl-C stops the runner, which then
+stops the daemon), a private directory removed afterwards. If the daemon dies while the
+benchmark runs, :meth:`BenchDaemon.check` raises :class:`DaemonDied` with the tail of its log,
+so the runner reports the benchmark as failed to run.
 """
 
 from __future__ import annotations
@@ -17,20 +20,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Why the launcher is imported from tests/: starting npud (its argv, the NOTIFY_SOCKET
-# readiness handshake, a clean environment) is defined once, in tests/daemon/harness.py, and
-# the end-to-end tests, the npuctl tests and the benchmarks all use that one definition. What
-# is benchmark-specific stays here: the policy, the short grace periods, a private temporary
-# directory removed afterwards, and DaemonDied instead of a test assertion. The repository root
-# is on sys.path for `python -m bench` (and for scripts the runner starts, which it gives
-# PYTHONPATH), so `tests` imports as a package without a path hack.
-from tests.daemon.harness import NPUD_COMMAND, ROOT, DaemonProcess, isolated_env, spawn_npud
+from npud.testing.daemon import (
+    NPUD_COMMAND,
+    DaemonDied,
+    DaemonProcess,
+    isolated_env,
+    spawn_npud,
+)
 
 __all__ = ["NPUD_COMMAND", "ROOT", "BenchDaemon", "DaemonDied", "running_daemon"]
 
-
-class DaemonDied(RuntimeError):
-    """The benchmark's daemon exited or never became ready."""
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root (the benchmarks read and run files of the checkout)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -51,18 +52,15 @@ class BenchDaemon:
         return self.process.log_path
 
     def check(self) -> None:
-        """Raise :class:`DaemonDied` if the daemon is no longer running."""
-        code = self.process.proc.poll()
-        if code is not None:
-            raise DaemonDied(f"npud ({self.policy}) exited with {code}:\n{self.log_tail()}")
+        """Raise :class:`DaemonDied` (naming the policy) if the daemon is no longer running."""
+        try:
+            self.process.check()
+        except DaemonDied as exc:
+            raise DaemonDied(f"npud ({self.policy}): {exc}") from None
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the daemon's log."""
-        try:
-            text = self.process.log()
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.log_tail(lines)
 
 
 @contextlib.contextmanager
@@ -98,17 +96,14 @@ def running_daemon(
         process = spawn_npud(tmp, full_env, command=command, new_session=True)
         daemon = BenchDaemon(process, policy)
         try:
-            try:
-                process.wait_ready(ready_timeout_s)
-            except AssertionError as exc:  # the harness's way of saying it never came up
-                raise DaemonDied(str(exc)) from None
+            process.wait_ready(ready_timeout_s)
             yield daemon
             daemon.check()
         finally:
             # stop() SIGKILLs a daemon that does not drain in 30 s, then says so by raising;
             # the run has its figures by then, and the benchmark's own error (if any) matters
             # more than a slow drain.
-            with contextlib.suppress(AssertionError):
+            with contextlib.suppress(DaemonDied):
                 process.stop(signal.SIGTERM, timeout=30)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ import pytest
 
 from npud.client.identity import handshake
 from npud.isa import Program
+from npud.testing.daemon import DaemonProcess, start_daemon
 from npud.v1 import (
     buffer_pb2,
     buffer_pb2_grpc,
@@ -32,7 +33,7 @@ from npud.v1 import (
     stats_pb2_grpc,
     types_pb2,
 )
-from tests.daemon.harness import ROOT, DaemonProcess, start_daemon
+from tests import ROOT
 
 pytestmark = pytest.mark.slow
 

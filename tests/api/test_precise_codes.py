@@ -18,8 +18,8 @@ from npud.api.server import SERVICE_NAMES
 from npud.client import JobSpec, SchedulingClass
 from npud.client.identity import handshake
 from npud.isa import Program
+from npud.testing.daemon import DaemonProcess, start_daemon
 from npud.v1 import buffer_pb2, job_pb2, job_pb2_grpc
-from tests.daemon.harness import DaemonProcess, start_daemon
 from tests.reliability.harness import eventually
 
 pytestmark = pytest.mark.slow

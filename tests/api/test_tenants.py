@@ -14,8 +14,9 @@ import pytest
 
 import npud.client
 from npud.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from npud.testing.daemon import DaemonProcess, isolated_env, start_daemon
 from npud.v1 import tenant_pb2
-from tests.daemon.harness import ROOT, DaemonProcess, isolated_env, start_daemon
+from tests import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, Schedul
 from npud.errors import NpudError
 from npud.isa.program import Program
 from npud.isa.tensor import Tensor
-from tests.daemon.harness import spawn_npud
+from npud.testing.daemon import spawn_npud
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKER_S = 600.0

@@ -29,7 +29,7 @@ from npud.client import (
 )
 from npud.errors import AlreadyExists, NotFound, QueueFull
 from npud.isa import Program, T
-from tests.daemon.harness import DaemonProcess, start_daemon
+from npud.testing.daemon import DaemonProcess, start_daemon
 
 pytestmark = pytest.mark.slow
 

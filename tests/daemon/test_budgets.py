@@ -11,8 +11,9 @@ from npud.client import MemoryTier as ClientTier
 from npud.config import Settings, load_settings
 from npud.daemon.budgets import residency_budgets
 from npud.errors import ConfigError, ResourceExhausted
+from npud.testing.daemon import start_daemon
 from npud.vocab import MemoryTier
-from tests.daemon.harness import ROOT, start_daemon
+from tests import ROOT
 
 MIB = 1 << 20
 

@@ -24,7 +24,8 @@ import npud.client
 from npud.api.server import SERVICE_NAMES
 from npud.client import ContextEvent, JobSpec, JobState, SchedulingClass
 from npud.isa import Program
-from tests.daemon.harness import ROOT, DaemonProcess, start_daemon
+from npud.testing.daemon import DaemonProcess, start_daemon
+from tests import ROOT
 
 pytestmark = pytest.mark.slow
 

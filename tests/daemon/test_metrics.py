@@ -116,7 +116,7 @@ def test_the_grafana_dashboard_queries_only_exported_series() -> None:
 
     from npud.api.sessions import SessionStatistics
     from npud.api.tenants import TenantStatistics
-    from tests.daemon.harness import ROOT
+    from tests import ROOT
 
     bed = make_bed()
     registry, _ = registry_for(

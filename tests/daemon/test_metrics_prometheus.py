@@ -17,7 +17,7 @@ import pytest
 import npud.client
 from npud.client import Access, Bind, JobSpec, JobState, SchedulingClass
 from npud.isa import Program, T
-from tests.daemon.harness import DaemonProcess, start_daemon
+from npud.testing.daemon import DaemonProcess, start_daemon
 from tests.tools import tool
 
 pytestmark = pytest.mark.slow

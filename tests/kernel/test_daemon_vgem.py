@@ -12,7 +12,7 @@ import pytest
 import npud.client
 from npud.client import Access, Bind, JobSpec, JobState
 from npud.isa import Program, T
-from tests.daemon.harness import isolated_env, spawn_npud
+from npud.testing.daemon import isolated_env, spawn_npud
 
 pytestmark = pytest.mark.kernel
 

@@ -11,7 +11,7 @@ import pytest
 
 from npud.llm.model import Model, load_model
 from npud.llm.tiny import make_tiny
-from tests.daemon.harness import spawn_npud
+from npud.testing.daemon import spawn_npud
 from tests.llm.reference import ReferenceLlama
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from tests.daemon.harness import ROOT
+from tests import ROOT
 from tests.tools import file as need_file
 
 RELATIVE = Path("k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto")

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from npud.plugin.main import RESOURCE, parse_args
-from tests.daemon.harness import ROOT
+from tests import ROOT
 from tests.tools import tool
 
 

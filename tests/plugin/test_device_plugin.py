@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 import npud.client
+from npud.testing.daemon import DaemonProcess, isolated_env, start_daemon
 from npud.v1 import admin_pb2, tenant_pb2
-from tests.daemon.harness import ROOT, DaemonProcess, isolated_env, start_daemon
+from tests import ROOT
 from tests.plugin.kubernetes_proto import build_python
 from tests.reliability.harness import Admin
 

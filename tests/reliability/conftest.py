@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import npud.client
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.reliability.harness import Admin, launch, world_reachable_dir, write_report
 from tests.reliability.leaks import Baseline, baseline
 

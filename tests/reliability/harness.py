@@ -26,8 +26,9 @@ import grpc
 
 import npud.client
 from npud.client.client import CHANNEL_OPTIONS
+from npud.testing.daemon import DaemonProcess, start_daemon
 from npud.v1 import admin_pb2, admin_pb2_grpc
-from tests.daemon.harness import ROOT, DaemonProcess, start_daemon
+from tests import ROOT
 
 NOBODY = 65534
 """The uid/gid of user A in the identity tests (nobody/nogroup)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import npud.client
 from npud.isa import Program
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.reliability.harness import fd_count
 
 

@@ -27,7 +27,7 @@ from npud.client import DeviceHealth
 from npud.devices.sim.wire import MAX_BINDINGS
 from npud.llm.tiny import make_tiny
 from npud.llm.tokenizer import ByteTokenizer
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.llm.reference import ReferenceLlama
 from tests.reliability.harness import (
     NOBODY,

@@ -12,7 +12,7 @@ import npud.client
 from npud.client import DeviceHealth, JobSpec, JobState
 from npud.devices.sim.wire import MAX_BINDINGS
 from npud.isa import Program
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.reliability.harness import NOBODY, Actor, launch, record, world_reachable_dir
 from tests.reliability.leaks import assert_back, baseline
 

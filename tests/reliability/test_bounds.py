@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from npud.isa import Program
+from npud.testing.daemon import DaemonProcess
 from npud.v1 import (
     buffer_pb2,
     buffer_pb2_grpc,
@@ -26,7 +27,6 @@ from npud.v1 import (
     stats_pb2_grpc,
     types_pb2,
 )
-from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import (
     NOBODY,
     OTHER,

@@ -16,8 +16,8 @@ import npud.client
 from npud.client import JobSpec, JobState, SchedulingClass
 from npud.errors import DeviceLost, NotFound, OutOfDeviceMemory
 from npud.isa import Program
+from npud.testing.daemon import DaemonProcess
 from npud.v1 import admin_pb2, types_pb2
-from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import (
     NOBODY,
     Actor,

@@ -37,8 +37,8 @@ from hypothesis import strategies as st
 import npud.client
 from npud.api.server import SERVICE_NAMES
 from npud.isa import Program
+from npud.testing.daemon import DaemonProcess
 from npud.v1 import buffer_pb2, job_pb2
-from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import NOBODY, OTHER, Actor, record, rss_bytes
 from tests.reliability.leaks import Baseline, assert_back, difference
 

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 import npud.client
+from npud.testing.daemon import DaemonProcess
 from npud.v1 import admin_pb2, context_pb2, context_pb2_grpc
-from tests.daemon.harness import DaemonProcess
 from tests.reliability.harness import NOBODY, OTHER, Actor, launch, record, world_reachable_dir
 from tests.reliability.leaks import Baseline, assert_back
 

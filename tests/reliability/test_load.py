@@ -12,7 +12,7 @@ import pytest
 import npud.client
 from npud.client import JobSpec, JobState, SchedulingClass
 from npud.isa import Program
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.reliability.harness import record
 from tests.reliability.leaks import Baseline, assert_back, difference
 

@@ -23,7 +23,7 @@ from npud.llm.model import load_model
 from npud.llm.plan import plan_memory
 from npud.llm.tiny import make_tiny
 from npud.llm.tokenizer import ByteTokenizer
-from tests.daemon.harness import DaemonProcess
+from npud.testing.daemon import DaemonProcess
 from tests.llm.reference import ReferenceLlama
 from tests.reliability.harness import NOBODY, Actor, launch, restart, world_reachable_dir
 
