@@ -128,7 +128,12 @@ class CommandPool:
         self._free.clear()
 
     def _release_soon(self, ctx_id: ContextId, buf_id: BufferId) -> None:
-        asyncio.get_running_loop().call_soon(self._release, ctx_id, buf_id)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the daemon's loop has stopped (shutdown ends jobs after it)
+            self._release(ctx_id, buf_id)
+            return
+        loop.call_soon(self._release, ctx_id, buf_id)
 
     def _release(self, ctx_id: ContextId, buf_id: BufferId) -> None:
         self._sizes.pop(buf_id, None)
