@@ -33,10 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -51,76 +48,39 @@ from bench.daemon import running_daemon
 from bench.decode import _modelled_step_s
 from npud.llm.metrics import percentile
 from npud.llm.tiny import make_tiny
+from npud.testing.gateway import GatewayProcess, start_gateway
 
 MODEL = "tiny"
 
 
-@dataclass(slots=True, eq=False)
-class Gateway:
-    """A running ``npud-llm serve``."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def running_gateway(npud_socket: Path, model_dir: Path, *extra: str) -> Iterator[Gateway]:
-    """``npud-llm serve`` on a free loopback port until the block ends (SIGTERM then)."""
-    port = _free_port()
-    log = Path(tempfile.mkstemp(prefix="npud-llm-serve-", suffix=".log")[1])
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "npud.llm.cli",
-                "serve",
-                "--socket",
-                str(npud_socket),
-                "--port",
-                str(port),
-                "--model",
-                str(model_dir),
-                "--served-model-name",
-                MODEL,
-                "--max-seq",
-                "256",
-                "--job-timeout",
-                "30",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    gw = Gateway(proc, f"http://127.0.0.1:{port}", log)
+def running_gateway(npud_socket: Path, model_dir: Path, *extra: str) -> Iterator[GatewayProcess]:
+    """``npud-llm serve`` on a free loopback port until the block ends (SIGTERM then).
+
+    Raises:
+        GatewayDied: it exited or did not come up within 90 s.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="npud-llm-serve-"))
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited:\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(gw.url + "/health", timeout=10).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not come up:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield gw
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        gw = start_gateway(
+            npud_socket,
+            tmp,
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            MODEL,
+            "--max-seq",
+            "256",
+            *extra,
+            timeout_s=90.0,
+            job_timeout_s=30.0,
+        )
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.unlink(missing_ok=True)
+            yield gw
+        finally:
+            gw.stop(timeout_s=20.0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(slots=True)

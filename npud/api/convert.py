@@ -73,17 +73,22 @@ ACCESS: WireEnum[BufferUse, types_pb2.BufferAccess.ValueType] = WireEnum.explici
 )
 
 
-def _required(converter: WireEnum[_E, _W], value: int, field: str) -> _E:
+def _required(
+    converter: WireEnum[_E, _W], value: int, field: str, expected: str | None = None
+) -> _E:
     """The member ``value`` names; UNSPECIFIED and unknown numbers are the caller's mistake.
 
     Raises:
-        InvalidArgument: UNSPECIFIED or a number the enum does not have, naming ``field``.
+        InvalidArgument: UNSPECIFIED or a number the enum does not have, naming ``field`` (and
+            what was ``expected``, where given).
     """
     try:
         member = converter.from_wire(value)
     except UnknownWireValue:
         member = None
     if member is None:
+        if expected is not None:
+            raise InvalidArgument(f"{field}: {expected}, got {value}")
         raise InvalidArgument(f"{field}: {value} is not a valid {converter.name}")
     return member
 
@@ -135,13 +140,7 @@ def preference_from_wire(value: int) -> TierPreference:
 
 def access_from_wire(value: int, field: str) -> BufferUse:
     """A wire BufferAccess. Raises InvalidArgument for UNSPECIFIED or an unknown value."""
-    try:
-        member = ACCESS.from_wire(value)
-    except UnknownWireValue:
-        member = None
-    if member is None:
-        raise InvalidArgument(f"{field}: access must be READ, WRITE or READ_WRITE, got {value}")
-    return member
+    return _required(ACCESS, value, field, "access must be READ, WRITE or READ_WRITE")
 
 
 def bindings_from_wire(

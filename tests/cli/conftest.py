@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.harness import Daemon, Workload, run_workload, start_daemon
+from npud.testing.daemon import DaemonProcess
+from tests.cli.harness import Workload, run_workload, start_daemon
 
 
 @dataclass
 class Live:
     """A daemon and the workload running on it."""
 
-    daemon: Daemon
+    daemon: DaemonProcess
     workload: Workload
 
     @property

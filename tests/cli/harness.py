@@ -28,49 +28,28 @@ from npud.client import Access, Bind, BufferUsage, JobSpec, Persistence, Schedul
 from npud.errors import NpudError
 from npud.isa.program import Program
 from npud.isa.tensor import Tensor
-from npud.testing.daemon import spawn_npud
+from npud.testing.daemon import DaemonProcess, spawn_npud
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKER_S = 600.0
 """A burn long enough to stay RUNNING for the whole test session (cancelled at teardown)."""
 
 
-@dataclass
-class Daemon:
-    """A running npud subprocess."""
+def start_daemon(tmp: Path, timeout_s: float = 60.0) -> DaemonProcess:
+    """Start ``npud --device sim`` on ``tmp/npud.sock`` (in this environment, so an operator's
+    ``NPUD_*`` settings reach it) and wait for READY=1; the caller stops it.
 
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    log_path: Path
-
-    def log(self) -> str:
-        """The daemon's stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not drain within 15 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-def start_daemon(tmp: Path, timeout_s: float = 60.0) -> Daemon:
-    """Start ``npud --device sim`` on ``tmp/npud.sock`` and wait for READY=1."""
+    Raises:
+        DaemonDied: it exited or was not ready within ``timeout_s`` (it is killed).
+    """
     # the blocker is a LATENCY job longer than the default ceiling: this operator allows it
     env = dict(os.environ, NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S=str(BLOCKER_S * 2))
-    spawned = spawn_npud(tmp, env, log_stdout=False)
-    daemon = Daemon(proc=spawned.proc, socket=spawned.socket, log_path=spawned.log_path)
+    daemon = spawn_npud(tmp, env, log_stdout=False)
     try:
-        spawned.wait_ready(timeout_s)
+        daemon.wait_ready(timeout_s)
     except BaseException:
-        daemon.stop()
+        daemon.stop(signal.SIGKILL, timeout=10)
         raise
-    finally:
-        spawned.notify.close()
     return daemon
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from npud.llm.tiny import make_tiny
-from tests.cli.harness import Daemon, start_daemon
-from tests.gateway.harness import GatewayProcess, start_gateway
+from npud.testing.daemon import DaemonProcess
+from npud.testing.gateway import GatewayProcess, start_gateway
+from tests.cli.harness import start_daemon
 from tests.llm.reference import ReferenceLlama
 
 MODEL = "tiny"
@@ -28,7 +29,7 @@ def reference(tiny_dir: Path) -> ReferenceLlama:
 
 
 @pytest.fixture(scope="module")
-def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """npud on a simulated NPU, on a private socket."""
     daemon = start_daemon(tmp_path_factory.mktemp("npud"))
     try:
@@ -39,7 +40,7 @@ def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    npud: Daemon, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    npud: DaemonProcess, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """``npud-llm serve`` of the tiny model (context 128) against ``npud``."""
     gw = start_gateway(

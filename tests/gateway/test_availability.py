@@ -14,9 +14,10 @@ import pytest
 from npud.llm.compiler import decode_scratch
 from npud.llm.model import load_model
 from npud.llm.plan import KV, TOKENS, BufferKind, plan_memory
+from npud.testing.gateway import start_gateway
 from tests.cli.harness import start_daemon
 from tests.gateway.conftest import MODEL
-from tests.gateway.harness import start_gateway, until_batcher, wait_healthy
+from tests.gateway.harness import until_batcher, wait_healthy
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from npud.client import JobState, connect
-from tests.cli.harness import Daemon
+from npud.testing.daemon import DaemonProcess
+from npud.testing.gateway import GatewayProcess
 from tests.gateway.conftest import MODEL
-from tests.gateway.harness import GatewayProcess, wait_batcher
+from tests.gateway.harness import wait_batcher
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def wait_for_baseline(sock: Path, baseline: list[tuple[str, int, int, int]]) -> 
 
 
 @pytest.fixture(scope="module")
-def baseline(gateway: GatewayProcess, npud: Daemon) -> list[tuple[str, int, int, int]]:
+def baseline(gateway: GatewayProcess, npud: DaemonProcess) -> list[tuple[str, int, int, int]]:
     """npud's state with the gateway up and idle after one request."""
     body = {"model": MODEL, "prompt": "warm", "max_tokens": 2, "temperature": 0}
     assert httpx.post(gateway.url + "/v1/completions", json=body, timeout=60).status_code == 200
@@ -86,7 +87,7 @@ def chat(content: str, **extra: object) -> dict[str, object]:
 )
 def test_bad_requests_get_openai_errors_and_change_nothing(
     gateway: GatewayProcess,
-    npud: Daemon,
+    npud: DaemonProcess,
     baseline: list[tuple[str, int, int, int]],
     body: bytes,
     status: int,
@@ -154,7 +155,7 @@ def test_a_chunked_100_mb_body_is_cut_off_at_the_limit(gateway: GatewayProcess) 
 
 
 def test_a_client_that_disconnects_mid_stream_is_cancelled_and_freed(
-    gateway: GatewayProcess, npud: Daemon, baseline: list[tuple[str, int, int, int]]
+    gateway: GatewayProcess, npud: DaemonProcess, baseline: list[tuple[str, int, int, int]]
 ) -> None:
     """Closing the connection after a few streamed tokens cancels the sequence: no more
     decode steps for it, its buffers released; npud returns to the baseline."""
@@ -175,7 +176,7 @@ def test_a_client_that_disconnects_mid_stream_is_cancelled_and_freed(
 
 
 def test_a_client_that_disconnects_before_the_answer_is_cancelled(
-    gateway: GatewayProcess, npud: Daemon, baseline: list[tuple[str, int, int, int]]
+    gateway: GatewayProcess, npud: DaemonProcess, baseline: list[tuple[str, int, int, int]]
 ) -> None:
     """A non-streamed request whose client goes away while it is generating is cancelled
     too."""

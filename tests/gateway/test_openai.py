@@ -12,8 +12,8 @@ import pytest
 
 from npud.gateway.text import ByteCodec
 from npud.llm.tokenizer import ByteTokenizer
+from npud.testing.gateway import GatewayProcess
 from tests.gateway.conftest import MODEL
-from tests.gateway.harness import GatewayProcess
 from tests.llm.reference import ReferenceLlama
 
 pytestmark = pytest.mark.slow

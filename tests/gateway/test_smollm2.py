@@ -22,8 +22,9 @@ import pytest
 from npud.gateway.text import BpeCodec
 from npud.llm.bpe import BpeTokenizer, Message, load_tokenizer
 from npud.llm.catalog import DEFAULT_MODEL, pull
-from tests.cli.harness import Daemon, start_daemon
-from tests.gateway.harness import GatewayProcess, start_gateway
+from npud.testing.daemon import DaemonProcess
+from npud.testing.gateway import GatewayProcess, start_gateway
+from tests.cli.harness import start_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def tok(gguf_path: Path) -> BpeTokenizer:
 
 
 @pytest.fixture(scope="module")
-def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """npud on a simulated NPU."""
     daemon = start_daemon(tmp_path_factory.mktemp("npud"))
     try:
@@ -64,7 +65,7 @@ def npud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    npud: Daemon, gguf_path: Path, tmp_path_factory: pytest.TempPathFactory
+    npud: DaemonProcess, gguf_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """``npud-llm serve --model smollm2-135m``: four slots, a 256-token context."""
     gw = start_gateway(
