@@ -13,21 +13,18 @@ Results are frozen dataclasses and enums (:mod:`npud.client.types`); failures ra
 """
 
 from npud.client.client import Client, SubmitStream, connect
+from npud.client.events import ContextEvent, DeviceEvent, Event
 from npud.client.identity import Identity
+from npud.client.stats import ClassStats, DeviceStats, ResidencyStats, Stats, TierTraffic
 from npud.client.types import (
     Access,
     Bind,
     Buffer,
-    ClassStats,
     CommandRef,
     Context,
-    ContextEvent,
     Device,
-    DeviceEvent,
-    DeviceStats,
     Distribution,
     Engine,
-    Event,
     Job,
     JobError,
     JobResult,
@@ -36,10 +33,7 @@ from npud.client.types import (
     Queue,
     Quotas,
     Readback,
-    ResidencyStats,
-    Stats,
     TierMemory,
-    TierTraffic,
 )
 from npud.vocab import (
     BufferUsage,

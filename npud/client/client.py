@@ -38,13 +38,13 @@ import grpc
 
 from npud.client import requests as rq
 from npud.client.errors import from_rpc_error
+from npud.client.events import DeviceEvent, Event, event_from_wire
 from npud.client.identity import Identity, handshake, tenant_credential
+from npud.client.stats import Stats
 from npud.client.types import (
     Buffer,
     Context,
     Device,
-    DeviceEvent,
-    Event,
     Job,
     JobResult,
     JobSpec,
@@ -52,8 +52,6 @@ from npud.client.types import (
     Queue,
     Quotas,
     Readback,
-    Stats,
-    event_from_wire,
     id_of,
     job_result_from_wire,
 )

@@ -5,7 +5,7 @@ work."""
 from __future__ import annotations
 
 from npud.api.convert import device_stats_to_wire, residency_to_wire
-from npud.client.types import DeviceStats
+from npud.client.stats import DeviceStats
 from npud.core.residency import ResidencyStatistics
 from npud.v1 import stats_pb2, types_pb2
 from npud.vocab import BufferUsage, DeviceHealth, MemoryTier, Persistence, SchedulingClass

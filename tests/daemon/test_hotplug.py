@@ -17,7 +17,7 @@ import pytest
 
 import npud.client.aio
 from npud.client import DeviceEvent, DeviceHealth, JobSpec, JobState
-from npud.client.types import Change
+from npud.client.events import Change
 from npud.daemon.hotplug import QueuedEvents
 from npud.devices.discovery import NodeEvent
 from npud.errors import DeviceLost, NotFound
