@@ -110,6 +110,7 @@ class Job:
     engine_request: int | None = None
     estimate_s: float | None = None  # the client's hint, used while the kind has no history
     context_label: str = ""  # its context's label (a context's label never changes)
+    modelled_s: float | None = None  # the device's model of this job at admission (None: none)
 
     state: JobState = JobState.QUEUED
     times: dict[JobState, float] = field(default_factory=dict)

@@ -56,7 +56,7 @@ from npud.core.policy import SchedulerPolicy
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyManager, ResidencyStatistics
 from npud.core.sched import Scheduler, SchedulerStatistics
-from npud.devices.base import BufferUse, Capabilities, Device, DeviceStatistics
+from npud.devices.base import BindingShape, BufferUse, Capabilities, Device, DeviceStatistics
 from npud.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -891,6 +891,7 @@ class Core:
             residency.check_use(buf, use)
             bindings.append((buf, use))
         self._check_numbers(queue.sched_class, spec)
+        modelled = self._model(ctx, residency, command, offset=offset, size=size, bindings=bindings)
         return Job(
             id=new_job_id(),
             context_id=ctx.id,
@@ -906,7 +907,27 @@ class Core:
             engine_request=spec.engine,
             estimate_s=spec.estimate_s,
             context_label=ctx.label,
+            modelled_s=modelled,
         )
+
+    def _model(
+        self,
+        ctx: Context,
+        residency: ResidencyManager,
+        command: Buffer,
+        *,
+        offset: int,
+        size: int,
+        bindings: Sequence[tuple[Buffer, BufferUse]],
+    ) -> float | None:
+        """The device's model of a job's duration from its command stream as it is now, where
+        the device models jobs (``Capabilities.models_jobs``); ``None`` elsewhere."""
+        device = self._devices[ctx.device].device
+        if not device.capabilities.models_jobs:
+            return None
+        stream = residency.read(command, offset, size)
+        shapes = [BindingShape(b.size, use, b.resident_tier) for b, use in bindings]
+        return device.modelled_s(stream, shapes)
 
     def _check_numbers(self, sched_class: SchedulingClass, spec: JobSpec) -> None:
         """Every float of ``spec`` finite and within :class:`Limits` (no NaN reaches a heap),

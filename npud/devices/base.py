@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NewType, Protocol, runtime_checkable
 
@@ -114,6 +114,9 @@ class Capabilities:
     max_bindings: int = DEFAULT_MAX_BINDINGS
     """Buffers one job may bind; core refuses more at admission (INVALID_ARGUMENT), so a job
     never reaches a device that cannot carry it."""
+    models_jobs: bool = False
+    """The device reads its command streams before they run: :meth:`Device.modelled_s` checks
+    a job and models its duration at admission. Core reads a job's stream only then."""
 
     def tier(self, tier: MemoryTier) -> TierInfo:
         """The :class:`TierInfo` for ``tier`` (an empty one if the device lacks it)."""
@@ -139,6 +142,17 @@ class Binding:
 
     handle: BoHandle
     use: BufferUse
+
+
+@dataclass(frozen=True, slots=True)
+class BindingShape:
+    """A buffer a job will bind, as admission knows it before the buffer is placed: its size
+    as the client created it (not rounded to the device's granularity), how the job uses it,
+    and its tier when it is resident now (``None``: not placed yet)."""
+
+    size: int
+    use: BufferUse
+    tier: MemoryTier | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +303,25 @@ class Device(Protocol):
         Raises:
             InvalidArgument: engine or priority out of range, unknown handle in the bindings.
             DeviceLost: the device is gone (nothing was queued).
+        """
+        ...
+
+    def modelled_s(self, command: bytes, bindings: Sequence[BindingShape]) -> float | None:
+        """Check a job's command stream against its bindings and model its run time, before
+        the job is admitted (the scheduler slices and charges a job from this number while its
+        kind has no measurements and its client declared no estimate).
+
+        Only called where ``capabilities.models_jobs``; others return ``None``. Pure (no state
+        changes), never blocks; costs a decode of the stream.
+
+        Returns:
+            The device's modelled duration of the job in seconds, or ``None`` where the device
+            has no cost model or cannot read the stream's format.
+
+        Raises:
+            InvalidArgument: the device reads the stream's format and the stream is malformed
+                for these bindings (truncated, an unknown op, an operand outside its buffer's
+                size, a write to a buffer bound read-only): the message names the op and field.
         """
         ...
 

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import itertools
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from npud.abi.drmfile import DrmFile, GemHandle
 from npud.abi.vgem import VgemFence
 from npud.clock import Clock, MonotonicClock, TimerHandle
 from npud.devices.base import (
+    BindingShape,
     BoHandle,
     BufferUse,
     Capabilities,
@@ -325,6 +326,10 @@ class VgemDevice:
             NotFound: unknown handle.
         """
         self._buffer(handle)
+
+    def modelled_s(self, command: bytes, bindings: Sequence[BindingShape]) -> float | None:
+        """No cost model here: the device's stream format is the driver's (``None``)."""
+        return None
 
     def export_buffer(self, handle: BoHandle) -> int:
         """A PRIME dma-buf fd of the buffer, owned by the caller.

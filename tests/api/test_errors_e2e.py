@@ -64,7 +64,13 @@ def daemon() -> Iterator[DaemonProcess]:
     tmp.chmod(0o755)
     try:
         # the busy job below holds its queue for the whole module: this operator allows it
-        d = start_daemon(tmp, env={"NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S": "1200"})
+        d = start_daemon(
+            tmp,
+            env={
+                # the module's 600 s busy job (LATENCY: no time slice holds it)
+                "NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S": "1200",
+            },
+        )
         yield d
         assert d.stop() == 0
     finally:
@@ -92,7 +98,7 @@ def s(daemon: DaemonProcess) -> Iterator[Stubs]:
     st.queue = st.jobs.CreateQueue(
         job_pb2.CreateQueueRequest(
             context_id=st.ctx,
-            scheduling_class=types_pb2.SCHEDULING_CLASS_THROUGHPUT,
+            scheduling_class=types_pb2.SCHEDULING_CLASS_LATENCY,
             depth_limit=1,
         ),
         metadata=md,

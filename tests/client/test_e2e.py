@@ -217,7 +217,7 @@ def test_submit_stream_returns_readbacks(npu: npud.client.Client) -> None:
 def test_cancel_queue_full_and_watch(npu: npud.client.Client) -> None:
     """A queued job is cancelled with a reason; a full queue says so; watch sees transitions."""
     ctx = npu.create_context(label="cancel")
-    q = npu.create_queue(ctx, depth_limit=2)
+    q = npu.create_queue(ctx, SchedulingClass.LATENCY, depth_limit=2)  # 0.2 s jobs: no slice
     seen: list[Job] = []
     watch = npu.watch_jobs(ctx)
     ready = threading.Event()
@@ -256,7 +256,7 @@ def test_one_call_lists_and_finds_across_contexts(daemon: DaemonProcess) -> None
         a = npu.create_context(label="chat-alice")
         b = npu.create_context(label="chat-bob")
         qa = npu.create_queue(a, SchedulingClass.LATENCY)
-        qb = npu.create_queue(b, depth_limit=4)
+        qb = npu.create_queue(b, SchedulingClass.LATENCY, depth_limit=4)  # 0.3 s jobs: no slice
         npu.create_buffer(a, 4096)
         npu.create_buffer(b, 128)
         done = npu.wait(a, npu.submit(a, JobSpec(qa, Program().burn(0.001).encode())))

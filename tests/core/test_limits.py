@@ -122,8 +122,8 @@ def test_one_users_kinds_do_not_move_another_users_estimates() -> None:
     bob's own next "prefill" is refused by his own history."""
     bed = make_bed()
     evil = bed.context(BOB)
-    bed.burn(evil, bed.queue(evil, owner=BOB), 0.5, owner=BOB, kind="prefill", timeout_s=2.0)
-    lat = bed.queue(evil, SchedulingClass.LATENCY, owner=BOB)
+    lat = bed.queue(evil, SchedulingClass.LATENCY, owner=BOB)  # never refused for its length
+    bed.burn(evil, lat, 0.5, owner=BOB, kind="prefill", timeout_s=2.0)
     bed.burn(evil, lat, 0.5, owner=BOB, kind="decode", timeout_s=2.0)
     bed.run()
     victim = bed.context(ALICE)

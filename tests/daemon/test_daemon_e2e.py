@@ -225,7 +225,11 @@ def test_a_second_sigterm_during_the_drain_aborts_running_jobs_and_exits(tmp_pat
     # a 600 s THROUGHPUT job: this operator raises the class's timeout ceiling for it
     d = start_daemon(
         tmp_path / "d",
-        env={"NPUD_SHUTDOWN_GRACE_S": "300", "NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S": "900"},
+        env={
+            "NPUD_SHUTDOWN_GRACE_S": "300",
+            "NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S": "900",
+            "NPUD_SCHEDULER__TIME_SLICE_MS": "0",  # its 600 s THROUGHPUT job
+        },
     )
     try:
         with npud.client.connect(d.socket) as npu:

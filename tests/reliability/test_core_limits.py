@@ -65,10 +65,10 @@ def test_lost_device_is_replaced_and_its_contexts_closed() -> None:
     core = bed.core
     ctx = core.create_context(ALICE)
     q = bed.queue(ctx)
-    [job] = bed.burn(ctx, q, 1.0)
+    [job] = bed.burn(ctx, q, 0.09)
     with pytest.raises(FailedPrecondition, match="not lost"):
         core.replace_device(SimDevice("rk3588", clock=bed.clock, mode="virtual"))
-    bed.clock.advance(0.1)
+    bed.clock.advance(0.05)
     bed.device.lose("unplugged")
     bed.run()
     assert job.state is JobState.FAILED

@@ -136,7 +136,7 @@ def test_client_sigkilled_mid_stream_leaves_nothing(
     try:
         ctx = victim.ok("create_context", label="stream-victim")["context_id"]
         q = victim.ok("create_queue", ctx)["queue_id"]
-        first = victim.send(op="stream", ctx=ctx, queue=q, seconds=0.2, n=6)
+        first = victim.send(op="stream", ctx=ctx, queue=q, seconds=0.09, n=12)
         assert first["ok"], first
         with npud.client.connect(shared.socket) as other:
             octx = other.create_context(label="stream-bystander")
@@ -165,7 +165,7 @@ def test_client_sigkilled_mid_stream_leaves_nothing(
 def fragile() -> Iterator[DaemonProcess]:
     """A daemon of its own: these tests lose its device."""
     with world_reachable_dir("npud-loss-") as tmp:
-        daemon = launch(tmp)
+        daemon = launch(tmp, scheduler__time_slice_ms="10000")  # its 5 s THROUGHPUT jobs
         try:
             yield daemon
         finally:

@@ -7,7 +7,8 @@ exist, a throughput/background job is estimated over the time slice, or a deadli
 met given measured durations. Admission changes no state; the scheduler counts its refusals.
 
 The durations admission holds jobs to come from :class:`~npud.core.estimates.OwnerEstimates`
-(per owner and kind, capped by the device's model), else from the client's hint.
+(per owner and kind, capped by the device's model), else from the client's hint, and never
+fall below the device's model of the job itself where the device has one (``Job.modelled_s``).
 """
 
 from __future__ import annotations
@@ -65,12 +66,14 @@ class Admission:
     # ------------------------------------------------------------------ durations
 
     def estimate(self, job: Job) -> float | None:
-        """The expected device time of ``job``: its kind's average, else the client's hint.
+        """The expected device time of ``job``: its kind's average, else the client's hint,
+        never below the device's model of the job (see "Why the device's model of the job is
+        a floor").
 
         What fair-share charging and the per-engine in-flight work use.
         """
         est = self.estimator.estimate(self._uid_of(job), job.kind)
-        return est if est is not None else job.estimate_s
+        return _at_least(est if est is not None else job.estimate_s, job.modelled_s)
 
     def _uid_of(self, job: Job) -> Account:
         """The account whose estimates ``job`` is held to (uid -1 once its context is gone)."""
@@ -80,13 +83,16 @@ class Admission:
     def admission_estimate(self, job: Job) -> float | None:
         """The duration admission control (time slice, deadlines) holds ``job`` to: its kind's
         measured average capped by the device's model (``DurationEstimator.admission``), else
-        the client's hint."""
+        the client's hint; never below the device's model of the job."""
         est = self.estimator.admission_s(self._uid_of(job), job.kind)
-        return est if est is not None else job.estimate_s
+        return _at_least(est if est is not None else job.estimate_s, job.modelled_s)
 
     def _basis(self, job: Job) -> str:
         """What :meth:`admission_estimate` was based on, for an error message."""
         adm = self.estimator.admission(self._uid_of(job), job.kind)
+        known = job.estimate_s if adm is None else adm.seconds
+        if job.modelled_s is not None and (known is None or job.modelled_s > known):
+            return "the device's cost model of its command stream"
         return "your estimate_s" if adm is None else adm.describe()
 
     # ------------------------------------------------------------------ checks
@@ -237,3 +243,23 @@ class Admission:
                 work += self.admission_estimate(other) or 0.0
         soonest = self._engines.soonest_free(self._clock.now())
         return work / len(self._engines) + soonest
+
+
+# ---- Why the device's model of the job is a floor ---------------------------------------------
+#
+# Before a kind has measurements, a job was held to its client's estimate_s, and a job without
+# one skipped the time slice and was charged a token 1 ms for fair share: one user's three 8 s
+# throughput jobs without an estimate held every engine while another's LATENCY job waited
+# 6.2 s. A device that reads its command streams (the simulated NPU) models each job at
+# admission (``Job.modelled_s``), and that figure is a floor under whatever else is known: a
+# declared estimate below it, or a kind trained on short jobs and then used for a long one,
+# would otherwise let a long job pass the slice and be charged as a short one. Devices without
+# a model leave the floor unset and the kind's average or the client's hint stands alone.
+# ------------------------------------------------------------------------------------------------
+
+
+def _at_least(estimate: float | None, floor: float | None) -> float | None:
+    """``estimate`` raised to ``floor`` (either may be unknown)."""
+    if floor is None:
+        return estimate
+    return floor if estimate is None or estimate < floor else estimate

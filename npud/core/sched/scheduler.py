@@ -231,7 +231,8 @@ class Scheduler:
     # ------------------------------------------------------------------ admission
 
     def estimate(self, job: Job) -> float | None:
-        """The expected device time of ``job``: its kind's average, else the client's hint.
+        """The expected device time of ``job``: its kind's average, else the client's hint,
+        never below the device's model of the job.
 
         What fair-share charging and the per-engine in-flight work use.
         """
@@ -239,7 +240,8 @@ class Scheduler:
 
     def admission_estimate(self, job: Job) -> float | None:
         """The duration admission control (time slice, deadlines) holds ``job`` to: its kind's
-        measured average capped by the device's model, else the client's hint."""
+        measured average capped by the device's model, else the client's hint; never below
+        the device's model of the job."""
         return self._admission.admission_estimate(job)
 
     def submit(self, ctx: Context, jobs: Sequence[Job]) -> None:

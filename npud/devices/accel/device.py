@@ -16,7 +16,7 @@ import contextlib
 import mmap
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from npud.abi import drm
 from npud.abi.header import IoctlSpec, Struct
 from npud.devices.accel.kernel import KernelFile, opener_for, translate
 from npud.devices.base import (
+    BindingShape,
     BoHandle,
     Capabilities,
     Completion,
@@ -226,6 +227,10 @@ class AccelDevice:
     def unmap_buffer(self, handle: BoHandle) -> None:
         """Drop the CPU map (the caller released its views)."""
         self._unmap(self._record(handle))
+
+    def modelled_s(self, command: bytes, bindings: Sequence[BindingShape]) -> float | None:
+        """No cost model here: the device's stream format is the driver's (``None``)."""
+        return None
 
     def export_buffer(self, handle: BoHandle) -> int:
         """PRIME-export the BO; the caller owns and closes the dma-buf fd.

@@ -42,6 +42,7 @@ from typing import Literal, Protocol
 
 from npud.clock import Clock, MonotonicClock, TimerHandle, VirtualClock
 from npud.devices.base import (
+    BindingShape,
     BoHandle,
     BufferUse,
     Capabilities,
@@ -238,6 +239,7 @@ class SimDevice:
             simulated=True,
             launch_overhead_s=p.launch_overhead_s,
             max_bindings=MAX_BINDINGS,
+            models_jobs=True,
         )
         self._health = DeviceHealth.OK
         self._opened = False
@@ -465,6 +467,24 @@ class SimDevice:
         raise Unsupported(f"{self._name} (simulated) cannot export dma-bufs")
 
     # ---- submission -------------------------------------------------------------------
+
+    def modelled_s(self, command: bytes, bindings: Sequence[BindingShape]) -> float | None:
+        """The cost model's duration of a job before it is queued (see the Device contract).
+
+        Operands in buffers not placed yet are costed at DRAM bandwidth (where a buffer
+        lands first unless it asks for SRAM), so the figure errs long. A stream the decoder
+        refuses has no duration (``None``); the device refuses it when it runs.
+        """
+        try:
+            instructions = decode_job(
+                command,
+                [b.size for b in bindings],
+                [bool(b.use & BufferUse.WRITE) for b in bindings],
+            )
+        except CommandStreamError:
+            return None
+        tiers = [MemoryTier.DRAM if b.tier is None else b.tier for b in bindings]
+        return estimate(instructions, tiers, self._profile)
 
     def submit(self, submission: Submission, on_done: CompletionCallback) -> SubmitToken:
         """Queue a job on its engine; ``on_done`` runs once on the clock's thread.
