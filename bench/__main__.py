@@ -44,6 +44,7 @@ BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("P6", "bench.p6_scale"),
     ("P7", "bench.p7_metrics"),
     ("P8", "bench.p8_gateway"),
+    ("P9", "bench.p9_bulk"),
 )
 
 TABLE_BEGIN = "<!-- bench:table:begin -->"

@@ -61,6 +61,11 @@ def identity_socket_for(socket: Path) -> Path:
     return socket.with_name(socket.name + ".identity")
 
 
+def descriptor_socket_for(socket: Path) -> Path:
+    """The socket beside the gRPC socket ``socket`` where buffers cross as descriptors."""
+    return socket.with_name(socket.name + ".buffers")
+
+
 class Quotas(BaseModel):
     """Defaults and ceilings for what one context (and one user) may hold."""
 
@@ -295,6 +300,11 @@ class Settings(BaseModel):
     def identity_socket(self) -> Path:
         """The SO_PEERCRED identity socket beside :attr:`socket`."""
         return identity_socket_for(self.socket)
+
+    @property
+    def descriptor_socket(self) -> Path:
+        """The descriptor socket beside :attr:`socket` (buffers as file descriptors)."""
+        return descriptor_socket_for(self.socket)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ to one thread.
 from __future__ import annotations
 
 import itertools
+import os
 import queue as queue_mod
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from npud.client import requests as rq
+from npud.client.descriptors import DescriptorChannel, MappedBuffer, sealed_memfd
 from npud.client.errors import from_rpc_error
 from npud.client.events import DeviceEvent, Event, event_from_wire
 from npud.client.identity import Identity, handshake, tenant_credential
@@ -56,7 +58,13 @@ from npud.client.types import (
     job_result_from_wire,
 )
 from npud.config import default_socket_path
-from npud.errors import NpudError
+from npud.errors import (
+    FailedPrecondition,
+    NpudError,
+    OutOfDeviceMemory,
+    Unavailable,
+    Unsupported,
+)
 from npud.v1 import (
     buffer_pb2,
     buffer_pb2_grpc,
@@ -81,8 +89,14 @@ from npud.vocab import (
     SchedulingClass,
     TierPreference,
 )
+from npud.vocab.wire import PREFERENCE, USAGE
 
 T = TypeVar("T")
+
+DESCRIPTOR_MIN_BYTES = 1 << 20
+"""Below this, one gRPC message is cheaper than an export round trip and a mapping."""
+_FALLBACK = (Unavailable, Unsupported, FailedPrecondition, OutOfDeviceMemory)
+"""What sends a transfer back to gRPC bytes when descriptors are not insisted on."""
 
 
 def channel_target(socket_path: Path) -> str:
@@ -210,16 +224,24 @@ class Client:
         *,
         session: bool = True,
         tenant: str | None = None,
+        descriptors: bool | None = None,
     ) -> None:
         """Connect: identity handshake, channel, the tenant (``tenant``, a credential, or the
         one :func:`~npud.client.identity.tenant_credential` finds in the environment) and
         (unless ``session=False``) a session.
+
+        ``descriptors``: move bulk data as file descriptors over npud's descriptor socket
+        (:mod:`npud.client.descriptors`): ``None`` (default) when the socket is there and the
+        daemon can hand out the buffer, else gRPC bytes; ``False`` always gRPC bytes (the
+        portable path); ``True`` insists (errors instead of falling back).
 
         Raises:
             Unavailable: npud is not running at the socket, or refuses us.
             Unauthenticated: the identity handshake failed, or the tenant credential is unknown.
         """
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.descriptors = descriptors
+        self._channel_fds: DescriptorChannel | None = None
         self.identity: Identity = handshake(self.socket_path)
         self._md = ((TOKEN_KEY, self.identity.token),)
         self._channel = grpc.insecure_channel(
@@ -271,6 +293,9 @@ class Client:
 
     def close(self) -> None:
         """End the session (the daemon then releases this client's contexts) and the channel."""
+        if self._channel_fds is not None:
+            self._channel_fds.close()
+            self._channel_fds = None
         self._session_stop.set()
         if self._session is not None:
             self._session.cancel()
@@ -393,14 +418,121 @@ class Client:
         Raises:
             InvalidArgument: a range past the end. FailedPrecondition: the buffer is sealed.
         """
+        view = memoryview(data).cast("B")
+        if (
+            not seal
+            and view.nbytes >= DESCRIPTOR_MIN_BYTES
+            and isinstance(buf, Buffer)
+            and buf.persistence is Persistence.EPHEMERAL
+            and self._may_map(buf)
+        ):
+            try:
+                with self.map_buffer(ctx, buf, writable=True) as mapped:
+                    if offset + view.nbytes <= mapped.size:
+                        mapped.view[offset : offset + view.nbytes] = view
+                        return Buffer.from_wire(mapped.buffer)
+            except _FALLBACK as exc:
+                if self.descriptors:
+                    raise exc from None
         chunks = rq.write_chunks(ctx, buf, data, offset, chunk_size, seal=seal)
         resp = _call(lambda: self.buffer_stub.WriteBuffer(chunks, metadata=self._md))
         return Buffer.from_wire(resp.buffer)
 
+    # ---- buffers as descriptors ---------------------------------------------------------
+
+    def _may_map(self, buf: rq.BufferRef) -> bool:
+        if self.descriptors is False:
+            return False
+        return not (
+            isinstance(buf, Buffer) and buf.persistence is Persistence.PERSISTENT and not buf.sealed
+        )
+
+    def descriptor_channel(self) -> DescriptorChannel:
+        """This client's connection to the descriptor socket (opened on first use).
+
+        Raises:
+            Unavailable: no descriptor socket (a remote or older npud); use gRPC bytes.
+            Unsupported: descriptors were turned off (``descriptors=False``).
+        """
+        if self.descriptors is False:
+            raise Unsupported("this client was made with descriptors=False")
+        if self._channel_fds is None:
+            self._channel_fds = DescriptorChannel(self.socket_path, self.identity.token)
+        return self._channel_fds
+
+    def map_buffer(
+        self, ctx: rq.ContextRef, buf: rq.BufferRef, *, writable: bool = False
+    ) -> MappedBuffer:
+        """Map a buffer's memory into this process (zero copy); close the result (or use it
+        as a context manager) to unmap it and unpin the buffer. Writable for EPHEMERAL
+        buffers; a sealed persistent buffer maps read-only (writing it is impossible).
+
+        Raises:
+            Unavailable: no descriptor socket. NotFound: no such buffer in the context.
+            FailedPrecondition: writable asked of a persistent buffer, or an unsealed one.
+            Unsupported: the device cannot hand out this buffer's memory.
+        """
+        return self.descriptor_channel().map(id_of(ctx), id_of(buf), writable=writable)
+
+    def upload(
+        self,
+        ctx: rq.ContextRef,
+        data: bytes | memoryview,
+        *,
+        key: str = "",
+        usage: BufferUsage = BufferUsage.WEIGHTS,
+        tier: TierPreference = TierPreference.ANY,
+    ) -> Buffer:
+        """Create a sealed PERSISTENT buffer holding ``data`` under ``key`` (``""``: keyed
+        by its sha256) in one step. Locally, ``data`` is written once into a sealed memfd
+        whose pages become the buffer (the daemon copies nothing); otherwise, or when the
+        device cannot take a client's memory, it is created and streamed over gRPC.
+
+        Raises:
+            AlreadyExists: ``key`` exists (open it instead). QuotaExceeded.
+            InvalidArgument: a content key that does not match ``data``.
+        """
+        view = memoryview(data).cast("B")
+        if self.descriptors is not False:
+            try:
+                channel = self.descriptor_channel()
+                fd = sealed_memfd(view)
+                try:
+                    wire = channel.import_sealed(
+                        id_of(ctx),
+                        fd,
+                        view.nbytes,
+                        usage=USAGE.to_wire(usage),
+                        tier=PREFERENCE.to_wire(tier),
+                        key=key,
+                    )
+                finally:
+                    os.close(fd)
+                return Buffer.from_wire(wire)
+            except _FALLBACK as exc:
+                if self.descriptors:
+                    raise exc from None
+        created = self.create_buffer(
+            ctx, view.nbytes, usage=usage, persistence=Persistence.PERSISTENT, tier=tier, key=key
+        )
+        return self.write_buffer(ctx, created, view, seal=True)
+
     def read_buffer(
         self, ctx: rq.ContextRef, buf: rq.BufferRef, *, offset: int = 0, size: int = 0
     ) -> bytes:
-        """Read ``size`` bytes at ``offset`` (``size=0``: to the end)."""
+        """Read ``size`` bytes at ``offset`` (``size=0``: to the end). A large read of an
+        EPHEMERAL or sealed buffer is one copy out of its mapped memory when descriptors are
+        in use (see :class:`Client`)."""
+        known = buf.size if isinstance(buf, Buffer) else 0
+        want = size or max(0, known - offset)
+        if want >= DESCRIPTOR_MIN_BYTES and self._may_map(buf):
+            try:
+                with self.map_buffer(ctx, buf) as mapped:
+                    if offset + want <= mapped.size:
+                        return bytes(mapped.view[offset : offset + want])
+            except _FALLBACK as exc:
+                if self.descriptors:
+                    raise exc from None
         req = buffer_pb2.ReadBufferRequest(
             context_id=id_of(ctx), buffer_id=id_of(buf), offset=offset, size=size
         )
@@ -555,18 +687,23 @@ class Client:
 
 
 def connect(
-    socket_path: Path | str | None = None, *, session: bool = True, tenant: str | None = None
+    socket_path: Path | str | None = None,
+    *,
+    session: bool = True,
+    tenant: str | None = None,
+    descriptors: bool | None = None,
 ) -> Client:
     """Connect to npud (``$NPUD_SOCKET`` or the default socket unless given), as the tenant
     whose credential is ``tenant`` or in the environment (``$NPUD_TENANT_FILE``), if any.
 
-    Use as a context manager: ``with npud.client.connect() as npu: ...``.
+    Use as a context manager: ``with npud.client.connect() as npu: ...``. ``descriptors``:
+    see :class:`Client` (bulk data as file descriptors when local).
 
     Raises:
         Unavailable: npud is not running at the socket, or refuses us.
         Unauthenticated: the tenant credential is unknown to the daemon.
     """
-    return Client(socket_path, session=session, tenant=tenant)
+    return Client(socket_path, session=session, tenant=tenant, descriptors=descriptors)
 
 
 __all__ = ["Client", "NpudError", "SubmitStream", "connect"]

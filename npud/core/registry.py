@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,32 @@ class Registry:
         try:
             if not blob.exists() or blob.stat().st_size != registration.size:
                 _atomic_write(blob, contents)
+            self._entries[registration.key] = registration
+            self._save()
+        except OSError as exc:
+            self._entries.pop(registration.key, None)
+            raise Unavailable(f"cannot record {registration.key!r} in {self._dir}: {exc}") from exc
+
+    def write_blob(self, digest: str, contents: bytes | bytearray | memoryview) -> None:
+        """Write the backing file of contents with this digest (unless present). Touches
+        no manifest, so a worker thread may call it for immutable contents; :meth:`add`
+        then names it, on the core thread.
+
+        Raises:
+            InvalidArgument: ``digest`` is not a sha256 hex digest.
+            OSError: the file cannot be written.
+        """
+        blob = self.blob_path(digest)
+        if not blob.exists() or blob.stat().st_size != len(memoryview(contents).cast("B")):
+            _atomic_write(blob, contents)
+
+    def add(self, registration: Registration) -> None:
+        """Name a backing file that :meth:`write_blob` wrote in the manifest.
+
+        Raises:
+            Unavailable: the manifest cannot be rewritten (nothing was recorded).
+        """
+        try:
             self._entries[registration.key] = registration
             self._save()
         except OSError as exc:
@@ -246,7 +273,7 @@ def make_private(path: Path) -> None:
 
 
 def _atomic_write(path: Path, contents: bytes | bytearray | memoryview) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:

@@ -1,20 +1,22 @@
 """The daemon: wiring config, devices, core, the gRPC server, identity and systemd together.
 
 One asyncio loop runs everything; one TaskGroup owns the long-lived tasks (the systemd
-watchdog, the status line, the hotplug watcher); the gRPC server, the identity server and
-core's schedulers are callback-driven on the same loop. Order of start-up: the hotplug source
-starts collecting node events (its fd on the loop), devices are opened, core is built, the
-gRPC socket and the identity socket are bound, and only then READY=1 is sent. Hotplug
+watchdog, the status line, the hotplug watcher); the gRPC server, the identity server, the
+descriptor server (:mod:`npud.api.descriptors`) and core's schedulers are callback-driven on
+the same loop. Order of start-up: the hotplug source starts collecting node events (its fd on
+the loop), devices are opened, core is built, the gRPC, identity and descriptor sockets are
+bound, and only then READY=1 is sent. Hotplug
 (:mod:`npud.daemon.hotplug`) then serves nodes that appear, loses devices whose node goes away
 and re-opens lost devices on every event.
 
 Shutdown
 --------
 SIGTERM (or SIGINT) drains: the daemon stops accepting new work (new submissions and contexts
-get UNAVAILABLE, health says NOT_SERVING, the identity socket closes), queued jobs end
-CANCELLED with the reason "npud is shutting down", running jobs get ``shutdown_grace_s`` to
-finish (then they are aborted), every context is closed and its buffers released, the gRPC
-server stops, the devices are closed, the socket files are removed, and the process exits 0.
+get UNAVAILABLE, health says NOT_SERVING, the identity and descriptor sockets close), queued
+jobs end CANCELLED with the reason "npud is shutting down", running jobs get
+``shutdown_grace_s`` to finish (then they are aborted), every context is closed and its
+buffers released, the gRPC server stops, the devices are closed, the socket files are removed,
+and the process exits 0.
 A second SIGTERM or SIGINT during the drain forces it: running jobs are aborted at once.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
@@ -30,6 +33,7 @@ import socket
 from pathlib import Path
 
 from npud.api.admin import AdminServicer
+from npud.api.descriptors import DescriptorServer
 from npud.api.identity import IdentityServer, TokenRegistry
 from npud.api.server import Server, build_server
 from npud.api.sessions import SessionTable
@@ -81,12 +85,16 @@ def _socket_in_use(path: Path) -> bool:
     """Whether a live process listens on the Unix socket ``path``."""
     if not path.is_socket():
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):  # the descriptor socket is the latter
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError as exc:
+                if exc.errno == errno.EPROTOTYPE:
+                    continue
+                return False
+        return True
+    return False
 
 
 def scheduler_policy(settings: Settings) -> SchedulerPolicy:
@@ -167,6 +175,7 @@ class Daemon:
         self.core: Core | None = None
         self.server: Server | None = None
         self.identity: IdentityServer | None = None
+        self.descriptors: DescriptorServer | None = None
         self.state: ApiState | None = None
         self.recovery: DeviceRecovery | None = None
         self.tenants = TenantTable()
@@ -177,7 +186,7 @@ class Daemon:
 
     def _prepare_socket_dir(self) -> None:
         s = self.settings
-        for path in (s.socket, s.identity_socket):
+        for path in (s.socket, s.identity_socket, s.descriptor_socket):
             if _socket_in_use(path):
                 raise Unavailable(f"another npud is serving {path}; stop it first")
             if path.exists() and not path.is_socket():
@@ -361,6 +370,15 @@ class Daemon:
             os.chown(s.socket, -1, sock_gid)
         self.identity = IdentityServer(tokens, s.identity_socket, mode=s.socket_mode, gid=sock_gid)
         await self.identity.start()
+        self.descriptors = DescriptorServer(
+            core,
+            tokens,
+            s.descriptor_socket,
+            mode=s.socket_mode,
+            gid=sock_gid,
+            serving=self.state.require_serving,
+        )
+        await self.descriptors.start()
         await self._start_metrics()
         await self.server.set_serving(True)
         self.state.status = self._status_line()
@@ -484,6 +502,8 @@ class Daemon:
         await self.server.set_serving(False)
         if self.identity is not None:
             await self.identity.stop()
+        if self.descriptors is not None:
+            await self.descriptors.stop()
         contexts = core.contexts(SYSTEM, all_users=True)
         running = sum(c.on_device for c in contexts)
         queued = max(0, sum(len(c.jobs) for c in contexts) - running)
@@ -530,6 +550,8 @@ class Daemon:
             await self.server.server.stop(grace=None)
         if self.identity is not None:
             await self.identity.stop()
+        if self.descriptors is not None:
+            await self.descriptors.stop()
         if self.state is not None:
             self.state.sessions.close_all()
         for device in self.devices:
@@ -538,7 +560,11 @@ class Daemon:
             except NpudError as exc:
                 self.log.warning("device.close_failed", device=device.name, error=str(exc))
         if self._bound:
-            for path in (self.settings.socket, self.settings.identity_socket):
+            for path in (
+                self.settings.socket,
+                self.settings.identity_socket,
+                self.settings.descriptor_socket,
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     if path.is_socket():
                         path.unlink()

@@ -108,7 +108,7 @@ class Capabilities:
     max_hw_contexts: int  # 0 when the device has no hardware-context limit
     has_preemption: bool
     can_abort: bool  # abort() of a running job stops it on the device
-    can_export: bool  # export_buffer() gives a dma-buf fd
+    can_export: bool  # export_buffer() gives a descriptor (a dma-buf; a memfd on the sim)
     simulated: bool
     launch_overhead_s: float = 0.0  # the fixed per-job cost, where known
     max_bindings: int = DEFAULT_MAX_BINDINGS
@@ -285,7 +285,8 @@ class Device(Protocol):
         ...
 
     def export_buffer(self, handle: BoHandle) -> int:
-        """Export the buffer as a dma-buf fd that the caller owns and must close.
+        """Export the buffer as a descriptor of its memory that the caller owns and must
+        close: a dma-buf (PRIME) on kernel drivers, a memfd on the simulated NPU.
 
         Raises:
             NotFound: unknown handle.
@@ -346,6 +347,24 @@ class Device(Protocol):
 
     def statistics(self) -> DeviceStatistics:
         """A frozen snapshot of the device's counters. Never blocks."""
+        ...
+
+
+@runtime_checkable
+class ImportsMemory(Protocol):
+    """A device that can take a client's memory as a buffer's memory without copying it
+    (optional: core checks ``isinstance(device, ImportsMemory)`` and otherwise uploads)."""
+
+    def import_memory(self, fd: int, size: int, tier: MemoryTier) -> DeviceBuffer:
+        """A new buffer over the memory of ``fd`` (a memfd its sender can no longer write or
+        shrink, which the caller has checked). The device keeps its own duplicate; the caller
+        still owns ``fd``. The buffer is read-only: nothing may write it.
+
+        Raises:
+            InvalidArgument: the file is smaller than the rounded size, or no such tier.
+            OutOfDeviceMemory: the tier has no room now.
+            DeviceLost: the device is gone.
+        """
         ...
 
 

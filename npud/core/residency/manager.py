@@ -6,15 +6,20 @@ See :mod:`npud.core.residency` for lifetimes, sharing, eviction and quotas.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
+from collections.abc import Callable
 
 from npud.core.buffers import Buffer, Location
 from npud.core.ids import ContextId, new_buffer_id
 from npud.core.keys import HASH_PREFIX, Name, pending, resolve
 from npud.core.keys import own as check_own
+from npud.core.memfd import hand_out, require_upload_seals
 from npud.core.registry import Registration
 from npud.core.residency.entry import Entry, Mapped, check_range, drop_pins, pages
 from npud.core.residency.spares import RECYCLE_MAX_BYTES
 from npud.core.residency.store import BufferStore
+from npud.devices.base import ImportsMemory
 from npud.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -22,6 +27,7 @@ from npud.errors import (
     NotFound,
     OutOfDeviceMemory,
     Unavailable,
+    Unsupported,
 )
 from npud.vocab import BufferUsage, MemoryTier, Persistence, TierPreference
 
@@ -154,7 +160,7 @@ class ResidencyManager(BufferStore):
         self._n.attaches += 1
         return buf
 
-    def seal(self, ctx: ContextId, buf: Buffer) -> Buffer:
+    def seal(self, ctx: ContextId, buf: Buffer, *, record: bool = True) -> Buffer:
         """Freeze a PERSISTENT buffer's contents and register it by key.
 
         The contents hash is the sha256 streamed over the client's in-order writes (re-read
@@ -164,7 +170,8 @@ class ResidencyManager(BufferStore):
         the returned buffer from then on). A content-addressed key must match the contents; the
         sealed buffer then becomes the global one under that key, or, if another upload of
         the same key was sealed first, ``ctx`` is attached to that one in the same way. With a
-        state directory, the contents are recorded there as a backing copy. Sealing a sealed
+        state directory, the contents are recorded there as a backing copy (unless ``record``
+        is False: :meth:`deferred_backing` then does it off the core thread). Sealing a sealed
         buffer returns it unchanged.
 
         Raises:
@@ -180,13 +187,20 @@ class ResidencyManager(BufferStore):
             return buf
         if buf.in_use:
             raise FailedPrecondition(f"buffer {buf.id} is bound to a running job")
-        if entry.hasher is not None and entry.hashed_upto == buf.size:
-            digest = str(entry.hasher.hexdigest())
-        else:
-            digest = hashlib.sha256(self._contents(entry)).hexdigest()
+        # The digest is computed only where something needs it: a content key (to check or
+        # to name), and the state directory's backing file. A free-form key in memory only
+        # needs none, and hashing 100 MB is most of an upload by descriptor.
+        named = None if buf.key is None else resolve(buf.key, entry.namespace or 0)
+        recording = self._registry is not None and record
+        digest = ""
+        if named is None or named.digest is not None or recording:
+            if entry.hasher is not None and entry.hashed_upto == buf.size:
+                digest = str(entry.hasher.hexdigest())
+            else:
+                digest = hashlib.sha256(self._contents(entry)).hexdigest()
         entry.hasher = None
         content_key = HASH_PREFIX + digest
-        name = resolve(buf.key if buf.key is not None else content_key, entry.namespace or 0)
+        name = named if named is not None else resolve(content_key, entry.namespace or 0)
         if name.digest is not None and name.digest != digest:
             raise InvalidArgument(
                 f"contents hash to {content_key}, not the key {buf.key}: not sealed; write the "
@@ -211,7 +225,7 @@ class ResidencyManager(BufferStore):
             self._by_key[name.stored] = entry
         buf.sealed = True
         buf.valid = True
-        if self._registry is not None:
+        if recording and self._registry is not None:
             assert entry.stored is not None
             reg = Registration(entry.stored, buf.size, buf.usage, buf.tier_preference, digest)
             try:
@@ -220,6 +234,145 @@ class ResidencyManager(BufferStore):
             except Unavailable:
                 self._n.registry_errors += 1
         return buf
+
+    def export(self, ctx: ContextId, buf: Buffer, *, writable: bool) -> int:
+        """A descriptor of the buffer's device memory for a client of ``ctx`` (the caller
+        owns it). The buffer is made resident and pinned for ``ctx`` (one pin per call): its
+        memory must stay this descriptor's pages, so it is neither evicted nor moved until
+        :meth:`unpin` with the same ``ctx``, or until ``ctx`` releases it. Writable only for
+        EPHEMERAL buffers (a mapping cannot be revoked, and persistent contents are shared);
+        read-only means sealed against writes (:func:`npud.core.memfd.hand_out`).
+
+        Raises:
+            NotFound: ``ctx`` holds no reference to ``buf``.
+            FailedPrecondition: writable asked of a PERSISTENT buffer, or an inline command
+                stream's buffer.
+            OutOfDeviceMemory: no room to make it resident now.
+            Unsupported: the device has no descriptors for its buffers (or no read-only ones).
+            DeviceLost: the device is gone.
+        """
+        entry = self._entry_of(ctx, buf)
+        if entry.recycle:
+            raise FailedPrecondition(f"buffer {buf.id} holds an inline command stream")
+        if writable and buf.persistence is Persistence.PERSISTENT:
+            raise FailedPrecondition(
+                f"buffer {buf.id} is PERSISTENT: its descriptor is read-only once sealed (a "
+                "mapping cannot be taken back, and sealed contents never change); upload it "
+                "as a sealed memfd or with WriteBuffer"
+            )
+        if not writable and buf.persistence is Persistence.PERSISTENT and not buf.sealed:
+            raise FailedPrecondition(f"buffer {buf.id} is not sealed yet: seal it first")
+        self.pin(buf, ctx=ctx)
+        try:
+            assert buf.device is not None
+            fd = hand_out(self._device.export_buffer(buf.device.handle), writable=writable)
+        except BaseException:
+            self.unpin(buf, ctx=ctx)
+            raise
+        if writable:
+            buf.valid = True  # the client writes in place, out of our sight
+        return fd
+
+    def adopt(
+        self,
+        ctx: ContextId,
+        fd: int,
+        size: int,
+        *,
+        usage: BufferUsage,
+        tier: TierPreference = TierPreference.ANY,
+        key: str | None = None,
+        uid: int = 0,
+    ) -> Buffer:
+        """Create a sealed PERSISTENT buffer whose device memory is a client's write-sealed
+        memfd ``fd`` (the caller keeps and closes ``fd``; the device keeps its own copy):
+        an upload that copies nothing. As :meth:`create` followed by :meth:`seal`; on any
+        error nothing is left behind.
+
+        Raises:
+            InvalidArgument: ``fd`` lacks the seals (:func:`npud.core.memfd.
+                require_upload_seals`) or holds too few bytes; the errors of :meth:`create`
+                and :meth:`seal`.
+            Unsupported: the device cannot take a client's memory.
+            OutOfDeviceMemory: no room for the buffer now.
+            QuotaExceeded, AlreadyExists, PermissionDenied: as :meth:`create`.
+        """
+        if not isinstance(self._device, ImportsMemory):
+            raise Unsupported(f"{self._device.name} cannot take a client's memory; upload it")
+        require_upload_seals(fd)
+        buf = self.create(
+            ctx, size, usage=usage, persistence=Persistence.PERSISTENT, tier=tier, key=key, uid=uid
+        )
+        entry = self._entries[buf.id]
+        try:
+            if buf.device is None:
+                raise OutOfDeviceMemory(
+                    f"no room for {size} bytes on {self._device.name} beside pinned and running "
+                    "buffers"
+                )
+            placed = buf.device.tier
+            self._mem.release_device(buf)  # create()'s own allocation makes way for the client's
+            dev = self._device.import_memory(fd, size, placed)
+            buf.device = dev
+            self._mem.used[placed] += dev.size
+            buf.location = Location.RESIDENT
+            buf.valid = True
+            entry.hasher = None
+            return self.seal(ctx, buf, record=False)
+        except BaseException:
+            if ctx in buf.users:
+                self.release(ctx, buf)
+            if not buf.users and buf.id in self._entries:
+                self._destroy(entry)
+            raise
+
+    def deferred_backing(self, buf: Buffer, fd: int) -> Callable[[], Callable[[], None]] | None:
+        """The backing copy of a buffer :meth:`adopt` sealed, as work for a worker thread:
+        ``None`` when there is nothing to record (no state directory, already backed).
+
+        The returned function reads the immutable memfd ``fd`` (a duplicate is taken now and
+        closed by the work), hashes it and writes the blob; it touches no core state, so it
+        may run on any thread. It returns the step that names the blob in the manifest and
+        makes it the buffer's backing copy, which must run on the core thread (it does
+        nothing if the buffer has gone meanwhile). Until then eviction treats the buffer as
+        unbacked (spilled, not dropped), exactly as a sealed buffer without a state directory.
+
+        Raises:
+            OSError: ``fd`` cannot be duplicated.
+        """
+        entry = self._entries.get(buf.id)
+        registry = self._registry
+        if registry is None or entry is None or not buf.sealed or entry.backing is not None:
+            return None
+        stored, size = entry.stored, buf.size
+        if stored is None:
+            return None
+        mine = os.dup(fd)
+
+        def work() -> Callable[[], None]:
+            try:
+                with (
+                    mmap.mmap(mine, size, access=mmap.ACCESS_READ) as mem,
+                    memoryview(mem) as view,
+                ):
+                    digest = hashlib.sha256(view).hexdigest()
+                    registry.write_blob(digest, view)
+            finally:
+                os.close(mine)
+
+            def name_it() -> None:
+                if self._entries.get(buf.id) is not entry or entry.backing is not None:
+                    return
+                reg = Registration(stored, size, buf.usage, buf.tier_preference, digest)
+                try:
+                    registry.add(reg)
+                    entry.backing = reg
+                except Unavailable:
+                    self._n.registry_errors += 1
+
+            return name_it
+
+        return work
 
     def write(self, buf: Buffer, offset: int, data: bytes | memoryview) -> None:
         """Copy ``data`` into the buffer at ``offset`` (to the device, or staged in host memory).

@@ -3,6 +3,8 @@ released; charged to their context's and their user's memory quotas."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from npud.core.buffers import Buffer
 from npud.core.ids import (
     BufferId,
@@ -213,3 +215,62 @@ class CoreBuffers(CoreDevices):
         residency.release(ctx.id, buf, undo=undo)
         ctx.buffers.pop(buffer_id, None)
         self._devices[ctx.device].scheduler.kick()
+
+    def export_buffer(
+        self, owner: Owner, ctx_id: ContextId, buffer_id: BufferId, *, writable: bool
+    ) -> tuple[int, Buffer]:
+        """A descriptor of a buffer's memory for ``owner`` (who owns the fd) and the buffer;
+        the buffer stays pinned for the context until :meth:`unpin_buffer` (see
+        ``ResidencyManager.export``).
+
+        Raises:
+            NotFound: no such context for ``owner``, or it holds no such buffer.
+            FailedPrecondition, OutOfDeviceMemory, Unsupported, DeviceLost: from residency.
+        """
+        ctx = self._open_context(owner, ctx_id)
+        residency = self._residency(ctx)
+        buf = residency.get(ctx.id, buffer_id)
+        return residency.export(ctx.id, buf, writable=writable), buf
+
+    def import_buffer(
+        self,
+        owner: Owner,
+        ctx_id: ContextId,
+        fd: int,
+        size: int,
+        *,
+        usage: BufferUsage,
+        tier: TierPreference = TierPreference.ANY,
+        key: str | None = None,
+    ) -> Buffer:
+        """A sealed PERSISTENT buffer over a client's write-sealed memfd (the caller keeps
+        ``fd``): an upload without a copy (``ResidencyManager.adopt``).
+
+        Raises:
+            NotFound: no such context for ``owner``.
+            FailedPrecondition: the context is closing.
+            QuotaExceeded: the context's or its user's memory quota would be exceeded.
+            InvalidArgument, AlreadyExists, PermissionDenied, OutOfDeviceMemory, Unsupported:
+                from the residency manager.
+        """
+        ctx = self._open_context(owner, ctx_id)
+        if size > 0:
+            self._charge_user(ctx.owner, size)
+        buf = self._residency(ctx).adopt(
+            ctx.id, fd, size, usage=usage, tier=tier, key=key, uid=ctx.owner.uid
+        )
+        ctx.buffers[buf.id] = buf
+        return buf
+
+    def deferred_backing(
+        self, owner: Owner, ctx_id: ContextId, buffer_id: BufferId, fd: int
+    ) -> Callable[[], Callable[[], None]] | None:
+        """Work that records an imported buffer's backing copy off the core thread (see
+        ``ResidencyManager.deferred_backing``); ``None`` when there is nothing to record.
+
+        Raises:
+            NotFound: no such context for ``owner``, or it holds no such buffer.
+        """
+        ctx = self._context(owner, ctx_id)
+        residency = self._residency(ctx)
+        return residency.deferred_backing(residency.get(ctx.id, buffer_id), fd)

@@ -36,6 +36,7 @@ import asyncio
 import collections
 import functools
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -235,7 +236,7 @@ class SimDevice:
             max_hw_contexts=0,
             has_preemption=False,
             can_abort=True,
-            can_export=False,
+            can_export=mode == "process",
             simulated=True,
             launch_overhead_s=p.launch_overhead_s,
             max_bindings=MAX_BINDINGS,
@@ -457,14 +458,67 @@ class SimDevice:
         buf.maps = max(0, buf.maps - 1)
 
     def export_buffer(self, handle: BoHandle) -> int:
-        """The sim has no dma-buf exporter.
+        """A duplicate of the buffer's memfd (process mode), which the caller owns and closes.
+
+        The sim has no dma-buf exporter; its memory is a memfd shared with the device process,
+        so handing that out is the same zero-copy sharing a dma-buf gives.
 
         Raises:
             NotFound: unknown handle.
-            Unsupported: always, for a known handle.
+            Unsupported: virtual mode (anonymous memory has no descriptor).
+            DeviceLost: the device is gone.
         """
-        self._buffer(handle)
-        raise Unsupported(f"{self._name} (simulated) cannot export dma-bufs")
+        buf = self._buffer(handle)
+        self._check_usable()
+        if buf.memory.fd < 0:
+            raise Unsupported(f"{self._name} (simulated, in-process) has no buffer descriptors")
+        return os.dup(buf.memory.fd)
+
+    def import_memory(self, fd: int, size: int, tier: MemoryTier) -> DeviceBuffer:
+        """A new read-only buffer whose memory is the caller's write-sealed memfd ``fd``.
+
+        Nothing is copied: the device maps the same pages (so does the device process). The
+        device keeps a duplicate of ``fd``; the caller still owns and closes its own. The
+        caller has checked the seals (a memfd that can still be written or shrunk must never
+        become device memory); the file must hold the page-rounded size.
+
+        Raises:
+            InvalidArgument: size <= 0, the file is smaller than the rounded size, or a tier
+                the device lacks.
+            OutOfDeviceMemory: the tier has no room now.
+            DeviceLost: the device is gone.
+        """
+        self._check_usable()
+        pool = self._pools.get(tier)
+        if pool is None or pool.capacity == 0:
+            raise InvalidArgument(f"{self._name} has no {tier.value} tier")
+        rounded = round_up(size)
+        if size <= 0 or os.fstat(fd).st_size < rounded:
+            raise InvalidArgument(
+                f"the descriptor holds {os.fstat(fd).st_size} bytes; a {size}-byte buffer needs "
+                f"{rounded} (sizes are whole {round_up(1)}-byte pages)"
+            )
+        if rounded > pool.free:
+            raise OutOfDeviceMemory(
+                f"{tier.value} has {pool.free} of {pool.capacity} bytes free, {rounded} requested"
+            )
+        handle = BoHandle(next(self._next_handle))
+        try:
+            memory = BufferMemory.adopt(fd, rounded)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot map the descriptor: {exc.strerror or exc}") from None
+        address = self._next_address[tier]
+        self._next_address[tier] += rounded
+        buf = SimBuffer(handle, rounded, tier, address, memory)
+        if self._host is not None:
+            try:
+                self._host.map(buf)
+            except BaseException:
+                memory.close()
+                raise
+        pool.used += rounded
+        self._buffers[handle] = buf
+        return DeviceBuffer(handle, rounded, tier, address)
 
     # ---- submission -------------------------------------------------------------------
 

@@ -142,8 +142,9 @@ class Firmware:
         """Map an announced buffer's memfd (and close our copy of the fd)."""
         fd = fds[0]
         try:
+            access = mmap.ACCESS_READ if msg.get("readonly") else mmap.ACCESS_WRITE
             self.buffers[int(msg["handle"])] = (
-                mmap.mmap(fd, int(msg["size"])),
+                mmap.mmap(fd, int(msg["size"]), access=access),
                 MemoryTier(msg["tier"]),
             )
         finally:

@@ -14,7 +14,8 @@ sits on the asyncio loop (``loop.add_reader``). Control messages are small JSON 
 ``map`` message carries its buffer's memfd as ``SCM_RIGHTS`` ancillary data. The two messages
 of every job are packed binary (:mod:`npud.devices.sim.wire`): they are the hot path.
 
-- down: ``{"op": "map", "handle", "size", "tier"}`` + fd, ``{"op": "unmap", "handle"}``,
+- down: ``{"op": "map", "handle", "size", "tier", "readonly"}`` + fd (``readonly`` for a
+  client's write-sealed memfd, which cannot be mapped writable), ``{"op": "unmap", "handle"}``,
   a binary *run* message per job (with its engine), ``{"op": "cancel", "token"}`` when a
   running job is aborted or its engine reset, ``{"op": "exit"}``.
 - up: ``{"op": "hello", "pid", "lanes"}`` once, then a binary *done* message per job, in the
@@ -199,7 +200,13 @@ class FirmwareHost:
         Raises:
             DeviceLost: the process is gone.
         """
-        message = {"op": "map", "handle": buf.handle, "size": buf.size, "tier": buf.tier.value}
+        message = {
+            "op": "map",
+            "handle": buf.handle,
+            "size": buf.size,
+            "tier": buf.tier.value,
+            "readonly": buf.memory.readonly,
+        }
         self._send(message, (buf.memory.fd,))
 
     def unmap(self, handle: BoHandle) -> None:

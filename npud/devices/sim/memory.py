@@ -2,9 +2,12 @@
 
 A tier is an accounting pool (SRAM and DRAM, with the board's capacities) that refuses an
 allocation it cannot hold, like a kernel returning ENOMEM. The bytes themselves are real:
-anonymous memory (a ``bytearray``) when the device runs in-process, or a sealed-size
-``memfd`` mapped into both the daemon and the device process when it runs in a child, so
-that the "firmware" computes on the very pages the daemon maps for its clients.
+anonymous memory (a ``bytearray``) when the device runs in-process, or a ``memfd`` mapped
+into both the daemon and the device process when it runs in a child, so that the "firmware"
+computes on the very pages the daemon maps for its clients. The memfds allow seals, so the
+daemon can hand one to a client with its size (and, for sealed contents, its writes) locked
+(:mod:`npud.core.memfd`). A client's own write-sealed memfd can also become a buffer's memory
+as it is (:meth:`BufferMemory.adopt`): the upload then copies nothing.
 """
 
 from __future__ import annotations
@@ -49,14 +52,15 @@ class BufferMemory:
     the pages alive until they are released (the mapping is then dropped by the GC).
     """
 
-    __slots__ = ("_data", "_fd", "size")
+    __slots__ = ("_data", "_fd", "readonly", "size")
 
     def __init__(self, size: int, *, shared: bool, name: str = "npud-sim") -> None:
         self.size = size
+        self.readonly = False
         self._fd = -1
         self._data: bytearray | mmap.mmap
         if shared:
-            self._fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            self._fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             try:
                 os.ftruncate(self._fd, size)
                 self._data = mmap.mmap(self._fd, size)
@@ -65,6 +69,25 @@ class BufferMemory:
                 raise
         else:
             self._data = bytearray(size)
+
+    @classmethod
+    def adopt(cls, fd: int, size: int) -> BufferMemory:
+        """Read-only memory over a write-sealed memfd of at least ``size`` bytes; the new
+        object owns a duplicate of ``fd`` (the caller keeps and closes its own).
+
+        Raises:
+            OSError: ``fd`` cannot be duplicated or mapped.
+        """
+        self = cls.__new__(cls)
+        self.size = size
+        self.readonly = True
+        self._fd = os.dup(fd)
+        try:
+            self._data = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        return self
 
     @property
     def fd(self) -> int:
@@ -77,7 +100,7 @@ class BufferMemory:
         return self._data
 
     def view(self) -> memoryview:
-        """A writable view of the whole buffer; the caller releases it."""
+        """A view of the whole buffer (writable unless adopted); the caller releases it."""
         return memoryview(self._data)
 
     def close(self) -> None:
