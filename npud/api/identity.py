@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 
 from npud.core.owner import Owner
-from npud.errors import Unauthenticated
+from npud.errors import QuotaExceeded, Unauthenticated
 from npud.vocab import TOKEN_KEY
 
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
@@ -80,12 +80,34 @@ class TokenStatistics:
     refused: int
 
 
+def _idle_unknown(token: str) -> bool:
+    return False
+
+
+# ---- Why a full table revokes an idle token of the same process first ------------------------
+#
+# A user holds at most ``max_per_user`` live tokens, so a handshake loop cannot grow the table
+# without bound. Revoking the user's oldest token to make room let one process of the user, by
+# handshaking in a loop, revoke the live tokens of the user's other processes: their sessions
+# and contexts then answered UNAUTHENTICATED. So room is made from tokens nobody is using (no
+# open Session stream, no live context: ``in_use``), the caller's own process's first (a
+# handshake loop then only recycles its own tokens), then any process's; a token in use is never
+# revoked to make room. When every token of the user is in use, the handshake is refused
+# (RESOURCE_EXHAUSTED) instead.
+# -----------------------------------------------------------------------------------------------
+
+
 @dataclass(slots=True, eq=False)
 class TokenRegistry:
-    """Session tokens and the owners they stand for. Lives on the event loop's thread."""
+    """Session tokens and the owners they stand for. Lives on the event loop's thread.
+
+    ``in_use(token)`` says whether a token backs a live session or context (the daemon wires
+    it to its session table); only tokens not in use make room for new ones.
+    """
 
     admin_gid: int | None = None
     max_per_user: int = 1024
+    in_use: Callable[[str], bool] = _idle_unknown
     _owners: dict[str, Owner] = field(default_factory=dict)
     _by_uid: dict[int, dict[str, None]] = field(default_factory=dict)
     _issued: int = 0
@@ -94,18 +116,39 @@ class TokenRegistry:
     def issue(self, owner: Owner) -> str:
         """A fresh token for ``owner``; it stays valid until :meth:`revoke`.
 
-        A user holds at most ``max_per_user`` live tokens: issuing one more revokes that
-        user's oldest, so a local user who handshakes in a loop cannot grow the table without
-        bound (and harms only their own oldest sessions).
+        A user holds at most ``max_per_user`` live tokens: issuing one more revokes the oldest
+        token of the user not in use, the calling process's own first (see the "why" above).
+
+        Raises:
+            QuotaExceeded: every one of the user's ``max_per_user`` tokens is in use.
         """
-        token = secrets.token_urlsafe(32)
         mine = self._by_uid.setdefault(owner.uid, {})
         while len(mine) >= self.max_per_user:
-            self.revoke(next(iter(mine)))
+            idle = self._idle(mine, owner.pid)
+            if idle is None:
+                self._refused += 1
+                raise QuotaExceeded(
+                    f"uid {owner.uid} holds {len(mine)} tokens, every one with a live session "
+                    f"or context; the limit per user is {self.max_per_user}"
+                )
+            self.revoke(idle)
+        token = secrets.token_urlsafe(32)
         self._owners[token] = owner
         mine[token] = None
         self._issued += 1
         return token
+
+    def _idle(self, mine: dict[str, None], pid: int) -> str | None:
+        """The oldest token of ``mine`` not in use, one issued to ``pid`` first."""
+        other: str | None = None
+        for token in mine:
+            if self.in_use(token):
+                continue
+            if self._owners[token].pid == pid:
+                return token
+            if other is None:
+                other = token
+        return other
 
     def revoke(self, token: str) -> None:
         """Forget ``token`` (idempotent)."""
@@ -229,7 +272,13 @@ class IdentityServer:
                 name=_user_name(uid),
                 groups=supplementary_groups(pid),
             )
-            token = self._registry.issue(owner)
+            try:
+                token = self._registry.issue(owner)
+            except QuotaExceeded as exc:
+                refusal = {"version": 1, "error": "QuotaExceeded", "message": str(exc)}
+                writer.write(json.dumps(refusal).encode() + b"\n")
+                await writer.drain()
+                return
             reply = {
                 "version": 1,
                 "token": token,

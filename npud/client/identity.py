@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from npud.config import identity_socket_for
-from npud.errors import Unauthenticated, Unavailable
+from npud.errors import QuotaExceeded, Unauthenticated, Unavailable
 
 TENANT_CREDENTIAL_ENV: Final = "NPUD_TENANT_CREDENTIAL"
 TENANT_FILE_ENV: Final = "NPUD_TENANT_FILE"
@@ -43,6 +43,8 @@ class Identity:
 def _parse(raw: bytes, path: Path) -> Identity:
     try:
         reply = json.loads(raw.decode())
+        if isinstance(reply, dict) and reply.get("error") == "QuotaExceeded":
+            raise QuotaExceeded(f"npud issued no token: {reply.get('message', '')}")
         return Identity(
             token=str(reply["token"]),
             uid=int(reply["uid"]),
@@ -62,6 +64,7 @@ def handshake(socket_path: Path | str, *, timeout_s: float = 5.0) -> Identity:
     Raises:
         Unavailable: the identity socket is missing or refuses the connection.
         Unauthenticated: the daemon's answer is not a token.
+        QuotaExceeded: every token the user may hold is in use by a live session.
     """
     path = identity_socket_for(Path(socket_path))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
@@ -88,6 +91,7 @@ async def handshake_async(socket_path: Path | str, *, timeout_s: float = 5.0) ->
     Raises:
         Unavailable: the identity socket is missing or refuses the connection.
         Unauthenticated: the daemon's answer is not a token.
+        QuotaExceeded: every token the user may hold is in use by a live session.
     """
     path = identity_socket_for(Path(socket_path))
     try:

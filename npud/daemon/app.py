@@ -320,6 +320,7 @@ class Daemon:
         self.core = core
         tokens = TokenRegistry(admin_gid=admin_gid)
         sessions = SessionTable(grace_s=s.session_grace_s, on_expire=self._expire_session)
+        tokens.in_use = lambda token: sessions.is_open(token) or sessions.holds_contexts(token)
         q = s.quotas
         self.state = ApiState(
             core,

@@ -50,6 +50,7 @@ from npud.client import (
     TierPreference,
 )
 from npud.client.errors import from_rpc_error
+from npud.client.identity import handshake
 from npud.isa import Program
 from npud.llm.daemon import KEY_PREFIX, DaemonBackend
 from npud.llm.generator import Generator
@@ -178,6 +179,10 @@ def serve(socket_path: str, model: Model | None = None) -> None:
                 result: Any = npu.owner
             elif op == "token":  # for tests that call raw rpcs as this user
                 result = npu.identity.token
+            elif op == "handshakes":  # a handshake loop: n tokens asked for, none used
+                for _ in range(int(cmd["n"])):
+                    handshake(socket_path)
+                result = int(cmd["n"])
             elif op == "whoami":
                 result = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
             elif op == "reconnect":
