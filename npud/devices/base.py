@@ -138,10 +138,17 @@ class DeviceBuffer:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """A buffer bound to a submission, with how the job uses it."""
+    """A buffer bound to a submission, with how the job uses it.
+
+    ``size`` is the buffer's size as its owner created it; the allocation behind ``handle``
+    may be larger (rounded to the device's granularity). A device that checks a job's operands
+    against its buffers checks them against ``size`` (``None``: the whole allocation), so a job
+    never reaches the padding past its buffer's end.
+    """
 
     handle: BoHandle
     use: BufferUse
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

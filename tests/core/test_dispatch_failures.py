@@ -71,8 +71,9 @@ def test_a_failure_on_the_way_to_the_device_fails_the_job_and_frees_its_engine()
 def test_a_run_message_never_exceeds_the_device_process_packet() -> None:
     """The sim's run packet refuses more than MAX_BINDINGS bindings instead of producing a
     packet the device process cannot receive."""
+    n = MAX_BINDINGS
     packet = encode_run(
-        1, command=1, offset=0, size=4, bindings=[7] * MAX_BINDINGS, writable=[False] * MAX_BINDINGS
+        1, command=1, offset=0, size=4, bindings=[7] * n, writable=[False] * n, sizes=[8] * n
     )
     assert len(packet) <= 1 << 16
     with pytest.raises(WireError, match="at most"):
@@ -81,6 +82,7 @@ def test_a_run_message_never_exceeds_the_device_process_packet() -> None:
             command=1,
             offset=0,
             size=4,
-            bindings=[7] * (MAX_BINDINGS + 1),
-            writable=[False] * (MAX_BINDINGS + 1),
+            bindings=[7] * (n + 1),
+            writable=[False] * (n + 1),
+            sizes=[8] * (n + 1),
         )

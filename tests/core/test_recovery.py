@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from npud.core.service import JobSpec
 from npud.errors import DeviceLost, JobFailed, JobTimedOut
-from npud.vocab import JobState, SchedulingClass
-from tests.core.harness import make_bed
+from npud.isa import Program
+from npud.vocab import BufferUsage, JobState, SchedulingClass
+from tests.core.harness import ALICE, make_bed
 
 
 def test_a_hung_job_times_out_the_engine_is_reset_and_later_jobs_run() -> None:
@@ -81,3 +83,33 @@ def test_device_loss_fails_running_and_queued_jobs_and_refuses_new_ones() -> Non
     assert stats.lost_reason is not None
     assert "unplugged" in stats.lost_reason
     assert sum(c.running + c.ready + c.queued for c in stats.classes) == 0
+
+
+def test_submits_on_a_lost_device_leave_no_command_buffer_behind() -> None:
+    """Twenty submits on a lost device, each with a fresh COMMAND buffer as an inline stream
+    gets: every one is DeviceLost, and the context's, the residency manager's and the device's
+    buffer counts are back where they were before the loss."""
+    bed = make_bed()
+    core = bed.core
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
+    [done] = bed.burn(ctx, queue, 0.001)
+    bed.run()
+    assert done.state is JobState.COMPLETED
+    residency = core.device().residency
+    before = (len(core.buffers(ALICE, ctx.id)), residency.statistics().buffers)
+    device_before = bed.device.statistics().buffers
+    bed.device.lose("unplugged")
+    bed.run()
+    blob = Program().burn(0.001).encode()
+
+    def inline_submit() -> None:  # what the api does for a job's inline command stream
+        buf = core.create_buffer(ALICE, ctx.id, len(blob), usage=BufferUsage.COMMAND, recycle=True)
+        core.write_buffer(ALICE, ctx.id, buf.id, 0, blob)
+        core.submit(ALICE, ctx.id, [JobSpec(queue.id, buf.id)])
+
+    for _ in range(20):
+        with pytest.raises(DeviceLost):
+            inline_submit()
+    assert (len(core.buffers(ALICE, ctx.id)), residency.statistics().buffers) == before
+    assert bed.device.statistics().buffers == device_before

@@ -336,7 +336,9 @@ def test_prepare_binding_and_run_bracket() -> None:
     res.begin_run([buf, buf])
     assert buf.in_use == 1
     assert buf.device is not None
-    assert res.binding(buf, BufferUse.READWRITE) == Binding(buf.device.handle, BufferUse.READWRITE)
+    assert res.binding(buf, BufferUse.READWRITE) == Binding(
+        buf.device.handle, BufferUse.READWRITE, buf.size
+    )
     with pytest.raises(FailedPrecondition):
         res.write(buf, 0, b"x")
     res.end_run([buf], written=[buf])

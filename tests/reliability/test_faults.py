@@ -213,6 +213,10 @@ def test_device_lost_mid_job_then_back_after_a_rescan(fragile: DaemonProcess) ->
                 with pytest.raises(DeviceLost) as err:
                     npu.submit(ctx, JobSpec(q, _burn(0.001)))
                 assert "lost" in str(err.value)
+                for _ in range(20):  # each inline stream asks for a command buffer
+                    with pytest.raises(DeviceLost):
+                        npu.submit(ctx, JobSpec(q, _burn(0.001)))
+                assert eventually(lambda: npu.buffers(ctx) == []), npu.buffers(ctx)  # noqa: B023
                 assert npu.version()  # the daemon itself is fine
                 assert npu.device("sim0").health.value == "lost"
 

@@ -74,6 +74,7 @@ class ResidencyManager(BufferStore):
                 content, or ``uid``'s own key or unsealed upload.
             QuotaExceeded: ``ctx`` would exceed its memory quota (nothing is allocated).
             OutOfDeviceMemory: the buffer is larger than any tier's budget (it can never fit).
+            DeviceLost: the device is gone (nothing of the buffer remains).
         """
         if quota_bytes is not None:
             self.set_quota(ctx, quota_bytes)
@@ -121,7 +122,14 @@ class ResidencyManager(BufferStore):
         if stored is not None:
             self._by_key[stored] = entry
         self._refs.setdefault(ctx, {})[buf.id] = buf
-        self._mem.place(entry, frozenset({buf.id}))
+        try:
+            self._mem.place(entry, frozenset({buf.id}))
+        except BaseException:
+            # the device refused (lost, or a fault): the caller never learns the id, so
+            # nothing of the buffer may stay behind (a lost device's submits leaked one each)
+            entry.recycle = False
+            self._destroy(entry)
+            raise
         return buf
 
     def open_persistent(self, ctx: ContextId, key: str, *, uid: int = 0) -> Buffer:

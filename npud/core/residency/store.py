@@ -224,7 +224,7 @@ class BufferStore:
         """
         if buf.device is None:
             raise FailedPrecondition(f"buffer {buf.id} is not resident; prepare() first")
-        return Binding(buf.device.handle, use)
+        return Binding(buf.device.handle, use, buf.size)
 
     def check_use(self, buf: Buffer, use: BufferUse) -> None:
         """Refuse a job binding that would modify sealed (shared, immutable) contents.

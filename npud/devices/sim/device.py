@@ -114,6 +114,15 @@ class SimJob:
         return bytes(self.command.memory.data[s.command_offset : s.command_offset + s.command_size])
 
     @property
+    def sizes(self) -> list[int]:
+        """Per slot, the bytes the job may touch: the size its binding states, else the whole
+        allocation."""
+        return [
+            buf.size if b.size is None else b.size
+            for b, buf in zip(self.submission.bindings, self.buffers, strict=True)
+        ]
+
+    @property
     def writable(self) -> tuple[bool, ...]:
         """Per slot, whether the job bound the buffer for writing."""
         return tuple(bool(b.use & BufferUse.WRITE) for b in self.submission.bindings)
@@ -526,8 +535,11 @@ class SimDevice:
         """The cost model's duration of a job before it is queued (see the Device contract).
 
         Operands in buffers not placed yet are costed at DRAM bandwidth (where a buffer
-        lands first unless it asks for SRAM), so the figure errs long. A stream the decoder
-        refuses has no duration (``None``); the device refuses it when it runs.
+        lands first unless it asks for SRAM), so the figure errs long.
+
+        Raises:
+            InvalidArgument: the decoder refuses the stream for these bindings (its message
+                names the op, the operand and what is wrong).
         """
         try:
             instructions = decode_job(
@@ -535,8 +547,8 @@ class SimDevice:
                 [b.size for b in bindings],
                 [bool(b.use & BufferUse.WRITE) for b in bindings],
             )
-        except CommandStreamError:
-            return None
+        except CommandStreamError as exc:
+            raise InvalidArgument(f"malformed command stream for {self._name}: {exc}") from None
         tiers = [MemoryTier.DRAM if b.tier is None else b.tier for b in bindings]
         return estimate(instructions, tiers, self._profile)
 
@@ -570,6 +582,11 @@ class SimDevice:
                 f"{len(s.bindings)} bindings: {self._name} takes at most {MAX_BINDINGS} per job"
             )
         buffers = tuple(self._bound(b.handle, f"binding {i}") for i, b in enumerate(s.bindings))
+        for i, (b, buf) in enumerate(zip(s.bindings, buffers, strict=True)):
+            if b.size is not None and not 0 < b.size <= buf.size:
+                raise InvalidArgument(
+                    f"binding {i}: size {b.size} outside its allocation (1..{buf.size} bytes)"
+                )
         for token in s.wait_for:
             if not 1 <= token < self._next_token:
                 raise InvalidArgument(f"wait_for token {token} was never issued by {self._name}")
@@ -627,9 +644,7 @@ class SimDevice:
             return
         # Virtual mode: decode and cost now, execute when the modelled time has passed.
         try:
-            instructions = decode_job(
-                job.command_bytes(), [b.size for b in job.buffers], job.writable
-            )
+            instructions = decode_job(job.command_bytes(), job.sizes, job.writable)
         except CommandStreamError as exc:
             outcome = JobOutcome(CompletionStatus.ERROR, str(exc), self._profile.launch_overhead_s)
             self._complete_at(job, job.started_at + outcome.modelled_s, outcome)
@@ -643,7 +658,7 @@ class SimDevice:
             outcome = run_job(
                 job.command_bytes(),
                 memories=[b.memory.data for b in job.buffers],
-                sizes=[b.size for b in job.buffers],
+                sizes=job.sizes,
                 tiers=[b.tier for b in job.buffers],
                 writable=job.writable,
                 profile=self._profile,

@@ -256,7 +256,7 @@ class Firmware:
             outcome = run_job(
                 bytes(command_mem[msg.offset : msg.offset + msg.size]),
                 memories=[m for m, _ in bound],
-                sizes=[len(m) for m, _ in bound],
+                sizes=_limits(msg.sizes, [m for m, _ in bound]),
                 tiers=[t for _, t in bound],
                 writable=msg.writable,
                 profile=self.profile,
@@ -306,6 +306,14 @@ def serve(
     except BaseException:
         firmware.stop()
         raise
+
+
+def _limits(sizes: tuple[int, ...], mappings: list[Any]) -> list[int]:
+    """The bytes a job may touch per binding: its stated size, never past the mapping (a bad
+    size cannot overrun); the whole mapping where no size came."""
+    if len(sizes) != len(mappings):
+        return [len(m) for m in mappings]
+    return [min(n, len(m)) for n, m in zip(sizes, mappings, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

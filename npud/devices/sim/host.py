@@ -230,6 +230,7 @@ class FirmwareHost:
             size=s.command_size,
             bindings=[b.handle for b in s.bindings],
             writable=job.writable,
+            sizes=job.sizes,
             engine=s.engine,
             flags=RUN_HANG if job.hung else 0,
         )

@@ -8,8 +8,9 @@ stay JSON objects. The first byte tells them apart: ``{`` starts JSON, :data:`RU
 :data:`DONE` start the binary ones. All integers are little-endian.
 
 - run:  ``b"R"``, token u64, command handle u64, offset u64, size u64, engine u16, flags u8
-  (:data:`RUN_HANG`), binding count u16, then per binding its handle u64, then per binding a
-  writable flag u8.
+  (:data:`RUN_HANG`), binding count u16, then per binding its handle u64, then per binding the
+  bytes the job may touch u64 (the buffer's own size, which its page-rounded allocation may
+  exceed), then per binding a writable flag u8.
 - done: ``b"D"``, token u64, status u8 (index in :data:`STATUSES`), has-error u8, modelled_s
   f64, compute_s f64, bytes_read u64, bytes_written u64, then the error text (UTF-8, the rest
   of the packet).
@@ -33,8 +34,10 @@ RUN_HANG = 0x01  # flags: the job hangs on its engine until cancelled (fault inj
 _RUN = struct.Struct("<cQQQQHBH")
 MAX_MESSAGE = 1 << 16
 """The largest packet either side receives (the device process's receive buffer)."""
-MAX_BINDINGS = (MAX_MESSAGE - _RUN.size) // (8 + 1)
-"""Bindings a run packet carries within :data:`MAX_MESSAGE` (a u64 handle and a flag each)."""
+_PER_BINDING = 8 + 8 + 1
+MAX_BINDINGS = (MAX_MESSAGE - _RUN.size) // _PER_BINDING
+"""Bindings a run packet carries within :data:`MAX_MESSAGE` (a u64 handle, a u64 size and a
+flag each)."""
 _DONE = struct.Struct("<cQBBddQQ")
 
 
@@ -44,8 +47,8 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RunMessage:
-    """One job to execute on an engine: its command range and its bindings' handles in slot
-    order."""
+    """One job to execute on an engine: its command range and its bindings' handles, sizes
+    and uses in slot order."""
 
     token: int
     command: int
@@ -55,6 +58,7 @@ class RunMessage:
     writable: tuple[bool, ...]
     engine: int = 0
     flags: int = 0
+    sizes: tuple[int, ...] = ()  # bytes per binding the job may touch (empty: whole mappings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +82,19 @@ def encode_run(
     size: int,
     bindings: Sequence[int],
     writable: Sequence[bool],
+    sizes: Sequence[int],
     engine: int = 0,
     flags: int = 0,
 ) -> bytes:
     """A run packet.
 
     Raises:
-        WireError: ``bindings`` and ``writable`` differ in length, more than
+        WireError: ``bindings``, ``writable`` and ``sizes`` differ in length, more than
             :data:`MAX_BINDINGS` bindings, or a field does not fit.
     """
     n = len(bindings)
-    if len(writable) != n:
-        raise WireError(f"{n} bindings but {len(writable)} writable flags")
+    if len(writable) != n or len(sizes) != n:
+        raise WireError(f"{n} bindings but {len(writable)} writable flags and {len(sizes)} sizes")
     if n > MAX_BINDINGS:
         raise WireError(f"{n} bindings do not fit a run message (at most {MAX_BINDINGS})")
     try:
@@ -97,6 +102,7 @@ def encode_run(
             (
                 _RUN.pack(RUN, token, command, offset, size, engine, flags, n),
                 struct.pack(f"<{n}Q", *bindings),
+                struct.pack(f"<{n}Q", *sizes),
                 bytes(bool(w) for w in writable),
             )
         )
@@ -114,11 +120,12 @@ def decode_run(data: bytes) -> RunMessage:
     if len(data) < head or data[:1] != RUN:
         raise WireError("not a run message")
     _, token, command, offset, size, engine, flags, n = _RUN.unpack_from(data)
-    if len(data) != head + 9 * n:
+    if len(data) != head + _PER_BINDING * n:
         raise WireError(f"run message of {len(data)} bytes for {n} bindings")
     bindings = struct.unpack_from(f"<{n}Q", data, head)
-    writable = tuple(b != 0 for b in data[head + 8 * n :])
-    return RunMessage(token, command, offset, size, bindings, writable, engine, flags)
+    sizes = struct.unpack_from(f"<{n}Q", data, head + 8 * n)
+    writable = tuple(b != 0 for b in data[head + 16 * n :])
+    return RunMessage(token, command, offset, size, bindings, writable, engine, flags, sizes)
 
 
 def encode_done(msg: DoneMessage) -> bytes:

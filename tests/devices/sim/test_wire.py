@@ -28,7 +28,7 @@ U64 = st.integers(min_value=0, max_value=2**64 - 1)
     command=U64,
     offset=U64,
     size=U64,
-    slots=st.lists(st.tuples(U64, st.booleans()), max_size=40),
+    slots=st.lists(st.tuples(U64, st.booleans(), U64), max_size=40),
     engine=st.integers(min_value=0, max_value=2**16 - 1),
     flags=st.integers(min_value=0, max_value=255),
 )
@@ -37,13 +37,15 @@ def test_run_round_trips(
     command: int,
     offset: int,
     size: int,
-    slots: list[tuple[int, bool]],
+    slots: list[tuple[int, bool, int]],
     engine: int,
     flags: int,
 ) -> None:
-    """Every field of a run message comes back as sent, bindings in slot order."""
-    handles = tuple(h for h, _ in slots)
-    writable = tuple(w for _, w in slots)
+    """Every field of a run message comes back as sent, bindings (handle, use, size) in slot
+    order."""
+    handles = tuple(h for h, _, _ in slots)
+    writable = tuple(w for _, w, _ in slots)
+    sizes = tuple(n for _, _, n in slots)
     data = encode_run(
         token,
         command=command,
@@ -51,11 +53,12 @@ def test_run_round_trips(
         size=size,
         bindings=handles,
         writable=writable,
+        sizes=sizes,
         engine=engine,
         flags=flags,
     )
     assert data[:1] == RUN
-    expected = RunMessage(token, command, offset, size, handles, writable, engine, flags)
+    expected = RunMessage(token, command, offset, size, handles, writable, engine, flags, sizes)
     assert decode_run(data) == expected
 
 
@@ -87,7 +90,9 @@ def test_done_round_trips(
 
 def test_malformed_packets_are_refused() -> None:
     """Short, truncated, mislabelled packets and unknown statuses raise WireError."""
-    run = encode_run(1, command=2, offset=0, size=16, bindings=[3, 4], writable=[False, True])
+    run = encode_run(
+        1, command=2, offset=0, size=16, bindings=[3, 4], writable=[False, True], sizes=[8, 8]
+    )
     done = encode_done(DoneMessage(1, CompletionStatus.OK, None, 1e-3, 2e-3, 8, 8))
     for bad in (b"", b"R", run[:-1], run + b"\0", b"{" + run[1:]):
         with pytest.raises(WireError):
@@ -100,10 +105,16 @@ def test_malformed_packets_are_refused() -> None:
 def test_values_that_do_not_fit_are_refused() -> None:
     """A negative handle or mismatched flags are a WireError, never a garbled packet."""
     with pytest.raises(WireError):
-        encode_run(1, command=-2, offset=0, size=16, bindings=[], writable=[])
+        encode_run(1, command=-2, offset=0, size=16, bindings=[], writable=[], sizes=[])
     with pytest.raises(WireError):
-        encode_run(1, command=2, offset=0, size=16, bindings=[3], writable=[])
+        encode_run(1, command=2, offset=0, size=16, bindings=[3], writable=[], sizes=[8])
     with pytest.raises(WireError):
-        encode_run(1, command=2, offset=0, size=16, bindings=[], writable=[], engine=1 << 16)
+        encode_run(1, command=2, offset=0, size=16, bindings=[3], writable=[True], sizes=[])
+    with pytest.raises(WireError):
+        encode_run(1, command=2, offset=0, size=16, bindings=[3], writable=[True], sizes=[-1])
+    with pytest.raises(WireError):
+        encode_run(
+            1, command=2, offset=0, size=16, bindings=[], writable=[], sizes=[], engine=1 << 16
+        )
     with pytest.raises(WireError):
         encode_done(DoneMessage(-1, CompletionStatus.OK, None, 0.0, 0.0, 0, 0))
