@@ -90,8 +90,10 @@ class DaemonProcess:
         self.messages.append(msg)
         return msg
 
-    def wait_ready(self, timeout: float = 60.0) -> bytes:
-        """Wait for READY=1 and return that datagram.
+    def wait_ready(self, timeout: float = 300.0) -> bytes:
+        """Wait for READY=1 and return that datagram. ``timeout`` is a hang guard, not a
+        measurement: a daemon starting under qemu-user on a loaded machine took over a minute to
+        open its simulated NPU.
 
         Raises:
             DaemonDied: the daemon exited first, or sent no READY=1 within ``timeout`` s.
@@ -241,7 +243,7 @@ def start_daemon(
     env: Mapping[str, str] | None = None,
     watchdog_usec: int | None = None,
     extra_args: Sequence[str] = (),
-    ready_timeout_s: float = 60.0,
+    ready_timeout_s: float = 300.0,
 ) -> DaemonProcess:
     """Start npud on the simulated NPU on ``tmp/npud.sock`` with :data:`TEST_SETTINGS` (then
     ``env``) and wait for READY. The caller owns the daemon (:meth:`DaemonProcess.stop`).

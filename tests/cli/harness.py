@@ -35,9 +35,10 @@ BLOCKER_S = 600.0
 """A burn long enough to stay RUNNING for the whole test session (cancelled at teardown)."""
 
 
-def start_daemon(tmp: Path, timeout_s: float = 60.0) -> DaemonProcess:
+def start_daemon(tmp: Path, timeout_s: float = 300.0) -> DaemonProcess:
     """Start ``npud --device sim`` on ``tmp/npud.sock`` (in this environment, so an operator's
-    ``NPUD_*`` settings reach it) and wait for READY=1; the caller stops it.
+    ``NPUD_*`` settings reach it) and wait for READY=1; the caller stops it. ``timeout_s`` is a
+    hang guard: under emulation a daemon's start takes over a minute.
 
     Raises:
         DaemonDied: it exited or was not ready within ``timeout_s`` (it is killed).
