@@ -21,7 +21,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def shared() -> Iterator[DaemonProcess]:
     """One daemon (sim, fault injection on, reachable by every uid) for most tests."""
     with world_reachable_dir("npud-rel-") as tmp:
-        daemon = launch(tmp)
+        # The identity and quota tests hold engines with 30 s THROUGHPUT BURN jobs: a slice
+        # that admits them (admission models each job and refuses one longer than the slice).
+        daemon = launch(tmp, scheduler__time_slice_ms="60000")
         try:
             yield daemon
         finally:

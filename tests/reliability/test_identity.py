@@ -155,6 +155,7 @@ def guarded() -> Iterator[DaemonProcess]:
             quotas__memory_bytes_per_user=str(2 * MiB),
             quotas__max_jobs_per_user="4",
             fault_injection="0",
+            scheduler__time_slice_ms="60000",  # the live-jobs quota is held by 10 s jobs
         )
         try:
             yield daemon
