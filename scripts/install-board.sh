@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--wheel FILE] [--prefix DIR] [--no-start]" >&2; exit 2;;
   esac
 done
-log() { echo "[install-board] $*"; }
+log() { echo "[install-board ${SECONDS}s] $*"; }
 die() { echo "[install-board] $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it creates a user, a venv under $PREFIX and unit files)"
 command -v systemctl >/dev/null || die "systemd is needed: npud runs as a systemd service"
