@@ -3,8 +3,8 @@
 # ruff, mypy --strict, the layering contracts, the stale-codegen check, the unit and
 # end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU); then the arm64
 # stage (scripts/arm64.sh ci: in an emulated arm64 Debian root, the machine check and the ABI
-# check compiled by arm64 gcc, the kernel suite on Debian's arm64 kernel, and the board install
-# in a fresh root; NPUD_ARM64=all adds the whole arm64 test subset; docs/board.md).
+# check compiled by arm64 gcc, and the kernel suite on Debian's arm64 kernel; NPUD_ARM64=all
+# adds the whole arm64 test subset and the board install in a fresh root; docs/board.md).
 #
 # On a fresh Debian/Ubuntu machine run as root (or with sudo available) the missing system
 # packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suites locally,
@@ -133,7 +133,8 @@ if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1
 
 # ---- the arm64 stage (its own pytest summary and stage timings are the last lines) ----------
 if [ "$ARM64" = 1 ]; then
-  # NPUD_ARM64=all runs the whole arm64 test subset (over half an hour emulated).
-  echo "== arm64 (emulated root: machine and ABI tests, kernel suite, board install)"
+  # NPUD_ARM64=all runs the whole arm64 test subset and the board install (about an hour
+  # emulated on 2 cores).
+  echo "== arm64 (emulated root: machine and ABI tests, kernel suite)"
   if [ "${NPUD_ARM64:-ci}" = all ]; then scripts/arm64.sh all; else scripts/arm64.sh ci; fi
 fi
