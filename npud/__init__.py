@@ -3,4 +3,4 @@
 Importing :mod:`npud` has no side effects; it only carries the version.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -57,7 +57,7 @@ def gather(inventory: Inventory, f: Filters) -> Summary:
 
 
 def headline(stats: stats_pb2.GetStatsResponse) -> Text:
-    """``npud 0.1.0 | up 3.2 min | 2 sessions | <status>``."""
+    """``npud 0.2.0 | up 3.2 min | 2 sessions | <status>``."""
     d = stats.daemon
     parts = [
         f"npud {d.version}",
