@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 
 from npud.client import requests as rq
-from npud.client.client import CHANNEL_OPTIONS, channel_target
+from npud.client.channel import CHANNEL_OPTIONS, channel_target
 from npud.client.errors import from_rpc_error
 from npud.client.events import DeviceEvent, Event, event_from_wire
 from npud.client.identity import Identity, handshake_async, tenant_credential

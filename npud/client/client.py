@@ -30,14 +30,17 @@ import itertools
 import os
 import queue as queue_mod
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 
 from npud.client import requests as rq
+from npud.client.channel import CHANNEL_OPTIONS, channel_target
+from npud.client.channel import call as _call
+from npud.client.channel import stream as _stream
 from npud.client.descriptors import DescriptorChannel, MappedBuffer, sealed_memfd
 from npud.client.errors import from_rpc_error
 from npud.client.events import DeviceEvent, Event, event_from_wire
@@ -91,43 +94,10 @@ from npud.vocab import (
 )
 from npud.vocab.wire import PREFERENCE, USAGE
 
-T = TypeVar("T")
-
 DESCRIPTOR_MIN_BYTES = 1 << 20
 """Below this, one gRPC message is cheaper than an export round trip and a mapping."""
 _FALLBACK = (Unavailable, Unsupported, FailedPrecondition, OutOfDeviceMemory)
 """What sends a transfer back to gRPC bytes when descriptors are not insisted on."""
-
-
-def channel_target(socket_path: Path) -> str:
-    """The grpc target for a Unix socket path."""
-    return f"unix:{socket_path}"
-
-
-MAX_MESSAGE_BYTES = 64 << 20
-"""The largest gRPC message either side accepts: the daemon's limit (a readback of a few MiB
-in one SubmitStream answer must not hit gRPC's 4 MiB default on the client's side)."""
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-)
-
-
-def _call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
-
-
-def _stream(iterator: Iterator[T]) -> Iterator[T]:
-    try:
-        yield from iterator
-    except grpc.RpcError as exc:
-        code = getattr(exc, "code", None)
-        if callable(code) and code() is grpc.StatusCode.CANCELLED:
-            return
-        raise from_rpc_error(exc) from None
 
 
 class SubmitStream:

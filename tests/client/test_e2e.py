@@ -358,7 +358,7 @@ def test_readbacks_up_to_the_daemons_message_limit_reach_the_client(
     """A 5 MiB readback in one SubmitStream answer (over gRPC's 4 MiB default) arrives intact
     through the sync and the asyncio client: both accept what the daemon may send."""
     from npud.api.server import MAX_MESSAGE_BYTES as DAEMON_LIMIT
-    from npud.client.client import MAX_MESSAGE_BYTES as CLIENT_LIMIT
+    from npud.client.channel import MAX_MESSAGE_BYTES as CLIENT_LIMIT
 
     assert CLIENT_LIMIT == DAEMON_LIMIT
     size = 5 << 20

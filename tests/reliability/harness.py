@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 import npud.client
-from npud.client.client import CHANNEL_OPTIONS
+from npud.client.channel import CHANNEL_OPTIONS
 from npud.testing.daemon import DaemonProcess, start_daemon
 from npud.v1 import admin_pb2, admin_pb2_grpc
 from tests import ROOT

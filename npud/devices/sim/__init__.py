@@ -5,7 +5,8 @@
 """
 
 from npud.devices.sim.cost import OpCost, estimate, op_cost
-from npud.devices.sim.device import JobOutcome, SimDevice, run_job
+from npud.devices.sim.device import SimDevice
+from npud.devices.sim.job import JobOutcome, run_job
 from npud.devices.sim.profiles import (
     LUNAR_LAKE,
     PROFILES,

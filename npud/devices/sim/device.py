@@ -35,13 +35,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import itertools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
-from npud.clock import Clock, MonotonicClock, TimerHandle, VirtualClock
+from npud.clock import Clock, MonotonicClock, VirtualClock
 from npud.devices.base import (
     BindingShape,
     BoHandle,
@@ -52,113 +50,31 @@ from npud.devices.base import (
     CompletionStatus,
     DeviceBuffer,
     DeviceStatistics,
-    EngineInfo,
     Submission,
     SubmitToken,
-    TierInfo,
 )
 from npud.devices.sim.cost import estimate
-from npud.devices.sim.executor import JobCancelled, decode_job, execute
-from npud.devices.sim.memory import BufferMemory, SimBuffer, TierPool, round_up
-from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
+from npud.devices.sim.executor import decode_job
+from npud.devices.sim.job import JobOutcome, SimJob, run_job
+from npud.devices.sim.memory import BufferMemory, BufferTable, SimBuffer, TierPool, round_up
+from npud.devices.sim.profiles import BoardProfile, capabilities_of, get_profile, slowed
 from npud.devices.sim.wire import MAX_BINDINGS, WireError
 from npud.errors import (
     DeviceError,
     DeviceLost,
     InvalidArgument,
-    NotFound,
     OutOfDeviceMemory,
     Unsupported,
 )
 from npud.isa import CommandStreamError
 from npud.vocab import DeviceHealth, MemoryTier
 
+if TYPE_CHECKING:
+    from npud.devices.sim.host import FirmwareHost
+
 Mode = Literal["virtual", "process"]
 
 _BASE_ADDRESS = {MemoryTier.SRAM: 0xFF00_0000, MemoryTier.DRAM: 0x1_0000_0000}
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """How a job ended on the execution unit, before the device turns it into a Completion."""
-
-    status: CompletionStatus
-    error: str | None
-    modelled_s: float
-    bytes_read: int = 0
-    bytes_written: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class SimJob:
-    """One submission inside the simulated device (an identity object)."""
-
-    token: SubmitToken
-    submission: Submission
-    on_done: CompletionCallback
-    command: SimBuffer
-    buffers: tuple[SimBuffer, ...]  # by binding slot
-    state: Literal["queued", "running", "done"] = "queued"
-    started_at: float = 0.0
-    timer: TimerHandle | None = None
-    hung: bool = False
-
-    @property
-    def engine(self) -> int:
-        """The engine the job was submitted to."""
-        return self.submission.engine
-
-    def command_bytes(self) -> bytes:
-        """The command stream, read from the command buffer now."""
-        s = self.submission
-        return bytes(self.command.memory.data[s.command_offset : s.command_offset + s.command_size])
-
-    @property
-    def sizes(self) -> list[int]:
-        """Per slot, the bytes the job may touch: the size its binding states, else the whole
-        allocation."""
-        return [
-            buf.size if b.size is None else b.size
-            for b, buf in zip(self.submission.bindings, self.buffers, strict=True)
-        ]
-
-    @property
-    def writable(self) -> tuple[bool, ...]:
-        """Per slot, whether the job bound the buffer for writing."""
-        return tuple(bool(b.use & BufferUse.WRITE) for b in self.submission.bindings)
-
-
-def run_job(
-    command: bytes,
-    *,
-    memories: Sequence[object],
-    sizes: Sequence[int],
-    tiers: Sequence[MemoryTier],
-    writable: Sequence[bool],
-    profile: BoardProfile,
-    cancelled: Callable[[], bool] | None = None,
-) -> JobOutcome:
-    """Decode, cost and execute one job (the body of the device's execution unit).
-
-    Never raises for a bad job: a malformed stream or a fault becomes an ERROR outcome whose
-    error names the op and the field. A malformed stream is modelled as costing the launch
-    overhead (the device needs that long to find out). ``cancelled`` (process mode) is polled
-    between ops; a job cancelled mid-way ends ABORTED.
-    """
-    try:
-        instructions = decode_job(command, sizes, writable)
-    except CommandStreamError as exc:
-        return JobOutcome(CompletionStatus.ERROR, str(exc), profile.launch_overhead_s)
-    modelled = estimate(instructions, tiers, profile)
-    try:
-        stats = execute(instructions, memories, cancelled=cancelled)
-    except JobCancelled as exc:
-        return JobOutcome(CompletionStatus.ABORTED, str(exc), modelled)
-    except CommandStreamError as exc:
-        return JobOutcome(CompletionStatus.ERROR, str(exc), modelled)
-    except Exception as exc:  # a bug in a kernel must fail the job, not the device
-        return JobOutcome(CompletionStatus.ERROR, f"internal fault: {exc!r}", modelled)
-    return JobOutcome(CompletionStatus.OK, None, modelled, stats.bytes_read, stats.bytes_written)
 
 
 class SimDevice:
@@ -218,7 +134,7 @@ class SimDevice:
             clock = VirtualClock() if mode == "virtual" else MonotonicClock()
         self._clock = clock
         p = self._profile
-        self._pools = {
+        pools = {
             MemoryTier.SRAM: TierPool(
                 MemoryTier.SRAM,
                 p.sram_capacity if sram_capacity is None else sram_capacity,
@@ -230,34 +146,12 @@ class SimDevice:
                 p.dram_bandwidth,
             ),
         }
-        self._capabilities = Capabilities(
-            driver="sim",
-            driver_version=(1, 0, 0),
-            description=f"{p.description} (simulated)",
-            board=p.name,
-            engines=tuple(EngineInfo(i, n) for i, n in enumerate(p.engine_names)),
-            tiers=tuple(
-                TierInfo(pool.tier, pool.capacity, pool.bandwidth) for pool in self._pools.values()
-            ),
-            native_priorities=1,
-            has_syncobj=False,
-            has_hw_contexts=False,
-            max_hw_contexts=0,
-            has_preemption=False,
-            can_abort=True,
-            can_export=mode == "process",
-            simulated=True,
-            launch_overhead_s=p.launch_overhead_s,
-            max_bindings=MAX_BINDINGS,
-            models_jobs=True,
-        )
+        self._capabilities = capabilities_of(p, pools.values(), can_export=mode == "process")
         self._health = DeviceHealth.OK
         self._opened = False
         self._closed = False
         self._lost_reason: str | None = None
-        self._buffers: dict[BoHandle, SimBuffer] = {}
-        self._next_handle = itertools.count(1)
-        self._next_address = dict(_BASE_ADDRESS)
+        self._memory = BufferTable(name, pools, _BASE_ADDRESS)
         self._jobs: dict[SubmitToken, SimJob] = {}
         self._next_token = 1
         self._queues: list[collections.deque[SimJob]] = [
@@ -270,7 +164,7 @@ class SimDevice:
         self._loss_listeners: list[Callable[[str], None]] = []
         self._submitted = self._completed = self._failed = self._aborted = self._resets = 0
         self._busy = [0.0] * p.engines
-        self._host: _HostLike | None = None
+        self._host: FirmwareHost | None = None
         self._firmware_lanes = firmware_lanes
         self._firmware_blas_threads = firmware_blas_threads
 
@@ -359,7 +253,7 @@ class SimDevice:
                 JobOutcome(CompletionStatus.ABORTED, f"{self._name} closed", 0.0),
                 deferred=True,
             )
-        for buf in list(self._buffers.values()):
+        for buf in list(self._memory.buffers.values()):
             self._release(buf)
         if self._host is not None:
             self._host.stop()
@@ -392,9 +286,7 @@ class SimDevice:
             raise InvalidArgument(f"unknown buffer flags {flags:#x} (the sim defines none)")
         if size <= 0:
             raise InvalidArgument(f"buffer size must be > 0, got {size}")
-        pool = self._pools.get(tier)
-        if pool is None or pool.capacity == 0:
-            raise InvalidArgument(f"{self._name} has no {tier.value} tier")
+        pool = self._memory.pool(tier)
         rounded = round_up(size)
         if rounded > pool.capacity:
             raise InvalidArgument(
@@ -403,36 +295,20 @@ class SimDevice:
         if pool.fail_next > 0:
             pool.fail_next -= 1
             raise OutOfDeviceMemory(f"{tier.value}: injected allocation failure ({rounded} bytes)")
-        if rounded > pool.free:
-            raise OutOfDeviceMemory(
-                f"{tier.value} has {pool.free} of {pool.capacity} bytes free, {rounded} requested"
-            )
-        handle = BoHandle(next(self._next_handle))
+        self._memory.check_room(pool, rounded)
+        handle = self._memory.next_handle()
         memory = BufferMemory(
             rounded, shared=self._mode == "process", name=f"{self._name}-bo{handle}"
         )
-        address = self._next_address[tier]
-        self._next_address[tier] += rounded
-        buf = SimBuffer(handle, rounded, tier, address, memory)
-        if self._host is not None:
-            try:
-                self._host.map(buf)
-            except BaseException:
-                memory.close()
-                raise
-        pool.used += rounded
-        self._buffers[handle] = buf
-        return DeviceBuffer(handle, rounded, tier, address)
+        return self._memory.add(
+            handle, tier, memory, None if self._host is None else self._host.map
+        )
 
     def _buffer(self, handle: BoHandle) -> SimBuffer:
-        try:
-            return self._buffers[handle]
-        except KeyError:
-            raise NotFound(f"{self._name} has no buffer with handle {handle}") from None
+        return self._memory.get(handle)
 
     def _release(self, buf: SimBuffer) -> None:
-        del self._buffers[buf.handle]
-        self._pools[buf.tier].used -= buf.size
+        self._memory.remove(buf)
         if self._host is not None and self._lost_reason is None:
             self._host.unmap(buf.handle)
         buf.memory.close()
@@ -498,36 +374,22 @@ class SimDevice:
             DeviceLost: the device is gone.
         """
         self._check_usable()
-        pool = self._pools.get(tier)
-        if pool is None or pool.capacity == 0:
-            raise InvalidArgument(f"{self._name} has no {tier.value} tier")
+        pool = self._memory.pool(tier)
         rounded = round_up(size)
         if size <= 0 or os.fstat(fd).st_size < rounded:
             raise InvalidArgument(
                 f"the descriptor holds {os.fstat(fd).st_size} bytes; a {size}-byte buffer needs "
                 f"{rounded} (sizes are whole {round_up(1)}-byte pages)"
             )
-        if rounded > pool.free:
-            raise OutOfDeviceMemory(
-                f"{tier.value} has {pool.free} of {pool.capacity} bytes free, {rounded} requested"
-            )
-        handle = BoHandle(next(self._next_handle))
+        self._memory.check_room(pool, rounded)
+        handle = self._memory.next_handle()
         try:
             memory = BufferMemory.adopt(fd, rounded)
         except OSError as exc:
             raise InvalidArgument(f"cannot map the descriptor: {exc.strerror or exc}") from None
-        address = self._next_address[tier]
-        self._next_address[tier] += rounded
-        buf = SimBuffer(handle, rounded, tier, address, memory)
-        if self._host is not None:
-            try:
-                self._host.map(buf)
-            except BaseException:
-                memory.close()
-                raise
-        pool.used += rounded
-        self._buffers[handle] = buf
-        return DeviceBuffer(handle, rounded, tier, address)
+        return self._memory.add(
+            handle, tier, memory, None if self._host is None else self._host.map
+        )
 
     # ---- submission -------------------------------------------------------------------
 
@@ -600,7 +462,7 @@ class SimDevice:
         return token
 
     def _bound(self, handle: BoHandle, what: str) -> SimBuffer:
-        buf = self._buffers.get(handle)
+        buf = self._memory.buffers.get(handle)
         if buf is None:
             raise InvalidArgument(f"{what}: unknown buffer handle {handle}")
         return buf
@@ -803,7 +665,7 @@ class SimDevice:
 
     def inject_oom(self, tier: MemoryTier, count: int = 1) -> None:
         """The next ``count`` allocations in ``tier`` fail with OutOfDeviceMemory."""
-        self._pools[tier].fail_next += count
+        self._memory.pools[tier].fail_next += count
 
     def lose(self, reason: str = "device lost (injected)") -> None:
         """Lose the device: in-flight jobs complete DEVICE_LOST, listeners hear ``reason``,
@@ -833,25 +695,6 @@ class SimDevice:
             in_flight=len(self._jobs),
             resets=self._resets,
             busy_s_per_engine=tuple(self._busy),
-            used_bytes={tier: pool.used for tier, pool in self._pools.items()},
-            buffers=len(self._buffers),
+            used_bytes={tier: pool.used for tier, pool in self._memory.pools.items()},
+            buffers=len(self._memory.buffers),
         )
-
-
-class _HostLike(Protocol):
-    """What :class:`SimDevice` needs of the device-process host (see ``host.py``)."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    def map(self, buf: SimBuffer) -> None: ...
-
-    def unmap(self, handle: BoHandle) -> None: ...
-
-    def run(self, job: SimJob) -> None: ...
-
-    def cancel(self, token: SubmitToken) -> None: ...
-
-    def kill(self) -> None: ...
-
-    def stop(self) -> None: ...

@@ -3,7 +3,7 @@
 Started by :class:`npud.devices.sim.host.FirmwareHost` as ``python -m
 npud.devices.sim.firmware --cmd-fd N --reply-fd M --profile NAME --lanes L --slowdown F``.
 It maps each buffer's memfd as it is announced, runs each job it is sent (decode, cost,
-execute: the same :func:`~npud.devices.sim.device.run_job` the in-process mode uses) and
+execute: the same :func:`~npud.devices.sim.job.run_job` the in-process mode uses) and
 replies with the outcome. It exits when told to or when the daemon's end of the command
 socket closes, so it never outlives the daemon.
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from npud.devices.base import CompletionStatus
-from npud.devices.sim.device import JobOutcome, run_job
+from npud.devices.sim.job import JobOutcome, run_job
 from npud.devices.sim.profiles import BoardProfile, get_profile, slowed
 from npud.devices.sim.wire import (
     MAX_MESSAGE,

@@ -59,7 +59,7 @@ from npud.devices.sim.wire import (
 from npud.errors import DeviceError, DeviceLost
 
 if TYPE_CHECKING:
-    from npud.devices.sim.device import JobOutcome, SimJob
+    from npud.devices.sim.job import JobOutcome, SimJob
     from npud.devices.sim.memory import SimBuffer
 
 HELLO_TIMEOUT_S = 60.0  # python + numpy start-up on a loaded 2-core machine
@@ -250,7 +250,7 @@ class FirmwareHost:
     # ---- up ---------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        from npud.devices.sim.device import JobOutcome
+        from npud.devices.sim.job import JobOutcome
 
         # Every reply waiting in the socket is handled in this one wake-up. A reply's handler
         # may end in device loss or close (which tears the socket down): stop reading then.

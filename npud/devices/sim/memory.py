@@ -13,11 +13,14 @@ as it is (:meth:`BufferMemory.adopt`): the upload then copies nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from npud.devices.base import BoHandle
+from npud.devices.base import BoHandle, DeviceBuffer
+from npud.errors import InvalidArgument, NotFound, OutOfDeviceMemory
 from npud.vocab import MemoryTier
 
 PAGE = 4096
@@ -124,3 +127,90 @@ class SimBuffer:
     address: int
     memory: BufferMemory
     maps: int = 0
+
+
+class BufferTable:
+    """The simulated device's memory as its driver sees it: the tier pools and the live
+    buffers by handle.
+
+    Handles count up from 1 and are never reused while the device lives; each tier hands out
+    addresses upward from its base, as a device's address space would (the addresses are for
+    listings and diagnostics: nothing computes with them).
+    """
+
+    def __init__(
+        self, device: str, pools: dict[MemoryTier, TierPool], base: dict[MemoryTier, int]
+    ) -> None:
+        self.device = device
+        self.pools = pools
+        self.buffers: dict[BoHandle, SimBuffer] = {}
+        self._handles = itertools.count(1)
+        self._addresses = dict(base)
+
+    def pool(self, tier: MemoryTier) -> TierPool:
+        """The pool of ``tier``.
+
+        Raises:
+            InvalidArgument: the device has no such tier (or it holds no bytes).
+        """
+        pool = self.pools.get(tier)
+        if pool is None or pool.capacity == 0:
+            raise InvalidArgument(f"{self.device} has no {tier.value} tier")
+        return pool
+
+    @staticmethod
+    def check_room(pool: TierPool, rounded: int) -> None:
+        """Refuse an allocation ``pool`` cannot hold now.
+
+        Raises:
+            OutOfDeviceMemory: fewer than ``rounded`` bytes are free.
+        """
+        if rounded > pool.free:
+            raise OutOfDeviceMemory(
+                f"{pool.tier.value} has {pool.free} of {pool.capacity} bytes free, "
+                f"{rounded} requested"
+            )
+
+    def next_handle(self) -> BoHandle:
+        """A handle no buffer of this device has had."""
+        return BoHandle(next(self._handles))
+
+    def add(
+        self,
+        handle: BoHandle,
+        tier: MemoryTier,
+        memory: BufferMemory,
+        on_host: Callable[[SimBuffer], None] | None,
+    ) -> DeviceBuffer:
+        """Enter a buffer of ``memory`` (its whole size) in ``tier``; ``on_host`` maps it in the
+        device process first. The table owns ``memory`` afterwards; if ``on_host`` raises, the
+        memory is closed and nothing is entered."""
+        size = memory.size
+        address = self._addresses[tier]
+        buf = SimBuffer(handle, size, tier, address, memory)
+        if on_host is not None:
+            try:
+                on_host(buf)
+            except BaseException:
+                memory.close()
+                raise
+        self._addresses[tier] += size
+        self.pools[tier].used += size
+        self.buffers[handle] = buf
+        return DeviceBuffer(handle, size, tier, address)
+
+    def get(self, handle: BoHandle) -> SimBuffer:
+        """The buffer of ``handle``.
+
+        Raises:
+            NotFound: no live buffer has it.
+        """
+        try:
+            return self.buffers[handle]
+        except KeyError:
+            raise NotFound(f"{self.device} has no buffer with handle {handle}") from None
+
+    def remove(self, buf: SimBuffer) -> None:
+        """Take ``buf`` out of the table and its pool (the caller closes its memory)."""
+        del self.buffers[buf.handle]
+        self.pools[buf.tier].used -= buf.size

@@ -10,8 +10,12 @@ and wherever no public figure exists the value is an assumption, marked as such 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from npud.devices.base import Capabilities, EngineInfo, TierInfo
+from npud.devices.sim.memory import TierPool
+from npud.devices.sim.wire import MAX_BINDINGS
 from npud.errors import InvalidArgument
 from npud.isa import DType
 
@@ -141,3 +145,30 @@ def get_profile(profile: BoardProfile | str) -> BoardProfile:
     except KeyError:
         known = ", ".join(sorted(PROFILES))
         raise InvalidArgument(f"unknown board profile {profile!r} (known: {known})") from None
+
+
+def capabilities_of(
+    profile: BoardProfile, pools: Iterable[TierPool], *, can_export: bool
+) -> Capabilities:
+    """What a simulated ``profile`` board with memory ``pools`` offers the daemon: its engines
+    and tiers, one native priority, no syncobjs, hardware contexts or preemption; it can abort a
+    job, model a job's duration, and (``can_export``: process mode) export buffers."""
+    return Capabilities(
+        driver="sim",
+        driver_version=(1, 0, 0),
+        description=f"{profile.description} (simulated)",
+        board=profile.name,
+        engines=tuple(EngineInfo(i, n) for i, n in enumerate(profile.engine_names)),
+        tiers=tuple(TierInfo(pool.tier, pool.capacity, pool.bandwidth) for pool in pools),
+        native_priorities=1,
+        has_syncobj=False,
+        has_hw_contexts=False,
+        max_hw_contexts=0,
+        has_preemption=False,
+        can_abort=True,
+        can_export=can_export,
+        simulated=True,
+        launch_overhead_s=profile.launch_overhead_s,
+        max_bindings=MAX_BINDINGS,
+        models_jobs=True,
+    )

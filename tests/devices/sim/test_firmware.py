@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from npud.devices.base import CompletionStatus
-from npud.devices.sim.device import run_job
 from npud.devices.sim.firmware import Firmware
+from npud.devices.sim.job import run_job
 from npud.devices.sim.profiles import get_profile
 from npud.devices.sim.wire import RUN_HANG, DoneMessage, RunMessage, decode_done
 from npud.isa import Program, T
