@@ -170,7 +170,9 @@ def test_concurrent_streams_equal_each_alone_and_llama_cpp(
     after = httpx.get(gateway.url + "/health", timeout=10).json()["batcher"]
     steps = after["decode_steps"] - before["decode_steps"]
     rows = after["decode_rows"] - before["decode_rows"]
-    assert rows / steps > 1.5, "the chats did not share decode steps"
+    # How much they overlap is the host's timing (a loaded host may finish one chat's prefill
+    # before the next arrives); that some steps carried several of them is the property.
+    assert rows > steps, f"the chats did not share decode steps ({rows} rows in {steps} steps)"
     alone = [ask(gateway, q, stream=False) for q in QUESTIONS]
     assert together == alone
     assert all(alone)
