@@ -19,7 +19,7 @@ from npud.core.distribution import Distribution
 from npud.core.events import DEVICE_ADDED, DeviceEvent
 from npud.core.events import ContextEvent as CoreContextEvent
 from npud.core.ids import BufferId
-from npud.core.job import Job, JobError, JobInfo
+from npud.core.job import Job, JobError
 from npud.core.owner import Owner
 from npud.core.queue import Queue
 from npud.core.residency import ResidencyStatistics
@@ -328,46 +328,61 @@ def error_to_wire(error: JobError) -> types_pb2.ErrorInfo:
     return types_pb2.ErrorInfo(code=number, kind=error.kind, message=error.message)
 
 
-def job_info_to_wire(info: JobInfo, now: float) -> job_pb2.Job:
-    """A Job message from a job's snapshot; times still running are measured up to ``now``."""
-    wait = info.queue_wait_s
-    if wait is None:
-        end = info.finished_at if info.finished_at is not None else now
-        wait = end - info.submitted_at
-    run = info.run_s
-    if run is None:
-        run = 0.0 if info.started_at is None else now - info.started_at
-    msg = job_pb2.Job(
-        job_id=info.id,
-        context_id=info.context_id,
-        queue_id=info.queue_id,
-        state=STATE.to_wire(info.state),
-        kind=info.kind,
-        label=info.label,
-        scheduling_class=CLASS.to_wire(info.sched_class),
-        queue_wait_s=max(0.0, wait),
-        run_s=max(0.0, run),
-        engine=-1 if info.engine is None else info.engine,
-        age_s=max(0.0, now - info.submitted_at),
-        context_label=info.context_label,
-    )
+_STATE_NUMBER = {s: STATE.to_wire(s) for s in JobState}
+_CLASS_NUMBER = {c: CLASS.to_wire(c) for c in SchedulingClass}
+
+
+def job_to_wire(job: Job, now: float, into: job_pb2.Job | None = None) -> job_pb2.Job:
+    """A Job message for a live or ended job; times still running are measured up to ``now``.
+
+    Filled into ``into`` (a field of a response being built) when given, else into a new
+    message, which is returned either way.
+
+    Why it reads the job field by field: every job a submit stream runs is answered with
+    this message, so it is on the per-job path; building it straight from the job (no
+    :class:`~npud.core.job.JobInfo` snapshot, enum numbers from a table, timestamps set as
+    seconds and nanoseconds) costs about a third of going through the snapshot.
+    """
+    msg = job_pb2.Job() if into is None else into
+    times = job.times
+    submitted = times[JobState.QUEUED]
+    state = job.state
+    end = times.get(state) if state.terminal else None
+    started = job.started_at
+    if started is None:
+        wait = (now if end is None else end) - submitted
+        run = 0.0
+    else:
+        wait = started - submitted
+        run = (now if end is None else end) - started
+    age = now - submitted
+    queue = job.queue
+    msg.job_id = job.id
+    msg.context_id = job.context_id
+    msg.queue_id = queue.id
+    msg.state = _STATE_NUMBER[state]
+    msg.kind = job.kind
+    msg.label = job.label
+    msg.scheduling_class = _CLASS_NUMBER[queue.sched_class]
+    msg.queue_wait_s = wait if wait > 0.0 else 0.0
+    msg.run_s = run if run > 0.0 else 0.0
+    msg.engine = -1 if job.engine is None else job.engine
+    msg.age_s = age if age > 0.0 else 0.0
+    msg.context_label = job.context_label
     # core's clock is monotonic; each transition is placed on the wall clock by its age now
-    wall_now = time.time()
-    for state, at in info.times:
-        entry = msg.transitions.add(state=STATE.to_wire(state))
-        entry.time.FromNanoseconds(round((wall_now - (now - at)) * 1e9))
-    if info.completion is not None:
-        msg.modelled_s = info.completion.modelled_s
-        msg.bytes_read = info.completion.bytes_read
-        msg.bytes_written = info.completion.bytes_written
-    if info.error is not None:
-        msg.error.CopyFrom(error_to_wire(info.error))
+    wall_offset = time.time() - now
+    add = msg.transitions.add
+    for entered, at in times.items():
+        stamp = add(state=_STATE_NUMBER[entered]).time
+        stamp.seconds, stamp.nanos = divmod(round((wall_offset + at) * 1e9), 1_000_000_000)
+    completion = job.completion
+    if completion is not None:
+        msg.modelled_s = completion.modelled_s
+        msg.bytes_read = completion.bytes_read
+        msg.bytes_written = completion.bytes_written
+    if job.error is not None:
+        msg.error.CopyFrom(error_to_wire(job.error))
     return msg
-
-
-def job_to_wire(job: Job, now: float) -> job_pb2.Job:
-    """A Job message for a live or ended job."""
-    return job_info_to_wire(job.statistics(), now)
 
 
 def residency_to_wire(res: ResidencyStatistics) -> stats_pb2.ResidencyStats:

@@ -242,7 +242,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 nonlocal pending
                 pending -= 1
                 resp = job_pb2.SubmitStreamResponse(tag=req.tag)
-                resp.job.CopyFrom(job_to_wire(job, state.core.now()))
+                job_to_wire(job, state.core.now(), into=resp.job)
                 if job.state is JobState.COMPLETED:
                     try:
                         for rb in req.readbacks:

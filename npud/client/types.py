@@ -11,7 +11,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from npud.v1 import buffer_pb2, context_pb2, device_pb2, job_pb2, types_pb2
 from npud.vocab import (
@@ -53,6 +55,15 @@ class Distribution:
     def from_wire(cls, msg: types_pb2.Distribution) -> Distribution:
         """Convert a wire Distribution."""
         return cls(msg.count, msg.p50_s, msg.p99_s, msg.mean_s, msg.max_s)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(stamp: Timestamp) -> datetime:
+    """A wire Timestamp as an aware UTC datetime (to the microsecond, as ``ToDatetime``; a
+    third cheaper, and a submit stream converts four per job)."""
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def _state(value: int) -> JobState:
@@ -375,9 +386,7 @@ class Job:
             engine=msg.engine,
             age_s=msg.age_s,
             context_label=msg.context_label,
-            transitions=tuple(
-                (_state(t.state), t.time.ToDatetime(tzinfo=UTC)) for t in msg.transitions
-            ),
+            transitions=tuple((_state(t.state), _utc(t.time)) for t in msg.transitions),
         )
 
 

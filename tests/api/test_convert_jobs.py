@@ -7,6 +7,8 @@ import time
 from datetime import UTC
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from npud.api.convert import job_to_wire
 from npud.client.types import Job as ClientJob
@@ -77,3 +79,46 @@ def test_a_job_message_carries_the_wall_clock_time_of_every_state_it_entered() -
     assert done.tzinfo is UTC
     assert done.timestamp() == pytest.approx(stamps[-1], abs=1e-6)
     assert client.entered(JobState.FAILED) is None
+
+
+def test_a_job_message_built_into_a_response_is_the_message_built_alone() -> None:
+    """``job_to_wire(job, now, into=resp.job)`` fills the response's field with what a
+    standalone message holds; a job still running reports its run and age up to ``now``."""
+    bed = make_bed()
+    ctx = bed.context()
+    [job] = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.5)
+    bed.clock.advance(0.2)
+    assert job.state is JobState.RUNNING
+    assert job.started_at is not None
+    now = bed.core.now()
+    resp = job_pb2.SubmitStreamResponse(tag=7)
+    filled = job_to_wire(job, now, into=resp.job)
+    assert filled is resp.job
+    alone = job_to_wire(job, now)
+    assert [t.state for t in alone.transitions] == [t.state for t in filled.transitions]
+    for a, b in zip(alone.transitions, filled.transitions, strict=True):
+        assert abs(a.time.ToNanoseconds() - b.time.ToNanoseconds()) < 10_000_000
+    alone.ClearField("transitions")
+    filled.ClearField("transitions")
+    assert alone == filled
+    assert filled.state == types_pb2.JOB_STATE_RUNNING
+    assert filled.run_s == pytest.approx(now - job.started_at)
+    assert filled.queue_wait_s == pytest.approx(job.started_at - job.submitted_at)
+    assert filled.age_s == pytest.approx(now - job.submitted_at)
+    assert filled.modelled_s == 0.0
+    assert not filled.HasField("error")
+
+
+@given(
+    seconds=st.integers(min_value=0, max_value=253402300799),
+    nanos=st.integers(min_value=0, max_value=999_999_999),
+)
+def test_the_client_reads_a_transition_time_as_protobuf_does(seconds: int, nanos: int) -> None:
+    """A transition's wire Timestamp becomes the UTC datetime protobuf's ``ToDatetime`` gives
+    (to the microsecond), for any valid timestamp."""
+    msg = job_pb2.Job(state=types_pb2.JOB_STATE_QUEUED)
+    entry = msg.transitions.add(state=types_pb2.JOB_STATE_QUEUED)
+    entry.time.seconds, entry.time.nanos = seconds, nanos
+    [(_, at)] = ClientJob.from_wire(msg).transitions
+    assert at == entry.time.ToDatetime(tzinfo=UTC)
+    assert at.tzinfo is UTC
