@@ -269,7 +269,8 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             try:
                 async for req in request_iterator:
                     try:
-                        _check_readbacks(req, state.core.limits.bounds)
+                        if req.readbacks:
+                            _check_readbacks(req, state.core.limits.bounds)
                         [job] = self._submit(caller, ContextId(req.context_id), [req.job], pool)
                     except NpudError as exc:
                         out.put_nowait(

@@ -72,7 +72,11 @@ def _state(value: int) -> JobState:
     Raises:
         UnknownWireValue: a state this client does not know (a newer daemon).
     """
-    return STATE.from_wire_or(value, JobState.QUEUED)
+    member = _STATE_OF.get(value)  # the common case, without the checks' calls
+    return member if member is not None else STATE.from_wire_or(value, JobState.QUEUED)
+
+
+_STATE_OF: dict[int, JobState] = {int(STATE.to_wire(s)): s for s in STATE.members()}
 
 
 def state_counts_from_wire(counts: Iterable[types_pb2.StateCount]) -> dict[JobState, int]:
