@@ -128,6 +128,7 @@ class Job:
     recall: bool = False
     requeue_on_abort: bool = False
     held: bool = False
+    behind: Job | None = None  # the in-order predecessor it follows on that one's engine
     cancel_reason: str | None = None
     charged_s: float = 0.0
     watchdog: TimerHandle | None = None

@@ -2,14 +2,18 @@
 
 A queue has a scheduling class (LATENCY, THROUGHPUT, BACKGROUND), a priority within that class
 (higher runs first; default 0), a depth limit (jobs admitted and not yet ended) and an ordering:
-*in order* (the default) means a job becomes READY only after its predecessor in the queue has
-ended, like a command queue on a GPU; an out-of-order queue lets any job whose dependencies
-are met become READY. A job whose predecessor failed or was cancelled still runs: a queue is
+*in order* (the default) means a job starts only after its predecessor in the queue has
+ended, like a command queue on a GPU: it becomes READY at that end, or, in a LATENCY queue, as
+soon as its predecessor is on the device, pinned behind it on the same engine (see "Why an
+in-order latency job may be handed over behind its predecessor" in
+:mod:`npud.core.sched.lifecycle`); an out-of-order queue lets any job whose dependencies are
+met become READY. A job whose predecessor failed or was cancelled still runs: a queue is
 not poisoned by one failure (use explicit dependencies for "only if that succeeded").
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -67,6 +71,15 @@ class Queue:
         while pending and pending[0].done:
             pending.popleft()
         return pending[0] if pending else None
+
+    def second(self) -> Job | None:
+        """The first job after the head of an in-order queue that has not ended."""
+        if self.head() is None:
+            return None
+        for job in itertools.islice(self.pending, 1, None):
+            if not job.done:
+                return job
+        return None
 
     def record_end(self, state: JobState, wait_s: float | None, run_s: float | None) -> None:
         """Account one ended job."""

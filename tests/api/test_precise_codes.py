@@ -115,9 +115,11 @@ def test_rpcs_during_the_shutdown_drain_are_unavailable_not_not_found(
     with npud.client.connect(daemon.socket) as npu:
         busy = npu.create_context(label="busy")
         q = npu.create_queue(busy, SchedulingClass.LATENCY)
-        running, queued = npu.submit_many(
-            busy, [JobSpec(q, Program().burn(8.0).encode(), timeout_s=10.0)] * 2
-        )
+        burn = Program().burn(8.0).encode()
+        running = npu.submit(busy, JobSpec(q, burn, timeout_s=10.0))
+        # QUEUED until `running` completes (an in-order follower alone would be handed to the
+        # device behind it, and a drain lets what is on the device finish)
+        queued = npu.submit(busy, JobSpec(q, burn, timeout_s=10.0, depends_on=(running,)))
         idle = npu.create_context(label="idle")
         iq = npu.create_queue(idle, SchedulingClass.LATENCY)
         done = npu.wait(idle, npu.submit(idle, JobSpec(iq, Program().burn(0.001).encode())))

@@ -109,3 +109,116 @@ def test_dependents_of_a_failed_job_are_cancelled_and_say_why() -> None:
     # depending on an already-failed job cancels at once
     [late] = bed.burn(ctx, other, 0.001, depends_on=(bad.id,))
     assert late.state is JobState.CANCELLED
+
+
+def test_an_in_order_latency_job_waits_on_its_predecessors_engine_not_in_npud() -> None:
+    """The job after the running head of an in-order LATENCY queue is handed to the head's
+    engine at once, behind it; the engine starts it exactly when the head ends, in order."""
+    bed = make_bed()
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
+    head, follower, third = bed.burn(ctx, queue, 0.004, n=3)
+    assert head.state is JobState.RUNNING
+    assert follower.state is JobState.RUNNING
+    assert follower.engine == head.engine
+    assert follower.started_at is None  # on the device, not started: the head runs
+    assert third.state is JobState.QUEUED  # one follower per queue
+    assert bed.device.statistics().submitted == 2
+    bed.run()
+    assert all(j.state is JobState.COMPLETED for j in (head, follower, third))
+    for before, after in itertools.pairwise((head, follower, third)):
+        assert after.started_at is not None
+        assert before.finished_at is not None
+        assert after.started_at >= before.finished_at
+    assert follower.started_at == head.finished_at
+    assert bed.scheduler.statistics().followed == 2  # the follower, then the third behind it
+
+
+def test_throughput_queues_and_explicit_dependencies_still_wait_for_the_end() -> None:
+    """Only in-order LATENCY queues hand a job over early: a THROUGHPUT successor and a job
+    with an unmet explicit dependency stay QUEUED while their predecessor runs."""
+    bed = make_bed()
+    ctx = bed.context()
+    tput = bed.queue(ctx, SchedulingClass.THROUGHPUT)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY, in_order=False)
+    first, second = bed.burn(ctx, tput, 0.004, n=2)
+    [a] = bed.burn(ctx, lat, 0.004)
+    [b] = bed.burn(ctx, lat, 0.004, depends_on=(a.id,))
+    assert first.state is JobState.RUNNING
+    assert second.state is JobState.QUEUED
+    assert a.state is JobState.RUNNING
+    assert b.state is JobState.QUEUED
+    bed.run()
+    assert bed.scheduler.statistics().followed == 0
+    assert second.started_at is not None
+    assert first.finished_at is not None
+    assert second.started_at >= first.finished_at
+
+
+def test_a_follower_gives_way_while_latency_work_occupies_every_engine() -> None:
+    """With a latency job on every engine, a follower takes no credit: it waits for its head's
+    end, and other contexts' latency steps keep their credits."""
+    bed = make_bed()
+    others = []
+    for _ in range(bed.engines - 1):
+        c = bed.context()
+        others += bed.burn(c, bed.queue(c, SchedulingClass.LATENCY), 0.01)
+    ctx = bed.context()
+    head, follower = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.004, n=2)
+    assert head.state is JobState.RUNNING
+    assert follower.state is JobState.READY  # ready, held back: every engine runs latency work
+    assert not follower.on_device
+    bed.run()
+    assert all(j.state is JobState.COMPLETED for j in [*others, head, follower])
+    assert follower.started_at is not None
+    assert head.finished_at is not None
+    assert follower.started_at >= head.finished_at
+    assert bed.scheduler.statistics().followed == 0
+
+
+@pytest.mark.parametrize("follower_first", [False, True])
+def test_an_engine_reset_puts_a_head_and_its_follower_back_in_their_order(
+    follower_first: bool,
+) -> None:
+    """A hung job ahead of a head and its follower on one engine is reset by a device that
+    aborts everything queued there (as kernel drivers do): both go back to READY and run
+    again, the follower still after the head's end, whichever abort is reported first."""
+    bed = make_bed()
+    ctx = bed.context()
+    bed.device.inject_hang(0)
+    tput = bed.queue(ctx, SchedulingClass.THROUGHPUT)
+    [hung] = bed.burn(ctx, tput, 0.002, engine=0, timeout_s=0.05)
+    lat = bed.queue(ctx, SchedulingClass.LATENCY)
+    head, follower = bed.burn(ctx, lat, 0.004, n=2, engine=0)
+    assert [j.engine for j in (hung, head, follower)] == [0, 0, 0]
+    assert follower.state is JobState.RUNNING  # behind the head, behind the hung job
+    reset = bed.device.reset_engine
+
+    def reset_aborting_the_queue(engine: int, reason: str) -> None:
+        for job in (follower, head) if follower_first else (head, follower):
+            assert job.token is not None
+            assert bed.device.abort(job.token)
+        reset(engine, reason)
+
+    bed.device.reset_engine = reset_aborting_the_queue  # type: ignore[method-assign]
+    bed.run()
+    assert hung.state is JobState.TIMED_OUT
+    assert head.state is JobState.COMPLETED
+    assert follower.state is JobState.COMPLETED
+    assert bed.scheduler.statistics().requeued_after_reset == 2
+    assert follower.started_at is not None
+    assert head.finished_at is not None
+    assert follower.started_at >= head.finished_at
+
+
+def test_a_follower_of_a_cancelled_head_still_runs() -> None:
+    """Cancelling the running head aborts it; its follower, already on the device, runs (an
+    in-order queue is not poisoned by one job's end)."""
+    bed = make_bed()
+    ctx = bed.context()
+    head, follower = bed.burn(ctx, bed.queue(ctx, SchedulingClass.LATENCY), 0.004, n=2)
+    assert follower.state is JobState.RUNNING
+    bed.scheduler.cancel(head)
+    bed.run()
+    assert head.state is JobState.CANCELLED
+    assert follower.state is JobState.COMPLETED

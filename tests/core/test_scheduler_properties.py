@@ -1,8 +1,9 @@
 """Scheduler invariants: a state machine over submit / cancel / close / faults / time on the sim.
 
 Whatever happens, every job reaches exactly one terminal state, exactly once (its done
-callbacks run once), nothing is lost (live counts match), and a closed context leaves no trace
-in any statistic.
+callbacks run once), nothing is lost (live counts match), an in-order queue starts a job only
+after every job before it has ended (although its latency jobs may reach the device earlier),
+and a closed context leaves no trace in any statistic.
 """
 
 from __future__ import annotations
@@ -120,6 +121,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         stats = self.bed.scheduler.statistics()
         assert sum(c.queued + c.ready + c.running for c in stats.classes) == live
         assert sum(stats.ended.values()) == len(self.jobs) - live
+
+    @invariant()
+    def an_in_order_queue_starts_a_job_only_after_its_predecessors_ended(self) -> None:
+        by_queue: dict[str, list[Job]] = {}
+        for job in self.jobs:
+            if job.queue.in_order:
+                by_queue.setdefault(job.queue.id, []).append(job)
+        for jobs in by_queue.values():
+            for i, job in enumerate(jobs):
+                if job.started_at is None:
+                    continue
+                for earlier in jobs[:i]:
+                    assert earlier.done, (earlier.id, earlier.state, job.id)
+                    assert earlier.finished_at is not None
+                    assert earlier.finished_at <= job.started_at + 1e-12, (earlier.id, job.id)
 
     def teardown(self) -> None:
         bed = self.bed

@@ -77,7 +77,8 @@ def test_a_stream_rewritten_after_admission_is_still_bounded_by_the_device() -> 
     device refuses it when it runs (FAILED, naming the bound), and reads no padding."""
     bed = make_bed()
     ctx = bed.context()
-    queue = bed.queue(ctx, SchedulingClass.LATENCY)  # in order: the second job waits for the first
+    # in order (throughput): the second job stays QUEUED until the first has ended
+    queue = bed.queue(ctx, SchedulingClass.THROUGHPUT)
     [first] = bed.burn(ctx, queue, 0.01)
     good = Program().copy(T(1, 0, (16,)), T(0, 0, (16,))).encode()
     bad = Program().copy(T(1, 0, (N,)), T(0, 0, (N,))).encode()

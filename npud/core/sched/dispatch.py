@@ -165,6 +165,8 @@ class Dispatcher:
             late = None
             if self._policy.reject_late and job.deadline is not None:
                 late = self._admission.admission_estimate(job)
+                if late is not None and job.behind is not None:
+                    late += self._engines.ahead_of(job, now)  # it starts when that ends
             if late is not None and job.deadline is not None and now + late > job.deadline:
                 queues.refund(job)
                 self._life.finish(
@@ -176,6 +178,16 @@ class Dispatcher:
                         f"more, past its deadline {job.deadline:.6f} s: rejected before it ran",
                     ),
                 )
+                continue
+            if job.behind is not None and job.behind.done:
+                job.behind = None  # it heads its queue now
+            if job.behind is not None and (
+                ready[SchedulingClass.LATENCY] > 0
+                or self._engines.latency_in_flight >= len(self._engines)
+            ):
+                # a follower gives way to latency work that is ready now (see "Why an
+                # in-order latency job may be handed over behind its predecessor")
+                queues.hold(job)
                 continue
             engine = self._engines.choose(job, cls, shallow, idle_only)
             if engine is None:
@@ -256,8 +268,14 @@ class Dispatcher:
                 life.finish(job, JobState.FAILED, _unsent(job, err))
             return
         self._idle_retries = 0
+        if job.behind is not None:
+            self._ledger.followed += 1
         if job.on_device and engine.inflight[0] is job:
             self._watchdog.start(job, engine)
+        if job.on_device and cls is SchedulingClass.LATENCY and job.queue.in_order:
+            follower = job.queue.second()
+            if follower is not None:
+                life.maybe_ready(follower)  # it may go behind ``job`` on its engine
 
 
 def _unsent(job: Job, err: Exception) -> JobError:

@@ -182,7 +182,22 @@ class Engines:
     def choose(
         self, job: Job, cls: SchedulingClass, shallow: bool, idle_only: bool = False
     ) -> Engine | None:
-        """The engine ``job`` goes to, or ``None`` when none has a credit for it now."""
+        """The engine ``job`` goes to, or ``None`` when none has a credit for it now (or, for
+        a job that follows its in-order predecessor, while that one is off its engine but
+        has not ended: see "Why an in-order latency job may be handed over behind its
+        predecessor" in :mod:`~npud.core.sched.lifecycle`)."""
+        behind = job.behind
+        if behind is not None:
+            if behind.done:
+                job.behind = None  # it is the head of its queue now: any engine will do
+            elif behind.on_device and not (behind.requeue_on_abort or behind.recall):
+                assert behind.engine is not None
+                engine = self.all[behind.engine]
+                if engine.inflight[-1] is not behind:
+                    return None  # other work went in behind it: wait for its end instead
+                return engine if self.can_take(engine, cls, shallow, idle_only) else None
+            else:
+                return None
         if job.engine_request is not None:
             engine = self.all[job.engine_request]
             return engine if self.can_take(engine, cls, shallow, idle_only) else None
@@ -209,6 +224,14 @@ class Engines:
         since = engine.head_since
         elapsed = now - since if since is not None else 0.0
         return max(0.0, engine.load_s - elapsed)
+
+    def ahead_of(self, job: Job, now: float) -> float:
+        """The work ``job`` waits for on the engine of the predecessor it follows (0.0 for a
+        job that follows none on a device)."""
+        behind = job.behind
+        if behind is None or not behind.on_device or behind.engine is None:
+            return 0.0
+        return self.remaining(self.all[behind.engine], now)
 
     def soonest_free(self, now: float) -> float:
         """How long until the first engine has finished the work it holds."""

@@ -348,6 +348,7 @@ class Scheduler:
             decisions=ledger.decisions,
             recalls=ledger.recalls,
             requeued_after_reset=ledger.requeued,
+            followed=ledger.followed,
             watchdog_resets=ledger.resets,
             deadline_misses=ledger.deadline_misses,
             held=len(self._queues.held),

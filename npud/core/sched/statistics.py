@@ -75,6 +75,7 @@ class SchedulerStatistics:
     deadline_misses: int
     held: int
     estimates: tuple[KindEstimate, ...]
+    followed: int = 0  # in-order latency jobs handed to the device behind their running head
 
     def by_class(self, sched_class: SchedulingClass) -> ClassStatistics:
         """The statistics of one class."""
@@ -98,6 +99,7 @@ class Ledger:
         self.decisions = 0
         self.recalls = 0
         self.requeued = 0
+        self.followed = 0
         self.resets = 0
         self.deadline_misses = 0
 

@@ -581,11 +581,11 @@ class SimDevice:
             bytes_read=outcome.bytes_read,
             bytes_written=outcome.bytes_written,
         )
+        self._kick()  # the engine moves on before its completion is handled, as a ring does
         if deferred:
             self._clock.call_at(now, lambda: job.on_done(completion))
         else:
             job.on_done(completion)
-        self._kick()
 
     # ---- process mode: replies from the device process --------------------------------
 
