@@ -9,6 +9,7 @@ follows from it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -105,7 +106,7 @@ def run_workload(sock: Path) -> Workload:
 
     - ``decode`` (default LATENCY): a LATENCY queue; a STATE buffer and a PERSISTENT weights
       buffer; three decode steps run to completion; then a long burn that keeps running and a
-      decode step queued behind it (the queue is in order).
+      decode step that depends on it, queued.
     - ``prefill`` (default THROUGHPUT, weight 2): a THROUGHPUT queue with four finished prefill
       chunks and a BACKGROUND queue (priority 1) with two finished jobs; it opens the same
       persistent weights by key and holds a 4 KiB scratch buffer it never wrote.
@@ -156,7 +157,9 @@ def run_workload(sock: Path) -> Workload:
             JobSpec(queue=w.decode_q, command=burn(BLOCKER_S), kind="hog", timeout_s=BLOCKER_S * 2),
         )
         w.blocker = blocker.job_id
-        w.waiting = client.submit(dec, step).job_id
+        # it waits for the blocker's completion in npud (QUEUED): without the dependency it
+        # would follow the blocker onto its engine and be RUNNING behind it
+        w.waiting = client.submit(dec, dataclasses.replace(step, depends_on=(blocker,))).job_id
         # The blocker must be on an engine before anyone looks: wait for RUNNING.
         deadline = time.monotonic() + 30
         while client.job(dec, blocker).state is not nc.JobState.RUNNING:
