@@ -8,7 +8,8 @@ error inside the servicer's ``async for``, which npud's error decorators can onl
 :class:`DecodeGuard` is a server interceptor that wraps each method's deserializer: bytes that
 do not parse become an :class:`Undecodable` marker instead of an exception, and the wrapped
 behaviour turns the marker into INVALID_ARGUMENT naming the rpc and the message type (the bytes
-are not echoed). Decodable requests pass through untouched.
+are not echoed), set as the rpc's status (see :func:`npud.api.status.set_error` for why not
+``context.abort()``). Decodable requests pass through untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from npud.api.status import abort
+from npud.api.status import set_error
 from npud.errors import InvalidArgument
 
 
@@ -50,11 +51,24 @@ def _error(method: str, bad: Undecodable) -> InvalidArgument:
 
 
 async def _checked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The request stream, raising InvalidArgument at the first message that did not parse."""
-    async for request in requests:
-        if isinstance(request, Undecodable):
-            raise _error(method, request)
-        yield request
+    """The request stream, raising InvalidArgument at the first message that did not parse.
+
+    Closing it closes grpc's reader of the stream too (see the comment below).
+    """
+    # Why the reader is closed: grpc.aio's request reader and the async generator it reads with
+    # refer to each other, and a generator left suspended (a servicer that stops reading at an
+    # error) keeps the last message it read, up to the 64 MiB message limit, until the cyclic
+    # collector's next full pass. Closed, it lets go of the message now.
+    stream = requests.__aiter__()
+    try:
+        async for request in stream:
+            if isinstance(request, Undecodable):
+                raise _error(method, request)
+            yield request
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _guard_handler(method: str, handler: Any) -> Any:
@@ -88,7 +102,8 @@ def _guard_handler(method: str, handler: Any) -> Any:
             try:
                 checked = arguments(request)
             except InvalidArgument as exc:
-                await abort(context, exc)
+                set_error(context, exc)
+                return
             responses = inner(checked, context)
             try:
                 async for response in responses:
@@ -97,6 +112,8 @@ def _guard_handler(method: str, handler: Any) -> Any:
                 # closed now, not when collected: a cancelled stream's cleanup (its session,
                 # its reader task, its event feed) must run when the client goes
                 await responses.aclose()
+                if streamed:
+                    await checked.aclose()
 
         wrapped = generator
     elif inspect.iscoroutinefunction(inner):
@@ -105,8 +122,13 @@ def _guard_handler(method: str, handler: Any) -> Any:
             try:
                 checked = arguments(request)
             except InvalidArgument as exc:
-                await abort(context, exc)
-            return await inner(checked, context)
+                set_error(context, exc)
+                return None
+            try:
+                return await inner(checked, context)
+            finally:
+                if streamed:
+                    await checked.aclose()
 
         wrapped = coroutine
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import grpc
 
@@ -98,14 +98,25 @@ def trailing_metadata_of(error: BaseException) -> tuple[tuple[str, str], ...]:
     return ((ERROR_KIND_KEY, kind_of(error)),)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
-    """End the current rpc with ``error``'s status code, message and class name.
+# Why an rpc fails by setting its status instead of context.abort()
+# grpc.aio's context.abort() raises an AbortError that the call's own state keeps. That error's
+# traceback holds the frames it left, and those hold the servicer context, which holds the
+# call's state: a reference cycle, so reference counting never frees the request, the error it
+# chained and every frame's locals. They waited for the cyclic collector's next full pass, which
+# a daemon with tens of thousands of long-lived objects makes rarely: a user repeating refused
+# 8 MiB requests grew the daemon by 400 MiB in 32 requests. Setting the status and returning
+# leaves no such cycle, and grpc sends the same status, message and trailing metadata.
 
-    Raises:
-        grpc.aio.AbortError: always (that is how grpc.aio ends an rpc).
+
+def set_error(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
+    """Make ``error``'s status code, message and class name the rpc's final status.
+
+    The caller then returns (a unary handler's response is discarded) or ends its response
+    stream, and grpc sends that status.
     """
-    await context.abort(status_of(error), message_of(error), trailing_metadata_of(error))
-    raise AssertionError("unreachable: context.abort() raises")  # pragma: no cover
+    context.set_code(status_of(error))
+    context.set_details(message_of(error))
+    context.set_trailing_metadata(trailing_metadata_of(error))
 
 
 def _shutting_down(servicer: Any) -> bool:
@@ -113,8 +124,9 @@ def _shutting_down(servicer: Any) -> bool:
     return bool(getattr(getattr(servicer, "_state", None), "shutting_down", False))
 
 
-async def _fail(context: Any, rpc: str, exc: Exception, *, shutting_down: bool = False) -> NoReturn:
-    """End an rpc for an exception its servicer let escape (called from an ``except``).
+def _fail(context: Any, rpc: str, exc: Exception, *, shutting_down: bool = False) -> None:
+    """Set an rpc's status for an exception its servicer let escape (called from an
+    ``except``; the caller then returns).
 
     grpc.aio's own abort passes through; an npud error becomes its status through the table;
     anything else is a bug, logged with its traceback and ended INTERNAL saying so. While the
@@ -128,7 +140,7 @@ async def _fail(context: Any, rpc: str, exc: Exception, *, shutting_down: bool =
         exc = errors.NpudError(f"internal error in {rpc}: {exc!r}")
     elif shutting_down and isinstance(exc, errors.NotFound):
         exc = errors.Unavailable(f"npud is shutting down and closed every context: {exc}")
-    await abort(context, exc)
+    set_error(context, exc)
 
 
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -147,7 +159,8 @@ def unary(fn: Handler) -> Handler:
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            await _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
+            _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
+            return None
 
     return wrapper
 
@@ -161,6 +174,6 @@ def streaming(fn: StreamHandler) -> StreamHandler:
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
-            await _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
+            _fail(context, fn.__name__, exc, shutting_down=_shutting_down(self))
 
     return wrapper

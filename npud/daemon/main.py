@@ -15,6 +15,7 @@ from pathlib import Path
 
 from npud import __version__
 from npud.config import load_settings
+from npud.daemon.allocator import MMAP_THRESHOLD_BYTES, return_large_blocks
 from npud.errors import ConfigError, NpudError
 from npud.log import configure, get_logger
 
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure(settings.log_level, settings.log_format)
     from npud.daemon.app import run
+
+    if return_large_blocks():
+        get_logger("npud").debug("npud.allocator", mmap_threshold_bytes=MMAP_THRESHOLD_BYTES)
 
     try:
         return run(settings)
