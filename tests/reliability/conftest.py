@@ -8,7 +8,7 @@ import pytest
 
 import npud.client
 from npud.testing.daemon import DaemonProcess
-from tests.reliability.harness import Admin, launch, world_reachable_dir, write_report
+from tests.reliability.harness import Admin, own_daemon, write_report
 from tests.reliability.leaks import Baseline, baseline
 
 
@@ -20,14 +20,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def shared() -> Iterator[DaemonProcess]:
     """One daemon (sim, fault injection on, reachable by every uid) for most tests."""
-    with world_reachable_dir("npud-rel-") as tmp:
-        # The identity and quota tests hold engines with 30 s THROUGHPUT BURN jobs: a slice
-        # that admits them (admission models each job and refuses one longer than the slice).
-        daemon = launch(tmp, scheduler__time_slice_ms="60000")
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0, daemon.log()[-4000:]
+    # The identity and quota tests hold engines with 30 s THROUGHPUT BURN jobs: a slice
+    # that admits them (admission models each job and refuses one longer than the slice).
+    with own_daemon("npud-rel-", scheduler__time_slice_ms="60000") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="session")

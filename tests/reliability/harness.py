@@ -73,6 +73,18 @@ def launch(tmp: Path, **settings: str) -> DaemonProcess:
     return start_daemon(tmp, env=env)
 
 
+@contextmanager
+def own_daemon(prefix: str, **settings: str) -> Iterator[DaemonProcess]:
+    """A daemon (:func:`launch`) in a fresh world-reachable directory named ``prefix...``; it
+    must stop cleanly (exit status 0) when the block ends."""
+    with world_reachable_dir(prefix) as tmp:
+        daemon = launch(tmp, **settings)
+        try:
+            yield daemon
+        finally:
+            assert daemon.stop() == 0, daemon.log()[-4000:]
+
+
 def restart(old: DaemonProcess, tmp: Path, **settings: str) -> DaemonProcess:
     """Start a new daemon on the same socket and state directory as ``old`` (which is dead)."""
     assert old.proc.poll() is not None, "the old daemon is still running"

@@ -51,10 +51,9 @@ from tests.reliability.harness import (
     NOBODY,
     OTHER,
     Actor,
-    launch,
+    own_daemon,
     record,
     rss_bytes,
-    world_reachable_dir,
 )
 from tests.reliability.leaks import assert_back, baseline
 
@@ -72,12 +71,8 @@ UNLOADED_ROUNDS = 3
 @pytest.fixture
 def daemon() -> Iterator[DaemonProcess]:
     """A daemon of this test alone (it measures RSS and latency against its own baseline)."""
-    with world_reachable_dir("npud-adv-") as tmp:
-        proc = launch(tmp)
-        try:
-            yield proc
-        finally:
-            assert proc.stop() == 0, proc.log()[-4000:]
+    with own_daemon("npud-adv-") as proc:
+        yield proc
 
 
 def _median_gap(rounds: list[dict[str, Any]]) -> float:

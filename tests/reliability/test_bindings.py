@@ -13,7 +13,7 @@ from npud.client import DeviceHealth, JobSpec, JobState
 from npud.devices.sim.wire import MAX_BINDINGS
 from npud.isa import Program
 from npud.testing.daemon import DaemonProcess
-from tests.reliability.harness import NOBODY, Actor, launch, record, world_reachable_dir
+from tests.reliability.harness import NOBODY, Actor, own_daemon, record
 from tests.reliability.leaks import assert_back, baseline
 
 pytestmark = pytest.mark.slow
@@ -22,12 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def private() -> Iterator[DaemonProcess]:
     """A daemon of this test alone (a device lost here must not spill into other tests)."""
-    with world_reachable_dir("npud-bind-") as tmp:
-        daemon = launch(tmp)
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0, daemon.log()[-4000:]
+    with own_daemon("npud-bind-") as daemon:
+        yield daemon
 
 
 def _victim_job(npu: npud.client.Client) -> JobState:

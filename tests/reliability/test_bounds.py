@@ -31,10 +31,9 @@ from tests.reliability.harness import (
     NOBODY,
     OTHER,
     Actor,
-    launch,
+    own_daemon,
     record,
     rss_bytes,
-    world_reachable_dir,
 )
 
 BufferStub = buffer_pb2_grpc.BufferServiceStub
@@ -79,12 +78,8 @@ class Attacker:
 def shared() -> Iterator[DaemonProcess]:
     """A daemon of this module's own: its 32 MiB buffers and refused floods touch no other
     test's baseline."""
-    with world_reachable_dir("npud-bounds-") as tmp:
-        daemon = launch(tmp)
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0, daemon.log()[-4000:]
+    with own_daemon("npud-bounds-") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import npud.client
 from npud.client import Persistence
 from npud.testing.daemon import DaemonProcess
 from tests import ROOT
-from tests.reliability.harness import NOBODY, fd_count, launch, record, world_reachable_dir
+from tests.reliability.harness import NOBODY, fd_count, own_daemon, record
 from tests.reliability.leaks import assert_back, baseline
 
 pytestmark = pytest.mark.slow
@@ -35,12 +35,8 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def shared() -> Iterator[DaemonProcess]:
     """This module's daemon (sim, reachable by every uid)."""
-    with world_reachable_dir("npud-fds-") as tmp:
-        daemon = launch(tmp)
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0, daemon.log()[-4000:]
+    with own_daemon("npud-fds-") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import npud.client
 from npud.testing.daemon import DaemonProcess
 from npud.v1 import admin_pb2, context_pb2, context_pb2_grpc
-from tests.reliability.harness import NOBODY, OTHER, Actor, launch, record, world_reachable_dir
+from tests.reliability.harness import NOBODY, OTHER, Actor, own_daemon, record
 from tests.reliability.leaks import Baseline, assert_back
 
 pytestmark = pytest.mark.slow
@@ -145,22 +145,18 @@ def test_user_cannot_see_or_touch_another_users_objects_but_admin_can(
 def guarded() -> Iterator[DaemonProcess]:
     """A daemon with socket mode 0660 group 65533, an admin group, small per-user quotas and
     fault injection off."""
-    with world_reachable_dir("npud-quota-") as tmp:
-        daemon = launch(
-            tmp,
-            socket_mode="0660",
-            socket_group=str(SOCKET_GID),
-            admin_group=str(ADMIN_GID),
-            quotas__max_contexts_per_user="3",
-            quotas__memory_bytes_per_user=str(2 * MiB),
-            quotas__max_jobs_per_user="4",
-            fault_injection="0",
-            scheduler__time_slice_ms="60000",  # the live-jobs quota is held by 10 s jobs
-        )
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0
+    with own_daemon(
+        "npud-quota-",
+        socket_mode="0660",
+        socket_group=str(SOCKET_GID),
+        admin_group=str(ADMIN_GID),
+        quotas__max_contexts_per_user="3",
+        quotas__memory_bytes_per_user=str(2 * MiB),
+        quotas__max_jobs_per_user="4",
+        fault_injection="0",
+        scheduler__time_slice_ms="60000",  # the live-jobs quota is held by 10 s jobs
+    ) as daemon:
+        yield daemon
 
 
 def test_socket_mode_and_group_decide_who_may_connect(guarded: DaemonProcess) -> None:

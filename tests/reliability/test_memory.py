@@ -32,7 +32,7 @@ from npud.v1 import (
     job_pb2,
     job_pb2_grpc,
 )
-from tests.reliability.harness import OTHER, Actor, launch, record, rss_bytes, world_reachable_dir
+from tests.reliability.harness import OTHER, Actor, own_daemon, record, rss_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -86,12 +86,8 @@ class Attacker:
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
     """A daemon of this module's own: its RSS is what these tests alone made of it."""
-    with world_reachable_dir("npud-memory-") as tmp:
-        d = launch(tmp)
-        try:
-            yield d
-        finally:
-            assert d.stop() == 0, d.log()[-4000:]
+    with own_daemon("npud-memory-") as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

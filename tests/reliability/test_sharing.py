@@ -25,7 +25,14 @@ from npud.llm.tiny import make_tiny
 from npud.llm.tokenizer import ByteTokenizer
 from npud.testing.daemon import DaemonProcess
 from tests.llm.reference import ReferenceLlama
-from tests.reliability.harness import NOBODY, Actor, launch, restart, world_reachable_dir
+from tests.reliability.harness import (
+    NOBODY,
+    Actor,
+    launch,
+    own_daemon,
+    restart,
+    world_reachable_dir,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +44,8 @@ TOKENS = 6
 def own() -> Iterator[DaemonProcess]:
     """A daemon of this module alone: the weights these tests seal stay warm in it, and must
     not change what other tests' allocations find."""
-    with world_reachable_dir("npud-share-") as tmp:
-        daemon = launch(tmp)
-        try:
-            yield daemon
-        finally:
-            assert daemon.stop() == 0, daemon.log()[-4000:]
+    with own_daemon("npud-share-") as daemon:
+        yield daemon
 
 
 @pytest.fixture
