@@ -112,12 +112,13 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
                 self._log.warning(
                     "plugin.allocate_failed", shares=list(r.devices_ids), error=str(exc)
                 )
-                await context.abort(_code(exc), f"npud-device-plugin: {exc}")
+                return _refuse(context, _code(exc), f"npud-device-plugin: {exc}")
             except OSError as exc:
                 self._log.warning(
                     "plugin.allocate_failed", shares=list(r.devices_ids), error=str(exc)
                 )
-                await context.abort(
+                return _refuse(
+                    context,
                     grpc.StatusCode.INTERNAL,
                     f"npud-device-plugin: cannot write the tenant credential: {exc}",
                 )
@@ -129,3 +130,13 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
     ) -> dp.PreStartContainerResponse:
         """Nothing to prepare."""
         return dp.PreStartContainerResponse()
+
+
+def _refuse(context: Any, code: grpc.StatusCode, details: str) -> dp.AllocateResponse:
+    """Fail the rpc with ``code`` and ``details`` by setting its status, not by
+    ``context.abort()``: grpc.aio keeps the AbortError on the call, a reference cycle through
+    the handler's frames that holds the request until a full garbage-collector pass. grpc
+    discards the returned (empty) response and sends the status."""
+    context.set_code(code)
+    context.set_details(details)
+    return dp.AllocateResponse()
