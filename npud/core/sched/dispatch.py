@@ -179,8 +179,6 @@ class Dispatcher:
                     ),
                 )
                 continue
-            if job.behind is not None and job.behind.done:
-                job.behind = None  # it heads its queue now
             if job.behind is not None and (
                 ready[SchedulingClass.LATENCY] > 0
                 or self._engines.latency_in_flight >= len(self._engines)

@@ -186,18 +186,15 @@ class Engines:
         a job that follows its in-order predecessor, while that one is off its engine but
         has not ended: see "Why an in-order latency job may be handed over behind its
         predecessor" in :mod:`~npud.core.sched.lifecycle`)."""
-        behind = job.behind
+        behind = job.behind  # cleared when that predecessor ends
         if behind is not None:
-            if behind.done:
-                job.behind = None  # it is the head of its queue now: any engine will do
-            elif behind.on_device and not (behind.requeue_on_abort or behind.recall):
-                assert behind.engine is not None
-                engine = self.all[behind.engine]
-                if engine.inflight[-1] is not behind:
-                    return None  # other work went in behind it: wait for its end instead
-                return engine if self.can_take(engine, cls, shallow, idle_only) else None
-            else:
+            if not behind.on_device or behind.requeue_on_abort or behind.recall:
                 return None
+            assert behind.engine is not None
+            engine = self.all[behind.engine]
+            if engine.inflight[-1] is not behind:
+                return None  # other work went in behind it: wait for its end instead
+            return engine if self.can_take(engine, cls, shallow, idle_only) else None
         if job.engine_request is not None:
             engine = self.all[job.engine_request]
             return engine if self.can_take(engine, cls, shallow, idle_only) else None

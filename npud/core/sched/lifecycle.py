@@ -212,6 +212,7 @@ class JobLifecycle:
             if j.queue.in_order:
                 head = j.queue.head()
                 if head is not None:
+                    head.behind = None  # the job it followed has ended: any engine will do
                     self.maybe_ready(head)
                     follower = j.queue.second()
                     if follower is not None:
