@@ -32,26 +32,26 @@ class Distribution:
 EMPTY = Distribution()
 
 
-class RecentSamples:
-    """The most recent ``capacity`` samples of one duration."""
+class RecentSamples(deque[float]):
+    """The most recent ``capacity`` samples of one duration: a bounded ring.
 
-    __slots__ = ("_ring",)
+    It is the ring itself (a ``deque`` with ``maxlen``), so recording a sample, once per
+    ended job in each of the scheduler's, the queue's and the context's windows, is one call
+    into C rather than a Python method around one.
+    """
+
+    __slots__ = ()
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._ring: deque[float] = deque(maxlen=capacity)
+        super().__init__(maxlen=capacity)
 
-    def add(self, value: float) -> None:
-        """Record one sample (evicting the oldest when full)."""
-        self._ring.append(value)
-
-    def __len__(self) -> int:
-        return len(self._ring)
+    add = deque.append  # record one sample (evicting the oldest when full)
 
     def snapshot(self) -> Distribution:
         """Percentiles (nearest rank) over the samples currently held."""
-        if not self._ring:
+        if not self:
             return EMPTY
-        ordered = sorted(self._ring)
+        ordered = sorted(self)
         n = len(ordered)
 
         def rank(q: float) -> float:

@@ -35,12 +35,16 @@ from npud.core.buffers import Buffer
 from npud.core.ids import ContextId, JobId, QueueId
 from npud.devices.base import BufferUse, Completion, SubmitToken
 from npud.errors import NpudError
-from npud.vocab import JobState, SchedulingClass
+from npud.vocab import TERMINAL_STATES, JobState, SchedulingClass
 
 if TYPE_CHECKING:
     from npud.core.queue import Queue
 
 _log = logging.getLogger(__name__)
+
+STATE_VALUES: dict[JobState, str] = {s: s.value for s in JobState}
+"""Each state's wire name: the key of the ``ended`` counters (a dict lookup, where an enum's
+``.value`` is a Python-level descriptor call on every ended job)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +138,12 @@ class Job:
     watchdog: TimerHandle | None = None
     _callbacks: list[DoneCallback] = field(default_factory=list)
     _buffers: tuple[Buffer, ...] | None = None
+    # the scheduling class of the job's queue (a queue's class never changes); a field, not a
+    # property, because the scheduler reads it a dozen times per job
+    sched_class: SchedulingClass = field(init=False)
 
-    @property
-    def sched_class(self) -> SchedulingClass:
-        """The scheduling class of the job's queue."""
-        return self.queue.sched_class
+    def __post_init__(self) -> None:
+        self.sched_class = self.queue.sched_class
 
     @property
     def queue_id(self) -> QueueId:
@@ -148,7 +153,7 @@ class Job:
     @property
     def done(self) -> bool:
         """Whether the job has reached a terminal state."""
-        return self.state.terminal
+        return self.state in TERMINAL_STATES
 
     @property
     def submitted_at(self) -> float:

@@ -24,7 +24,6 @@ from npud.vocab import SchedulingClass
 
 if TYPE_CHECKING:
     from npud.core.job import Job
-    from npud.vocab import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +80,10 @@ class Queue:
                 return job
         return None
 
-    def record_end(self, state: JobState, wait_s: float | None, run_s: float | None) -> None:
-        """Account one ended job."""
+    def record_end(self, state: str, wait_s: float | None, run_s: float | None) -> None:
+        """Account one ended job (``state``: its terminal state's wire name)."""
         self.depth -= 1
-        self.ended[state.value] = self.ended.get(state.value, 0) + 1
+        self.ended[state] = self.ended.get(state, 0) + 1
         if wait_s is not None:
             self.waits.add(wait_s)
         if run_s is not None:

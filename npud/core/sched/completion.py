@@ -84,7 +84,7 @@ class Completions:
         if ctx is not None:
             ctx.device_time_s += run
         cls = job.sched_class
-        self._shares.charge(cls, run - job.charged_s)
+        self._shares.charge(cls, run - job.charged_s, now)
         if cls is SchedulingClass.THROUGHPUT and not self._fifo:
             self._queues.fair.correct(job, run - job.charged_s)
         job.charged_s = 0.0
@@ -108,7 +108,7 @@ class Completions:
             job.started_at = None
             job.engine = None
             job.token = None
-            life.set_state(job, JobState.READY)
+            life.set_state(job, JobState.READY, now)
             self._queues.push(job)
         elif ok:
             if job.started_at is None:
@@ -116,7 +116,7 @@ class Completions:
                 # one's completion had not been delivered yet), so it was never stamped as
                 # started: the device's measured run time says when it started.
                 job.started_at = max(job.submitted_at, now - run)
-            life.finish(job, JobState.COMPLETED, None, completion)
+            life.finish(job, JobState.COMPLETED, None, completion, now)
         elif status is CompletionStatus.ERROR:
             life.finish(
                 job,

@@ -139,9 +139,12 @@ class Dispatcher:
     def _dispatch_all(self) -> None:
         queues = self._queues
         ready = queues.ready
+        lat, tp, bg = CLASS_ORDER
         while True:
             if self._loss.reason is not None:
                 return
+            if ready[lat] <= 0 and ready[tp] <= 0 and ready[bg] <= 0:
+                return  # nothing READY (most pumps after a completion): no clock, no choice
             now = self._clock.now()
             shallow = not self._fifo and self._latency_mode(now)
             eligible = self.eligible(shallow)
@@ -191,7 +194,7 @@ class Dispatcher:
             if engine is None:
                 queues.hold(job)
                 continue
-            self._dispatch(job, engine, est)
+            self._dispatch(job, engine, est, now)
 
     # ---- Why held jobs are retried on a timer when the device is idle --------------------
     #
@@ -218,7 +221,7 @@ class Dispatcher:
         self._idle_retry = None
         self.kick()
 
-    def _dispatch(self, job: Job, engine: Engine, est: float | None) -> None:
+    def _dispatch(self, job: Job, engine: Engine, est: float | None, now: float) -> None:
         buffers = job.buffers()
         residency = self._residency
         life = self._life
@@ -248,13 +251,13 @@ class Dispatcher:
         cost = est if est is not None else self._policy.unknown_cost_s
         if cls is not SchedulingClass.THROUGHPUT or self._fifo:
             job.charged_s = cost
-        self._shares.charge(cls, job.charged_s)
+        self._shares.charge(cls, job.charged_s, now)
         job.on_device = True
         job.engine = engine.index
         ctx = life.contexts[job.context_id]
         ctx.on_device += 1
-        life.set_state(job, JobState.RUNNING)
-        self._engines.put(job, engine)
+        life.set_state(job, JobState.RUNNING, now)
+        self._engines.put(job, engine, now)
         try:
             job.token = self._device.submit(submission, partial(self._completions.on_done, job))
         except Exception as err:  # the job must not stay RUNNING without reaching the device

@@ -137,14 +137,14 @@ class Engines:
                     recalled += 1
         return recalled
 
-    def put(self, job: Job, engine: Engine) -> None:
-        """``job`` was handed to ``engine``: take its credit and charge its work there."""
+    def put(self, job: Job, engine: Engine, now: float) -> None:
+        """``job`` was handed to ``engine`` at ``now``: take its credit and charge its work."""
         engine.inflight.append(job)
         engine.load_s += job.charged_s
         if job.sched_class is SchedulingClass.LATENCY:
             engine.latency += 1
             self.latency_in_flight += 1
-            self.last_latency = self._clock.now()
+            self.last_latency = now
         else:
             engine.other += 1
 

@@ -22,7 +22,7 @@ from npud.core.buffers import Buffer
 from npud.core.context import Context, ContextState
 from npud.core.events import EventBus, JobEvent
 from npud.core.ids import ContextId
-from npud.core.job import Job, JobError
+from npud.core.job import STATE_VALUES, Job, JobError
 from npud.core.policy import PolicyKind, SchedulerPolicy
 from npud.core.sched.engines import Engine, Engines
 from npud.core.sched.port import ResidencyPort
@@ -86,12 +86,13 @@ class JobLifecycle:
         self._ledger.submitted += 1
         self.publish(job)
 
-    def set_state(self, job: Job, state: JobState) -> None:
-        """Move ``job`` to ``state``, count and timestamp it (READY and RUNNING publish here;
-        QUEUED and the terminal states publish where they are set)."""
+    def set_state(self, job: Job, state: JobState, now: float | None = None) -> None:
+        """Move ``job`` to ``state``, count and timestamp it at ``now`` (default: the clock's
+        time; READY and RUNNING publish here, QUEUED and the terminal states where they are
+        set)."""
         self._ledger.moved(job, state)
         job.state = state
-        job.times[state] = self._clock.now()
+        job.times[state] = self._clock.now() if now is None else now
         if state is JobState.READY or state is JobState.RUNNING:
             self.publish(job)
 
@@ -125,9 +126,10 @@ class JobLifecycle:
     # succeeded") are not in-order: a job with unmet ones waits for their completion as before.
     # ------------------------------------------------------------------------------------
 
-    def maybe_ready(self, job: Job) -> None:
+    def maybe_ready(self, job: Job, now: float | None = None) -> None:
         """Make a QUEUED ``job`` READY if nothing holds it back any more (an in-order latency
-        job whose predecessor is on the device goes READY pinned behind it)."""
+        job whose predecessor is on the device goes READY pinned behind it), stamped ``now``
+        (default: the clock's time)."""
         if job.state is not JobState.QUEUED or job.unmet:
             return
         queue = job.queue
@@ -142,10 +144,12 @@ class JobLifecycle:
         if ctx is None or not ctx.open:
             return
         job.behind = behind
-        self.set_state(job, JobState.READY)
+        if now is None:
+            now = self._clock.now()
+        self.set_state(job, JobState.READY, now)
         self._queues.push(job)
         if job.sched_class is SchedulingClass.LATENCY:
-            self._engines.last_latency = self._clock.now()
+            self._engines.last_latency = now
             if not self._fifo:
                 self._ledger.recalls += self._engines.recall_deep(self._device)
 
@@ -178,8 +182,12 @@ class JobLifecycle:
         state: JobState,
         error: JobError | None,
         completion: Completion | None = None,
+        now: float | None = None,
     ) -> None:
-        """End ``job`` (and, transitively, dependents that can no longer run)."""
+        """End ``job`` (and, transitively, dependents that can no longer run) at ``now``
+        (default: the clock's time)."""
+        if now is None:
+            now = self._clock.now()
         stack: list[tuple[Job, JobState, JobError | None, Completion | None]] = [
             (job, state, error, completion)
         ]
@@ -191,11 +199,11 @@ class JobLifecycle:
                 self._queues.ready[j.sched_class] -= 1
             j.held = False
             j.behind = None
-            self.set_state(j, s)
+            self.set_state(j, s, now)
             j.error = err
             if comp is not None:
                 j.completion = comp
-            self._account_end(j, s)
+            self._account_end(j, s, now)
             self.publish(j)
             for hook in self.on_end:
                 hook(j)
@@ -205,7 +213,7 @@ class JobLifecycle:
                     continue
                 if s is JobState.COMPLETED:
                     dep.unmet -= 1
-                    self.maybe_ready(dep)
+                    self.maybe_ready(dep, now)
                 else:
                     stack.append((dep, JobState.CANCELLED, self.dependency_error(j), None))
             j.dependents.clear()
@@ -213,20 +221,34 @@ class JobLifecycle:
                 head = j.queue.head()
                 if head is not None:
                     head.behind = None  # the job it followed has ended: any engine will do
-                    self.maybe_ready(head)
+                    self.maybe_ready(head, now)
                     follower = j.queue.second()
                     if follower is not None:
-                        self.maybe_ready(follower)  # behind a head already on the device
+                        self.maybe_ready(follower, now)  # behind a head already on the device
 
-    def _account_end(self, job: Job, state: JobState) -> None:
-        self._ledger.record_end(job, state)
-        job.queue.record_end(state, job.queue_wait_s, job.run_s)
+    # ---- Why one accounting pass at the end --------------------------------------------
+    #
+    # The scheduler's class figures, the queue's and the context's each keep the ended job's
+    # wait and run and a count per terminal state. They are worked out once here, from the
+    # job's stamps and the end time ``now`` its state was stamped with, and handed to each,
+    # rather than each reading the job's derived properties (a dozen Python calls per job on
+    # the path every null job takes).
+    # ------------------------------------------------------------------------------------
+
+    def _account_end(self, job: Job, state: JobState, now: float) -> None:
+        started = job.started_at
+        if started is None:
+            wait = run = None
+        else:
+            wait, run = started - job.times[JobState.QUEUED], now - started
+        name = STATE_VALUES[state]
+        self._ledger.record_end(job, state, now, wait, run)
+        job.queue.record_end(name, wait, run)
         ctx = self.contexts.get(job.context_id)
         if ctx is None:
             return
-        wait, run = job.queue_wait_s, job.run_s
         ctx.jobs.pop(job.id, None)
-        ctx.ended[state.value] = ctx.ended.get(state.value, 0) + 1
+        ctx.ended[name] = ctx.ended.get(name, 0) + 1
         if wait is not None:
             ctx.waits.add(wait)
         if run is not None:

@@ -280,7 +280,7 @@ class Scheduler:
         for job, dep in doomed:
             life.finish(job, JobState.CANCELLED, life.dependency_error(dep))
         for job in jobs:
-            life.maybe_ready(job)
+            life.maybe_ready(job, now)
         self._dispatch.pump()
 
     # ------------------------------------------------------------------ cancellation

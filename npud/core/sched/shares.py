@@ -66,9 +66,11 @@ class ClassShares:
                 return (cls if cls in eligible else None), False
         return None, False
 
-    def charge(self, cls: SchedulingClass, seconds: float) -> None:
-        """Add ``seconds`` of device time to ``cls`` (negative: a correction downwards)."""
-        now = self._clock.now()
+    def charge(self, cls: SchedulingClass, seconds: float, now: float | None = None) -> None:
+        """Add ``seconds`` of device time to ``cls`` (negative: a correction downwards) at
+        ``now`` (default: the clock's time)."""
+        if now is None:
+            now = self._clock.now()
         if now > self._usage_at:
             factor = 0.5 ** ((now - self._usage_at) / self._policy.share_window_s)
             for c in CLASS_ORDER:

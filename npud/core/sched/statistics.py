@@ -18,7 +18,7 @@ from npud.core.distribution import (
     RecentSamples,
 )
 from npud.core.estimates import KindEstimate
-from npud.core.job import Job
+from npud.core.job import STATE_VALUES, Job
 from npud.core.policy import CLASS_ORDER, PolicyKind, SchedulerPolicy
 from npud.vocab import DeviceHealth, JobState, SchedulingClass
 
@@ -111,9 +111,11 @@ class Ledger:
         if state in counts:
             counts[state] += 1
 
-    def record_end(self, job: Job, state: JobState) -> None:
-        """``job`` ended in ``state`` (its times are stamped): count it and its wait and run."""
-        wait, run = job.queue_wait_s, job.run_s
+    def record_end(
+        self, job: Job, state: JobState, end: float, wait: float | None, run: float | None
+    ) -> None:
+        """``job`` ended in ``state`` at ``end`` after waiting ``wait`` and running ``run``
+        seconds (``None``: it never started): count it and its wait and run."""
         cls = job.sched_class
         if wait is not None:
             self.waits[cls].add(wait)
@@ -121,12 +123,9 @@ class Ledger:
         if run is not None:
             self.runs[cls].add(run)
             self.run_buckets[cls].add(run)
-        self.ended[state.value] = self.ended.get(state.value, 0) + 1
-        if (
-            state is JobState.COMPLETED
-            and job.deadline is not None
-            and job.times[state] > job.deadline
-        ):
+        ended, name = self.ended, STATE_VALUES[state]
+        ended[name] = ended.get(name, 0) + 1
+        if state is JobState.COMPLETED and job.deadline is not None and end > job.deadline:
             self.deadline_misses += 1
 
     def classes(
