@@ -85,10 +85,11 @@ class DeviceMemory:
             TierUsage(MemoryTier.HOST, 0, 0, self.host_bytes, counts[MemoryTier.HOST]),
         )
 
-    def touch(self, entry: Entry) -> None:
-        """``entry`` was used now: refresh its last use and its eviction credit."""
+    def touch(self, entry: Entry, now: float | None = None) -> None:
+        """``entry`` was used at ``now`` (default: the clock's time): refresh its last use and
+        its eviction credit."""
         buf = entry.buffer
-        buf.last_used = max(buf.last_used, self._clock.now())
+        buf.last_used = max(buf.last_used, self._clock.now() if now is None else now)
         entry.credit = self._gds.credit(buf, backed=entry.backing is not None)
 
     def tiers_for(self, buf: Buffer) -> list[MemoryTier]:

@@ -172,7 +172,9 @@ class BufferStore:
         self._n.hits += len(unique) - len(missing)
         for entry in entries:
             entry.buffer.binds += 1
-            self._mem.touch(entry)
+        # No touch here: from now until end_run (which touches) the buffers are bound to the
+        # job and cannot be evicted, so a credit refreshed now would be refreshed again before
+        # anyone compares it; one touch per job is enough.
         self._mem.promote(entries, protect)
         return True
 
@@ -180,8 +182,9 @@ class BufferStore:
         """Whether every buffer is resident now (the scheduler's "prefer resident" tie-break)."""
         return all(b.device is not None for b in buffers)
 
-    def begin_run(self, buffers: Sequence[Buffer]) -> None:
-        """Mark a job's buffers as running: they cannot be evicted until :meth:`end_run`.
+    def begin_run(self, buffers: Sequence[Buffer], now: float | None = None) -> None:
+        """Mark a job's buffers as running at ``now`` (default: the clock's time): they cannot
+        be evicted until :meth:`end_run`.
 
         Raises:
             FailedPrecondition: a buffer is not resident (call :meth:`prepare` first).
@@ -190,18 +193,23 @@ class BufferStore:
         for buf in unique:
             if buf.device is None:
                 raise FailedPrecondition(f"buffer {buf.id} is not resident; prepare() first")
-        now = self._clock.now()
+        if now is None:
+            now = self._clock.now()
         for buf in unique:
             buf.in_use += 1
             buf.last_used = now
 
-    def end_run(self, buffers: Sequence[Buffer], written: Sequence[Buffer]) -> None:
-        """A job using ``buffers`` finished; the ones in ``written`` now hold its results.
+    def end_run(
+        self, buffers: Sequence[Buffer], written: Sequence[Buffer], now: float | None = None
+    ) -> None:
+        """A job using ``buffers`` finished at ``now`` (default: the clock's time); the ones in
+        ``written`` now hold its results.
 
         Called for every finished job, whatever its status. Buffers released while the job
         ran are freed here.
         """
-        now = self._clock.now()
+        if now is None:
+            now = self._clock.now()
         written_ids = {b.id for b in written}
         for buf in distinct(buffers):
             buf.in_use = max(0, buf.in_use - 1)
@@ -212,7 +220,7 @@ class BufferStore:
             if buf.id in written_ids:
                 buf.valid = True
                 entry.hasher = None
-            self._mem.touch(entry)
+            self._mem.touch(entry, now)
             if entry.doomed and buf.in_use == 0:
                 self._destroy(entry)
 

@@ -76,9 +76,9 @@ class Completions:
         life = self._life
         engine = self._engines[job.engine]
         ok = completion.status is CompletionStatus.OK
-        was_head = life.off_device(job, engine, job.written_buffers() if ok else ())
-        run = max(0.0, completion.measured_s)
         now = self._clock.now()
+        was_head = life.off_device(job, engine, job.written_buffers() if ok else (), now)
+        run = max(0.0, completion.measured_s)
         self._engines.record_run(engine, now, run)
         ctx = life.contexts.get(job.context_id)
         if ctx is not None:

@@ -247,7 +247,7 @@ class Dispatcher:
             label=job.label or job.kind,
             timeout_s=self._watchdog.timeout_of(job),
         )
-        residency.begin_run(buffers)
+        residency.begin_run(buffers, now)
         cost = est if est is not None else self._policy.unknown_cost_s
         if cls is not SchedulingClass.THROUGHPUT or self._fifo:
             job.charged_s = cost

@@ -284,8 +284,11 @@ class JobLifecycle:
             )
         )
 
-    def off_device(self, job: Job, engine: Engine, written: Sequence[Buffer]) -> bool:
-        """Undo the device-side bookkeeping of ``job``; returns whether it headed its engine."""
+    def off_device(
+        self, job: Job, engine: Engine, written: Sequence[Buffer], now: float | None = None
+    ) -> bool:
+        """Undo the device-side bookkeeping of ``job`` at ``now`` (default: the clock's time);
+        returns whether it headed its engine."""
         was_head = self._engines.take(job, engine)
         if job.watchdog is not None:
             job.watchdog.cancel()
@@ -295,7 +298,7 @@ class JobLifecycle:
         if ctx is not None:
             ctx.on_device -= 1
         try:
-            self._residency.end_run(job.buffers(), written)
+            self._residency.end_run(job.buffers(), written, now)
         except NpudError:
             _log.exception("end_run for job %s failed", job.id)
         return was_head

@@ -72,6 +72,11 @@ from npud.vocab import DeviceHealth, MemoryTier
 if TYPE_CHECKING:
     from npud.devices.sim.host import FirmwareHost
 
+MODEL_MEMO_STREAM_BYTES = 4096
+"""Command streams up to this size have their modelled duration remembered (per device)."""
+MODEL_MEMO_ENTRIES = 256
+"""At most this many remembered (stream, bindings) answers; the table starts over when full."""
+
 Mode = Literal["virtual", "process"]
 
 _BASE_ADDRESS = {MemoryTier.SRAM: 0xFF00_0000, MemoryTier.DRAM: 0x1_0000_0000}
@@ -126,6 +131,8 @@ class SimDevice:
         if mode not in ("virtual", "process"):
             raise InvalidArgument(f"unknown sim mode {mode!r} (expected 'virtual' or 'process')")
         self._profile = slowed(get_profile(profile), slowdown)
+        # the cost model's answers for recent small streams (see modelled_s)
+        self._modelled: dict[tuple[bytes, tuple[BindingShape, ...]], float] = {}
         self._slowdown = slowdown
         self._mode: Mode = mode
         self._name = name
@@ -403,6 +410,15 @@ class SimDevice:
             InvalidArgument: the decoder refuses the stream for these bindings (its message
                 names the op, the operand and what is wrong).
         """
+        # Why a memo: a decode loop submits the same small stream with the same bindings on
+        # every step, and decoding and costing it is pure in (stream, shapes, profile). Small
+        # streams only (the key holds the bytes), a bounded table that starts over when full.
+        small = len(command) <= MODEL_MEMO_STREAM_BYTES
+        if small:
+            key = (bytes(command), tuple(bindings))
+            known = self._modelled.get(key)
+            if known is not None:
+                return known
         try:
             instructions = decode_job(
                 command,
@@ -412,7 +428,12 @@ class SimDevice:
         except CommandStreamError as exc:
             raise InvalidArgument(f"malformed command stream for {self._name}: {exc}") from None
         tiers = [MemoryTier.DRAM if b.tier is None else b.tier for b in bindings]
-        return estimate(instructions, tiers, self._profile)
+        modelled = estimate(instructions, tiers, self._profile)
+        if small:
+            if len(self._modelled) >= MODEL_MEMO_ENTRIES:
+                self._modelled.clear()
+            self._modelled[key] = modelled
+        return modelled
 
     def submit(self, submission: Submission, on_done: CompletionCallback) -> SubmitToken:
         """Queue a job on its engine; ``on_done`` runs once on the clock's thread.
