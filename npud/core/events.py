@@ -106,22 +106,20 @@ class Subscription:
 class EventBus:
     """Synchronous fan-out of core events to subscribers."""
 
-    __slots__ = ("_job_listeners", "_published", "_subscribers")
+    __slots__ = ("_job_listeners", "_published", "_subscribers", "wants_jobs")
 
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
         self._published = 0
         self._job_listeners = 0
+        # Whether anyone takes job events: a plain attribute, kept by subscribe and cancel,
+        # because the scheduler asks four times per job (a property is a call each time).
+        self.wants_jobs = False
 
     @property
     def active(self) -> bool:
         """Whether anyone listens (publishers skip building events otherwise)."""
         return bool(self._subscribers)
-
-    @property
-    def wants_jobs(self) -> bool:
-        """Whether anyone takes job events (the scheduler's hot path asks)."""
-        return self._job_listeners > 0
 
     def subscribe(
         self, callback: Subscriber, *, kinds: tuple[type[Event], ...] | None = None
@@ -132,6 +130,7 @@ class EventBus:
         self._subscribers.append(sub)
         if kinds is None or JobEvent in kinds:
             self._job_listeners += 1
+            self.wants_jobs = True
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -140,6 +139,7 @@ class EventBus:
                 del self._subscribers[i]
                 if existing.kinds is None or JobEvent in existing.kinds:
                     self._job_listeners -= 1
+                    self.wants_jobs = self._job_listeners > 0
                 return
 
     def publish(self, event: Event) -> None:
