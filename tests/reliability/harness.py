@@ -166,6 +166,26 @@ class Admin:
         self._channel.close()
 
 
+@contextmanager
+def raw_session(
+    socket: Path, uid: int, *options: tuple[str, Any]
+) -> Iterator[tuple[grpc.Channel, tuple[tuple[str, str], ...]]]:
+    """A raw gRPC channel to the daemon at ``socket`` (with ``options``) and the metadata
+    carrying ``uid``'s token, fetched over the identity socket by an :class:`Actor` running as
+    that uid. The channel and the actor are closed when the block ends."""
+    actor = Actor(socket, uid)
+    try:
+        token = actor.send(op="token")
+        assert token["ok"], token
+        channel = grpc.insecure_channel(f"unix:{socket}", options=list(options))
+        try:
+            yield channel, (("npud-token", token["value"]),)
+        finally:
+            channel.close()
+    finally:
+        actor.close()
+
+
 class Actor:
     """A client process running as ``uid:gid`` (see tests/reliability/actor.py)."""
 

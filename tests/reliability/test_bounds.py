@@ -32,6 +32,7 @@ from tests.reliability.harness import (
     OTHER,
     Actor,
     own_daemon,
+    raw_session,
     record,
     rss_bytes,
 )
@@ -85,28 +86,23 @@ def shared() -> Iterator[DaemonProcess]:
 @pytest.fixture(scope="module")
 def attacker(shared: DaemonProcess) -> Iterator[Attacker]:
     """uid 65533's token on a raw channel, with one context and queue of its own."""
-    actor = Actor(shared.socket, OTHER)
-    token = actor.send(op="token")
-    assert token["ok"], token
-    channel = grpc.insecure_channel(f"unix:{shared.socket}")
-    md = (("npud-token", token["value"]),)
-    contexts = context_pb2_grpc.ContextServiceStub(channel)
-    jobs = job_pb2_grpc.JobServiceStub(channel)
-    ctx = contexts.CreateContext(context_pb2.CreateContextRequest(label="attacker"), metadata=md)
-    ctx_id = ctx.context.context_id
-    queue = jobs.CreateQueue(job_pb2.CreateQueueRequest(context_id=ctx_id), metadata=md)
-    yield Attacker(
-        channel,
-        md,
-        contexts,
-        jobs,
-        stats_pb2_grpc.StatsServiceStub(channel),
-        ctx_id,
-        queue.queue.queue_id,
-    )
-    contexts.DestroyContext(context_pb2.DestroyContextRequest(context_id=ctx_id), metadata=md)
-    channel.close()
-    actor.close()
+    with raw_session(shared.socket, OTHER) as (channel, md):
+        contexts = context_pb2_grpc.ContextServiceStub(channel)
+        jobs = job_pb2_grpc.JobServiceStub(channel)
+        ctx = contexts.CreateContext(
+            context_pb2.CreateContextRequest(label="attacker"), metadata=md
+        ).context.context_id
+        queue = jobs.CreateQueue(job_pb2.CreateQueueRequest(context_id=ctx), metadata=md)
+        yield Attacker(
+            channel,
+            md,
+            contexts,
+            jobs,
+            stats_pb2_grpc.StatsServiceStub(channel),
+            ctx,
+            queue.queue.queue_id,
+        )
+        contexts.DestroyContext(context_pb2.DestroyContextRequest(context_id=ctx), metadata=md)
 
 
 def test_non_finite_and_unbounded_numbers_are_refused_naming_the_field(

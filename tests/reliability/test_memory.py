@@ -32,7 +32,7 @@ from npud.v1 import (
     job_pb2,
     job_pb2_grpc,
 )
-from tests.reliability.harness import OTHER, Actor, own_daemon, record, rss_bytes
+from tests.reliability.harness import OTHER, own_daemon, raw_session, record, rss_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -93,27 +93,20 @@ def daemon() -> Iterator[DaemonProcess]:
 @pytest.fixture(scope="module")
 def attacker(daemon: DaemonProcess) -> Iterator[Attacker]:
     """uid 65533's token on a raw channel that sends up to 128 MiB a message."""
-    actor = Actor(daemon.socket, OTHER)
-    token = actor.send(op="token")
-    assert token["ok"], token
-    channel = grpc.insecure_channel(
-        f"unix:{daemon.socket}", options=[("grpc.max_send_message_length", 128 * MiB)]
-    )
-    md = (("npud-token", token["value"]),)
-    contexts = context_pb2_grpc.ContextServiceStub(channel)
-    buffers = buffer_pb2_grpc.BufferServiceStub(channel)
-    jobs = job_pb2_grpc.JobServiceStub(channel)
-    ctx = contexts.CreateContext(
-        context_pb2.CreateContextRequest(label="memory"), metadata=md
-    ).context.context_id
-    queue = jobs.CreateQueue(job_pb2.CreateQueueRequest(context_id=ctx), metadata=md).queue
-    buf = buffers.CreateBuffer(
-        buffer_pb2.CreateBufferRequest(context_id=ctx, size=4096), metadata=md
-    ).buffer
-    yield Attacker(channel, md, contexts, buffers, jobs, ctx, queue.queue_id, buf.buffer_id)
-    contexts.DestroyContext(context_pb2.DestroyContextRequest(context_id=ctx), metadata=md)
-    channel.close()
-    actor.close()
+    big = ("grpc.max_send_message_length", 128 * MiB)
+    with raw_session(daemon.socket, OTHER, big) as (channel, md):
+        contexts = context_pb2_grpc.ContextServiceStub(channel)
+        buffers = buffer_pb2_grpc.BufferServiceStub(channel)
+        jobs = job_pb2_grpc.JobServiceStub(channel)
+        ctx = contexts.CreateContext(
+            context_pb2.CreateContextRequest(label="memory"), metadata=md
+        ).context.context_id
+        queue = jobs.CreateQueue(job_pb2.CreateQueueRequest(context_id=ctx), metadata=md).queue
+        buf = buffers.CreateBuffer(
+            buffer_pb2.CreateBufferRequest(context_id=ctx, size=4096), metadata=md
+        ).buffer
+        yield Attacker(channel, md, contexts, buffers, jobs, ctx, queue.queue_id, buf.buffer_id)
+        contexts.DestroyContext(context_pb2.DestroyContextRequest(context_id=ctx), metadata=md)
 
 
 def _refused_large(a: Attacker, size: int) -> list[tuple[Callable[[], object], Code]]:
