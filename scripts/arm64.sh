@@ -7,8 +7,8 @@
 # daemon) runs under qemu-user through binfmt_misc. The root is cached; a second run only
 # re-installs npud from the checkout when it changed.
 #
-# usage:  scripts/arm64.sh ci               setup, the machine and ABI tests, the kernel suite
-#                                           (what scripts/test.sh runs)
+# usage:  scripts/arm64.sh ci               setup, the CI part of the test subset, the kernel
+#                                           suite (what scripts/test.sh runs)
 #         scripts/arm64.sh all              the whole test subset, the kernel suite and the
 #                                           board install (NPUD_ARM64=all ./scripts/test.sh)
 #         scripts/arm64.sh setup            build or refresh the roots and the venv
@@ -287,16 +287,32 @@ SUBSET=(tests/test_platform.py tests/abi tests/devices/sim/test_process.py
 # The simulated NPU computes every job for real; under qemu-user that is ~20x slower than the
 # host, so the daemons of this run scale their class watchdogs by the same factor.
 SCALE=${NPUD_ARM64_WATCHDOG_SCALE:-20}
-# The part of the subset CI runs on every change (the rest with NPUD_ARM64=all): the machine
-# check and the ABI check compiled by arm64 gcc, a few minutes under emulation. The rest takes
-# over half an hour on the shared 2-core machine (docs/board.md).
-CI_SUBSET=(tests/test_platform.py tests/abi)
+# What CI runs of the subset on every change (NPUD_ARM64=all runs all of it): the machine and
+# ABI checks, the device process (but for its two small-job-first cases, whose big job is
+# 17 GFLOP of int8 matmul: three seconds on the host, over ten minutes each under qemu-user),
+# the daemon end to end and under systemd's protocol, the LLM decode through the daemon against
+# the numpy reference and its CLI, and every npuctl command's JSON against a daemon's known
+# workload. About half the subset's time; the rest (npuctl's tables, top and error paths, the
+# client end to end, the LLM's EOS, upload and bad-model cases) runs on x86_64 in every run and
+# here with `all`.
+CI_SUBSET=(tests/test_platform.py tests/abi tests/devices/sim/test_process.py
+           tests/daemon/test_daemon_e2e.py tests/daemon/test_systemd.py
+           tests/daemon/test_policy_settings.py
+           tests/llm/test_daemon.py::test_tokens_through_the_daemon_match_the_reference
+           tests/llm/test_daemon.py::test_watchdog_on_a_step_cancels_the_one_in_flight_behind_it
+           tests/llm/test_daemon.py::test_jobs_and_buffers_have_the_right_classes
+           tests/llm/test_cli.py tests/cli/test_json.py tests/cli/test_model.py
+           --deselect
+           "tests/devices/sim/test_process.py::test_a_small_job_ends_while_a_big_one_computes_on_another_engine")
 # qemu-user answers ENOSYS to an ioctl it cannot translate (here: a DRM ioctl on a pipe) where
 # a kernel answers ENOTTY; that is the emulator's, so this one test is left out of the run.
 EMULATOR_ONLY=(--deselect tests/abi/test_ioctl.py::test_a_drm_ioctl_on_a_non_drm_fd_names_the_call)
 
 # pytest's per-test timeout is the hang guard of this run: an hour, because a test of real
 # compute (the device process's matmul-heavy job) takes many minutes here on a loaded machine.
+# Test files are spread over two workers (pytest-xdist, a file per worker at a time): most of
+# the subset waits on daemons and device processes, so two emulated interpreters keep both
+# cores busy.
 run_tests() {
   local args=("$@")
   if [ ${#args[@]} -eq 0 ]; then
@@ -305,7 +321,7 @@ run_tests() {
   log "pytest on arm64 (qemu-user): ${args[*]}"
   enter test env NPUD_EXPECT_MACHINE=aarch64 NPUD_SCHEDULER__WATCHDOG_SCALE="$SCALE" \
     "$VENV/bin/python" -m pytest -m "not kernel" -p no:cacheprovider -o timeout=3600 \
-    --durations=10 "${EMULATOR_ONLY[@]}" "${args[@]}"
+    -n 2 --dist loadfile --durations=10 "${EMULATOR_ONLY[@]}" "${args[@]}"
 }
 
 # ---- the kernel suite on Debian's arm64 kernel -------------------------------------------
@@ -380,10 +396,10 @@ PY
       "($((SECONDS - t0))s in the fresh root)"
 }
 
-# What CI runs (scripts/test.sh): the root, the machine and ABI tests (CI_SUBSET) and the
-# kernel suite on the arm64 kernel. Each part prints its own result; the last line names the
-# duration of each. `all` runs the whole test subset instead and adds the board install in a
-# fresh root (about 16 min emulated, most of it pip: outside the CI budget).
+# What CI runs (scripts/test.sh): the root, CI_SUBSET and the kernel suite on the arm64 kernel.
+# Each part prints its own result; the last line names the duration of each. `all` runs the
+# whole subset and adds the board install in a fresh root (about 16 min emulated, most of it
+# pip: outside the CI budget).
 ci() {
   local t0=$SECONDS t1 times=() tests=("${CI_SUBSET[@]}")
   [ "${1:-}" = all ] && tests=("${SUBSET[@]}")

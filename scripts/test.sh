@@ -2,9 +2,11 @@
 # Install npud with its development tools into .venv and run every check:
 # ruff, mypy --strict, the layering contracts, the stale-codegen check, the unit and
 # end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU); then the arm64
-# stage (scripts/arm64.sh ci: in an emulated arm64 Debian root, the machine check and the ABI
-# check compiled by arm64 gcc, and the kernel suite on Debian's arm64 kernel; NPUD_ARM64=all
-# adds the whole arm64 test subset and the board install in a fresh root; docs/board.md).
+# stage (scripts/arm64.sh ci: in an emulated arm64 Debian root, the machine check, the ABI
+# check compiled by arm64 gcc, the simulated NPU's device process, the daemon end to end, the
+# LLM decode through it and npuctl, then the kernel suite on Debian's arm64 kernel;
+# NPUD_ARM64=all runs the whole arm64 test subset and adds the board install in a fresh root;
+# docs/board.md).
 #
 # On a fresh Debian/Ubuntu machine run as root (or with sudo available) the missing system
 # packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suites locally,
@@ -123,9 +125,18 @@ if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ] && [ -x scripts/run-in-kernel.sh ]; then
 fi
 
 # ---- the test suite (its summary line is the last thing printed) --------------------------
+# The whole run spreads test files over one worker per core, at most four (pytest-xdist, a
+# file per worker at a time: a module's daemon fixture stays in one process). Half the
+# suite's time is spent waiting on daemons and subprocesses, so two workers on two cores take
+# about half as long as one. A partial run (pytest arguments given) runs in one process.
+workers=()
+if [ $# -eq 0 ]; then
+  n=$(nproc 2>/dev/null || echo 1); [ "$n" -gt 4 ] && n=4
+  [ "$n" -gt 1 ] && workers=(-n "$n" --dist loadfile)
+fi
 echo "== pytest"
 set +e
-$PY -m pytest -m "not kernel" -p no:cacheprovider "$@"
+$PY -m pytest -m "not kernel" -p no:cacheprovider "${workers[@]}" "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1; fi
@@ -133,8 +144,8 @@ if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1
 
 # ---- the arm64 stage (its own pytest summary and stage timings are the last lines) ----------
 if [ "$ARM64" = 1 ]; then
-  # NPUD_ARM64=all runs the whole arm64 test subset and the board install (about an hour
-  # emulated on 2 cores).
-  echo "== arm64 (emulated root: machine and ABI tests, kernel suite)"
+  # NPUD_ARM64=all runs the whole arm64 test subset and adds the board install (most of an
+  # hour emulated on 2 cores).
+  echo "== arm64 (emulated root: platform, ABI, device process, daemon, LLM decode, npuctl; kernel suite)"
   if [ "${NPUD_ARM64:-ci}" = all ]; then scripts/arm64.sh all; else scripts/arm64.sh ci; fi
 fi
