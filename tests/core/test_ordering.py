@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from npud.devices.base import Completion, CompletionCallback, Submission, SubmitToken
 from npud.errors import Cancelled, InvalidArgument, NotFound
 from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, BOB, make_bed
@@ -222,3 +223,32 @@ def test_a_follower_of_a_cancelled_head_still_runs() -> None:
     bed.run()
     assert head.state is JobState.CANCELLED
     assert follower.state is JobState.COMPLETED
+
+
+def test_a_late_completion_never_makes_a_job_run_shorter_than_the_device_measured() -> None:
+    """npud stamps a follower started when its predecessor's completion is handled; when that
+    completion reaches core late but the follower's own arrives at once, the follower's start
+    is moved back to when the device began it: every job's run time is at least its burn."""
+    bed = make_bed()
+    lags = itertools.cycle((0.003, 0.0))
+    submit = bed.device.submit
+
+    def late_submit(submission: Submission, on_done: CompletionCallback) -> SubmitToken:
+        lag = next(lags)
+
+        def deliver(completion: Completion) -> None:
+            bed.clock.call_at(bed.clock.now() + lag, lambda: on_done(completion))
+
+        return submit(submission, deliver)
+
+    bed.device.submit = late_submit  # type: ignore[method-assign]
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
+    jobs = bed.burn(ctx, queue, 0.004, n=6)
+    bed.run()
+    assert all(j.state is JobState.COMPLETED for j in jobs)
+    assert bed.scheduler.statistics().followed >= 2
+    for job in jobs:
+        assert job.run_s is not None
+        assert job.completion is not None
+        assert job.run_s >= job.completion.measured_s >= 0.004

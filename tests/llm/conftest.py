@@ -46,6 +46,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         NPUD_LIMITS__LATENCY_TIMEOUT_MAX_S="120",
         NPUD_LIMITS__THROUGHPUT_TIMEOUT_MAX_S="120",
     )
+    # A tiny model's step is tens of milliseconds of host CPU, but the tests run beside other
+    # test workers' daemons on a shared machine, where one step passed the 250 ms latency
+    # watchdog: here the class watchdogs are hang guards, four times the default unless the
+    # environment sets its own scale. The watchdog's own test gives its step a timeout.
+    env.setdefault("NPUD_SCHEDULER__WATCHDOG_SCALE", "4")
     proc = spawn_npud(tmp_path_factory.mktemp("npud"), env)
     try:
         # generous: the daemon's start is seconds on a host, a minute under emulation

@@ -111,11 +111,16 @@ class Completions:
             life.set_state(job, JobState.READY, now)
             self._queues.push(job)
         elif ok:
-            if job.started_at is None:
-                # It ran while npud still counted an earlier job as its engine's head (that
-                # one's completion had not been delivered yet), so it was never stamped as
-                # started: the device's measured run time says when it started.
-                job.started_at = max(job.submitted_at, now - run)
+            # ---- Why the start is corrected by the device's measured run ----------------------
+            # npud stamps a job started when it sees it head its engine, that is when the
+            # completion of the job before it is handled. The engine began it when that job
+            # ended, earlier by however long the completion waited for the loop; a job can even
+            # run whole while npud still counts an earlier job as the head (never stamped).
+            # It ended by ``now``, so it started no later than ``now - run``: the earlier of the
+            # two is kept, and a job's run time is never less than the device measured.
+            latest = now - run
+            if job.started_at is None or job.started_at > latest:
+                job.started_at = max(job.submitted_at, latest)
             life.finish(job, JobState.COMPLETED, None, completion, now)
         elif status is CompletionStatus.ERROR:
             life.finish(
