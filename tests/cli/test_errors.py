@@ -9,8 +9,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,7 @@ def _interpreter_for(uid: int) -> str | None:
                 [exe, "-c", probe],
                 env=_nobody_env(),
                 cwd=ROOT,
-                preexec_fn=_drop_to(uid),
+                **_as(uid),
                 capture_output=True,
                 check=False,
             )
@@ -110,15 +111,12 @@ def _nobody_env() -> dict[str, str]:
     }
 
 
-def _drop_to(uid: int) -> Callable[[], None]:
-    gid = pwd.getpwuid(uid).pw_gid
-
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-
-    return drop
+def _as(uid: int) -> dict[str, Any]:
+    """subprocess arguments that run the child as ``uid`` with its primary group and no
+    supplementary groups. The switch happens in C between fork and exec: a ``preexec_fn`` would
+    run Python in the child of a test process whose gRPC threads may hold locks, which crashed
+    the child once."""
+    return {"user": uid, "group": pwd.getpwuid(uid).pw_gid, "extra_groups": []}
 
 
 def _run_as_nobody(sock: Path) -> subprocess.CompletedProcess[str]:
@@ -132,7 +130,7 @@ def _run_as_nobody(sock: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         env={**_nobody_env(), "NPUD_SOCKET": str(sock)},
         cwd=ROOT,
-        preexec_fn=_drop_to(uid),
+        **_as(uid),
         timeout=60,
         check=False,
     )
