@@ -11,6 +11,8 @@
 #                                           suite (what scripts/test.sh runs)
 #         scripts/arm64.sh all              the whole test subset, the kernel suite and the
 #                                           board install (NPUD_ARM64=all ./scripts/test.sh)
+#         scripts/arm64.sh ci-tests|all-tests  the same without the kernel suite (scripts/test.sh
+#                                           runs that earlier, beside the x86_64 one)
 #         scripts/arm64.sh setup            build or refresh the roots and the venv
 #         scripts/arm64.sh test [PYTEST...] the arm64 test run (default: the documented subset)
 #         scripts/arm64.sh kernel           the kernel suite on Debian's arm64 kernel (QEMU)
@@ -400,18 +402,20 @@ PY
 # Each part prints its own result; the last line names the duration of each. `all` runs the
 # whole subset and adds the board install in a fresh root (about 16 min emulated, most of it
 # pip: outside the CI budget).
+# `ci-tests` and `all-tests` are the same without the kernel suite, which scripts/test.sh runs
+# earlier, beside the x86_64 one.
 ci() {
-  local t0=$SECONDS t1 times=() tests=("${CI_SUBSET[@]}")
-  [ "${1:-}" = all ] && tests=("${SUBSET[@]}")
+  local mode=${1:-ci} kernel_too=${2:-1} t0=$SECONDS t1 times=() tests=("${CI_SUBSET[@]}")
+  [ "$mode" = all ] && tests=("${SUBSET[@]}")
   setup; times+=("setup $((SECONDS - t0))s"); t1=$SECONDS
   run_tests "${tests[@]}"; times+=("tests $((SECONDS - t1))s"); t1=$SECONDS
-  if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
+  if [ "$kernel_too" = 1 ] && [ "${NPUD_SKIP_KERNEL:-0}" != 1 ]; then
     kernel; times+=("kernel $((SECONDS - t1))s"); t1=$SECONDS
   fi
-  if [ "${1:-}" = all ]; then
+  if [ "$mode" = all ]; then
     board; times+=("board $((SECONDS - t1))s")
   fi
-  log "arm64 stage (${1:-ci}) passed in $((SECONDS - t0))s: ${times[*]}"
+  log "arm64 stage ($mode) passed in $((SECONDS - t0))s: ${times[*]}"
 }
 
 case "${1:-}" in
@@ -420,10 +424,12 @@ case "${1:-}" in
   _board) shift; _board "$@";;
   ci) ci;;
   all) ci all;;
+  ci-tests) ci ci 0;;
+  all-tests) ci all 0;;
   setup) setup;;
   test) shift; setup; run_tests "$@";;
   kernel) setup; kernel;;
   board) setup; board;;
   shell) shift; setup; if [ $# -eq 0 ]; then enter test /bin/bash; else enter test "$@"; fi;;
-  *) echo "usage: $0 ci|all|setup|test|kernel|board|shell" >&2; exit 2;;
+  *) echo "usage: $0 ci|all|ci-tests|all-tests|setup|test|kernel|board|shell" >&2; exit 2;;
 esac

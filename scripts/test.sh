@@ -113,16 +113,48 @@ if ! $PY -c 'import llama_cpp' 2>/dev/null; then
   fi
 fi
 
+# ---- the kernel suites beside the quality gates ---------------------------------------------
+# Each kernel suite (real DRM on vgem: x86_64 under QEMU, and arm64 on Debian's arm64 kernel
+# from the emulated root) is one QEMU vCPU, a core for a minute or two; they run side by side,
+# in the background while the gates run, and their logs are printed whole when they end. The
+# arm64 one first makes (or refreshes) the arm64 root.
+KERNEL=0
+[ "${NPUD_SKIP_KERNEL:-0}" != 1 ] && [ -x scripts/run-in-kernel.sh ] && KERNEL=1
+# Each runs in a session of its own (setsid), so a run that stops early (a gate failed, ^C)
+# takes the suites' QEMU processes with it.
+logs=$(mktemp -d "${TMPDIR:-/tmp}/npud-ci.XXXXXX")
+kernel_x86=""; kernel_arm64=""; t_kernel=$SECONDS
+stop_suites() {
+  local pid
+  for pid in $kernel_x86 $kernel_arm64; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  rm -rf "$logs"
+}
+trap stop_suites EXIT
+if [ "$KERNEL" = 1 ]; then
+  setsid scripts/kernel-tests.sh > "$logs/kernel" 2>&1 & kernel_x86=$!
+  if [ "$ARM64" = 1 ]; then
+    setsid scripts/arm64.sh kernel > "$logs/kernel-arm64" 2>&1 & kernel_arm64=$!
+  fi
+fi
+
 # ---- quality gates -----------------------------------------------------------------------
 echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy --strict"; .venv/bin/mypy
 echo "== import layers"; .venv/bin/lint-imports
 
-# ---- the kernel suite (real DRM on vgem under QEMU) ---------------------------------------
-if [ "${NPUD_SKIP_KERNEL:-0}" != 1 ] && [ -x scripts/run-in-kernel.sh ]; then
-  echo "== kernel suite (QEMU + vgem)"
-  scripts/kernel-tests.sh
-fi
+# finish NAME PID LOG: wait for a background suite, print its log, fail the run if it failed.
+finish() {
+  local rc=0
+  wait "$2" || rc=$?
+  [ "$2" = "$kernel_x86" ] && kernel_x86="" || kernel_arm64=""
+  echo "== $1"
+  cat "$3"
+  [ "$rc" -eq 0 ] || { echo "== $1 failed (status $rc)"; exit "$rc"; }
+}
+[ -z "$kernel_x86" ] || finish "kernel suite (QEMU + vgem)" "$kernel_x86" "$logs/kernel"
+[ -z "$kernel_arm64" ] ||
+  finish "kernel suite on arm64 (Debian's arm64 kernel, emulated root)" "$kernel_arm64" "$logs/kernel-arm64"
+[ "$KERNEL" = 0 ] || echo "== kernel suites ended $((SECONDS - t_kernel))s after they began"
 
 # ---- the test suite (its summary line is the last thing printed) --------------------------
 # The whole run spreads test files over one worker per core, at most four (pytest-xdist, a
@@ -143,9 +175,10 @@ if [ $rc -eq 5 ]; then echo "no tests were collected: that is a failure"; exit 1
 [ $rc -eq 0 ] || exit $rc
 
 # ---- the arm64 stage (its own pytest summary and stage timings are the last lines) ----------
+# (its kernel suite ran above, beside the x86_64 one).
 if [ "$ARM64" = 1 ]; then
   # NPUD_ARM64=all runs the whole arm64 test subset and adds the board install (most of an
   # hour emulated on 2 cores).
-  echo "== arm64 (emulated root: platform, ABI, device process, daemon, LLM decode, npuctl; kernel suite)"
-  if [ "${NPUD_ARM64:-ci}" = all ]; then scripts/arm64.sh all; else scripts/arm64.sh ci; fi
+  echo "== arm64 (emulated root: platform, ABI, device process, daemon, LLM decode, npuctl)"
+  if [ "${NPUD_ARM64:-ci}" = all ]; then scripts/arm64.sh all-tests; else scripts/arm64.sh ci-tests; fi
 fi
