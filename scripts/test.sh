@@ -2,11 +2,11 @@
 # Install npud with its development tools into .venv and run every check:
 # ruff, mypy --strict, the layering contracts, the stale-codegen check, the unit and
 # end-to-end tests, and the kernel suite (real DRM ioctls on vgem under QEMU); then the arm64
-# stage (scripts/arm64.sh ci: in an emulated arm64 Debian root, the machine check, the ABI
-# check compiled by arm64 gcc, the simulated NPU's device process, the daemon end to end, the
-# LLM decode through it and npuctl, then the kernel suite on Debian's arm64 kernel;
-# NPUD_ARM64=all runs the whole arm64 test subset and adds the board install in a fresh root;
-# docs/board.md).
+# stage (scripts/arm64.sh: in an emulated arm64 Debian root, the machine check, the ABI check
+# compiled by arm64 gcc, the simulated NPU's device process, the daemon end to end, the LLM
+# decode through it and npuctl; its kernel suite on Debian's arm64 kernel runs beside the
+# x86_64 one; NPUD_ARM64=all runs the whole arm64 test subset and adds the board install in a
+# fresh root; docs/board.md).
 #
 # On a fresh Debian/Ubuntu machine run as root (or with sudo available) the missing system
 # packages are installed first. Set NPUD_SKIP_KERNEL=1 to skip the QEMU kernel suites locally,

@@ -241,7 +241,10 @@ def test_repeated_hostile_rounds_leave_rss_on_a_plateau(
         daemon.check()
         after.append(rss_bytes(daemon.proc.pid))
     record("memory_rounds_rss_mib", [round(r / MiB, 1) for r in after])
-    later = max(after[2:]) - after[1]
+    # the baseline is the higher of the first two rounds: RSS moves a few MiB either way from
+    # round to round (a dip after round 2 made 12 MiB of noise look like 17 MiB of growth),
+    # where the leak this guards against added about 60 MiB every round
+    later = max(after[2:]) - max(after[:2])
     assert later < PLATEAU_SLACK, (
         f"RSS after each round (MiB): {[r // MiB for r in after]}; rounds 3..{ROUNDS} "
         f"added {later // MiB} MiB"
