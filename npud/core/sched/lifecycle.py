@@ -84,8 +84,7 @@ class JobLifecycle:
         if queue.in_order:
             queue.pending.append(job)
         self._ledger.submitted += 1
-        if self._events.wants_jobs:
-            self.publish(job)
+        self.publish(job)
 
     def set_state(self, job: Job, state: JobState, now: float | None = None) -> None:
         """Move ``job`` to ``state``, count and timestamp it at ``now`` (default: the clock's
@@ -94,7 +93,7 @@ class JobLifecycle:
         self._ledger.moved(job, state)
         job.state = state
         job.times[state] = self._clock.now() if now is None else now
-        if self._events.wants_jobs and (state is JobState.READY or state is JobState.RUNNING):
+        if state is JobState.READY or state is JobState.RUNNING:
             self.publish(job)
 
     # ---- Why an in-order latency job may be handed over behind its predecessor ------------
@@ -205,8 +204,7 @@ class JobLifecycle:
             if comp is not None:
                 j.completion = comp
             self._account_end(j, s, now)
-            if self._events.wants_jobs:
-                self.publish(j)
+            self.publish(j)
             for hook in self.on_end:
                 hook(j)
             j._settle()
