@@ -66,6 +66,12 @@ def descriptor_socket_for(socket: Path) -> Path:
     return socket.with_name(socket.name + ".buffers")
 
 
+def submit_socket_for(socket: Path) -> Path:
+    """The socket beside the gRPC socket ``socket`` where local clients submit jobs without
+    gRPC."""
+    return socket.with_name(socket.name + ".submit")
+
+
 class Quotas(BaseModel):
     """Defaults and ceilings for what one context (and one user) may hold."""
 
@@ -305,6 +311,11 @@ class Settings(BaseModel):
     def descriptor_socket(self) -> Path:
         """The descriptor socket beside :attr:`socket` (buffers as file descriptors)."""
         return descriptor_socket_for(self.socket)
+
+    @property
+    def submit_socket(self) -> Path:
+        """The submit socket beside :attr:`socket` (the submit stream without gRPC)."""
+        return submit_socket_for(self.socket)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

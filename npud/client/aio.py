@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -32,6 +32,7 @@ from npud.client.errors import from_rpc_error
 from npud.client.events import DeviceEvent, Event, event_from_wire
 from npud.client.identity import Identity, handshake_async, tenant_credential
 from npud.client.stats import Stats
+from npud.client.submit_socket import AsyncSocketLine
 from npud.client.types import (
     Buffer,
     Context,
@@ -93,21 +94,21 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
         call.cancel()
 
 
-class AsyncSubmitStream:
-    """The decode fast path over ``JobService.SubmitStream`` on asyncio.
+class _AsyncRpcLine:
+    """The submit stream as the ``JobService.SubmitStream`` rpc (the portable line)."""
 
-    Several coroutines may :meth:`run` jobs on one stream at once: a reader task hands each
-    result to the coroutine waiting for its tag.
-    """
-
-    def __init__(self, stub: Any, ctx: rq.ContextRef, md: Any) -> None:
-        self._ctx = ctx
+    def __init__(
+        self,
+        stub: Any,
+        md: Any,
+        deliver: Callable[[job_pb2.SubmitStreamResponse], None],
+        fail: Callable[[BaseException], None],
+    ) -> None:
         self._call = stub.SubmitStream(metadata=md)
-        self._tags = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[JobResult]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
+        self._deliver = deliver
+        self._fail = fail
         self._write_lock = asyncio.Lock()  # grpc.aio allows one write in flight per call
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         try:
@@ -115,13 +116,81 @@ class AsyncSubmitStream:
                 msg = await self._call.read()
                 if msg is grpc.aio.EOF:
                     raise Unavailable("the submit stream ended (daemon shutting down?)")
-                fut = self._waiting.pop(msg.tag, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(job_result_from_wire(msg))
+                self._deliver(msg)
         except grpc.RpcError as exc:
             self._fail(from_rpc_error(exc))
         except Unavailable as exc:
             self._fail(exc)
+
+    async def write(self, req: job_pb2.SubmitStreamRequest) -> None:
+        try:
+            async with self._write_lock:
+                await self._call.write(req)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class AsyncSubmitStream:
+    """The decode fast path on asyncio: ``JobService.SubmitStream``, over the daemon's submit
+    socket when it is local (:mod:`npud.client.submit_socket`), else over the rpc.
+
+    Several coroutines may :meth:`run` jobs on one stream at once: each result goes to the
+    coroutine waiting for its tag. The line is opened by the first :meth:`submit`;
+    :attr:`via` then says which it is (``"socket"`` or ``"grpc"``).
+    """
+
+    def __init__(
+        self,
+        stub: Any,
+        ctx: rq.ContextRef,
+        md: Any,
+        *,
+        socket_path: Path | None = None,
+        token: str = "",
+        use_socket: bool | None = None,
+    ) -> None:
+        self._stub = stub
+        self._ctx = ctx
+        self._md = md
+        self._socket_path = socket_path
+        self._token = token
+        self._use_socket = use_socket if socket_path is not None else False
+        self._line: AsyncSocketLine | _AsyncRpcLine | None = None
+        self._opening = asyncio.Lock()
+        self._tags = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[JobResult]] = {}
+        self._failure: BaseException | None = None
+        self.via = ""
+
+    async def _open(self) -> AsyncSocketLine | _AsyncRpcLine:
+        async with self._opening:
+            if self._line is not None:
+                return self._line
+            line: AsyncSocketLine | _AsyncRpcLine | None = None
+            if self._use_socket is not False:
+                assert self._socket_path is not None
+                line = await AsyncSocketLine.open(
+                    self._socket_path, self._token, self._deliver, self._fail
+                )
+                if line is None and self._use_socket:
+                    raise Unavailable(
+                        f"no submit socket beside {self._socket_path} that this process may open"
+                    )
+            if line is None:
+                line = _AsyncRpcLine(self._stub, self._md, self._deliver, self._fail)
+            self.via = "socket" if isinstance(line, AsyncSocketLine) else "grpc"
+            self._line = line
+            return line
+
+    def _deliver(self, msg: job_pb2.SubmitStreamResponse) -> None:
+        fut = self._waiting.pop(msg.tag, None)
+        if fut is not None and not fut.done():
+            fut.set_result(job_result_from_wire(msg))
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc
@@ -133,20 +202,24 @@ class AsyncSubmitStream:
     async def submit(
         self, spec: JobSpec, readbacks: Iterable[Readback] = ()
     ) -> asyncio.Future[JobResult]:
-        """Send one job; the returned future resolves when it has finished."""
+        """Send one job; the returned future resolves when it has finished.
+
+        Raises:
+            Unavailable: the stream has ended (or ``submit_socket=True`` and there is no
+                submit socket to use).
+            NpudError: the daemon ended the stream, or refused its handshake.
+        """
         if self._failure is not None:
             raise self._failure
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+        line = self._line if self._line is not None else await self._open()
         tag = next(self._tags)
         fut: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         self._waiting[tag] = fut
         try:
-            async with self._write_lock:
-                await self._call.write(rq.stream_entry(tag, self._ctx, spec, readbacks))
-        except grpc.RpcError as exc:
+            await line.write(rq.stream_entry(tag, self._ctx, spec, readbacks))
+        except BaseException:
             self._waiting.pop(tag, None)
-            raise from_rpc_error(exc) from None
+            raise
         return fut
 
     async def run(self, spec: JobSpec, readbacks: Iterable[Readback] = ()) -> JobResult:
@@ -155,11 +228,13 @@ class AsyncSubmitStream:
 
     async def close(self) -> None:
         """End the stream; results not yet received are dropped."""
-        self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
+        line, self._line = self._line, None
+        if isinstance(line, _AsyncRpcLine):
+            await line.close()
+        elif line is not None:
+            line.close()
+        if self._failure is None:
+            self._failure = Unavailable("the submit stream was closed")
 
     async def __aenter__(self) -> Self:
         return self
@@ -171,8 +246,18 @@ class AsyncSubmitStream:
 class AsyncClient:
     """A connection to npud on asyncio. Use :func:`connect` to make one."""
 
-    def __init__(self, socket_path: Path | str | None = None, *, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        *,
+        tenant: str | None = None,
+        submit_socket: bool | None = None,
+    ) -> None:
+        """``submit_socket``: as for the sync :class:`~npud.client.Client` (submit streams
+        over the daemon's submit socket when it is there, ``False`` always the rpc, ``True``
+        insists)."""
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.submit_socket = submit_socket
         self._tenant_credential = tenant
         self.tenant = ""  # the tenant joined ("" when acting as the user)
         self.identity: Identity | None = None
@@ -474,8 +559,17 @@ class AsyncClient:
             yield Job.from_wire(msg.job)
 
     def submit_stream(self, ctx: rq.ContextRef) -> AsyncSubmitStream:
-        """Open the decode fast path for one context (``async with``)."""
-        return AsyncSubmitStream(self.job_stub, ctx, self._md)
+        """Open the decode fast path for one context (``async with``): over the submit socket
+        when npud is local (see ``submit_socket``), else the rpc; the first submit opens it."""
+        assert self.identity is not None, "open() the client first"
+        return AsyncSubmitStream(
+            self.job_stub,
+            ctx,
+            self._md,
+            socket_path=self.socket_path,
+            token=self.identity.token,
+            use_socket=self.submit_socket,
+        )
 
     # ---- statistics ---------------------------------------------------------------------
 
@@ -498,8 +592,14 @@ class AsyncClient:
 class _Connect:
     """``await connect()`` or ``async with connect() as npu``."""
 
-    def __init__(self, socket_path: Path | str | None, session: bool, tenant: str | None) -> None:
-        self._client = AsyncClient(socket_path, tenant=tenant)
+    def __init__(
+        self,
+        socket_path: Path | str | None,
+        session: bool,
+        tenant: str | None,
+        submit_socket: bool | None,
+    ) -> None:
+        self._client = AsyncClient(socket_path, tenant=tenant, submit_socket=submit_socket)
         self._session = session
 
     def __await__(self) -> Any:
@@ -513,16 +613,21 @@ class _Connect:
 
 
 def connect(
-    socket_path: Path | str | None = None, *, session: bool = True, tenant: str | None = None
+    socket_path: Path | str | None = None,
+    *,
+    session: bool = True,
+    tenant: str | None = None,
+    submit_socket: bool | None = None,
 ) -> _Connect:
     """Connect to npud on asyncio: ``async with npud.client.aio.connect() as npu: ...``
-    (as the tenant whose credential is ``tenant`` or in the environment, if any).
+    (as the tenant whose credential is ``tenant`` or in the environment, if any;
+    ``submit_socket``: see :class:`AsyncClient`).
 
     Raises:
         Unavailable: npud is not running at the socket, or refuses us.
         Unauthenticated: the tenant credential is unknown to the daemon.
     """
-    return _Connect(socket_path, session, tenant)
+    return _Connect(socket_path, session, tenant, submit_socket)
 
 
 __all__ = ["AsyncClient", "AsyncSubmitStream", "connect"]

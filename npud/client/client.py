@@ -46,6 +46,7 @@ from npud.client.errors import from_rpc_error
 from npud.client.events import DeviceEvent, Event, event_from_wire
 from npud.client.identity import Identity, handshake, tenant_credential
 from npud.client.stats import Stats
+from npud.client.submit_socket import SocketLine
 from npud.client.types import (
     Buffer,
     Context,
@@ -100,28 +101,65 @@ _FALLBACK = (Unavailable, Unsupported, FailedPrecondition, OutOfDeviceMemory)
 """What sends a transfer back to gRPC bytes when descriptors are not insisted on."""
 
 
-class SubmitStream:
-    """The decode fast path over ``JobService.SubmitStream`` (one thread at a time).
+class _RpcLine:
+    """The submit stream as the ``JobService.SubmitStream`` rpc (the portable line)."""
 
-    :meth:`run` submits one job and returns when it has finished, with the bytes of its
-    readbacks: one round trip per decode step. :meth:`submit` + :meth:`next_result` pipeline
-    several jobs; results come back in completion order, each with its tag.
-    """
-
-    def __init__(self, stub: job_pb2_grpc.JobServiceStub, ctx: rq.ContextRef, md: Any) -> None:
-        self._ctx = ctx
+    def __init__(self, stub: job_pb2_grpc.JobServiceStub, md: Any) -> None:
         self._requests: queue_mod.SimpleQueue[job_pb2.SubmitStreamRequest | None] = (
             queue_mod.SimpleQueue()
         )
         self._responses = stub.SubmitStream(iter(self._requests.get, None), metadata=md)
+
+    def send(self, req: job_pb2.SubmitStreamRequest) -> None:
+        self._requests.put(req)
+
+    def receive(self) -> job_pb2.SubmitStreamResponse:
+        try:
+            msg: job_pb2.SubmitStreamResponse = next(self._responses)
+        except StopIteration:
+            raise Unavailable("the submit stream ended (daemon shutting down?)") from None
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return msg
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._responses.cancel()
+
+
+class SubmitStream:
+    """The decode fast path: ``JobService.SubmitStream`` (one thread at a time).
+
+    :meth:`run` submits one job and returns when it has finished, with the bytes of its
+    readbacks: one round trip per decode step. :meth:`submit` + :meth:`next_result` pipeline
+    several jobs; results come back in completion order, each with its tag. The stream goes
+    over the daemon's submit socket when it is local (:mod:`npud.client.submit_socket`, the
+    same messages without gRPC), else over the rpc; :attr:`via` says which.
+    """
+
+    def __init__(
+        self,
+        stub: job_pb2_grpc.JobServiceStub,
+        ctx: rq.ContextRef,
+        md: Any,
+        *,
+        line: SocketLine | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._line: SocketLine | _RpcLine = line if line is not None else _RpcLine(stub, md)
+        self.via = "socket" if line is not None else "grpc"
         self._tags = itertools.count(1)
         self._early: dict[int, JobResult] = {}
         self._closed = False
 
     def submit(self, spec: JobSpec, readbacks: Iterable[Readback] = ()) -> int:
-        """Send one job; returns its tag (see :meth:`next_result`)."""
+        """Send one job; returns its tag (see :meth:`next_result`).
+
+        Raises:
+            Unavailable: the stream has ended.
+        """
         tag = next(self._tags)
-        self._requests.put(rq.stream_entry(tag, self._ctx, spec, readbacks))
+        self._line.send(rq.stream_entry(tag, self._ctx, spec, readbacks))
         return tag
 
     def next_result(self) -> tuple[int, JobResult]:
@@ -137,14 +175,7 @@ class SubmitStream:
 
     def _receive(self) -> tuple[int, JobResult]:
         """The next result off the stream itself (never one already set aside)."""
-        try:
-            msg = next(self._responses)
-        except StopIteration:
-            from npud.errors import Unavailable
-
-            raise Unavailable("the submit stream ended (daemon shutting down?)") from None
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        msg = self._line.receive()
         return msg.tag, job_result_from_wire(msg)
 
     def result(self, tag: int) -> JobResult:
@@ -175,8 +206,7 @@ class SubmitStream:
         """End the stream (jobs already sent still run; their results are dropped)."""
         if not self._closed:
             self._closed = True
-            self._requests.put(None)
-            self._responses.cancel()
+            self._line.close()
 
     def __enter__(self) -> Self:
         return self
@@ -195,6 +225,7 @@ class Client:
         session: bool = True,
         tenant: str | None = None,
         descriptors: bool | None = None,
+        submit_socket: bool | None = None,
     ) -> None:
         """Connect: identity handshake, channel, the tenant (``tenant``, a credential, or the
         one :func:`~npud.client.identity.tenant_credential` finds in the environment) and
@@ -205,12 +236,17 @@ class Client:
         daemon can hand out the buffer, else gRPC bytes; ``False`` always gRPC bytes (the
         portable path); ``True`` insists (errors instead of falling back).
 
+        ``submit_socket``: run submit streams over npud's submit socket
+        (:mod:`npud.client.submit_socket`): ``None`` (default) when the socket is there, else
+        the rpc; ``False`` always the rpc; ``True`` insists (Unavailable without the socket).
+
         Raises:
             Unavailable: npud is not running at the socket, or refuses us.
             Unauthenticated: the identity handshake failed, or the tenant credential is unknown.
         """
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.descriptors = descriptors
+        self.submit_socket = submit_socket
         self._channel_fds: DescriptorChannel | None = None
         self.identity: Identity = handshake(self.socket_path)
         self._md = ((TOKEN_KEY, self.identity.token),)
@@ -630,8 +666,21 @@ class Client:
             yield Job.from_wire(msg.job)
 
     def submit_stream(self, ctx: rq.ContextRef) -> SubmitStream:
-        """Open the decode fast path for one context (a context manager)."""
-        return SubmitStream(self.job_stub, ctx, self._md)
+        """Open the decode fast path for one context (a context manager): over the submit
+        socket when npud is local (see ``submit_socket`` in :class:`Client`), else the rpc.
+
+        Raises:
+            Unavailable: ``submit_socket=True`` and there is no submit socket to use.
+            Unauthenticated: the submit socket refused this client's session token.
+        """
+        line = None
+        if self.submit_socket is not False:
+            line = SocketLine.connect(self.socket_path, self.identity.token)
+            if line is None and self.submit_socket:
+                raise Unavailable(
+                    f"no submit socket beside {self.socket_path} that this process may open"
+                )
+        return SubmitStream(self.job_stub, ctx, self._md, line=line)
 
     def run(
         self, ctx: rq.ContextRef, spec: JobSpec, readbacks: Iterable[Readback] = ()
@@ -662,18 +711,26 @@ def connect(
     session: bool = True,
     tenant: str | None = None,
     descriptors: bool | None = None,
+    submit_socket: bool | None = None,
 ) -> Client:
     """Connect to npud (``$NPUD_SOCKET`` or the default socket unless given), as the tenant
     whose credential is ``tenant`` or in the environment (``$NPUD_TENANT_FILE``), if any.
 
-    Use as a context manager: ``with npud.client.connect() as npu: ...``. ``descriptors``:
-    see :class:`Client` (bulk data as file descriptors when local).
+    Use as a context manager: ``with npud.client.connect() as npu: ...``. ``descriptors``
+    and ``submit_socket``: see :class:`Client` (bulk data as file descriptors, and submit
+    streams without gRPC, when local).
 
     Raises:
         Unavailable: npud is not running at the socket, or refuses us.
         Unauthenticated: the tenant credential is unknown to the daemon.
     """
-    return Client(socket_path, session=session, tenant=tenant, descriptors=descriptors)
+    return Client(
+        socket_path,
+        session=session,
+        tenant=tenant,
+        descriptors=descriptors,
+        submit_socket=submit_socket,
+    )
 
 
 __all__ = ["Client", "NpudError", "SubmitStream", "connect"]

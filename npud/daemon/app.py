@@ -2,9 +2,10 @@
 
 One asyncio loop runs everything; one TaskGroup owns the long-lived tasks (the systemd
 watchdog, the status line, the hotplug watcher); the gRPC server, the identity server, the
-descriptor server (:mod:`npud.api.descriptors`) and core's schedulers are callback-driven on
-the same loop. Order of start-up: the hotplug source starts collecting node events (its fd on
-the loop), devices are opened, core is built, the gRPC, identity and descriptor sockets are
+descriptor server (:mod:`npud.api.descriptors`), the submit socket
+(:mod:`npud.api.submit_socket`) and core's schedulers are callback-driven on the same loop.
+Order of start-up: the hotplug source starts collecting node events (its fd on the loop),
+devices are opened, core is built, the gRPC, identity, descriptor and submit sockets are
 bound, and only then READY=1 is sent. Hotplug
 (:mod:`npud.daemon.hotplug`) then serves nodes that appear, loses devices whose node goes away
 and re-opens lost devices on every event.
@@ -12,7 +13,8 @@ and re-opens lost devices on every event.
 Shutdown
 --------
 SIGTERM (or SIGINT) drains: the daemon stops accepting new work (new submissions and contexts
-get UNAVAILABLE, health says NOT_SERVING, the identity and descriptor sockets close), queued
+get UNAVAILABLE, health says NOT_SERVING, the identity and descriptor sockets close, the
+submit socket accepts no new connections), queued
 jobs end CANCELLED with the reason "npud is shutting down", running jobs get
 ``shutdown_grace_s`` to finish (then they are aborted), every context is closed and its
 buffers released, the gRPC server stops, the devices are closed, the socket files are removed,
@@ -38,6 +40,7 @@ from npud.api.identity import IdentityServer, TokenRegistry
 from npud.api.server import Server, build_server
 from npud.api.sessions import SessionTable
 from npud.api.state import ApiState, Defaults
+from npud.api.submit_socket import SubmitSocketServer
 from npud.api.tenants import TenantTable
 from npud.clock import MonotonicClock
 from npud.config import Settings, split_listen
@@ -176,6 +179,7 @@ class Daemon:
         self.server: Server | None = None
         self.identity: IdentityServer | None = None
         self.descriptors: DescriptorServer | None = None
+        self.submits: SubmitSocketServer | None = None
         self.state: ApiState | None = None
         self.recovery: DeviceRecovery | None = None
         self.tenants = TenantTable()
@@ -186,7 +190,7 @@ class Daemon:
 
     def _prepare_socket_dir(self) -> None:
         s = self.settings
-        for path in (s.socket, s.identity_socket, s.descriptor_socket):
+        for path in (s.socket, s.identity_socket, s.descriptor_socket, s.submit_socket):
             if _socket_in_use(path):
                 raise Unavailable(f"another npud is serving {path}; stop it first")
             if path.exists() and not path.is_socket():
@@ -380,6 +384,10 @@ class Daemon:
             serving=self.state.require_serving,
         )
         await self.descriptors.start()
+        self.submits = SubmitSocketServer(
+            self.state, tokens, s.submit_socket, mode=s.socket_mode, gid=sock_gid
+        )
+        await self.submits.start()
         await self._start_metrics()
         await self.server.set_serving(True)
         self.state.status = self._status_line()
@@ -505,6 +513,8 @@ class Daemon:
             await self.identity.stop()
         if self.descriptors is not None:
             await self.descriptors.stop()
+        if self.submits is not None:
+            self.submits.stop_accepting()  # open streams still get their jobs' responses
         contexts = core.contexts(SYSTEM, all_users=True)
         running = sum(c.on_device for c in contexts)
         queued = max(0, sum(len(c.jobs) for c in contexts) - running)
@@ -528,6 +538,8 @@ class Daemon:
             self.log.warning("npud.contexts_left_open", contexts=left)
         state.sessions.close_all()
         await self.server.server.stop(grace=0.5)
+        if self.submits is not None:
+            await self.submits.stop()
 
     async def _closed_or_forced(self, timeout_s: float) -> bool:
         """Wait until every context has closed, the stop is forced or ``timeout_s`` passes;
@@ -553,6 +565,8 @@ class Daemon:
             await self.identity.stop()
         if self.descriptors is not None:
             await self.descriptors.stop()
+        if self.submits is not None:
+            await self.submits.stop()
         if self.state is not None:
             self.state.sessions.close_all()
         for device in self.devices:
@@ -565,6 +579,7 @@ class Daemon:
                 self.settings.socket,
                 self.settings.identity_socket,
                 self.settings.descriptor_socket,
+                self.settings.submit_socket,
             ):
                 with contextlib.suppress(FileNotFoundError):
                     if path.is_socket():
