@@ -181,7 +181,7 @@ class SubmitSocketServer:
         """
         try:
             msg = json.loads(hello)
-        except ValueError:
+        except (ValueError, RecursionError):  # 4 KiB of "[" nest deeper than json recurses
             raise InvalidArgument("the handshake is one JSON object") from None
         if not isinstance(msg, dict):
             raise InvalidArgument("the handshake is one JSON object")
