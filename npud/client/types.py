@@ -12,6 +12,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -484,18 +485,58 @@ class JobSpec:
         return spec
 
 
-@dataclass(frozen=True, slots=True)
 class JobResult:
-    """A finished job from the submit stream, with the bytes of its readbacks in request order."""
+    """A finished job from the submit stream, with the bytes of its readbacks in request order.
 
-    job: Job | None
-    readbacks: tuple[bytes, ...]
-    error: JobError | None
+    ``job`` is the job's snapshot, converted from the wire on first access: a decode loop
+    reads a step's readbacks and ``ok`` and seldom the snapshot, whose conversion (a dozen
+    fields and a timestamp per state) cost more client time per step than anything else.
+    """
+
+    __slots__ = ("_job", "_wire", "error", "readbacks")
+
+    def __init__(
+        self,
+        job: Job | None = None,
+        readbacks: tuple[bytes, ...] = (),
+        error: JobError | None = None,
+        *,
+        wire: job_pb2.Job | None = None,
+    ) -> None:
+        self._job = job
+        self._wire = wire if job is None else None
+        self.readbacks = readbacks
+        self.error = error
+
+    @property
+    def job(self) -> Job | None:
+        """The job as it ended (None when the request was refused before it became one)."""
+        if self._job is None and self._wire is not None:
+            self._job = Job.from_wire(self._wire)
+            self._wire = None
+        return self._job
 
     @property
     def ok(self) -> bool:
         """Whether the job completed."""
-        return self.error is None and self.job is not None and self.job.state is JobState.COMPLETED
+        if self.error is not None:
+            return False
+        if self._wire is not None:
+            return self._wire.state == _COMPLETED_ON_WIRE
+        return self._job is not None and self._job.state is JobState.COMPLETED
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobResult):
+            return NotImplemented
+        return (self.job, self.readbacks, self.error) == (other.job, other.readbacks, other.error)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"JobResult(job={self.job!r}, readbacks={self.readbacks!r}, error={self.error!r})"
+
+
+_COMPLETED_ON_WIRE: Final = STATE.to_wire(JobState.COMPLETED)
 
 
 def id_of(obj: str | Buffer | Queue | Context | Job) -> str:
@@ -506,7 +547,7 @@ def id_of(obj: str | Buffer | Queue | Context | Job) -> str:
 def job_result_from_wire(msg: job_pb2.SubmitStreamResponse) -> JobResult:
     """Convert one SubmitStream response."""
     return JobResult(
-        job=Job.from_wire(msg.job) if msg.HasField("job") else None,
         readbacks=tuple(r.data for r in msg.readbacks),
         error=JobError.from_wire(msg.error) if msg.HasField("error") else None,
+        wire=msg.job if msg.HasField("job") else None,
     )
