@@ -3,19 +3,26 @@
 Three round trips are timed in one process, on one asyncio loop, interleaved in rounds so that
 load from other processes on the machine hits all three alike:
 
-* **npud**: a null job (an empty command stream, pre-uploaded to a command buffer) submitted
-  on a LATENCY queue over the bidirectional ``SubmitStream`` of a real daemon (simulated NPU in
-  process mode) with the asyncio client, until its result comes back;
+* **npud**: a null job (an empty command stream, sent inline) submitted on a LATENCY queue
+  over the submit stream of a real daemon (simulated NPU in process mode) with the asyncio
+  client, until its result comes back. The client takes the daemon's submit socket, as every
+  local client does by default (the stream's messages without gRPC); the same job over the
+  ``SubmitStream`` rpc is measured beside it (**npud over gRPC**), and so is a command
+  pre-uploaded to a buffer instead of inline;
 * **echo**: a bare ``grpc.aio`` bidirectional stream over a Unix socket to a server in another
-  process that echoes each message (the same message size): the floor any gRPC daemon pays;
+  process that echoes each message (the same message size): the floor any gRPC daemon pays.
+  Beside it, **socket echo**: an asyncio server echoing each frame over a plain Unix stream
+  socket, the floor of the submit socket's transport;
 * **direct**: the same null job submitted by this process straight into the device layer
   (``SimDevice`` in process mode, ``submit_and_wait``): what a process that opens the NPU itself
   pays, with no daemon.
 
 The npud path contains the device path (the daemon runs the same device process), so npud's own
-cost is roughly ``npud - direct``. Two goals: npud's round trip within 1.8x the echo floor, and
-npud's added time (``npud - direct``, at each percentile) within 1.3x the echo: what a daemon
-adds to a device round trip should cost about one gRPC round trip, not several.
+cost is roughly ``npud - direct``. Two goals: npud's round trip within 1.8x the gRPC echo, and
+npud's added time (``npud - direct``, at each percentile) within 1.3x the gRPC echo: what a
+daemon adds to a device round trip should cost about one gRPC round trip, not several. The
+rpc's own figures and the socket echo are reported beside them, so the transports can be
+compared like with like.
 """
 
 from __future__ import annotations
@@ -38,6 +45,27 @@ GOAL_RATIO = 1.8
 ADDED_GOAL_RATIO = 1.3
 ECHO_SERVICE = "bench.Echo"
 _ECHO_MAIN = "import sys; from bench.p1_overhead import _echo_server; _echo_server(sys.argv[1])"
+_SOCKET_ECHO_MAIN = (
+    "import sys; from bench.p1_overhead import _socket_echo_server as serve; serve(sys.argv[1])"
+)
+
+
+def _socket_echo_server(path: str) -> None:
+    """The socket echo process: every byte that arrives on a connection goes straight back."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_unix_server(Echo, path)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 def _echo_server(path: str) -> None:
@@ -88,21 +116,36 @@ def _overhead_script() -> Any:
 
 
 async def _measure(
-    socket: Path, echo_path: Path, rounds: int, per_round: int, script: Any
+    socket: Path,
+    echo_path: Path,
+    socket_echo_path: Path,
+    rounds: int,
+    per_round: int,
+    script: Any,
 ) -> dict[str, Any]:
     import grpc
 
     import npud.client.aio
     from npud.client import BufferUsage, CommandRef, JobSpec, SchedulingClass
     from npud.client import requests as rq
+    from npud.client.aio import AsyncSubmitStream
     from npud.devices.base import CompletionStatus, Submission, submit_and_wait
     from npud.devices.sim import SimDevice
     from npud.isa.program import Program
     from npud.vocab import MemoryTier
+    from npud.vocab.frames import frame
 
     null = Program().encode()
     warm = max(10, per_round // 5)
-    samples: dict[str, list[float]] = {"npud": [], "npud_ref": [], "echo": [], "direct": []}
+    samples: dict[str, list[float]] = {
+        "npud": [],
+        "npud_ref": [],
+        "npud_grpc": [],
+        "echo": [],
+        "socket_echo": [],
+        "direct": [],
+    }
+    vias: set[str] = set()
     async with npud.client.aio.connect(socket) as npu:
         ctx = await npu.create_context(label="bench/p1")
         q = await npu.create_queue(ctx, SchedulingClass.LATENCY)
@@ -119,21 +162,30 @@ async def _measure(
             view[: len(null)] = null
             view.release()
             submission = Submission(buf.handle, 0, len(null), (), engine=0, label="null")
+            rpc = AsyncSubmitStream(npu.job_stub, ctx, npu.metadata, use_socket=False)
             async with (
                 grpc.aio.insecure_channel(f"unix://{echo_path}") as channel,
                 npu.submit_stream(ctx) as stream,
+                rpc,
             ):
                 echo_call: Any = channel.stream_stream(f"/{ECHO_SERVICE}/Stream")()
+                framed = frame(payload)
+                reader, writer = await asyncio.open_unix_connection(str(socket_echo_path))
 
                 async def echo_once() -> None:
                     await echo_call.write(payload)
                     await echo_call.read()
 
-                def job(spec: Any) -> Callable[[], Awaitable[None]]:
+                async def socket_echo_once() -> None:
+                    writer.write(framed)
+                    await reader.readexactly(len(framed))
+
+                def job(spec: Any, on: Any = stream) -> Callable[[], Awaitable[None]]:
                     async def once() -> None:
-                        res = await stream.run(spec)
+                        res = await on.run(spec)
                         if not res.ok:
                             raise RuntimeError(f"the null job failed: {res.error}")
+                        vias.add(on.via)
 
                     return once
 
@@ -145,24 +197,26 @@ async def _measure(
                 series: dict[str, Series] = {
                     "npud": _timed(job(inline)),
                     "npud_ref": _timed(job(by_ref)),
+                    "npud_grpc": _timed(job(inline, rpc)),
                     "echo": _timed(echo_once),
+                    "socket_echo": _timed(socket_echo_once),
                     "direct": _timed(direct_once),
                 }
                 if script is not None:  # the overhead script's own measurement, called as it is
-                    sock = str(socket)
-                    series["npud"] = lambda n: script._bench_npud(sock, n, warm)
                     series["echo"] = lambda n: script._bench_echo(str(echo_path), n, warm)
                 for fn in series.values():
                     await fn(warm)
                 order = list(series)
                 for r in range(rounds):  # rotate the order so no series always goes first
-                    for name in order[r % 4 :] + order[: r % 4]:
+                    turn = r % len(order)
+                    for name in order[turn:] + order[:turn]:
                         samples[name] += await series[name](per_round)
                 await echo_call.done_writing()
+                writer.close()
         finally:
             device.close()
         await npu.destroy_context(ctx)
-    return {"samples": samples, "payload_bytes": len(payload)}
+    return {"samples": samples, "payload_bytes": len(payload), "vias": sorted(vias)}
 
 
 def run(quick: bool) -> BenchResult:
@@ -176,28 +230,38 @@ def run(quick: bool) -> BenchResult:
     result.params = {"rounds": rounds, "per_round": per_round}
     tmp = Path(tempfile.mkdtemp(prefix="npud-bench-echo-"))
     echo_path = tmp / "echo.sock"
+    socket_echo_path = tmp / "socket-echo.sock"
     script = _overhead_script()
     echo_cmd = ["-c", _ECHO_MAIN] if script is None else [str(ROOT / "bench" / "overhead.py")]
     if script is not None:
         echo_cmd.append("--echo-server")
-    proc = subprocess.Popen(
-        [sys.executable, *echo_cmd, str(echo_path)],
-        stdout=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        start_new_session=True,
-    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *cmd, str(path)],
+            stdout=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            start_new_session=True,
+        )
+        for cmd, path in (
+            (echo_cmd, echo_path),
+            (["-c", _SOCKET_ECHO_MAIN], socket_echo_path),
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
-        while not echo_path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the echo server did not start")
+        while not (echo_path.exists() and socket_echo_path.exists()):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError("an echo server did not start")
             time.sleep(0.05)
         # the same log level as bench/overhead.py: the per-job info line is measured apart
         with running_daemon("npud", env={"NPUD_LOG_LEVEL": "warning"}) as daemon:
-            got = asyncio.run(_measure(daemon.socket, echo_path, rounds, per_round, script))
+            got = asyncio.run(
+                _measure(daemon.socket, echo_path, socket_echo_path, rounds, per_round, script)
+            )
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in procs:
+            p.terminate()
+            p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     s = got["samples"]
     us = {k: [v * 1e6 for v in vals] for k, vals in s.items()}
@@ -230,15 +294,47 @@ def run(quick: bool) -> BenchResult:
             )
         )
         result.add(Metric(f"command in a buffer {label}", v["npud_ref"], "us", v["npud"], "inline"))
+        result.add(
+            Metric(
+                f"null job {label} vs socket echo (like for like)",
+                v["npud"],
+                "us",
+                v["socket_echo"],
+                "socket echo",
+            )
+        )
+        result.add(
+            Metric(
+                f"null job over the rpc {label} vs echo",
+                v["npud_grpc"],
+                "us",
+                v["echo"],
+                "grpc.aio echo",
+            )
+        )
+        result.add(
+            Metric(
+                f"null job {label}, submit socket vs the rpc",
+                v["npud"],
+                "us",
+                v["npud_grpc"],
+                "over the rpc",
+            )
+        )
+    if got["vias"] != ["grpc", "socket"]:
+        raise RuntimeError(f"the streams went over {got['vias']}, not the socket and the rpc")
+    result.params["npud_via"] = "submit socket"
     source = "bench/overhead.py's" if script is not None else "P1's own (overhead.py absent)"
-    result.params["echo_and_npud_from"] = source
+    result.params["echo_from"] = source
     result.notes.append(
-        f"npud and echo series: {source} _bench_npud/_bench_echo, called per round. npud: real "
-        "daemon (log level warning, as overhead.py runs it), SimDevice process mode (rk3588, "
-        "50 us modelled launch), asyncio client, LATENCY queue, an empty command stream sent "
-        "inline with each job (as the LLM decode loop does); 'command in a buffer' refers to a "
-        "pre-uploaded one instead. Echo: grpc.aio bidi stream to another process. Direct: "
-        "SimDevice process mode in the benchmark's own process (no daemon). "
+        f"Echo series: {source} _bench_echo, called per round. npud: real daemon (log level "
+        "warning, as overhead.py runs it), SimDevice process mode (rk3588, 50 us modelled "
+        "launch), asyncio client over the daemon's submit socket (the default for a local "
+        "client), LATENCY queue, an empty command stream sent inline with each job (as the LLM "
+        "decode loop does); 'command in a buffer' refers to a pre-uploaded one instead; 'over "
+        "the rpc' is the same job on the SubmitStream rpc. Echo: grpc.aio bidi stream to "
+        "another process. Socket echo: an asyncio server echoing frames over a Unix stream "
+        "socket. Direct: SimDevice process mode in the benchmark's own process (no daemon). "
         f"{rounds} rounds x {per_round} calls per series, order rotated each round."
     )
     return result

@@ -49,7 +49,14 @@ from npud.api.state import ApiState, Caller
 from npud.api.submission import SubmitSession, Submitter, error_info
 from npud.errors import InvalidArgument, NpudError, ResourceExhausted, Unauthenticated
 from npud.v1 import job_pb2
-from npud.vocab.frames import HEADER, PROTOCOL_VERSION, FrameReader, FrameTooLarge, frame
+from npud.vocab.frames import (
+    HEADER,
+    PROTOCOL_VERSION,
+    READ_CHUNK,
+    FrameReader,
+    FrameTooLarge,
+    frame,
+)
 
 MAX_HELLO: Final = 4096
 """The largest handshake frame (a token is a few dozen bytes)."""
@@ -221,11 +228,12 @@ class SubmitSocketServer:
         return self._state.shutting_down
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client of the submit socket: its handshake, then its submit stream."""
 
     def __init__(self, server: SubmitSocketServer) -> None:
         self._server = server
+        self._inbox = memoryview(bytearray(READ_CHUNK))
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(MAX_HELLO)
         self._session: SubmitSession | None = None
@@ -260,7 +268,13 @@ class _Connection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._inbox
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(bytes(self._inbox[:nbytes]))
+
+    def _received(self, data: bytes) -> None:
         if self._closing:
             return
         try:

@@ -27,7 +27,7 @@ from npud import errors
 from npud.client.errors import error_class
 from npud.config import submit_socket_for
 from npud.v1 import job_pb2
-from npud.vocab.frames import PROTOCOL_VERSION, FrameReader, FrameTooLarge, frame
+from npud.vocab.frames import PROTOCOL_VERSION, READ_CHUNK, FrameReader, FrameTooLarge, frame
 
 MAX_RESPONSE: Final = 128 << 20
 """The largest response frame accepted (the daemon's readbacks are at most 64 MiB)."""
@@ -126,7 +126,7 @@ class SocketLine:
     def _next_frame(self) -> bytes:
         while not self._frames:
             try:
-                data = self._sock.recv(1 << 16)
+                data = self._sock.recv(READ_CHUNK)
             except OSError as exc:
                 raise errors.Unavailable(f"the submit stream ended: {exc}") from None
             if not data:
@@ -142,7 +142,7 @@ class SocketLine:
         self._sock.close()
 
 
-class AsyncSocketLine(asyncio.Protocol):
+class AsyncSocketLine(asyncio.BufferedProtocol):
     """The submit stream over the submit socket, on the event loop.
 
     Each response goes to ``deliver`` as it arrives; when the stream ends or breaks,
@@ -157,6 +157,7 @@ class AsyncSocketLine(asyncio.Protocol):
         self._deliver = deliver
         self._fail = fail
         self._reader = FrameReader(MAX_HELLO_REPLY)
+        self._inbox = memoryview(bytearray(READ_CHUNK))
         self._transport: asyncio.Transport | None = None
         self._hello: asyncio.Future[None] | None = None
         self._can_write: asyncio.Event = asyncio.Event()
@@ -219,9 +220,12 @@ class AsyncSocketLine(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._inbox
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            bodies = self._reader.feed(data)
+            bodies = self._reader.feed(bytes(self._inbox[:nbytes]))
         except FrameTooLarge as exc:
             self._end(errors.Unavailable(f"the submit stream broke: {exc}"))
             return

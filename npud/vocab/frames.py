@@ -21,6 +21,11 @@ HEADER: Final = struct.Struct("<I")
 PROTOCOL_VERSION: Final = 1
 """The submit socket's protocol, named in the handshake both ways."""
 
+READ_CHUNK: Final = 1 << 16
+"""Bytes read from the socket at a time. asyncio's transports read 256 KiB by default, and a
+buffer that large is past malloc's mmap threshold: every read mapped and unmapped it, 20 us
+a read against 3 us for this size (so the protocols lend asyncio their own buffer)."""
+
 
 class FrameTooLarge(ValueError):
     """A header announced a frame larger than the reader accepts."""
@@ -82,4 +87,4 @@ class FrameReader:
         return out
 
 
-__all__ = ["HEADER", "PROTOCOL_VERSION", "FrameReader", "FrameTooLarge", "frame"]
+__all__ = ["HEADER", "PROTOCOL_VERSION", "READ_CHUNK", "FrameReader", "FrameTooLarge", "frame"]

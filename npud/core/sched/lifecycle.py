@@ -203,11 +203,14 @@ class JobLifecycle:
             j.error = err
             if comp is not None:
                 j.completion = comp
+            # Why the done callbacks run before the accounting: they answer the job's waiter
+            # (a submit stream's response goes out from one), and nothing they read is
+            # changed by it; the books are kept while the answer is on its way.
+            j._settle()
             self._account_end(j, s, now)
             self.publish(j)
             for hook in self.on_end:
                 hook(j)
-            j._settle()
             for dep in j.dependents:
                 if dep.done:
                     continue
