@@ -361,6 +361,8 @@ def execute(
         CommandStreamError: a data-dependent fault (an EMBED id out of range), naming the op.
         JobCancelled: ``cancelled()`` returned True before an op.
     """
+    if not instructions:  # an empty stream (a null job): nothing to set up
+        return ExecStats(0, 0)
     machine = _Machine(memory, cache)
     read = written = 0
     with np.errstate(all="ignore"):
