@@ -135,13 +135,12 @@ def submit_jobs(ctx: ContextRef, specs: Iterable[JobSpec]) -> job_pb2.SubmitJobs
 def stream_entry(
     tag: int, ctx: ContextRef, spec: JobSpec, readbacks: Iterable[Readback]
 ) -> job_pb2.SubmitStreamRequest:
-    """One SubmitStreamRequest."""
-    return job_pb2.SubmitStreamRequest(
-        tag=tag,
-        context_id=id_of(ctx),
-        job=spec.to_wire(),
-        readbacks=[r.to_wire() for r in readbacks],
-    )
+    """One SubmitStreamRequest (built in place: one per decode step)."""
+    msg = job_pb2.SubmitStreamRequest(tag=tag, context_id=id_of(ctx))
+    spec.to_wire(into=msg.job)
+    for r in readbacks:
+        msg.readbacks.append(r.to_wire())
+    return msg
 
 
 def context_or_all(ctx: ContextRef | None) -> str:

@@ -460,28 +460,31 @@ class JobSpec:
     label: str = ""
     estimate_s: float = 0.0
 
-    def to_wire(self) -> job_pb2.JobSpec:
-        """The wire message."""
-        spec = job_pb2.JobSpec(
-            queue_id=_id(self.queue),
-            bindings=[b.to_wire() for b in self.bindings],
-            kind=self.kind,
-            deadline_s=self.deadline_s,
-            timeout_s=self.timeout_s,
-            depends_on=[_id(d) for d in self.depends_on],
-            label=self.label,
-            estimate_s=self.estimate_s,
-        )
-        if isinstance(self.command, CommandRef):
-            spec.command_buffer.CopyFrom(
-                job_pb2.CommandRef(
-                    buffer_id=_id(self.command.buffer),
-                    offset=self.command.offset,
-                    size=self.command.size,
-                )
-            )
+    def to_wire(self, into: job_pb2.JobSpec | None = None) -> job_pb2.JobSpec:
+        """The wire message, filled into ``into`` (a field of a request being built) when
+        given, else into a new one; returned either way."""
+        spec = job_pb2.JobSpec() if into is None else into
+        spec.queue_id = _id(self.queue)
+        if self.bindings:
+            spec.bindings.extend(b.to_wire() for b in self.bindings)
+        spec.kind = self.kind
+        spec.label = self.label
+        if self.deadline_s:
+            spec.deadline_s = self.deadline_s
+        if self.timeout_s:
+            spec.timeout_s = self.timeout_s
+        if self.estimate_s:
+            spec.estimate_s = self.estimate_s
+        if self.depends_on:
+            spec.depends_on.extend(_id(d) for d in self.depends_on)
+        command = self.command
+        if isinstance(command, CommandRef):
+            ref = spec.command_buffer
+            ref.buffer_id = _id(command.buffer)
+            ref.offset = command.offset
+            ref.size = command.size
         else:
-            spec.command_inline = bytes(self.command)
+            spec.command_inline = bytes(command)
         return spec
 
 
