@@ -423,6 +423,7 @@ class Daemon:
                 sessions=state.sessions.statistics,
                 tokens=state.tokens.statistics,
                 tenants=self.tenants.statistics,
+                submits=self.submits.statistics if self.submits is not None else None,
             )
         )
         host, port = split_listen(listen)

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from npud import __version__
 from npud.api.identity import TokenStatistics
 from npud.api.sessions import SessionStatistics
+from npud.api.submit_socket import SubmitSocketStatistics
 from npud.api.tenants import TenantStatistics
 from npud.core.distribution import Buckets
 from npud.core.service import Core, CoreStatistics
@@ -61,12 +62,13 @@ MAX_REQUEST_BYTES: Final = 8192
 @dataclass(frozen=True, slots=True)
 class Sources:
     """Where the collector reads: core, and the API layer's session, token and tenant tables
-    (each a callable returning that table's frozen snapshot)."""
+    and the submit socket (each a callable returning that table's frozen snapshot)."""
 
     core: Core
     sessions: Callable[[], SessionStatistics] | None = None
     tokens: Callable[[], TokenStatistics] | None = None
     tenants: Callable[[], TenantStatistics] | None = None
+    submits: Callable[[], SubmitSocketStatistics] | None = None
 
 
 def _le(bound: float) -> str:
@@ -128,6 +130,28 @@ class NpudCollector(Collector):
         if src.tenants is not None:
             n = src.tenants()
             yield GaugeMetricFamily("npud_tenants", "Tenants (allocations)", value=n.tenants)
+        if src.submits is not None:
+            u = src.submits()
+            yield GaugeMetricFamily(
+                "npud_submit_socket_connections",
+                "Open connections to the submit socket",
+                value=u.connections,
+            )
+            yield CounterMetricFamily(
+                "npud_submit_socket_requests",
+                "Jobs requested over the submit socket",
+                value=u.requests,
+            )
+            yield CounterMetricFamily(
+                "npud_submit_socket_refused",
+                "Submit socket connections refused (a bad handshake, too many connections)",
+                value=u.refused,
+            )
+            yield CounterMetricFamily(
+                "npud_submit_socket_broken",
+                "Submit socket streams ended for a frame that could not be served",
+                value=u.broken,
+            )
 
     def _devices(self, stats: CoreStatistics) -> Iterator[Metric]:
         up = GaugeMetricFamily(

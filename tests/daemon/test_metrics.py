@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from npud.api.submit_socket import SubmitSocketStatistics
 from npud.config import load_settings
 from npud.daemon.metrics import MetricsServer, Sources, registry_for
 from npud.errors import ConfigError
@@ -42,6 +43,22 @@ def test_collector_reads_the_snapshots_and_costs_nothing_per_job() -> None:
     bed.device.lose("unplugged")
     bed.run()
     assert value("npud_device_up", device=dev) == 0
+
+
+def test_the_submit_sockets_counters_are_exported() -> None:
+    """The submit socket's snapshot becomes its connection gauge and its request, refusal and
+    broken-stream counters."""
+    bed = make_bed()
+    snapshot = SubmitSocketStatistics(connections=2, requests=10, responses=9, refused=3, broken=1)
+    registry, _ = registry_for(Sources(bed.core, submits=lambda: snapshot))
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(name, {})
+
+    assert value("npud_submit_socket_connections") == 2
+    assert value("npud_submit_socket_requests_total") == 10
+    assert value("npud_submit_socket_refused_total") == 3
+    assert value("npud_submit_socket_broken_total") == 1
 
 
 def test_every_name_follows_the_conventions() -> None:
