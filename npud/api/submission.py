@@ -123,10 +123,12 @@ class Submitter:
                 core.write_buffer(caller.owner, ctx_id, buf.id, 0, data)
             command, offset = inline[-1][0], 0
             size: int | None = len(data)
+            written: bytes | None = data
         else:
             ref = msg.command_buffer
             command, offset = BufferId(ref.buffer_id), ref.offset
             size = ref.size or None
+            written = None
         return JobSpec(
             queue_id=QueueId(msg.queue_id),
             command=command,
@@ -139,6 +141,7 @@ class Submitter:
             deadline=core.now() + msg.deadline_s if msg.deadline_s > 0 else None,
             timeout_s=msg.timeout_s or None,
             estimate_s=msg.estimate_s or None,
+            command_bytes=written,
         )
 
     def submit(

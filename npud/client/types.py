@@ -488,45 +488,69 @@ class JobSpec:
         return spec
 
 
+@dataclass(frozen=True, slots=True)
 class JobResult:
-    """A finished job from the submit stream, with the bytes of its readbacks in request order.
+    """A finished job from the submit stream, with the bytes of its readbacks in request order."""
 
-    ``job`` is the job's snapshot, converted from the wire on first access: a decode loop
-    reads a step's readbacks and ``ok`` and seldom the snapshot, whose conversion (a dozen
-    fields and a timestamp per state) cost more client time per step than anything else.
-    """
-
-    __slots__ = ("_job", "_wire", "error", "readbacks")
-
-    def __init__(
-        self,
-        job: Job | None = None,
-        readbacks: tuple[bytes, ...] = (),
-        error: JobError | None = None,
-        *,
-        wire: job_pb2.Job | None = None,
-    ) -> None:
-        self._job = job
-        self._wire = wire if job is None else None
-        self.readbacks = readbacks
-        self.error = error
-
-    @property
-    def job(self) -> Job | None:
-        """The job as it ended (None when the request was refused before it became one)."""
-        if self._job is None and self._wire is not None:
-            self._job = Job.from_wire(self._wire)
-            self._wire = None
-        return self._job
+    job: Job | None
+    readbacks: tuple[bytes, ...]
+    error: JobError | None
 
     @property
     def ok(self) -> bool:
         """Whether the job completed."""
+        return self.error is None and self.job is not None and self.job.state is JobState.COMPLETED
+
+
+class _WireJobResult(JobResult):
+    """A :class:`JobResult` straight off the submit stream, whose ``job`` snapshot is converted
+    from the wire on first access.
+
+    Why: a decode loop reads a step's readbacks and ``ok`` and seldom the snapshot, whose
+    conversion (a dozen fields and a timestamp per state it went through) cost more of the
+    client's time per step than everything else it did. It is still a JobResult dataclass
+    (``fields``, ``asdict`` and ``replace`` see ``job``, converted when they read it).
+    """
+
+    __slots__ = ("_cache", "_wire")
+
+    _cache: Job | None
+    _wire: job_pb2.Job | None
+
+    @classmethod
+    def of(
+        cls, wire: job_pb2.Job | None, readbacks: tuple[bytes, ...], error: JobError | None
+    ) -> JobResult:
+        """A result whose job is ``wire``, converted when first read."""
+        result = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(result, "_cache", None)
+        setattr_(result, "_wire", wire)
+        setattr_(result, "readbacks", readbacks)
+        setattr_(result, "error", error)
+        return result
+
+    @property
+    def job(self) -> Job | None:
+        """The job as it ended (None when the request was refused before it became one)."""
+        if self._cache is None and self._wire is not None:
+            object.__setattr__(self, "_cache", Job.from_wire(self._wire))
+            object.__setattr__(self, "_wire", None)
+        return self._cache
+
+    @job.setter
+    def job(self, value: Job | None) -> None:  # the dataclass __init__ (``replace``) sets it
+        object.__setattr__(self, "_cache", value)
+        object.__setattr__(self, "_wire", None)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job completed (read from the wire: no conversion)."""
         if self.error is not None:
             return False
         if self._wire is not None:
             return self._wire.state == _COMPLETED_ON_WIRE
-        return self._job is not None and self._job.state is JobState.COMPLETED
+        return self._cache is not None and self._cache.state is JobState.COMPLETED
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, JobResult):
@@ -549,8 +573,8 @@ def id_of(obj: str | Buffer | Queue | Context | Job) -> str:
 
 def job_result_from_wire(msg: job_pb2.SubmitStreamResponse) -> JobResult:
     """Convert one SubmitStream response."""
-    return JobResult(
-        readbacks=tuple(r.data for r in msg.readbacks),
-        error=JobError.from_wire(msg.error) if msg.HasField("error") else None,
-        wire=msg.job if msg.HasField("job") else None,
+    return _WireJobResult.of(
+        msg.job if msg.HasField("job") else None,
+        tuple(r.data for r in msg.readbacks),
+        JobError.from_wire(msg.error) if msg.HasField("error") else None,
     )

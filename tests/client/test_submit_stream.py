@@ -6,6 +6,7 @@ test: a refused job is answered at once, before the jobs submitted ahead of it f
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from npud.client.client import SubmitStream
+from npud.client.types import Job, JobError, JobResult, job_result_from_wire
 from npud.errors import Unavailable
 from npud.v1 import job_pb2, types_pb2
 
@@ -84,3 +86,31 @@ def test_next_result_still_gives_set_aside_answers_first() -> None:
     assert tag == 3
     with pytest.raises(Unavailable, match="submit stream ended"):
         stream.next_result()
+
+
+def test_a_result_off_the_stream_is_a_job_result_converted_when_read() -> None:
+    """A response becomes a JobResult dataclass: ``ok`` is read from the wire, the job snapshot
+    is converted on first access (and equals the eager conversion), and ``asdict``, ``replace``
+    and equality with an eagerly built result behave as for any JobResult."""
+    msg = job_pb2.SubmitStreamResponse(tag=3)
+    msg.job.job_id = "job-1"
+    msg.job.state = types_pb2.JOB_STATE_COMPLETED
+    msg.job.transitions.add(state=types_pb2.JOB_STATE_QUEUED).time.seconds = 1_700_000_000
+    msg.readbacks.add(buffer_id="buf-1", offset=0, data=b"\x07\x00")
+    result = job_result_from_wire(msg)
+    eager = JobResult(Job.from_wire(msg.job), (b"\x07\x00",), None)
+    assert isinstance(result, JobResult)
+    assert result.ok
+    assert result.job == eager.job
+    assert result == eager
+    assert eager == result
+    assert dataclasses.asdict(result) == dataclasses.asdict(eager)
+    assert dataclasses.replace(result, readbacks=()).readbacks == ()
+    assert repr(result) == repr(eager)
+    refused = job_pb2.SubmitStreamResponse(tag=4)
+    refused.error.kind = "NotFound"
+    refused.error.code = 5
+    not_ok = job_result_from_wire(refused)
+    assert not not_ok.ok
+    assert not_ok.job is None
+    assert not_ok.error == JobError("NotFound", 5, "")

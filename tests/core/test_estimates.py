@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from npud.core.estimates import DurationEstimator, OwnerEstimates
 from npud.core.policy import SchedulerPolicy
+from npud.core.service import JobSpec
 from npud.devices.base import Completion, CompletionStatus, SubmitToken
 from npud.errors import DeadlineInfeasible, InvalidArgument, TimeSliceExceeded
+from npud.isa.program import Program
 from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
@@ -134,3 +136,29 @@ def test_a_model_cap_below_one_is_refused() -> None:
     """model_cap < 1 would make admission trust less than the model itself: InvalidArgument."""
     with pytest.raises(InvalidArgument, match="model_cap"):
         SchedulerPolicy(model_cap=0.5)
+
+
+def test_a_job_given_its_command_bytes_is_modelled_from_them() -> None:
+    """A submit that hands core the command range's bytes (an inline stream just written) is
+    modelled exactly as one whose stream core reads back from the buffer; bytes of another
+    length than the range are not trusted, and the buffer is read instead."""
+    bed = make_bed()
+    ctx = bed.context()
+    q = bed.queue(ctx, SchedulingClass.LATENCY)
+    blob = Program().burn(0.002).encode()
+    cmd = bed.burn_buffer(ctx, 0.002)
+    read_back, given, wrong = bed.core.submit(
+        ALICE,
+        ctx.id,
+        [
+            JobSpec(q.id, cmd),
+            JobSpec(q.id, cmd, command_bytes=blob),
+            JobSpec(q.id, cmd, command_bytes=Program().burn(0.02).burn(0.02).encode()),
+        ],
+    )
+    expected = bed.device.modelled_s(blob, [])
+    assert expected is not None
+    assert expected > 0.0015
+    assert read_back.modelled_s == pytest.approx(expected)
+    assert given.modelled_s == read_back.modelled_s
+    assert wrong.modelled_s == read_back.modelled_s

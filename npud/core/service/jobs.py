@@ -50,6 +50,9 @@ class JobSpec:
         timeout_s: the watchdog timeout (``None``: the class default).
         engine: a specific engine (``None``: the least loaded).
         estimate_s: the client's estimate, used until the kind has measurements.
+        command_bytes: the command range's bytes when the caller has them at hand (an inline
+            stream it has just written): the device's cost model reads them instead of
+            reading the buffer back. They must be what the range holds.
     """
 
     queue_id: QueueId
@@ -64,6 +67,7 @@ class JobSpec:
     timeout_s: float | None = None
     engine: int | None = None
     estimate_s: float | None = None
+    command_bytes: bytes | None = None
 
 
 class CoreJobs(CoreBuffers):
@@ -132,7 +136,15 @@ class CoreJobs(CoreBuffers):
             residency.check_use(buf, use)
             bindings.append((buf, use))
         self._check_numbers(queue.sched_class, spec)
-        modelled = self._model(ctx, residency, command, offset=offset, size=size, bindings=bindings)
+        modelled = self._model(
+            ctx,
+            residency,
+            command,
+            offset=offset,
+            size=size,
+            bindings=bindings,
+            stream=spec.command_bytes,
+        )
         return Job(
             id=new_job_id(),
             context_id=ctx.id,
@@ -160,13 +172,16 @@ class CoreJobs(CoreBuffers):
         offset: int,
         size: int,
         bindings: Sequence[tuple[Buffer, BufferUse]],
+        stream: bytes | None = None,
     ) -> float | None:
-        """The device's model of a job's duration from its command stream as it is now, where
-        the device models jobs (``Capabilities.models_jobs``); ``None`` elsewhere."""
+        """The device's model of a job's duration from its command stream as it is now (read
+        from the buffer unless ``stream`` holds the range already), where the device models
+        jobs (``Capabilities.models_jobs``); ``None`` elsewhere."""
         device = self._devices[ctx.device].device
         if not device.capabilities.models_jobs:
             return None
-        stream = residency.read(command, offset, size)
+        if stream is None or len(stream) != size:
+            stream = residency.read(command, offset, size)
         shapes = [BindingShape(b.size, use, b.resident_tier) for b, use in bindings]
         return device.modelled_s(stream, shapes)
 
