@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from npud.core.job import Job
 from npud.devices.base import Completion, CompletionCallback, Submission, SubmitToken
 from npud.errors import Cancelled, InvalidArgument, NotFound
 from npud.vocab import JobState, SchedulingClass
@@ -252,3 +253,32 @@ def test_a_late_completion_never_makes_a_job_run_shorter_than_the_device_measure
         assert job.run_s is not None
         assert job.completion is not None
         assert job.run_s >= job.completion.measured_s >= 0.004
+
+
+def test_a_completed_jobs_waiter_is_answered_with_the_finished_job_and_the_books_agree() -> None:
+    """A done callback runs as soon as the device's completion is handled and sees the job
+    COMPLETED, with its completion and a run no shorter than the device measured; once the
+    completion has been handled the queue counts each job once, its engine is free again and
+    the next job of an in-order queue has run."""
+    bed = make_bed()
+    ctx = bed.context()
+    queue = bed.queue(ctx, SchedulingClass.LATENCY)
+    jobs = bed.burn(ctx, queue, 0.002, n=4)
+    seen: list[tuple[JobState, float, float]] = []
+
+    def done(job: Job) -> None:
+        assert job.completion is not None
+        assert job.run_s is not None
+        seen.append((job.state, job.run_s, job.completion.measured_s))
+
+    for job in jobs:
+        job.add_done_callback(done)
+    bed.run()
+    assert [state for state, _, _ in seen] == [JobState.COMPLETED] * 4
+    assert all(run >= measured >= 0.002 for _, run, measured in seen)
+    stats = queue.statistics()
+    assert stats.ended == {"completed": 4}
+    assert stats.depth == 0
+    assert stats.run.count == 4
+    assert all(not j.on_device for j in jobs)
+    assert all(not e.inflight for e in bed.scheduler._engines.all)

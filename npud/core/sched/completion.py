@@ -70,6 +70,19 @@ class Completions:
             _log.exception("handling the completion of job %s failed", job.id)
         self._kick()
 
+    @staticmethod
+    def _correct_start(job: Job, now: float, run: float) -> None:
+        # ---- Why the start is corrected by the device's measured run ----------------------
+        # npud stamps a job started when it sees it head its engine, that is when the
+        # completion of the job before it is handled. The engine began it when that job
+        # ended, earlier by however long the completion waited for the loop; a job can even
+        # run whole while npud still counts an earlier job as the head (never stamped).
+        # It ended by ``now``, so it started no later than ``now - run``: the earlier of the
+        # two is kept, and a job's run time is never less than the device measured.
+        latest = now - run
+        if job.started_at is None or job.started_at > latest:
+            job.started_at = max(job.submitted_at, latest)
+
     def _complete(self, job: Job, completion: Completion) -> None:
         if not job.on_device or job.engine is None:
             return  # already accounted (device loss)
@@ -77,8 +90,12 @@ class Completions:
         engine = self._engines[job.engine]
         ok = completion.status is CompletionStatus.OK
         now = self._clock.now()
-        was_head = life.off_device(job, engine, job.written_buffers() if ok else (), now)
         run = max(0.0, completion.measured_s)
+        answered = ok and not job.done and job.cancel_reason is None and not job.recall
+        if answered:  # the common case: answer first, keep the books after (Lifecycle.answer)
+            self._correct_start(job, now, run)
+            life.answer(job, completion, now)
+        was_head = life.off_device(job, engine, job.written_buffers() if ok else (), now)
         self._engines.record_run(engine, now, run)
         ctx = life.contexts.get(job.context_id)
         if ctx is not None:
@@ -91,7 +108,9 @@ class Completions:
         if ok and ctx is not None:
             self._estimator.observe(ctx.owner.account, job.kind, completion)
         status = completion.status
-        if job.done:
+        if answered:
+            life.finish(job, JobState.COMPLETED, None, completion, now, answered=True)
+        elif job.done:
             job.completion = job.completion or completion
         elif job.cancel_reason is not None:
             life.finish(
@@ -111,16 +130,7 @@ class Completions:
             life.set_state(job, JobState.READY, now)
             self._queues.push(job)
         elif ok:
-            # ---- Why the start is corrected by the device's measured run ----------------------
-            # npud stamps a job started when it sees it head its engine, that is when the
-            # completion of the job before it is handled. The engine began it when that job
-            # ended, earlier by however long the completion waited for the loop; a job can even
-            # run whole while npud still counts an earlier job as the head (never stamped).
-            # It ended by ``now``, so it started no later than ``now - run``: the earlier of the
-            # two is kept, and a job's run time is never less than the device measured.
-            latest = now - run
-            if job.started_at is None or job.started_at > latest:
-                job.started_at = max(job.submitted_at, latest)
+            self._correct_start(job, now, run)
             life.finish(job, JobState.COMPLETED, None, completion, now)
         elif status is CompletionStatus.ERROR:
             life.finish(

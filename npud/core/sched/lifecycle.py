@@ -176,6 +176,22 @@ class JobLifecycle:
             Cancelled, f"its dependency {dep.id} ended {dep.state.value.upper()}, so it never ran"
         )
 
+    def answer(self, job: Job, completion: Completion, now: float) -> None:
+        """Stamp a job the device completed COMPLETED and run its done callbacks now, ahead of
+        the device-side bookkeeping; :meth:`finish` then keeps its books (``answered=True``).
+
+        Why: the callbacks answer the job's waiter (a submit stream's response goes out from
+        one), and nothing they read is changed by the bookkeeping (the engine's and residency's
+        release of the job, the shares' charge, the estimate, the accounting). Done first, the
+        answer is on its way while the daemon keeps its books.
+        """
+        job.held = False
+        job.behind = None
+        self.set_state(job, JobState.COMPLETED, now)
+        job.error = None
+        job.completion = completion
+        job._settle()
+
     def finish(
         self,
         job: Job,
@@ -183,9 +199,12 @@ class JobLifecycle:
         error: JobError | None,
         completion: Completion | None = None,
         now: float | None = None,
+        *,
+        answered: bool = False,
     ) -> None:
         """End ``job`` (and, transitively, dependents that can no longer run) at ``now``
-        (default: the clock's time)."""
+        (default: the clock's time). ``answered``: :meth:`answer` already ended ``job`` itself;
+        only its books and its dependents are left."""
         if now is None:
             now = self._clock.now()
         stack: list[tuple[Job, JobState, JobError | None, Completion | None]] = [
@@ -193,20 +212,22 @@ class JobLifecycle:
         ]
         while stack:
             j, s, err, comp = stack.pop()
-            if j.done:
+            if answered and j is job:
+                pass
+            elif j.done:
                 continue
-            if j.state is JobState.READY and not j.held:
-                self._queues.ready[j.sched_class] -= 1
-            j.held = False
-            j.behind = None
-            self.set_state(j, s, now)
-            j.error = err
-            if comp is not None:
-                j.completion = comp
-            # Why the done callbacks run before the accounting: they answer the job's waiter
-            # (a submit stream's response goes out from one), and nothing they read is
-            # changed by it; the books are kept while the answer is on its way.
-            j._settle()
+            else:
+                if j.state is JobState.READY and not j.held:
+                    self._queues.ready[j.sched_class] -= 1
+                j.held = False
+                j.behind = None
+                self.set_state(j, s, now)
+                j.error = err
+                if comp is not None:
+                    j.completion = comp
+                # the done callbacks answer the job's waiter before the books are kept (see
+                # :meth:`answer`)
+                j._settle()
             self._account_end(j, s, now)
             self.publish(j)
             for hook in self.on_end:
