@@ -220,6 +220,9 @@ class SubmitSession:
         self._closed = False
         self.pending = 0
         """Jobs submitted whose responses have not been sent yet."""
+        self.owed = 0
+        """Readback bytes those jobs' responses will carry (what a transport must make room
+        for)."""
 
     @property
     def caller(self) -> Caller:
@@ -241,10 +244,12 @@ class SubmitSession:
             self._reply(job_pb2.SubmitStreamResponse(tag=req.tag, error=info))
             return
         self.pending += 1
+        self.owed += sum(rb.size for rb in req.readbacks)
         job.add_done_callback(partial(self._finished, req))
 
     def _finished(self, req: job_pb2.SubmitStreamRequest, job: Job) -> None:
         self.pending -= 1
+        self.owed -= sum(rb.size for rb in req.readbacks)
         if self._closed:
             return
         core = self._state.core

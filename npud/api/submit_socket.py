@@ -22,9 +22,10 @@ the ``SubmitStream`` rpc's messages as length-prefixed frames (:mod:`npud.vocab.
 
 What a connection may do is what the same token may do over gRPC: the same core calls, the
 same ownership rules, bounds and quotas. It holds a connection's worth of memory at most: one
-frame of at most ``max_request`` bytes being read, and responses waiting to be written up to
-:data:`HIGH_WATER`, past which the daemon stops reading that client's requests until it reads
-its responses (so a client that never reads cannot make the daemon buffer without bound). A
+read's frames of at most ``max_request`` bytes each, and responses up to :data:`HIGH_WATER`
+plus one request's readbacks, counting both those waiting to be written and those its jobs in
+flight will carry. Past that the daemon stops reading the client's requests until it has read
+its responses, so a client that never reads cannot make the daemon buffer without bound. A
 uid holds at most :data:`MAX_CONNECTIONS_PER_USER` connections. When the client closes or dies
 the stream ends as a cancelled rpc does: its jobs in flight run to their end, their responses
 are dropped, and the stream's command buffers are released.
@@ -38,6 +39,7 @@ import json
 import logging
 import os
 import socket
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -64,7 +66,8 @@ MAX_REQUEST: Final = 4 << 20
 """The largest request frame. A decode step's inline command stream is a few hundred bytes;
 a larger program belongs in a command buffer, uploaded once and named by each job."""
 HIGH_WATER: Final = 4 << 20
-"""Response bytes waiting to be written past which a client's requests are not read."""
+"""Response bytes owed to a client (written but not yet read by it, or to come with the
+readbacks of its jobs in flight) past which its requests are not read."""
 MAX_CONNECTIONS_PER_USER: Final = 64
 """Open submit connections per uid (each is a descriptor in the daemon)."""
 
@@ -238,6 +241,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._reader = FrameReader(MAX_HELLO)
         self._session: SubmitSession | None = None
         self._closing = False
+        self._backlog: deque[bytes] = deque()
+        self._serving = False
+        self._writing_paused = False
+        self._reading_paused = False
         self.uid = -1
 
     @property
@@ -283,13 +290,8 @@ class _Connection(asyncio.BufferedProtocol):
             what = "a handshake" if self._session is None else "a request"
             self._break(InvalidArgument(f"{what}: {exc}"))
             return
-        for body in frames:
-            if self._session is None:
-                self._hello(body)
-            else:
-                self._request(body)
-            if self.closing:  # the frame ended the stream: the rest goes unread
-                return
+        self._backlog.extend(frames)
+        self._serve()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close (its jobs' responses are dropped)
@@ -301,12 +303,61 @@ class _Connection(asyncio.BufferedProtocol):
         self._server.forget(self)
 
     def pause_writing(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.pause_reading()
+        self._writing_paused = True
+        self._serve()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
+        self._writing_paused = False
+        self._serve()
+
+    # ---- backpressure -----------------------------------------------------------------------
+
+    # Why requests wait in a backlog: pausing the transport stops the next read, not the
+    # frames of the read already made. A client sending without reading puts hundreds of
+    # requests in one read; served at once, each job's readback would be owed to it (1 MiB
+    # each made 256 MiB). So frames are served one at a time while the bytes owed (the
+    # write buffer plus the readbacks of the jobs in flight) stay within HIGH_WATER; the
+    # rest wait, reading pauses, and every response sent or buffer drained looks again.
+
+    def _owed(self) -> int:
+        session, transport = self._session, self._transport
+        if session is None or transport is None:
+            return 0
+        return session.owed + transport.get_write_buffer_size()
+
+    def _serve(self) -> None:
+        """Serve waiting frames while the client may be owed more, then pause or resume
+        reading to match."""
+        if self._serving:  # a response sent while serving a frame: the loop goes on
+            return
+        self._serving = True
+        try:
+            while (
+                self._backlog
+                and not self._closing
+                and not self._writing_paused
+                and self._owed() <= HIGH_WATER
+            ):
+                body = self._backlog.popleft()
+                if self._session is None:
+                    self._hello(body)
+                else:
+                    self._request(body)
+        finally:
+            self._serving = False
+        if self._closing:  # the frame ended the stream: the rest goes unread
+            self._backlog.clear()
+            return
+        transport = self._transport
+        if transport is None:
+            return
+        pause = bool(self._backlog) or self._writing_paused or self._owed() > HIGH_WATER
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     # ---- frames -----------------------------------------------------------------------------
 
@@ -345,6 +396,8 @@ class _Connection(asyncio.BufferedProtocol):
     def _send(self, resp: job_pb2.SubmitStreamResponse) -> None:
         self._server.responses += 1
         self._write(resp.SerializeToString())
+        if self._reading_paused or self._backlog:
+            self._serve()  # a job's readbacks are no longer owed
 
     def _write(self, body: bytes) -> None:
         transport = self._transport
