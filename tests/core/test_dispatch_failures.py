@@ -8,7 +8,7 @@ import pytest
 from npud.core.service import JobSpec
 from npud.devices.base import BufferUse
 from npud.devices.sim.wire import MAX_BINDINGS, WireError, encode_run
-from npud.errors import InvalidArgument, JobFailed
+from npud.errors import InvalidArgument, JobFailed, NotFound
 from npud.vocab import BufferUsage, JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
 
@@ -66,6 +66,35 @@ def test_a_failure_on_the_way_to_the_device_fails_the_job_and_frees_its_engine()
     bed.run()
     assert good.state is JobState.COMPLETED
     assert all(e.in_flight == 0 for e in bed.scheduler.statistics().engines)
+
+
+def test_a_job_whose_buffers_fail_to_be_placed_fails_and_the_next_job_of_its_class_runs() -> None:
+    """A job whose buffers cannot be made resident (a buffer freed under it) ends FAILED
+    naming why, and the run queue's count stays right: the next job of the same class is
+    dispatched and completes, as are the jobs queued behind it."""
+    bed = make_bed()
+    ctx = bed.context()
+    q = bed.queue(ctx, SchedulingClass.LATENCY)
+    residency = bed.core._residency(ctx)
+    real = residency.prepare
+    calls = []
+
+    def broken(*args: object, **kw: object) -> object:
+        if not calls:
+            calls.append(1)
+            raise NotFound("buffer buf-x was freed")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    residency.prepare = broken  # type: ignore[method-assign]
+    (bad,) = bed.burn(ctx, q, 0.001)
+    bed.run()
+    assert bad.state is JobState.FAILED
+    assert bad.error is not None
+    assert "was freed" in bad.error.message
+    jobs = bed.burn(ctx, q, 0.001, n=3)
+    bed.run()
+    assert [j.state for j in jobs] == [JobState.COMPLETED] * 3
+    assert bed.scheduler._queues.ready[SchedulingClass.LATENCY] == 0
 
 
 def test_a_run_message_never_exceeds_the_device_process_packet() -> None:

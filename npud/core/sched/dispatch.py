@@ -233,8 +233,7 @@ class Dispatcher:
             command = residency.binding(job.command, BufferUse.READ).handle
             bindings = tuple(residency.binding(b, u) for b, u in job.bindings)
         except Exception as err:  # any failure before the device ends the job (see _unsent)
-            self._queues.refund(job)
-            life.finish(job, JobState.FAILED, _unsent(job, err))
+            self._end_unsent(job, _unsent(job, err))
             return
         cls = job.sched_class
         submission = Submission(
@@ -247,6 +246,22 @@ class Dispatcher:
             label=job.label or job.kind,
             timeout_s=self._watchdog.timeout_of(job),
         )
+        # Why the device gets the job before core books it: the books (buffers in use, the
+        # charge, RUNNING, the engine's in-flight list) change nothing the device reads, and
+        # nothing else runs in between (one loop owns core, and a device never calls
+        # ``on_done`` from inside ``submit``). Kept first, they would delay every job's start
+        # by their cost; kept after, they are done while the device runs it.
+        try:
+            token = self._device.submit(submission, partial(self._completions.on_done, job))
+        except Exception as err:  # nothing was booked: the job ends here, never RUNNING
+            if isinstance(err, DeviceLost):
+                self._queues.refund(job)
+                job.held = True  # out of the run queue's count (see _end_unsent)
+                self._loss.lose(str(err))
+            else:
+                self._end_unsent(job, _unsent(job, err))
+            return
+        job.token = token
         residency.begin_run(buffers, now)
         cost = est if est is not None else self._policy.unknown_cost_s
         if cls is not SchedulingClass.THROUGHPUT or self._fifo:
@@ -258,16 +273,6 @@ class Dispatcher:
         ctx.on_device += 1
         life.set_state(job, JobState.RUNNING, now)
         self._engines.put(job, engine, now)
-        try:
-            job.token = self._device.submit(submission, partial(self._completions.on_done, job))
-        except Exception as err:  # the job must not stay RUNNING without reaching the device
-            if job.on_device:
-                life.off_device(job, engine, written=())
-            if isinstance(err, DeviceLost):
-                self._loss.lose(str(err))
-            else:
-                life.finish(job, JobState.FAILED, _unsent(job, err))
-            return
         self._idle_retries = 0
         if job.behind is not None:
             self._ledger.followed += 1
@@ -277,6 +282,17 @@ class Dispatcher:
             follower = job.queue.second()
             if follower is not None:
                 life.maybe_ready(follower)  # it may go behind ``job`` on its engine
+
+    def _end_unsent(self, job: Job, error: JobError) -> None:
+        """End FAILED a job taken from its run queue that the device never had.
+
+        Taking it out already removed it from the queue's READY count; marked as set aside
+        (``held``), :meth:`JobLifecycle.finish` does not remove it a second time, which would
+        leave the count short and the next READY job of its class undispatched.
+        """
+        self._queues.refund(job)
+        job.held = True
+        self._life.finish(job, JobState.FAILED, error)
 
 
 def _unsent(job: Job, err: Exception) -> JobError:
