@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import islice
 from typing import TypeVar
 
 from npud.core.buffers import Buffer
@@ -332,11 +334,60 @@ _STATE_NUMBER = {s: STATE.to_wire(s) for s in JobState}
 _CLASS_NUMBER = {c: CLASS.to_wire(c) for c in SchedulingClass}
 
 
-def job_to_wire(job: Job, now: float, into: job_pb2.Job | None = None) -> job_pb2.Job:
+@dataclass(frozen=True, slots=True)
+class JobWirePrefix:
+    """What :func:`job_prefix_to_wire` wrote ahead into a Job message: the times of the
+    transitions it stamped, in order, and the wall-clock offset it placed them with."""
+
+    stamped: tuple[float, ...]
+    wall_offset: float
+
+
+def job_prefix_to_wire(job: Job, now: float, into: job_pb2.Job) -> JobWirePrefix:
+    """Fill ``into`` with what a job's answer will say whatever happens next: its ids, kind,
+    labels and class, and the transitions it has made by ``now``. :func:`job_to_wire` with
+    the returned prefix completes the message when the job has ended.
+
+    Why ahead: a submit stream answers every job with this message. Written while the job
+    runs on the device (the daemon has nothing else to do then), only the end of the job is
+    left to write between the device's reply and the response.
+    """
+    queue = job.queue
+    into.job_id = job.id
+    into.context_id = job.context_id
+    into.queue_id = queue.id
+    into.kind = job.kind
+    into.label = job.label
+    into.scheduling_class = _CLASS_NUMBER[queue.sched_class]
+    into.context_label = job.context_label
+    wall_offset = time.time() - now
+    _stamp(into, job.times.items(), wall_offset)
+    return JobWirePrefix(tuple(job.times.values()), wall_offset)
+
+
+def _stamp(
+    msg: job_pb2.Job, transitions: Iterable[tuple[JobState, float]], wall_offset: float
+) -> None:
+    # core's clock is monotonic; each transition is placed on the wall clock by ``wall_offset``
+    add = msg.transitions.add
+    for entered, at in transitions:
+        stamp = add(state=_STATE_NUMBER[entered]).time
+        stamp.seconds, stamp.nanos = divmod(round((wall_offset + at) * 1e9), 1_000_000_000)
+
+
+def job_to_wire(
+    job: Job,
+    now: float,
+    into: job_pb2.Job | None = None,
+    *,
+    prefix: JobWirePrefix | None = None,
+) -> job_pb2.Job:
     """A Job message for a live or ended job; times still running are measured up to ``now``.
 
     Filled into ``into`` (a field of a response being built) when given, else into a new
-    message, which is returned either way.
+    message, which is returned either way. With ``prefix``, ``into`` already holds what
+    :func:`job_prefix_to_wire` wrote and only the rest is written (all the transitions again
+    if the job has re-entered a state since, as a job recalled from its engine does).
 
     Why it reads the job field by field: every job a submit stream runs is answered with
     this message, so it is on the per-job path; building it straight from the job (no
@@ -356,25 +407,27 @@ def job_to_wire(job: Job, now: float, into: job_pb2.Job | None = None) -> job_pb
         wait = started - submitted
         run = (now if end is None else end) - started
     age = now - submitted
-    queue = job.queue
-    msg.job_id = job.id
-    msg.context_id = job.context_id
-    msg.queue_id = queue.id
     msg.state = _STATE_NUMBER[state]
-    msg.kind = job.kind
-    msg.label = job.label
-    msg.scheduling_class = _CLASS_NUMBER[queue.sched_class]
     msg.queue_wait_s = wait if wait > 0.0 else 0.0
     msg.run_s = run if run > 0.0 else 0.0
     msg.engine = -1 if job.engine is None else job.engine
     msg.age_s = age if age > 0.0 else 0.0
-    msg.context_label = job.context_label
-    # core's clock is monotonic; each transition is placed on the wall clock by its age now
-    wall_offset = time.time() - now
-    add = msg.transitions.add
-    for entered, at in times.items():
-        stamp = add(state=_STATE_NUMBER[entered]).time
-        stamp.seconds, stamp.nanos = divmod(round((wall_offset + at) * 1e9), 1_000_000_000)
+    if prefix is None:
+        queue = job.queue
+        msg.job_id = job.id
+        msg.context_id = job.context_id
+        msg.queue_id = queue.id
+        msg.kind = job.kind
+        msg.label = job.label
+        msg.scheduling_class = _CLASS_NUMBER[queue.sched_class]
+        msg.context_label = job.context_label
+        _stamp(msg, times.items(), time.time() - now)
+    else:
+        done = len(prefix.stamped)
+        if tuple(islice(times.values(), done)) != prefix.stamped:
+            del msg.transitions[:]
+            done = 0
+        _stamp(msg, islice(times.items(), done, None), prefix.wall_offset)
     completion = job.completion
     if completion is not None:
         msg.modelled_s = completion.modelled_s

@@ -36,7 +36,13 @@ from collections.abc import Callable
 from functools import partial
 
 from npud.api.command_pool import CommandPool
-from npud.api.convert import bindings_from_wire, error_to_wire, job_to_wire
+from npud.api.convert import (
+    JobWirePrefix,
+    bindings_from_wire,
+    error_to_wire,
+    job_prefix_to_wire,
+    job_to_wire,
+)
 from npud.api.state import ApiState, Caller
 from npud.api.status import code_number, kind_of, message_of, status_of
 from npud.core.ids import BufferId, ContextId, JobId, QueueId
@@ -244,17 +250,27 @@ class SubmitSession:
             self._reply(job_pb2.SubmitStreamResponse(tag=req.tag, error=info))
             return
         self.pending += 1
-        self.owed += sum(rb.size for rb in req.readbacks)
-        job.add_done_callback(partial(self._finished, req))
+        if req.readbacks:
+            self.owed += sum(rb.size for rb in req.readbacks)
+        # the answer's fixed part is written now, while the job runs (job_prefix_to_wire)
+        resp = job_pb2.SubmitStreamResponse(tag=req.tag)
+        prefix = job_prefix_to_wire(job, state.core.now(), resp.job)
+        job.add_done_callback(partial(self._finished, req, resp, prefix))
 
-    def _finished(self, req: job_pb2.SubmitStreamRequest, job: Job) -> None:
+    def _finished(
+        self,
+        req: job_pb2.SubmitStreamRequest,
+        resp: job_pb2.SubmitStreamResponse,
+        prefix: JobWirePrefix,
+        job: Job,
+    ) -> None:
         self.pending -= 1
-        self.owed -= sum(rb.size for rb in req.readbacks)
+        if req.readbacks:
+            self.owed -= sum(rb.size for rb in req.readbacks)
         if self._closed:
             return
         core = self._state.core
-        resp = job_pb2.SubmitStreamResponse(tag=req.tag)
-        job_to_wire(job, core.now(), into=resp.job)
+        job_to_wire(job, core.now(), into=resp.job, prefix=prefix)
         if job.state is JobState.COMPLETED:
             try:
                 for rb in req.readbacks:

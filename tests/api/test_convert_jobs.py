@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npud.api.convert import job_to_wire
+from npud.api.convert import JobWirePrefix, job_prefix_to_wire, job_to_wire
 from npud.client.types import Job as ClientJob
+from npud.core.job import Job
 from npud.v1 import job_pb2, types_pb2
 from npud.vocab import JobState, SchedulingClass
 from tests.core.harness import ALICE, make_bed
@@ -122,3 +123,65 @@ def test_the_client_reads_a_transition_time_as_protobuf_does(seconds: int, nanos
     [(_, at)] = ClientJob.from_wire(msg).transitions
     assert at == entry.time.ToDatetime(tzinfo=UTC)
     assert at.tzinfo is UTC
+
+
+def _without_times(msg: job_pb2.Job) -> tuple[job_pb2.Job, list[int], list[int]]:
+    states = [t.state for t in msg.transitions]
+    stamps = [t.time.ToNanoseconds() for t in msg.transitions]
+    bare = job_pb2.Job()
+    bare.CopyFrom(msg)
+    bare.ClearField("transitions")
+    return bare, states, stamps
+
+
+def test_a_job_message_begun_while_the_job_runs_ends_as_the_message_built_at_its_end() -> None:
+    """A message begun with ``job_prefix_to_wire`` while the job runs and completed by
+    ``job_to_wire(..., prefix=)`` once it has ended is the message built in one go then:
+    the same fields and the same transitions in order, each placed on the wall clock as the
+    prefix placed the first ones."""
+    bed = make_bed()
+    ctx = bed.core.create_context(ALICE, label="chat")
+    [job] = bed.burn(ctx, bed.queue(ctx), 0.08, label="step")
+    bed.clock.advance(0.03)
+    assert job.state is JobState.RUNNING
+    resp = job_pb2.SubmitStreamResponse(tag=3)
+    prefix = job_prefix_to_wire(job, bed.core.now(), resp.job)
+    assert len(prefix.stamped) == len(resp.job.transitions) == len(job.times)
+    bed.run()
+    assert job.state is JobState.COMPLETED
+    now = bed.core.now()
+    done = job_to_wire(job, now, into=resp.job, prefix=prefix)
+    whole, states, _ = _without_times(job_to_wire(job, now))
+    got, got_states, got_stamps = _without_times(done)
+    assert got == whole
+    assert got_states == states
+    assert got_states[-1] == types_pb2.JOB_STATE_COMPLETED
+    _placed_by(prefix, job, got_stamps)
+
+
+def _placed_by(prefix: JobWirePrefix, job: Job, stamps: list[int]) -> None:
+    want = [round((prefix.wall_offset + at) * 1e9) for at in job.times.values()]
+    assert len(stamps) == len(want)
+    for got, expected in zip(stamps, want, strict=True):
+        assert abs(got - expected) <= 1_000  # within a microsecond (float rounding)
+
+
+def test_a_job_that_re_entered_a_state_after_its_message_was_begun_is_stamped_anew() -> None:
+    """A job that re-entered a state it had already stamped (recalled from its engine, it is
+    READY again) is sent with its transitions as the job now holds them, once each, at their
+    new times, not with the stale ones written ahead."""
+    bed = make_bed()
+    ctx = bed.context()
+    [job] = bed.burn(ctx, bed.queue(ctx), 0.08)
+    bed.clock.advance(0.03)
+    resp = job_pb2.SubmitStreamResponse()
+    prefix = job_prefix_to_wire(job, bed.core.now(), resp.job)
+    assert JobState.READY in job.times
+    job.times[JobState.READY] = bed.core.now()  # as a recall stamps it
+    bed.run()
+    now = bed.core.now()
+    _, states, stamps = _without_times(job_to_wire(job, now, into=resp.job, prefix=prefix))
+    _, want_states, _ = _without_times(job_to_wire(job, now))
+    assert states == want_states
+    assert states[-1] == types_pb2.JOB_STATE_COMPLETED
+    _placed_by(prefix, job, stamps)
