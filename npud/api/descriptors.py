@@ -265,7 +265,7 @@ class DescriptorServer:
                 )
             try:
                 request = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # 4 KiB of "[" nest deeper than json recurses
                 raise InvalidArgument("a request is one JSON object") from None
             if not isinstance(request, dict):
                 raise InvalidArgument("a request is one JSON object")

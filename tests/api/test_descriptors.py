@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,27 @@ def test_a_forged_token_is_unauthenticated(daemon: DaemonProcess) -> None:
             channel.map("ctx-0", "buf-0")
     finally:
         channel.close()
+
+
+def test_a_packet_that_is_not_one_json_object_is_refused_and_the_connection_serves_on(
+    daemon: DaemonProcess, npu: npud.client.Client
+) -> None:
+    """Garbage, a JSON array and 4 KiB of nested brackets (deeper than the JSON parser
+    recurses) are each answered InvalidArgument on the same connection, which then still
+    answers a well-formed request."""
+    path = descriptor_socket_for(daemon.socket)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        for packet in (b"\xff\xfe not json", b"[1, 2]", b"[" * 4000):
+            sock.send(packet)
+            reply = json.loads(sock.recv(65536))
+            assert reply["ok"] is False
+            assert reply["error"] == "InvalidArgument"
+            assert "one JSON object" in reply["message"]
+        sock.send(json.dumps({"op": "release", "lease": 999}).encode())
+        assert json.loads(sock.recv(65536)) == {"ok": True}
+    assert npu.version()
 
 
 def test_large_ephemeral_writes_and_reads_go_through_the_mapping(npu: npud.client.Client) -> None:
