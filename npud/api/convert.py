@@ -352,17 +352,22 @@ def job_prefix_to_wire(job: Job, now: float, into: job_pb2.Job) -> JobWirePrefix
     runs on the device (the daemon has nothing else to do then), only the end of the job is
     left to write between the device's reply and the response.
     """
-    queue = job.queue
-    into.job_id = job.id
-    into.context_id = job.context_id
-    into.queue_id = queue.id
-    into.kind = job.kind
-    into.label = job.label
-    into.scheduling_class = _CLASS_NUMBER[queue.sched_class]
-    into.context_label = job.context_label
+    _fixed(job, into)
     wall_offset = time.time() - now
     _stamp(into, job.times.items(), wall_offset)
     return JobWirePrefix(tuple(job.times.values()), wall_offset)
+
+
+def _fixed(job: Job, msg: job_pb2.Job) -> None:
+    """The fields of a job's message that never change once it is submitted."""
+    queue = job.queue
+    msg.job_id = job.id
+    msg.context_id = job.context_id
+    msg.queue_id = queue.id
+    msg.kind = job.kind
+    msg.label = job.label
+    msg.scheduling_class = _CLASS_NUMBER[queue.sched_class]
+    msg.context_label = job.context_label
 
 
 def _stamp(
@@ -413,14 +418,7 @@ def job_to_wire(
     msg.engine = -1 if job.engine is None else job.engine
     msg.age_s = age if age > 0.0 else 0.0
     if prefix is None:
-        queue = job.queue
-        msg.job_id = job.id
-        msg.context_id = job.context_id
-        msg.queue_id = queue.id
-        msg.kind = job.kind
-        msg.label = job.label
-        msg.scheduling_class = _CLASS_NUMBER[queue.sched_class]
-        msg.context_label = job.context_label
+        _fixed(job, msg)
         _stamp(msg, times.items(), time.time() - now)
     else:
         done = len(prefix.stamped)
