@@ -49,6 +49,7 @@ from typing import Any, Final
 
 from npud.api.convert import buffer_to_wire, preference_from_wire, usage_from_wire
 from npud.api.identity import TokenRegistry, peer_credentials
+from npud.api.local_socket import bind_local
 from npud.core.ids import BufferId, ContextId
 from npud.core.owner import Owner
 from npud.core.service import Core
@@ -135,16 +136,9 @@ class DescriptorServer:
         Raises:
             OSError: the path cannot be bound.
         """
-        if self._path.is_socket():
-            self._path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock = bind_local(self._path, socket.SOCK_SEQPACKET, self._mode, self._gid)
         try:
-            sock.bind(str(self._path))
-            os.chmod(self._path, self._mode)
-            if self._gid is not None:
-                os.chown(self._path, -1, self._gid)
             sock.listen(64)
-            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import pwd
 import secrets
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import grpc
 
+from npud.api.local_socket import bind_local
 from npud.core.owner import Owner
 from npud.errors import QuotaExceeded, Unauthenticated
 from npud.vocab import TOKEN_KEY
@@ -254,12 +254,12 @@ class IdentityServer:
         Raises:
             OSError: the path cannot be bound.
         """
-        if self._path.is_socket():
-            self._path.unlink()
-        self._server = await asyncio.start_unix_server(self._handle, path=str(self._path))
-        os.chmod(self._path, self._mode)
-        if self._gid is not None:
-            os.chown(self._path, -1, self._gid)
+        sock = bind_local(self._path, socket.SOCK_STREAM, self._mode, self._gid)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Final
 from google.protobuf.message import DecodeError
 
 from npud.api.identity import TokenRegistry, peer_credentials
+from npud.api.local_socket import bind_local
 from npud.api.state import ApiState, Caller
 from npud.api.submission import SubmitSession, Submitter, error_info
 from npud.errors import InvalidArgument, NpudError, ResourceExhausted, Unauthenticated
@@ -121,22 +121,15 @@ class SubmitSocketServer:
         Raises:
             OSError: the path cannot be bound.
         """
-        if self._path.is_socket():
-            self._path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = bind_local(self._path, socket.SOCK_STREAM, self._mode, self._gid)
+        loop = asyncio.get_running_loop()
         try:
-            sock.bind(str(self._path))
-            os.chmod(self._path, self._mode)
-            if self._gid is not None:
-                os.chown(self._path, -1, self._gid)
-            sock.setblocking(False)
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), sock=sock, backlog=128
+            )
         except BaseException:
             sock.close()
             raise
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(
-            lambda: _Connection(self), sock=sock, backlog=128
-        )
 
     def stop_accepting(self) -> None:
         """Accept no more connections; those open go on (their jobs' responses still come)."""
